@@ -1,0 +1,219 @@
+"""The Model resource: a versioned BentoML service that aiplane serves, scales and rolls out with canaries."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from crds.base import (
+    DNS_LABEL_PATTERN,
+    Duration,
+    K8sModel,
+    PrinterColumn,
+    Quantity,
+    Resource,
+    StatusBase,
+    VersionLabel,
+    age_column,
+    cel_rule,
+    cel_rules,
+    condition_column,
+)
+
+TrafficWeight = Annotated[int, Field(ge=1, le=100)]
+
+
+class GPU(K8sModel):
+    """GPUs each serving replica needs; the pods request nvidia.com/gpu and tolerate the GPU taint."""
+
+    count: int = Field(default=1, ge=0, le=16, description="GPUs per replica (the nvidia.com/gpu limit).")
+    type: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="GPU product to schedule on, matched against the node label nvidia.com/gpu.product "
+        "(e.g. NVIDIA-A100-SXM4-80GB). Omit to accept any GPU.",
+    )
+
+
+class Resources(K8sModel):
+    """Compute each serving replica requests."""
+
+    cpu: Quantity = Field(default="1", description="CPU request per replica, e.g. 500m or 2.")
+    memory: Quantity = Field(default="2Gi", description="Memory request and limit per replica, e.g. 4Gi.")
+    gpu: GPU | None = Field(default=None, description="GPUs per replica; omit for CPU-only serving.")
+
+
+class Toleration(K8sModel):
+    """A pod toleration (corev1.Toleration) added to the serving pods."""
+
+    key: str | None = Field(
+        default=None, max_length=316, description="Taint key to tolerate; empty with Exists matches all."
+    )
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="How the key and value are matched.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value, with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty matches all effects."
+    )
+
+
+class Analysis(K8sModel):
+    """Thresholds a canary must hold at every traffic step; breaking one rolls the canary back."""
+
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Highest share of failed requests (0-1) the canary may return."
+    )
+    max_p99_latency_ms: int = Field(
+        default=1000, ge=1, le=600_000, description="Highest p99 request latency of the canary, in milliseconds."
+    )
+    max_drift: float = Field(
+        default=0.2,
+        ge=0,
+        le=10,
+        description="Highest population stability index of the canary's predictions against the stable version.",
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        le=1_000_000,
+        description="Requests the canary must have served at a step before the analysis may judge it.",
+    )
+
+
+class Canary(K8sModel):
+    """A rollout of a new version next to the stable one, moving traffic step by step while the analysis holds."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel_rule(
+                "self.steps.isSorted()",
+                "canary traffic steps must be in ascending order, e.g. [10, 50, 100]",
+                field_path=".steps",
+            ),
+        )
+    )
+
+    version: VersionLabel = Field(description="Version being rolled out.")
+    bento: str | None = Field(
+        default=None,
+        max_length=512,
+        description="BentoML service of the canary, if it differs from spec.bento.",
+    )
+    image: str | None = Field(default=None, max_length=512, description="Serving image of the canary, if it differs.")
+    steps: list[TrafficWeight] = Field(
+        default=[10, 50, 100],
+        min_length=1,
+        max_length=10,
+        description="Traffic weights (percent of requests) the canary gets, in ascending order, each 1-100.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    interval: Duration = Field(default="5m", description="How long each traffic step is held and analysed.")
+    analysis: Analysis = Field(default_factory=Analysis, description="Thresholds that decide promotion or rollback.")
+
+
+class ModelSpec(K8sModel):
+    """Desired state of a Model."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel_rule(
+                "self.minReplicas <= self.maxReplicas",
+                "minReplicas must be less than or equal to maxReplicas",
+                field_path=".minReplicas",
+            ),
+            cel_rule(
+                "!has(self.canary) || self.canary.version != self.version",
+                "canary.version must differ from the stable version",
+                field_path=".canary.version",
+            ),
+        )
+    )
+
+    bento: str = Field(
+        min_length=1,
+        max_length=512,
+        description="BentoML service to serve: what `bentoml serve` takes, e.g. service:ClaimsExtractor or "
+        "a bento tag claims_extractor:1.2.0.",
+    )
+    version: VersionLabel = Field(description="Stable version of the model, e.g. 1.4.0.")
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Container image that holds the service; defaults to the operator's serving image.",
+    )
+    port: int = Field(default=3000, ge=1, le=65535, description="Port the BentoML server listens on.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per serving replica.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the serving pods must match.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Taints the serving pods tolerate."
+    )
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest serving replicas per live version.")
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most serving replicas per live version.")
+    scale_metric: Literal["cpu", "concurrency"] = Field(
+        default="cpu", description="Autoscaling signal: CPU utilisation or in-flight requests per replica."
+    )
+    scale_target: int = Field(
+        default=80,
+        ge=1,
+        le=10_000,
+        description="Autoscaling target: percent CPU utilisation, or in-flight requests per replica.",
+    )
+    canary: Canary | None = Field(default=None, description="A rollout of a new version; omit when none runs.")
+    region: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Region the model serves in; tasks pinned to another region never call it.",
+    )
+
+
+class Endpoint(K8sModel):
+    """One live version that the gateway routes to."""
+
+    version: str = Field(max_length=63, description="Model version behind this endpoint.")
+    url: str = Field(max_length=2048, description="Base URL of the BentoML service.")
+    weight: int = Field(ge=0, le=100, description="Percent of requests routed here.")
+
+
+class VersionReplicas(K8sModel):
+    """Replica counts of one live version."""
+
+    version: str = Field(max_length=63, description="Model version.")
+    desired: int = Field(ge=0, description="Replicas wanted.")
+    ready: int = Field(ge=0, description="Replicas ready to serve.")
+
+
+class ModelStatus(StatusBase):
+    """Observed state of a Model. Conditions: Ready, Progressing, Degraded, RolledBack."""
+
+    stable_version: str | None = Field(default=None, max_length=63, description="Version serving most traffic.")
+    canary_version: str | None = Field(default=None, max_length=63, description="Version being rolled out.")
+    canary_weight: int | None = Field(default=None, ge=0, le=100, description="Percent of traffic on the canary.")
+    endpoints: list[Endpoint] = Field(
+        default_factory=list, max_length=4, description="Live versions, their URLs and traffic weights."
+    )
+    replicas: list[VersionReplicas] = Field(
+        default_factory=list, max_length=4, description="Desired and ready replicas per live version."
+    )
+
+
+class Model(Resource):
+    """A versioned BentoML service that aiplane serves on Kubernetes, autoscales, and rolls out with canaries."""
+
+    KIND: ClassVar[str] = "Model"
+    PLURAL: ClassVar[str] = "models"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("aim",)
+    PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn(name="Version", type="string", json_path=".spec.version", description="Stable version."),
+        PrinterColumn(name="Canary", type="string", json_path=".spec.canary.version", description="Canary version."),
+        PrinterColumn(
+            name="Weight", type="integer", json_path=".status.canaryWeight", description="Canary traffic percent."
+        ),
+        condition_column("Ready"),
+        age_column(),
+    )
+
+    kind: Literal["Model"] = "Model"
+    spec: ModelSpec
+    status: ModelStatus | None = None

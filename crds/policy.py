@@ -1,0 +1,169 @@
+"""The Policy resource: governance the gateway and engine enforce on every call (not only at admission)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from crds.base import (
+    CelExpression,
+    Duration,
+    K8sModel,
+    LabelSelector,
+    Name,
+    PrinterColumn,
+    Resource,
+    Role,
+    StatusBase,
+    age_column,
+    condition_column,
+)
+
+PIIEntity = Literal[
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "DATE_OF_BIRTH",
+    "PERSON",
+]
+ShortText = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class Selector(LabelSelector):
+    """Which resources the policy governs: by kind and labels, in the policy's namespace."""
+
+    kinds: list[Literal["Workflow", "Model", "Connector"]] = Field(
+        default=["Workflow"],
+        min_length=1,
+        max_length=3,
+        description="Kinds of resource the policy applies to.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class PII(K8sModel):
+    """Detects personal data in payloads and masks it wherever aiplane keeps or sends it."""
+
+    entities: list[PIIEntity] = Field(
+        default=["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN"],
+        max_length=16,
+        description="Kinds of personal data to detect.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    fields: list[ShortText] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Field paths always treated as personal data (e.g. input.claimant.name), whatever they hold.",
+    )
+    action: Literal["redact", "hash", "tokenize"] = Field(
+        default="redact",
+        description="redact replaces the value; hash keeps a tenant-salted hash; tokenize is reversible for "
+        "holders of an unmask role.",
+    )
+    unmask_roles: list[Role] = Field(
+        default_factory=list, max_length=4, description="Roles that may see tokenized values in clear."
+    )
+
+
+class Retention(K8sModel):
+    """How long each class of data is kept before the purge job deletes it; the strictest policy wins."""
+
+    inputs: Duration | None = Field(default=None, description="Task inputs.")
+    results: Duration | None = Field(default=None, description="Task and step results.")
+    payload_logs: Duration | None = Field(default=None, description="Sampled request and response logs.")
+    events: Duration | None = Field(default=None, description="Task events.")
+    audit: Duration | None = Field(default=None, description="Audit records; kept longest.")
+
+
+class ApprovalRule(K8sModel):
+    """Forces a human approval when a CEL condition over the task holds."""
+
+    name: Name = Field(description="Rule name, recorded in the audit log.")
+    when: CelExpression = Field(description="Condition, e.g. input.amount > 10000 || result.confidence < 0.8.")
+    roles: list[Role] = Field(default=["approver"], min_length=1, max_length=4, description="Roles that may approve.")
+    quorum: int = Field(default=1, ge=1, le=16, description="Approvals needed.")
+    separation_of_duties: bool = Field(default=True, description="The submitter of a task may not approve it.")
+
+
+class RoleBinding(K8sModel):
+    """Grants a role to subjects (API key names, OIDC subjects or groups)."""
+
+    role: Role = Field(description="Role granted.")
+    subjects: list[ShortText] = Field(min_length=1, max_length=256, description="Who gets the role.")
+
+
+class Access(K8sModel):
+    """Which tenants may use the selected resources, and with which roles."""
+
+    tenants: list[ShortText] = Field(
+        default_factory=list, max_length=256, description="Tenants allowed; empty allows every tenant."
+    )
+    roles: list[RoleBinding] = Field(default_factory=list, max_length=64, description="Role grants.")
+
+
+class Residency(K8sModel):
+    """Where data may go: a task pinned to a region never reaches a model or connector elsewhere."""
+
+    regions: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
+        min_length=1, max_length=32, description="Regions data may be processed in."
+    )
+
+
+class RateLimit(K8sModel):
+    """A token bucket per tenant (and optionally per priority class); excess calls get 429 with Retry-After."""
+
+    priority: Literal["high", "normal", "low"] | None = Field(
+        default=None, description="Priority class the limit applies to; omit for all."
+    )
+    requests_per_second: float = Field(gt=0, le=100_000, description="Sustained rate.")
+    burst: int = Field(default=10, ge=1, le=100_000, description="Bucket size: calls allowed at once.")
+
+
+class PayloadLogging(K8sModel):
+    """Sampled, masked request and response logs for debugging and drift analysis."""
+
+    sample_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls logged (0-1).")
+
+
+class PolicySpec(K8sModel):
+    """Desired state of a Policy; every part is optional and parts combine across policies (deny wins)."""
+
+    selector: Selector = Field(default_factory=Selector, description="Resources the policy governs.")
+    pii: PII | None = Field(default=None, description="Personal data detection and masking.")
+    retention: Retention | None = Field(default=None, description="How long data is kept.")
+    approvals: list[ApprovalRule] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Conditions that force a human approval.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    access: Access | None = Field(default=None, description="Tenants and roles.")
+    residency: Residency | None = Field(default=None, description="Regions data may go to.")
+    rate_limits: list[RateLimit] = Field(default_factory=list, max_length=8, description="Rate limits per tenant.")
+    payload_logging: PayloadLogging | None = Field(default=None, description="Sampled payload logs.")
+
+
+class PolicyStatus(StatusBase):
+    """Observed state of a Policy. Conditions: Ready."""
+
+    selected: int | None = Field(default=None, ge=0, description="Resources the policy currently selects.")
+
+
+class Policy(Resource):
+    """Governance enforced at call time: PII masking, retention, approvals, access, residency, rate limits."""
+
+    KIND: ClassVar[str] = "Policy"
+    PLURAL: ClassVar[str] = "policies"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("aip",)
+    PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn(name="Selected", type="integer", json_path=".status.selected", description="Resources governed."),
+        condition_column("Ready"),
+        age_column(),
+    )
+
+    kind: Literal["Policy"] = "Policy"
+    spec: PolicySpec
+    status: PolicyStatus | None = None

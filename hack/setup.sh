@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything aiplane's development and tests need on a fresh machine of this project's kind, and does
+# nothing that is already done: system packages only when a command is missing, the virtualenv and Python
+# dependencies (pinned by constraints.txt), the test cluster's Go binaries and Kafka's jars (cached by version
+# under ~/.cache/aiplane).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "${REPO_ROOT}"
+
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+# command -> Debian package that provides it.
+declare -A SYSTEM_PACKAGES=(
+  [openssl]=openssl
+  [java]=openjdk-17-jre-headless
+  [mvn]=maven
+  [go]=golang
+  [kubectl]=kubernetes-client
+)
+
+missing=()
+for command in "${!SYSTEM_PACKAGES[@]}"; do
+  command -v "${command}" >/dev/null 2>&1 || missing+=("${SYSTEM_PACKAGES[${command}]}")
+done
+# PostgreSQL's server binaries live off PATH on Debian; initdb is what the test fixture needs.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if ((${#missing[@]})); then
+  log "installing system packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -x "${VENV}/bin/python" ]]; then
+  log "creating ${VENV}"
+  "${PYTHON}" -m venv "${VENV}"
+  "${VENV}/bin/pip" install -q --upgrade pip
+fi
+log "installing aiplane and its dependencies into ${VENV}"
+"${VENV}/bin/pip" install -q -c constraints.txt -e ".[dev]"
+
+log "building the test cluster's binaries (cached under ${AIPLANE_BIN_DIR})"
+bash hack/build-tools.sh
+log "fetching Kafka's jars (cached under ${AIPLANE_CACHE_DIR})"
+bash hack/kafka.sh fetch
+log "setup done"
