@@ -1,0 +1,92 @@
+"""The durable workflow engine: tasks, steps, store, workers, retries, dead letters, events.
+
+The gateway, the CLI and tests use ``Engine`` (see ``engine.facade``) and the value types re-exported here.
+"""
+
+from engine.bus import Bus, InMemoryBus, OutboxRelay
+from engine.errors import (
+    ApprovalNotFoundError,
+    EngineError,
+    IdempotencyConflictError,
+    IdempotencyMismatchError,
+    InvalidRequestError,
+    InvalidStateError,
+    NotAuthorizedError,
+    NotFoundError,
+    StepDeferredError,
+    StepError,
+    TaskNotFoundError,
+    WorkflowNotFoundError,
+)
+from engine.executors.resolvers import (
+    ConnectorResolver,
+    ModelResolver,
+    SecretResolver,
+    StaticConnectorResolver,
+    StaticModelResolver,
+    StaticSecretResolver,
+)
+from engine.facade import Engine
+from engine.models import (
+    Approval,
+    ApprovalState,
+    DeadLetter,
+    Decision,
+    Event,
+    Page,
+    Priority,
+    StepRun,
+    StepState,
+    Task,
+    TaskState,
+)
+from engine.payloads import BlobStore, FileBlobStore
+from engine.runtime.queue import PriorityPolicy
+from engine.store.idempotency import Claim, IdempotencyStore, request_hash
+from engine.tracing import TaskSpanStore
+from engine.worker import Worker, WorkerConfig
+
+__all__ = [
+    "Approval",
+    "ApprovalNotFoundError",
+    "ApprovalState",
+    "BlobStore",
+    "Bus",
+    "Claim",
+    "ConnectorResolver",
+    "DeadLetter",
+    "Decision",
+    "Engine",
+    "EngineError",
+    "Event",
+    "FileBlobStore",
+    "IdempotencyConflictError",
+    "IdempotencyMismatchError",
+    "IdempotencyStore",
+    "InMemoryBus",
+    "InvalidRequestError",
+    "InvalidStateError",
+    "ModelResolver",
+    "NotAuthorizedError",
+    "NotFoundError",
+    "OutboxRelay",
+    "Page",
+    "Priority",
+    "PriorityPolicy",
+    "SecretResolver",
+    "StaticConnectorResolver",
+    "StaticModelResolver",
+    "StaticSecretResolver",
+    "StepDeferredError",
+    "StepError",
+    "StepRun",
+    "StepState",
+    "Task",
+    "TaskNotFoundError",
+    "TaskSpanStore",
+    "TaskState",
+    "Worker",
+    "WorkerConfig",
+    "WorkflowNotFoundError",
+    "request_hash",
+]

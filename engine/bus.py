@@ -1,0 +1,123 @@
+"""The event bus interface, its in-process implementation, and the outbox relay that feeds it.
+
+Delivery is at least once: the relay marks events published only after the bus accepted them, so a crash in
+between publishes them again; consumers deduplicate on ``Event.id``. Kafka (another issue) implements the same
+``Bus`` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection
+from typing import Protocol
+
+from engine.clock import Clock, utcnow
+from engine.models import Event
+from engine.store import outbox
+from engine.store.database import Database
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], None]
+
+
+class Subscription(Protocol):
+    def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    def publish(self, event: Event) -> None:
+        """Accept the event for delivery, or raise; returning means the bus has taken responsibility for it."""
+        ...
+
+    def subscribe(self, handler: Handler, *, types: Collection[str] | None = None) -> Subscription:
+        """Call ``handler`` for each published event (of ``types``, if given) until the subscription closes."""
+        ...
+
+
+class _InMemorySubscription:
+    def __init__(self, bus: InMemoryBus, handler: Handler, types: frozenset[str] | None) -> None:
+        self.bus = bus
+        self.handler = handler
+        self.types = types
+
+    def close(self) -> None:
+        self.bus._remove(self)
+
+
+class InMemoryBus:
+    """Delivers synchronously to the subscribers in this process, in publish order.
+
+    A failing subscriber is logged and skipped: one consumer's bug must not stop the relay for everyone
+    (with Kafka, each consumer group fails on its own, too).
+    """
+
+    def __init__(self) -> None:
+        self._subscriptions: list[_InMemorySubscription] = []
+        self._lock = threading.Lock()
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            if subscription.types is not None and event.type not in subscription.types:
+                continue
+            try:
+                subscription.handler(event)
+            except Exception:
+                log.exception("event subscriber failed on %s %s", event.type, event.id)
+
+    def subscribe(self, handler: Handler, *, types: Collection[str] | None = None) -> Subscription:
+        subscription = _InMemorySubscription(self, handler, frozenset(types) if types is not None else None)
+        with self._lock:
+            self._subscriptions.append(subscription)
+        return subscription
+
+    def _remove(self, subscription: _InMemorySubscription) -> None:
+        with self._lock:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+
+
+class OutboxRelay:
+    """Moves outbox rows to the bus, oldest first; safe to run in several processes at once.
+
+    Each batch is claimed ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) or under the write lock (SQLite), published,
+    and marked in the same transaction; a publish failure stops the batch there, keeping order, and the rest
+    waits for the next round.
+    """
+
+    def __init__(self, db: Database, bus: Bus, *, batch_size: int = 100, clock: Clock = utcnow) -> None:
+        self.db = db
+        self.bus = bus
+        self.batch_size = batch_size
+        self.clock = clock
+
+    def relay_once(self) -> int:
+        if self.db.is_sqlite:
+            # A read first: an idle relay should not take SQLite's single write lock every round.
+            with self.db.read() as conn:
+                if not outbox.has_unpublished(conn):
+                    return 0
+        with self.db.write() as conn:
+            events = outbox.claim_unpublished(conn, self.batch_size)
+            published: list[int] = []
+            for event in events:
+                try:
+                    self.bus.publish(event)
+                except Exception:
+                    log.exception("bus refused event %s %s; will retry", event.type, event.id)
+                    break
+                published.append(event.seq)
+            outbox.mark_published(conn, published, self.clock())
+            return len(published)
+
+    def drain(self) -> int:
+        """Relay until nothing is left (or the bus refuses); returns how many were published."""
+        total = 0
+        while True:
+            count = self.relay_once()
+            total += count
+            if count < self.batch_size:
+                return total

@@ -1,0 +1,117 @@
+"""Errors the engine raises to its callers, and the errors step executors raise to the engine.
+
+Caller-facing errors carry ``http_status`` and a short ``type`` slug so the gateway can map them to RFC 9457
+problem details without a table of its own; ``detail`` says what to fix.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, ClassVar
+
+
+class EngineError(Exception):
+    """Base of every error the engine facade raises."""
+
+    http_status: ClassVar[int] = 500
+    type: ClassVar[str] = "engine-error"
+
+    def __init__(self, detail: str, **fields: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        #: Extra facts for the problem document (e.g. the offending field, the task id).
+        self.fields = fields
+
+
+class NotFoundError(EngineError):
+    http_status = 404
+    type = "not-found"
+
+
+class WorkflowNotFoundError(NotFoundError):
+    type = "workflow-not-found"
+
+
+class TaskNotFoundError(NotFoundError):
+    type = "task-not-found"
+
+
+class ApprovalNotFoundError(NotFoundError):
+    type = "approval-not-found"
+
+
+class InvalidRequestError(EngineError):
+    """The request cannot be served as written (unknown priority, invalid workflow, bad input)."""
+
+    http_status = 422
+    type = "invalid-request"
+
+
+class InvalidStateError(EngineError):
+    """The operation does not apply to the object's current state (e.g. replaying a running task)."""
+
+    http_status = 409
+    type = "invalid-state"
+
+
+class NotAuthorizedError(EngineError):
+    """The caller may not take this decision (not among an approval's approvers)."""
+
+    http_status = 403
+    type = "not-authorized"
+
+
+class IdempotencyMismatchError(EngineError):
+    """The idempotency key was used before with a different request body."""
+
+    http_status = 422
+    type = "idempotency-key-mismatch"
+
+
+class IdempotencyConflictError(EngineError):
+    """A request with this idempotency key is still being processed."""
+
+    http_status = 409
+    type = "idempotency-key-in-flight"
+
+
+class StepError(Exception):
+    """A step attempt failed. ``kind`` names the error (matched against ``retry.nonRetryable``).
+
+    ``retryable`` is the executor's classification (e.g. HTTP 4xx other than 408/429 is not); ``retry_after``
+    is a lower bound the downstream asked for (HTTP ``Retry-After``).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: timedelta | None = None,
+    ) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "message": self.message, "retryable": self.retryable}
+        if self.status is not None:
+            out["status"] = self.status
+        return out
+
+
+class StepDeferredError(Exception):
+    """The attempt did not call the downstream at all (circuit open, retry budget spent): try again later.
+
+    Unlike ``StepError`` this does not use up an attempt; the step waits ``delay`` and is claimed again.
+    """
+
+    def __init__(self, reason: str, delay: timedelta) -> None:
+        super().__init__(f"deferred for {delay.total_seconds():.3f}s: {reason}")
+        self.reason = reason
+        self.delay = delay

@@ -1,0 +1,1 @@
+"""Step executors: what a worker runs for model, connector and rules steps (approvals run no executor)."""

@@ -1,0 +1,51 @@
+"""The executor protocol: a step attempt gets a ``StepContext`` and returns a ``StepOutcome`` or raises.
+
+Raise ``engine.errors.StepError`` for a failed attempt (its ``retryable`` flag and ``kind`` drive retries) or
+``StepDeferredError`` when the downstream was not called at all (circuit open, retry budget spent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from crds.workflow import Step
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepContext:
+    task_id: str
+    tenant: str
+    workflow: str
+    workflow_version: str
+    step: Step
+    #: Attempt number of this step run, 1-based, replays included.
+    attempt: int
+    #: The same for every attempt of this step run: send it downstream as ``Idempotency-Key``.
+    idempotency_key: str
+    input: Any
+    #: Outputs of the task's completed steps, by step name (the latest run of each).
+    steps: Mapping[str, Any]
+    vars: Mapping[str, Any]
+    #: Seconds one attempt may take (the step's ``timeout``).
+    timeout: float
+    deadline: datetime | None = None
+
+    @property
+    def is_retry(self) -> bool:
+        return self.attempt > 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepOutcome:
+    output: Any = None
+    #: Values to merge into the task's ``vars`` (rules steps).
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    #: The step to continue with instead of the usual order (a rules branch or default).
+    next_step: str | None = None
+
+
+class StepExecutor(Protocol):
+    def execute(self, ctx: StepContext) -> StepOutcome: ...

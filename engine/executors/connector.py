@@ -1,0 +1,132 @@
+"""Connector steps. HTTP connectors for now; PostgreSQL and Kafka sinks come with their own issue."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import string
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from crds.connector import HTTP
+from engine.durations import parse_duration
+from engine.errors import StepError
+from engine.executors.base import StepContext, StepOutcome
+from engine.executors.http import HttpCaller
+from engine.executors.model import request_body
+from engine.executors.resolvers import ConnectorResolver, SecretResolver
+from engine.tracing import ATTR_TASK_ID, SPAN_CONNECTOR_CALL, tracer
+
+CONNECTOR_NOT_FOUND = "ConnectorNotFound"
+UNSUPPORTED_CONNECTOR = "UnsupportedConnector"
+INVALID_INPUT = "InvalidInput"
+DESTINATION_REFUSED = "DestinationRefused"
+SECRET_UNAVAILABLE = "SecretUnavailable"
+
+
+def render_url(template: str, values: Any) -> tuple[str, set[str]]:
+    """Fill ``{name}`` placeholders from the step input (URL-encoded); returns the URL and the names used."""
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    if not fields:
+        return template, set()
+    if not isinstance(values, Mapping):
+        raise StepError(
+            INVALID_INPUT, f"URL {template!r} has placeholders but the input is not an object", retryable=False
+        )
+    missing = [name for name in fields if name not in values]
+    if missing:
+        raise StepError(INVALID_INPUT, f"URL {template!r} needs input field(s) {', '.join(missing)}", retryable=False)
+    return template.format_map({name: quote(str(values[name]), safe="") for name in fields}), set(fields)
+
+
+def check_destination(url: str, allow_private_networks: bool) -> None:
+    """Refuse loopback, private, link-local and reserved addresses unless the connector allows them (SSRF).
+
+    Resolves the host now; a name whose DNS answer changes between this check and the call could still
+    slip through (DNS rebinding), which network policy, not this check, has to stop.
+    """
+    if allow_private_networks:
+        return
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError as exc:
+        raise StepError("ConnectionError", f"cannot resolve {host!r}: {exc}", retryable=True) from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise StepError(
+                DESTINATION_REFUSED,
+                f"{host} resolves to non-public address {address}; set allowPrivateNetworks on the connector "
+                "if this is intended",
+                retryable=False,
+            )
+
+
+class ConnectorExecutor:
+    def __init__(self, resolver: ConnectorResolver, http: HttpCaller, secrets: SecretResolver | None = None) -> None:
+        self.resolver = resolver
+        self.http = http
+        self.secrets = secrets
+
+    def execute(self, ctx: StepContext) -> StepOutcome:
+        call = ctx.step.connector
+        assert call is not None
+        spec = self.resolver.connector(call.name)
+        if spec is None:
+            raise StepError(CONNECTOR_NOT_FOUND, f"connector {call.name!r} does not exist", retryable=True)
+        if spec.type != "http" or spec.http is None:
+            raise StepError(
+                UNSUPPORTED_CONNECTOR,
+                f"connector {call.name!r} is of type {spec.type}; only http is supported yet",
+                retryable=False,
+            )
+        payload = request_body(ctx, call.input, f"step {ctx.step.name!r} connector.input")
+        return StepOutcome(output=self._call_http(ctx, call.name, spec.http, payload))
+
+    def _call_http(self, ctx: StepContext, name: str, http: HTTP, payload: Any) -> Any:
+        url, used = render_url(http.url, payload)
+        check_destination(url, http.allow_private_networks)
+        params: dict[str, str] | None = None
+        body = payload
+        if http.method in ("GET", "DELETE"):
+            # No body on GET/DELETE: scalar input fields not used in the URL become query parameters.
+            body = None
+            if isinstance(payload, Mapping):
+                params = {
+                    k: str(v) for k, v in payload.items() if k not in used and isinstance(v, str | int | float | bool)
+                }
+        timeout = min(parse_duration(http.timeout).total_seconds(), ctx.timeout)
+        with tracer().start_as_current_span(
+            SPAN_CONNECTOR_CALL,
+            attributes={ATTR_TASK_ID: ctx.task_id, "aiplane.connector.name": name, "http.request.method": http.method},
+        ):
+            return self.http.call(
+                ctx,
+                downstream=f"connector/{name}",
+                method=http.method,
+                url=url,
+                body=body,
+                params=params,
+                headers=self._headers(name, http),
+                timeout=timeout,
+            )
+
+    def _headers(self, name: str, http: HTTP) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for header in http.headers:
+            if header.value is not None:
+                headers[header.name] = header.value
+            elif header.value_from is not None:
+                ref = header.value_from
+                value = self.secrets.secret(ref.name, ref.key) if self.secrets else None
+                if value is None:
+                    raise StepError(
+                        SECRET_UNAVAILABLE,
+                        f"connector {name!r} header {header.name} needs secret {ref.name}/{ref.key}, "
+                        "which is not available",
+                        retryable=True,
+                    )
+                headers[header.name] = value
+        return headers

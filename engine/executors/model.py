@@ -1,0 +1,53 @@
+"""Model steps: POST to a Model's BentoML API, on a live version picked by traffic weight."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from engine.errors import StepError
+from engine.executors.base import StepContext, StepOutcome
+from engine.executors.http import HttpCaller
+from engine.executors.resolvers import ModelResolver, pick_endpoint
+from engine.flow import cel
+from engine.tracing import ATTR_TASK_ID, SPAN_MODEL_CALL, tracer
+
+MODEL_UNAVAILABLE = "ModelUnavailable"
+
+
+def request_body(ctx: StepContext, expressions: dict[str, str], where: str) -> Any:
+    """The step's CEL ``input`` map evaluated over the task's data, or the task input when the map is empty."""
+    if not expressions:
+        return ctx.input
+    return cel.evaluate_map(expressions, cel.activation(ctx.input, ctx.steps, ctx.vars), where=where)
+
+
+class ModelExecutor:
+    def __init__(self, resolver: ModelResolver, http: HttpCaller, rng: random.Random | None = None) -> None:
+        self.resolver = resolver
+        self.http = http
+        self.rng = rng or random.Random()
+
+    def execute(self, ctx: StepContext) -> StepOutcome:
+        call = ctx.step.model
+        assert call is not None
+        endpoint = pick_endpoint(self.resolver.endpoints(call.name), self.rng)
+        if endpoint is None:
+            # Retryable: a model that is rolling out or scaling from zero has no live endpoint for a moment.
+            raise StepError(MODEL_UNAVAILABLE, f"model {call.name!r} has no live endpoint", retryable=True)
+        body = request_body(ctx, call.input, f"step {ctx.step.name!r} model.input")
+        url = f"{endpoint.url.rstrip('/')}/{call.api}"
+        with tracer().start_as_current_span(
+            SPAN_MODEL_CALL,
+            attributes={
+                ATTR_TASK_ID: ctx.task_id,
+                "aiplane.model.name": call.name,
+                "aiplane.model.version": endpoint.version,
+                "aiplane.model.api": call.api,
+                "url.full": url,
+            },
+        ):
+            output = self.http.call(
+                ctx, downstream=f"model/{call.name}", method="POST", url=url, body=body, timeout=ctx.timeout
+            )
+        return StepOutcome(output=output)

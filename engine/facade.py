@@ -1,0 +1,520 @@
+"""``Engine``: the one object the gateway, the CLI and tests talk to.
+
+Every method is synchronous and thread-safe (each call is one or a few short transactions); the gateway calls
+them from FastAPI's thread pool. Methods that take a ``tenant`` only ever see that tenant's tasks: another
+tenant's id is reported as not found, not as forbidden, so ids do not leak across tenants.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import random
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import sqlalchemy as sa
+
+from crds.workflow import WorkflowSpec
+from engine.bus import Bus, InMemoryBus, OutboxRelay
+from engine.clock import Clock, utcnow
+from engine.durations import as_duration, parse_duration
+from engine.errors import ApprovalNotFoundError, InvalidRequestError, TaskNotFoundError
+from engine.executors.base import StepExecutor
+from engine.executors.connector import ConnectorExecutor
+from engine.executors.http import HttpCaller
+from engine.executors.model import ModelExecutor
+from engine.executors.resolvers import (
+    ConnectorResolver,
+    ModelResolver,
+    SecretResolver,
+    StaticConnectorResolver,
+    StaticModelResolver,
+)
+from engine.executors.rules import RulesExecutor
+from engine.flow import definitions
+from engine.models import (
+    Approval,
+    ApprovalState,
+    DeadLetter,
+    Decision,
+    Event,
+    Page,
+    Priority,
+    StepRun,
+    StepState,
+    Task,
+    TaskState,
+)
+from engine.payloads import DEFAULT_INLINE_LIMIT, BlobStore, FileBlobStore, PayloadCodec
+from engine.resilience import Resilience
+from engine.runtime.queue import PriorityPolicy, parse_priority
+from engine.runtime.transitions import StateMachine
+from engine.store import migrate, outbox
+from engine.store.database import Database
+from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore, request_hash
+from engine.store.schema import approvals, dead_letters, step_runs, tasks
+from engine.store.types import dumps
+from engine.tracing import ATTR_TASK_ID, ATTR_TENANT, ATTR_WORKFLOW, SPAN_SUBMIT, current_traceparent, tracer
+from engine.worker import Worker, WorkerConfig
+
+MAX_PAGE = 500
+
+
+class Engine:
+    def __init__(
+        self,
+        db_url: str,
+        *,
+        data_dir: str | Path | None = None,
+        blob_store: BlobStore | None = None,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+        idempotency_ttl: timedelta = DEFAULT_TTL,
+        bus: Bus | None = None,
+        model_resolver: ModelResolver | None = None,
+        connector_resolver: ConnectorResolver | None = None,
+        secret_resolver: SecretResolver | None = None,
+        priorities: PriorityPolicy | None = None,
+        resilience: Resilience | None = None,
+        http_client: httpx.Client | None = None,
+        clock: Clock = utcnow,
+        rng: random.Random | None = None,
+        migrate_on_start: bool = True,
+        sqlite_synchronous: str = "FULL",
+    ) -> None:
+        """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
+
+        Payloads larger than ``inline_limit`` bytes go to ``blob_store`` (default: files under
+        ``data_dir/blobs``; ``data_dir`` defaults to the SQLite file's directory, and must be given, or a
+        shared ``blob_store``, for PostgreSQL). ``sqlite_synchronous``: see ``engine.store.database.Database``.
+        """
+        self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
+        if migrate_on_start:
+            migrate.upgrade(self.db)
+        if blob_store is None:
+            if data_dir is None:
+                if not self.db.is_sqlite:
+                    raise ValueError("with PostgreSQL, give data_dir (a directory all workers share) or a blob_store")
+                data_dir = Path(self.db.url.database or ".").resolve().parent
+            blob_store = FileBlobStore(Path(data_dir) / "blobs")
+        self.codec = PayloadCodec(blob_store, inline_limit)
+        self.clock = clock
+        self.priorities = priorities or PriorityPolicy()
+        self.machine = StateMachine(self.codec, self.priorities, rng=rng)
+        self.idempotency = IdempotencyStore(self.db, ttl=idempotency_ttl, clock=clock)
+        self.bus: Bus = bus or InMemoryBus()
+        self.relay = OutboxRelay(self.db, self.bus, clock=clock)
+        self.model_resolver: ModelResolver = model_resolver or StaticModelResolver()
+        self.connector_resolver: ConnectorResolver = connector_resolver or StaticConnectorResolver()
+        self.secret_resolver = secret_resolver
+        self.http = HttpCaller(http_client, resilience)
+        self.rng = rng
+        self._workers: list[Worker] = []
+
+    def close(self) -> None:
+        for worker in list(self._workers):
+            worker.stop()
+        self._workers.clear()
+        self.http.close()
+        self.db.dispose()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- workflows
+
+    def register_workflow(self, name: str, spec: WorkflowSpec | Mapping[str, Any]) -> str:
+        """Validate and store a workflow spec; returns its version (a content hash). New tasks use it."""
+        parsed = definitions.parse_spec(spec)
+        with self.db.write() as conn:
+            return definitions.register(conn, name, parsed, self.clock())
+
+    def workflow(self, name: str, version: str | None = None) -> tuple[str, WorkflowSpec]:
+        with self.db.read() as conn:
+            version = version or definitions.head_version(conn, name)
+            return version, definitions.load(conn, name, version)
+
+    # ---------------------------------------------------------------- tasks
+
+    def submit(
+        self,
+        tenant: str,
+        workflow: str,
+        input: Any,
+        *,
+        priority: Priority | str = Priority.NORMAL,
+        deadline: datetime | timedelta | None = None,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+    ) -> Task:
+        """Start a task of ``workflow`` (its current version unless ``version`` is given).
+
+        ``deadline`` overrides the workflow's ``sla.deadline``. With ``idempotency_key``, submitting the same
+        input again returns the first task (and another input with the same key raises
+        ``IdempotencyMismatchError``): sources that deliver at least once (Kafka) submit safely.
+        """
+        level = parse_priority(priority)
+        try:
+            dumps(input)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"task input must be JSON: {exc}", field="input") from exc
+        now = self.clock()
+        with tracer().start_as_current_span(
+            SPAN_SUBMIT, attributes={ATTR_TENANT: tenant, ATTR_WORKFLOW: workflow}
+        ) as span:
+            with self.db.write() as conn:
+                version = version or definitions.head_version(conn, workflow)
+                spec = definitions.load(conn, workflow, version)
+                submitted = self.machine.submit(
+                    conn,
+                    tenant=tenant,
+                    workflow=workflow,
+                    version=version,
+                    spec=spec,
+                    input=input,
+                    priority=level,
+                    deadline=self._deadline(spec, deadline, now),
+                    idempotency_key=idempotency_key,
+                    request_hash=request_hash(input) if idempotency_key is not None else None,
+                    trace_context=current_traceparent(),
+                    now=now,
+                )
+            span.set_attribute(ATTR_TASK_ID, submitted.task_id)
+        self._wake_workers()
+        return self.get(tenant, submitted.task_id)
+
+    @staticmethod
+    def _deadline(spec: WorkflowSpec, deadline: datetime | timedelta | None, now: datetime) -> datetime | None:
+        if isinstance(deadline, timedelta):
+            return now + deadline
+        if isinstance(deadline, datetime):
+            if deadline.tzinfo is None:
+                raise InvalidRequestError("deadline must be timezone-aware (UTC)", field="deadline")
+            return deadline
+        if spec.sla is not None:
+            return now + parse_duration(spec.sla.deadline)
+        return None
+
+    def get(self, tenant: str, task_id: str) -> Task:
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id, tasks.c.tenant == tenant)).first()
+        if row is None:
+            raise TaskNotFoundError(f"no task {task_id!r}", task_id=task_id)
+        return self._task(row, payloads=True)
+
+    def list(
+        self,
+        tenant: str,
+        *,
+        state: TaskState | str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        include_payloads: bool = False,
+    ) -> Page[Task]:
+        """Tasks of ``tenant``, newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
+        limit = _page_limit(limit)
+        query = sa.select(tasks).where(tasks.c.tenant == tenant).order_by(tasks.c.id.desc()).limit(limit + 1)
+        if state is not None:
+            query = query.where(tasks.c.state == _enum(TaskState, state, "state"))
+        if workflow is not None:
+            query = query.where(tasks.c.workflow == workflow)
+        if cursor is not None:
+            query = query.where(tasks.c.id < cursor)
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        items = [self._task(row, payloads=include_payloads) for row in rows[:limit]]
+        return Page(items, items[-1].id if len(rows) > limit else None)
+
+    def steps(self, tenant: str, task_id: str) -> builtins.list[StepRun]:
+        """The task's step runs in the order they were entered."""
+        self._check_task(tenant, task_id)
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(step_runs).where(step_runs.c.task_id == task_id).order_by(step_runs.c.seq))
+            return [self._step_run(row) for row in rows]
+
+    def cancel(self, tenant: str, task_id: str, reason: str = "cancelled") -> Task:
+        with self.db.write() as conn:
+            self.machine.cancel(conn, tenant=tenant, task_id=task_id, reason=reason, now=self.clock())
+        return self.get(tenant, task_id)
+
+    def replay(self, tenant: str, task_id: str) -> Task:
+        """Resume a dead-lettered task at its failed step; completed steps are not run again."""
+        with self.db.write() as conn:
+            self.machine.replay(conn, tenant=tenant, task_id=task_id, now=self.clock())
+        self._wake_workers()
+        return self.get(tenant, task_id)
+
+    def wait(self, tenant: str, task_id: str, timeout: float, *, poll_interval: float = 0.05) -> Task:
+        """Poll until the task is done or ``timeout`` seconds pass; returns the task either way (check ``done``).
+
+        For the gateway's synchronous mode. Polls the store rather than listening on the bus so it works the
+        same whether the worker runs in this process or elsewhere.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            task = self.get(tenant, task_id)
+            if task.done or time.monotonic() >= deadline:
+                return task
+            time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0)))
+
+    # ---------------------------------------------------------------- approvals
+
+    def approvals(
+        self,
+        tenant: str,
+        state: ApprovalState | str | None = ApprovalState.PENDING,
+        *,
+        task_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Approval]:
+        """Approvals of ``tenant`` (pending by default; ``state=None`` for all), oldest first."""
+        limit = _page_limit(limit)
+        query = sa.select(approvals).where(approvals.c.tenant == tenant).order_by(approvals.c.id).limit(limit + 1)
+        if state is not None:
+            query = query.where(approvals.c.state == _enum(ApprovalState, state, "state"))
+        if task_id is not None:
+            query = query.where(approvals.c.task_id == task_id)
+        if cursor is not None:
+            query = query.where(approvals.c.id > cursor)
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        items = [_approval(row) for row in rows[:limit]]
+        return Page(items, items[-1].id if len(rows) > limit else None)
+
+    def approval(self, approval_id: str, *, tenant: str | None = None) -> Approval:
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)).first()
+        if row is None or (tenant is not None and row.tenant != tenant):
+            raise ApprovalNotFoundError(f"no approval {approval_id!r}", approval_id=approval_id)
+        return _approval(row)
+
+    def approve(
+        self,
+        approval_id: str,
+        approver: str,
+        reason: str = "",
+        *,
+        tenant: str | None = None,
+        roles: frozenset[str] | set[str] | None = None,
+    ) -> Approval:
+        """Record an approval; at quorum the task continues with the next step.
+
+        ``roles``: the approver's roles as the gateway authenticated them, checked against the step's
+        approvers (None: trust the caller). ``tenant`` scopes the lookup to that tenant.
+        """
+        return self._decide(approval_id, approver, reason, approve=True, tenant=tenant, roles=roles)
+
+    def reject(
+        self,
+        approval_id: str,
+        approver: str,
+        reason: str,
+        *,
+        tenant: str | None = None,
+        roles: frozenset[str] | set[str] | None = None,
+    ) -> Approval:
+        """Reject: the task continues at the step's ``onReject``, or ends as rejected with ``reason``."""
+        return self._decide(approval_id, approver, reason, approve=False, tenant=tenant, roles=roles)
+
+    def _decide(
+        self,
+        approval_id: str,
+        approver: str,
+        reason: str,
+        *,
+        approve: bool,
+        tenant: str | None,
+        roles: frozenset[str] | set[str] | None,
+    ) -> Approval:
+        with self.db.write() as conn:
+            self.machine.decide(
+                conn,
+                approval_id=approval_id,
+                approver=approver,
+                approve=approve,
+                reason=reason,
+                roles=frozenset(roles) if roles is not None else None,
+                tenant=tenant,
+                now=self.clock(),
+            )
+        self._wake_workers()
+        return self.approval(approval_id)
+
+    # ---------------------------------------------------------------- events, dead letters, idempotency
+
+    def events(
+        self, task_id: str, *, tenant: str | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> builtins.list[Event]:
+        """The task's outbox events in order; pass the last ``seq`` seen as ``after_seq`` to follow along."""
+        if tenant is not None:
+            self._check_task(tenant, task_id)
+        with self.db.read() as conn:
+            return outbox.for_task(conn, task_id, after_seq=after_seq, limit=limit)
+
+    def dead_letters(
+        self, tenant: str, *, include_replayed: bool = False, limit: int = 50, cursor: str | None = None
+    ) -> Page[DeadLetter]:
+        limit = _page_limit(limit)
+        query = (
+            sa.select(dead_letters)
+            .where(dead_letters.c.tenant == tenant)
+            .order_by(dead_letters.c.id.desc())
+            .limit(limit + 1)
+        )
+        if not include_replayed:
+            query = query.where(dead_letters.c.replayed_at.is_(None))
+        if cursor is not None:
+            query = query.where(dead_letters.c.id < cursor)
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        items = [
+            DeadLetter(
+                id=r.id,
+                task_id=r.task_id,
+                tenant=r.tenant,
+                step=r.step,
+                reason=r.reason,
+                last_error=r.last_error,
+                created_at=r.created_at,
+                replayed_at=r.replayed_at,
+            )
+            for r in rows[:limit]
+        ]
+        return Page(items, items[-1].id if len(rows) > limit else None)
+
+    # ---------------------------------------------------------------- workers
+
+    def executors(self) -> dict[str, StepExecutor]:
+        """The step executors a worker of this engine uses, by step type."""
+        return {
+            "model": ModelExecutor(self.model_resolver, self.http, self.rng),
+            "connector": ConnectorExecutor(self.connector_resolver, self.http, self.secret_resolver),
+            "rules": RulesExecutor(),
+        }
+
+    def worker(self, config: WorkerConfig | None = None, **overrides: Any) -> Worker:
+        """A worker on this engine's store (not started: ``start()`` it, or use it as a context manager).
+
+        Keyword arguments override ``WorkerConfig`` fields, e.g. ``engine.worker(concurrency=8, lease=...)``.
+        """
+        if overrides:
+            if "lease" in overrides:
+                overrides["lease"] = as_duration(overrides["lease"])
+            config = dataclasses.replace(config or WorkerConfig(), **overrides)
+        worker = Worker(
+            self.db,
+            self.machine,
+            self.codec,
+            self.executors(),
+            config=config,
+            relay=self.relay,
+            clock=self.clock,
+        )
+        self._workers.append(worker)
+        return worker
+
+    def maintain(self) -> None:
+        """Run the periodic sweeps once (approval expiry, SLA breaches, outbox relay) without a worker."""
+        Worker(self.db, self.machine, self.codec, {}, relay=self.relay, clock=self.clock).maintain()
+
+    def _wake_workers(self) -> None:
+        for worker in self._workers:
+            worker.wake()
+
+    # ---------------------------------------------------------------- views
+
+    def _check_task(self, tenant: str, task_id: str) -> None:
+        with self.db.read() as conn:
+            found = conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task_id, tasks.c.tenant == tenant)).first()
+        if found is None:
+            raise TaskNotFoundError(f"no task {task_id!r}", task_id=task_id)
+
+    def _task(self, row: sa.Row[Any], *, payloads: bool) -> Task:
+        return Task(
+            id=row.id,
+            tenant=row.tenant,
+            workflow=row.workflow,
+            workflow_version=row.workflow_version,
+            state=TaskState(row.state),
+            priority=Priority(row.priority),
+            input=self.codec.decode(row.input, row.input_ref) if payloads else None,
+            result=self.codec.decode(row.result, row.result_ref) if payloads else None,
+            error=row.error,
+            vars=row.vars,
+            current_step=row.current_step,
+            deadline=row.deadline,
+            sla_breached_at=row.sla_breached_at,
+            idempotency_key=row.idempotency_key,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            finished_at=row.finished_at,
+        )
+
+    def _step_run(self, row: sa.Row[Any]) -> StepRun:
+        return StepRun(
+            id=row.id,
+            task_id=row.task_id,
+            seq=row.seq,
+            name=row.name,
+            type=row.type,
+            state=StepState(row.state),
+            attempts=row.attempts,
+            idempotency_key=row.idempotency_key,
+            output=self.codec.decode(row.output, row.output_ref),
+            error=row.error,
+            next_run_at=row.next_run_at,
+            lease_owner=row.lease_owner,
+            lease_expires_at=row.lease_expires_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+
+
+def _approval(row: sa.Row[Any]) -> Approval:
+    return Approval(
+        id=row.id,
+        task_id=row.task_id,
+        tenant=row.tenant,
+        step=row.step,
+        state=ApprovalState(row.state),
+        roles=list(row.roles),
+        users=list(row.users),
+        quorum=row.quorum,
+        prompt=row.prompt,
+        decisions=[
+            Decision(
+                approver=d["approver"], decision=d["decision"], reason=d["reason"], at=datetime.fromisoformat(d["at"])
+            )
+            for d in row.decisions
+        ],
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        decided_at=row.decided_at,
+    )
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(kind: type[E], value: str, field: str) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise InvalidRequestError(f"unknown {field} {value!r}; use one of {allowed}", field=field) from None
+
+
+def _page_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+    return limit

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the engine, named ``aiplane_engine_<what>_<unit>``.
+
+Registered once per process in the default registry (prometheus-client refuses duplicate names), so every
+Engine and Worker in a process shares them, which is also what a scrape of that process should see. Gauges
+that describe the store (queue length, pending approvals, DLQ size) are refreshed by the workers' maintenance
+loop from the database, so any worker's /metrics shows the whole store.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+STEP_DURATION = Histogram(
+    "aiplane_engine_step_duration_seconds",
+    "Duration of step attempts, by workflow, step, step type and outcome.",
+    ["workflow", "step", "type", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+RETRIES = Counter(
+    "aiplane_engine_retries_total",
+    "Step attempts that failed and were scheduled to be retried.",
+    ["workflow", "step"],
+)
+DEFERRALS = Counter(
+    "aiplane_engine_deferrals_total",
+    "Step attempts held back before calling the downstream (circuit open or retry budget spent).",
+    ["workflow", "step"],
+)
+DEAD_LETTERS = Counter(
+    "aiplane_engine_dead_letters_total",
+    "Tasks that went to the dead-letter queue.",
+    ["workflow"],
+)
+SLA_BREACHES = Counter(
+    "aiplane_engine_sla_breaches_total",
+    "Tasks that passed their SLA deadline before finishing.",
+    ["workflow"],
+)
+QUEUE_LENGTH = Gauge(
+    "aiplane_engine_queue_length_steps",
+    "Runnable step runs waiting for a worker, by priority class.",
+    ["priority"],
+)
+PENDING_APPROVALS = Gauge("aiplane_engine_pending_approvals_count", "Approvals waiting for a decision.")
+DLQ_SIZE = Gauge("aiplane_engine_dlq_size_tasks", "Dead-lettered tasks not yet replayed.")

@@ -1,0 +1,1 @@
+"""Alembic migrations of the engine's store, shipped inside the package and run at start (``upgrade head``)."""

@@ -1,0 +1,935 @@
+"""Every state change of a task, its step runs and approvals, as functions over one open write transaction.
+
+The rules these functions keep, and why they are enough:
+
+* Each function first locks the task row (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already
+  serialises writers) and checks the state it expects, so concurrent callers (a worker completing a step, an
+  approver, the SLA sweep, a cancel) see one another's effects and cannot both advance a task.
+* A worker may only finish a step run while it holds the run's current ``lease_token`` (a fencing token, new at
+  every claim). A worker whose lease expired, or whose task jumped elsewhere, finds its completion refused.
+* Completing a step and entering the next one (or finishing the task) happen in the same transaction, and a
+  succeeded run is never claimable again: a completed step is never run twice.
+* Every change appends its outbox event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from crds.workflow import Step, WorkflowSpec
+from engine.clock import new_id
+from engine.durations import parse_duration
+from engine.errors import (
+    ApprovalNotFoundError,
+    IdempotencyMismatchError,
+    InvalidStateError,
+    NotAuthorizedError,
+    StepDeferredError,
+    StepError,
+    TaskNotFoundError,
+)
+from engine.executors.base import StepOutcome
+from engine.flow import definitions, graph
+from engine.models import TERMINAL_TASK_STATES, ApprovalState, Priority, StepState, TaskState
+from engine.payloads import Encoded, PayloadCodec
+from engine.retry import is_retryable, retry_delay
+from engine.runtime.queue import PriorityPolicy
+from engine.store import outbox
+from engine.store.database import dialect_insert
+from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
+
+# Reasons a task is dead-lettered.
+NON_RETRYABLE = "NonRetryable"
+RETRIES_EXHAUSTED = "RetriesExhausted"
+
+ACTIVE_STEP_STATES = (StepState.RUNNABLE, StepState.RUNNING, StepState.WAITING)
+ACTIVE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.WAITING)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claimed:
+    """A step run leased to a worker: what it needs to run the attempt and to report back."""
+
+    step_run_id: str
+    task_id: str
+    tenant: str
+    workflow: str
+    workflow_version: str
+    priority: str
+    step: str
+    step_type: str
+    seq: int
+    attempt: int
+    lease_token: str
+    idempotency_key: str
+    trace_context: str | None
+    deadline: datetime | None
+
+
+@dataclass(frozen=True)
+class FailResult:
+    retrying: bool
+    delay: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task_id: str
+    created: bool
+
+
+def _claimable(now: datetime) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """Runnable and due; or running with an expired lease (its worker died)."""
+    due = sa.and_(step_runs.c.state == StepState.RUNNABLE, step_runs.c.next_run_at <= now)
+    lost = sa.and_(step_runs.c.state == StepState.RUNNING, step_runs.c.lease_expires_at <= now)
+    return due, lost
+
+
+def step_idempotency_key(task_id: str, seq: int, step: str) -> str:
+    """Stable for a step run across its retries and replays; distinct for each visit of a step."""
+    return f"{task_id}-{seq}-{step}"
+
+
+class StateMachine:
+    def __init__(
+        self,
+        codec: PayloadCodec,
+        priorities: PriorityPolicy | None = None,
+        *,
+        rng: random.Random | None = None,
+        max_step_runs: int = 1000,
+    ) -> None:
+        self.codec = codec
+        self.priorities = priorities or PriorityPolicy()
+        self.rng = rng or random.Random()
+        #: Guards against workflows that loop forever (a rules branch back to an earlier step).
+        self.max_step_runs = max_step_runs
+
+    # ---------------------------------------------------------------- submit
+
+    def submit(
+        self,
+        conn: sa.Connection,
+        *,
+        tenant: str,
+        workflow: str,
+        version: str,
+        spec: WorkflowSpec,
+        input: Any,
+        priority: Priority,
+        deadline: datetime | None,
+        idempotency_key: str | None,
+        request_hash: str | None,
+        trace_context: str | None,
+        now: datetime,
+    ) -> Submitted:
+        task_id = new_id()
+        encoded = self.codec.encode(input)
+        values: dict[str, Any] = {
+            "id": task_id,
+            "tenant": tenant,
+            "workflow": workflow,
+            "workflow_version": version,
+            "state": TaskState.QUEUED,
+            "priority": priority,
+            "input": encoded.inline,
+            "input_ref": encoded.ref,
+            "vars": {},
+            "step_seq": 0,
+            "deadline": deadline,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+            "trace_context": trace_context,
+            "created_at": now,
+            "updated_at": now,
+        }
+        # ON CONFLICT DO NOTHING on (tenant, idempotency_key): a resubmission (a Kafka message delivered twice)
+        # finds the first task instead of failing or creating a second one.
+        # RETURNING rather than rowcount: drivers disagree on the row count of an INSERT that did nothing.
+        inserted = conn.execute(
+            dialect_insert(conn, tasks).values(values).on_conflict_do_nothing().returning(tasks.c.id)
+        ).scalar()
+        if inserted is None:
+            existing = conn.execute(
+                sa.select(tasks.c.id, tasks.c.request_hash).where(
+                    tasks.c.tenant == tenant, tasks.c.idempotency_key == idempotency_key
+                )
+            ).one()
+            if existing.request_hash != request_hash:
+                raise IdempotencyMismatchError(
+                    "a task was already submitted with this idempotency key and a different input",
+                    key=idempotency_key,
+                    task_id=existing.id,
+                )
+            return Submitted(existing.id, created=False)
+        outbox.append(
+            conn,
+            outbox.TASK_SUBMITTED,
+            task_id=task_id,
+            tenant=tenant,
+            payload={"workflow": workflow, "version": version, "priority": priority},
+            now=now,
+        )
+        task = self._lock_task(conn, task_id)
+        self._enter_step(conn, task, spec, graph.first_step(spec), now)
+        return Submitted(task_id, created=True)
+
+    # ---------------------------------------------------------------- claim / heartbeat
+
+    def claim(self, conn: sa.Connection, *, worker: str, limit: int, lease: timedelta, now: datetime) -> list[Claimed]:
+        """Lease up to ``limit`` runnable steps, best ``sort_at`` first.
+
+        Claimable: runnable and due, or running with an expired lease (its worker died). On PostgreSQL the
+        candidates are locked ``FOR UPDATE SKIP LOCKED``, so concurrent workers take disjoint sets without
+        waiting; SQLite renders no FOR UPDATE and relies on the write transaction being the only writer.
+        """
+        due, lost = _claimable(now)
+        # Lock the step run and its task together and skip rows anyone else holds: a claim never waits, so it
+        # cannot deadlock with a completion or decision (those lock the task first, then the run).
+        candidates = conn.execute(
+            sa.select(step_runs)
+            .join(tasks, tasks.c.id == step_runs.c.task_id)
+            .where(sa.or_(due, lost))
+            .order_by(step_runs.c.sort_at, step_runs.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=[step_runs, tasks])
+        ).all()
+        claimed: list[Claimed] = []
+        for run in candidates:
+            task = self._lock_task(conn, run.task_id)
+            spec = definitions.load(conn, task.workflow, task.workflow_version)
+            step = graph.step_named(spec, run.name)
+            if run.state == StepState.RUNNING:
+                # The previous worker died (or stalled past its lease): its attempt counts as used.
+                self._finish_attempt(
+                    conn, run, "lost", {"kind": "LeaseExpired", "message": "worker lost its lease"}, now
+                )
+                if run.attempts - run.attempt_base >= step.retry.max_attempts:
+                    error = {
+                        "kind": "LeaseExpired",
+                        "message": f"the worker running attempt {run.attempts} lost its lease and no attempts are left",
+                        "retryable": True,
+                    }
+                    self._fail_run(conn, task, run, error, now)
+                    self._dead_letter(conn, task, run, RETRIES_EXHAUSTED, error, now=now)
+                    continue
+                outbox.append(
+                    conn,
+                    outbox.STEP_RETRYING,
+                    task_id=task.id,
+                    tenant=task.tenant,
+                    payload={
+                        "step": run.name,
+                        "attempt": run.attempts,
+                        "delaySeconds": 0,
+                        "error": {"kind": "LeaseExpired", "message": f"worker {run.lease_owner} lost its lease"},
+                    },
+                    now=now,
+                )
+            token = new_id()
+            updated = conn.execute(
+                sa.update(step_runs)
+                .where(step_runs.c.id == run.id, sa.or_(due, lost))
+                .values(
+                    state=StepState.RUNNING,
+                    lease_owner=worker,
+                    lease_token=token,
+                    lease_expires_at=now + lease,
+                    attempts=step_runs.c.attempts + 1,
+                    started_at=sa.func.coalesce(step_runs.c.started_at, now),
+                    updated_at=now,
+                )
+            )
+            if updated.rowcount != 1:  # pragma: no cover - only reachable if the locking above were bypassed
+                continue
+            attempt = run.attempts + 1
+            conn.execute(
+                sa.insert(attempts).values(
+                    id=new_id(),
+                    step_run_id=run.id,
+                    task_id=run.task_id,
+                    number=attempt,
+                    worker=worker,
+                    outcome="running",
+                    started_at=now,
+                )
+            )
+            if task.state == TaskState.QUEUED:
+                conn.execute(
+                    sa.update(tasks).where(tasks.c.id == task.id).values(state=TaskState.RUNNING, updated_at=now)
+                )
+            outbox.append(
+                conn,
+                outbox.STEP_STARTED,
+                task_id=task.id,
+                tenant=task.tenant,
+                payload={"step": run.name, "type": run.type, "attempt": attempt, "worker": worker},
+                now=now,
+            )
+            claimed.append(
+                Claimed(
+                    step_run_id=run.id,
+                    task_id=task.id,
+                    tenant=task.tenant,
+                    workflow=task.workflow,
+                    workflow_version=task.workflow_version,
+                    priority=task.priority,
+                    step=run.name,
+                    step_type=run.type,
+                    seq=run.seq,
+                    attempt=attempt,
+                    lease_token=token,
+                    idempotency_key=run.idempotency_key,
+                    trace_context=task.trace_context,
+                    deadline=task.deadline,
+                )
+            )
+        return claimed
+
+    @staticmethod
+    def work_due(conn: sa.Connection, now: datetime) -> bool:
+        """Whether anything is claimable, expirable or breached: a cheap read that lets an idle SQLite worker
+        skip taking the database's single write lock on every poll."""
+        due, lost = _claimable(now)
+        probes = (
+            sa.select(step_runs.c.id).where(sa.or_(due, lost)),
+            sa.select(approvals.c.id).where(approvals.c.state == ApprovalState.PENDING, approvals.c.expires_at <= now),
+            sa.select(tasks.c.id).where(
+                tasks.c.state.in_(ACTIVE_TASK_STATES), tasks.c.deadline <= now, tasks.c.sla_breached_at.is_(None)
+            ),
+        )
+        return any(conn.execute(probe.limit(1)).first() is not None for probe in probes)
+
+    @staticmethod
+    def heartbeat(conn: sa.Connection, claimed: Claimed, *, lease: timedelta, now: datetime) -> bool:
+        """Extend the lease; False if it was lost (expired and reclaimed, or the task moved on)."""
+        extended = conn.execute(
+            sa.update(step_runs)
+            .where(
+                step_runs.c.id == claimed.step_run_id,
+                step_runs.c.lease_token == claimed.lease_token,
+                step_runs.c.state == StepState.RUNNING,
+            )
+            .values(lease_expires_at=now + lease, updated_at=now)
+        )
+        return extended.rowcount == 1
+
+    # ---------------------------------------------------------------- step results
+
+    def complete(self, conn: sa.Connection, claimed: Claimed, outcome: StepOutcome, now: datetime) -> bool:
+        """Record a successful attempt and move the task on; False if this worker no longer holds the lease."""
+        task = self._lock_task(conn, claimed.task_id)
+        encoded = self.codec.encode(outcome.output)
+        done = conn.execute(
+            sa.update(step_runs)
+            .where(*self._held(claimed))
+            .values(
+                state=StepState.SUCCEEDED,
+                output=encoded.inline,
+                output_ref=encoded.ref,
+                error=None,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        if done.rowcount != 1:
+            return False
+        run = self._run(conn, claimed.step_run_id)
+        self._finish_attempt(conn, run, "succeeded", None, now)
+        if outcome.vars:
+            task_vars = {**task.vars, **outcome.vars}
+            conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(vars=task_vars))
+        outbox.append(
+            conn,
+            outbox.STEP_COMPLETED,
+            task_id=task.id,
+            tenant=task.tenant,
+            payload={"step": run.name, "type": run.type, "attempt": claimed.attempt},
+            now=now,
+        )
+        spec = definitions.load(conn, task.workflow, task.workflow_version)
+        step = graph.step_named(spec, run.name)
+        self._advance(
+            conn, self._lock_task(conn, task.id), spec, graph.following(spec, step, outcome.next_step), encoded, now=now
+        )
+        return True
+
+    def fail(self, conn: sa.Connection, claimed: Claimed, error: StepError, now: datetime) -> FailResult | None:
+        """Record a failed attempt: schedule a retry, or dead-letter the task. None if the lease was lost."""
+        task = self._lock_task(conn, claimed.task_id)
+        run = self._run(conn, claimed.step_run_id)
+        if run.state != StepState.RUNNING or run.lease_token != claimed.lease_token:
+            return None
+        spec = definitions.load(conn, task.workflow, task.workflow_version)
+        step = graph.step_named(spec, run.name)
+        used = run.attempts - run.attempt_base
+        details = error.as_dict()
+        if is_retryable(error, step.retry) and used < step.retry.max_attempts:
+            delay = retry_delay(error, step.retry, used, self.rng)
+            ready_at = now + delay
+            conn.execute(
+                sa.update(step_runs)
+                .where(*self._held(claimed))
+                .values(
+                    state=StepState.RUNNABLE,
+                    error=details,
+                    next_run_at=ready_at,
+                    sort_at=self.priorities.sort_at(run.priority, ready_at),
+                    lease_owner=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+            self._finish_attempt(conn, run, "retrying", details, now)
+            outbox.append(
+                conn,
+                outbox.STEP_RETRYING,
+                task_id=task.id,
+                tenant=task.tenant,
+                payload={
+                    "step": run.name,
+                    "attempt": run.attempts,
+                    "delaySeconds": delay.total_seconds(),
+                    "error": details,
+                },
+                now=now,
+            )
+            return FailResult(retrying=True, delay=delay)
+        self._finish_attempt(conn, run, "failed", details, now)
+        self._fail_run(conn, task, run, details, now)
+        reason = RETRIES_EXHAUSTED if is_retryable(error, step.retry) else NON_RETRYABLE
+        self._dead_letter(conn, task, run, reason, details, now=now)
+        return FailResult(retrying=False)
+
+    def defer(self, conn: sa.Connection, claimed: Claimed, deferred: StepDeferredError, now: datetime) -> bool:
+        """The attempt never reached the downstream: give the attempt back and wait ``deferred.delay``."""
+        self._lock_task(conn, claimed.task_id)
+        run = self._run(conn, claimed.step_run_id)
+        ready_at = now + deferred.delay
+        released = conn.execute(
+            sa.update(step_runs)
+            .where(*self._held(claimed))
+            .values(
+                state=StepState.RUNNABLE,
+                attempts=step_runs.c.attempts - 1,
+                next_run_at=ready_at,
+                sort_at=self.priorities.sort_at(run.priority, ready_at),
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        if released.rowcount != 1:
+            return False
+        self._finish_attempt(conn, run, "deferred", {"kind": "Deferred", "message": deferred.reason}, now)
+        return True
+
+    # ---------------------------------------------------------------- approvals
+
+    def decide(
+        self,
+        conn: sa.Connection,
+        *,
+        approval_id: str,
+        approver: str,
+        approve: bool,
+        reason: str,
+        roles: frozenset[str] | None,
+        tenant: str | None,
+        now: datetime,
+    ) -> None:
+        """Record one approver's decision; at quorum (or the first rejection) the task moves on.
+
+        ``roles`` are the approver's roles in the tenant, as the gateway authenticated them; None skips the
+        check (trusted in-process callers and the CLI in dev mode).
+        """
+        row = conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)).first()
+        if row is None or (tenant is not None and row.tenant != tenant):
+            raise ApprovalNotFoundError(f"no approval {approval_id!r}", approval_id=approval_id)
+        task = self._lock_task(conn, row.task_id)
+        approval = conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)).one()
+        if approval.state != ApprovalState.PENDING:
+            raise InvalidStateError(f"approval {approval_id} is already {approval.state}", state=approval.state)
+        if approval.expires_at <= now:
+            raise InvalidStateError(f"approval {approval_id} expired at {approval.expires_at.isoformat()}")
+        if roles is not None and approver not in approval.users and not roles.intersection(approval.roles):
+            raise NotAuthorizedError(
+                f"{approver!r} may not decide this approval: it needs one of the roles "
+                f"{', '.join(approval.roles) or '(none)'} or one of its named users",
+                approver=approver,
+            )
+        decisions: list[dict[str, Any]] = list(approval.decisions)
+        if any(d["approver"] == approver for d in decisions):
+            raise InvalidStateError(f"{approver!r} has already decided approval {approval_id}", approver=approver)
+        decision = "approve" if approve else "reject"
+        decisions.append({"approver": approver, "decision": decision, "reason": reason, "at": now.isoformat()})
+        approved = sum(1 for d in decisions if d["decision"] == "approve")
+        if not approve:
+            state = ApprovalState.REJECTED
+        elif approved >= approval.quorum:
+            state = ApprovalState.APPROVED
+        else:
+            state = ApprovalState.PENDING
+        conn.execute(
+            sa.update(approvals)
+            .where(approvals.c.id == approval_id)
+            .values(
+                decisions=decisions,
+                state=state,
+                decided_at=None if state == ApprovalState.PENDING else now,
+            )
+        )
+        outbox.append(
+            conn,
+            outbox.APPROVAL_DECIDED,
+            task_id=task.id,
+            tenant=task.tenant,
+            payload={
+                "approvalId": approval_id,
+                "step": approval.step,
+                "approver": approver,
+                "decision": decision,
+                "reason": reason,
+                "state": state,
+                "approvals": approved,
+                "quorum": approval.quorum,
+            },
+            now=now,
+        )
+        if state == ApprovalState.PENDING:
+            return
+        spec = definitions.load(conn, task.workflow, task.workflow_version)
+        step = graph.step_named(spec, approval.step)
+        assert step.approval is not None
+        output = {"decision": state.value, "decisions": decisions}
+        encoded = self._succeed_waiting_run(conn, approval.step_run_id, output, now)
+        self._event_step_completed(conn, task, approval.step, now)
+        if state == ApprovalState.APPROVED:
+            self._advance(conn, task, spec, graph.following(spec, step), encoded, now=now)
+        elif step.approval.on_reject is not None:
+            self._enter_step(conn, task, spec, graph.step_named(spec, step.approval.on_reject), now)
+        else:
+            error = {"kind": "Rejected", "message": reason or "rejected", "approver": approver, "step": step.name}
+            self._finish_task(conn, task, TaskState.REJECTED, now, error=error)
+
+    def expire_approvals(self, conn: sa.Connection, *, now: datetime, limit: int = 100) -> int:
+        """Expire pending approvals past ``expires_at``: continue at ``onExpire`` or fail the task."""
+        # Not locked here: like every transition this locks the task first (a decision does the same), and it
+        # skips tasks someone else holds rather than waiting, so the sweep can never deadlock with a decision.
+        due = conn.execute(
+            sa.select(approvals.c.id, approvals.c.task_id)
+            .where(approvals.c.state == ApprovalState.PENDING, approvals.c.expires_at <= now)
+            .order_by(approvals.c.expires_at)
+            .limit(limit)
+        ).all()
+        expired = 0
+        for candidate in due:
+            task = conn.execute(
+                sa.select(tasks).where(tasks.c.id == candidate.task_id).with_for_update(skip_locked=True)
+            ).first()
+            if task is None:
+                continue  # busy: the next round gets it
+            approval = conn.execute(sa.select(approvals).where(approvals.c.id == candidate.id)).one()
+            if approval.state != ApprovalState.PENDING:
+                continue
+            expired += 1
+            conn.execute(
+                sa.update(approvals)
+                .where(approvals.c.id == approval.id)
+                .values(state=ApprovalState.EXPIRED, decided_at=now)
+            )
+            spec = definitions.load(conn, task.workflow, task.workflow_version)
+            step = graph.step_named(spec, approval.step)
+            assert step.approval is not None
+            outbox.append(
+                conn,
+                outbox.APPROVAL_EXPIRED,
+                task_id=task.id,
+                tenant=task.tenant,
+                payload={"approvalId": approval.id, "step": approval.step, "escalateTo": step.approval.on_expire},
+                now=now,
+            )
+            if step.approval.on_expire is not None:
+                self._succeed_waiting_run(conn, approval.step_run_id, {"decision": "expired"}, now)
+                self._event_step_completed(conn, task, approval.step, now)
+                self._enter_step(conn, task, spec, graph.step_named(spec, step.approval.on_expire), now)
+            else:
+                error = {
+                    "kind": "ApprovalExpired",
+                    "message": f"approval at step {step.name!r} expired",
+                    "step": step.name,
+                }
+                run = self._run(conn, approval.step_run_id)
+                self._fail_run(conn, task, run, error, now)
+                self._finish_task(conn, task, TaskState.FAILED, now, error=error)
+        return expired
+
+    # ---------------------------------------------------------------- SLA, cancel, replay
+
+    def breach_slas(self, conn: sa.Connection, *, now: datetime, limit: int = 100) -> list[str]:
+        """Mark active tasks past their deadline (once each) and jump to ``sla.escalateTo`` where set.
+
+        Returns the workflows of the breached tasks (for the breach counter).
+        """
+        due = conn.execute(
+            sa.select(tasks.c.id)
+            .where(
+                tasks.c.state.in_(ACTIVE_TASK_STATES),
+                tasks.c.deadline <= now,
+                tasks.c.sla_breached_at.is_(None),
+            )
+            .order_by(tasks.c.deadline)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        breached: list[str] = []
+        for candidate in due:
+            task = self._lock_task(conn, candidate.id)
+            if task.state not in ACTIVE_TASK_STATES or task.sla_breached_at is not None:
+                continue
+            breached.append(task.workflow)
+            conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(sla_breached_at=now, updated_at=now))
+            spec = definitions.load(conn, task.workflow, task.workflow_version)
+            escalate_to = spec.sla.escalate_to if spec.sla is not None else None
+            outbox.append(
+                conn,
+                outbox.SLA_BREACHED,
+                task_id=task.id,
+                tenant=task.tenant,
+                payload={
+                    "workflow": task.workflow,
+                    "deadline": task.deadline.isoformat() if task.deadline else None,
+                    "step": task.current_step,
+                    "escalateTo": escalate_to,
+                },
+                now=now,
+            )
+            if escalate_to is not None and escalate_to != task.current_step:
+                self._cancel_active(conn, task.id, now)
+                self._enter_step(conn, self._lock_task(conn, task.id), spec, graph.step_named(spec, escalate_to), now)
+        return breached
+
+    def cancel(self, conn: sa.Connection, *, tenant: str, task_id: str, reason: str, now: datetime) -> None:
+        task = self._lock_task(conn, task_id, tenant=tenant)
+        if task.state in TERMINAL_TASK_STATES:
+            raise InvalidStateError(f"task {task_id} is already {task.state}", state=task.state)
+        self._cancel_active(conn, task_id, now)
+        self._finish_task(conn, task, TaskState.CANCELLED, now, error={"kind": "Cancelled", "message": reason})
+
+    def replay(self, conn: sa.Connection, *, tenant: str, task_id: str, now: datetime) -> None:
+        """Resume a dead-lettered task at the step that failed, with a fresh retry budget.
+
+        Completed steps keep their outputs and are not run again; the failed step keeps its idempotency key, so
+        a downstream that saw an earlier attempt can recognise the retry.
+        """
+        task = self._lock_task(conn, task_id, tenant=tenant)
+        if task.state != TaskState.DEAD_LETTERED:
+            raise InvalidStateError(
+                f"only dead-lettered tasks can be replayed; task {task_id} is {task.state}", state=task.state
+            )
+        run = conn.execute(
+            sa.select(step_runs)
+            .where(step_runs.c.task_id == task_id, step_runs.c.state == StepState.FAILED)
+            .order_by(step_runs.c.seq.desc())
+            .limit(1)
+        ).one()
+        conn.execute(
+            sa.update(step_runs)
+            .where(step_runs.c.id == run.id)
+            .values(
+                state=StepState.RUNNABLE,
+                attempt_base=run.attempts,
+                next_run_at=now,
+                sort_at=self.priorities.sort_at(run.priority, now),
+                finished_at=None,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.id == task_id)
+            .values(state=TaskState.RUNNING, error=None, finished_at=None, current_step=run.name, updated_at=now)
+        )
+        conn.execute(
+            sa.update(dead_letters)
+            .where(dead_letters.c.task_id == task_id, dead_letters.c.replayed_at.is_(None))
+            .values(replayed_at=now)
+        )
+        outbox.append(
+            conn, outbox.TASK_REPLAYED, task_id=task_id, tenant=task.tenant, payload={"step": run.name}, now=now
+        )
+
+    # ---------------------------------------------------------------- internals
+
+    @staticmethod
+    def _held(claimed: Claimed) -> tuple[sa.ColumnElement[bool], ...]:
+        return (
+            step_runs.c.id == claimed.step_run_id,
+            step_runs.c.lease_token == claimed.lease_token,
+            step_runs.c.state == StepState.RUNNING,
+        )
+
+    @staticmethod
+    def _lock_task(conn: sa.Connection, task_id: str, *, tenant: str | None = None) -> sa.Row[Any]:
+        query = sa.select(tasks).where(tasks.c.id == task_id).with_for_update()
+        if tenant is not None:
+            query = query.where(tasks.c.tenant == tenant)
+        row = conn.execute(query).first()
+        if row is None:
+            raise TaskNotFoundError(f"no task {task_id!r}", task_id=task_id)
+        return row
+
+    @staticmethod
+    def _run(conn: sa.Connection, step_run_id: str) -> sa.Row[Any]:
+        return conn.execute(sa.select(step_runs).where(step_runs.c.id == step_run_id)).one()
+
+    @staticmethod
+    def _finish_attempt(
+        conn: sa.Connection, run: sa.Row[Any], outcome: str, error: dict[str, Any] | None, now: datetime
+    ) -> None:
+        conn.execute(
+            sa.update(attempts)
+            .where(
+                attempts.c.step_run_id == run.id,
+                attempts.c.number == run.attempts,
+                attempts.c.outcome == "running",
+            )
+            .values(outcome=outcome, error=error, finished_at=now)
+        )
+
+    def _enter_step(
+        self, conn: sa.Connection, task: sa.Row[Any], spec: WorkflowSpec, step: Step, now: datetime
+    ) -> None:
+        """Create the next step run: runnable for a worker, or (approval) a pending approval holding no worker."""
+        seq = task.step_seq + 1
+        if seq > self.max_step_runs:
+            error = {
+                "kind": "StepLimitExceeded",
+                "message": f"task ran {self.max_step_runs} steps; is the workflow looping?",
+            }
+            self._finish_task(conn, task, TaskState.FAILED, now, error=error)
+            return
+        run_id = new_id()
+        waiting = step.type == "approval"
+        conn.execute(
+            sa.insert(step_runs).values(
+                id=run_id,
+                task_id=task.id,
+                seq=seq,
+                name=step.name,
+                type=step.type,
+                state=StepState.WAITING if waiting else StepState.RUNNABLE,
+                priority=task.priority,
+                attempts=0,
+                attempt_base=0,
+                idempotency_key=step_idempotency_key(task.id, seq, step.name),
+                next_run_at=None if waiting else now,
+                sort_at=None if waiting else self.priorities.sort_at(task.priority, now),
+                started_at=now if waiting else None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if waiting:
+            state = TaskState.WAITING
+        elif task.state == TaskState.QUEUED:
+            state = TaskState.QUEUED
+        else:
+            state = TaskState.RUNNING
+        conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.id == task.id)
+            .values(step_seq=seq, current_step=step.name, state=state, updated_at=now)
+        )
+        if waiting:
+            assert step.approval is not None
+            approval_id = new_id()
+            expires_at = now + parse_duration(step.approval.expiry)
+            conn.execute(
+                sa.insert(approvals).values(
+                    id=approval_id,
+                    task_id=task.id,
+                    step_run_id=run_id,
+                    tenant=task.tenant,
+                    step=step.name,
+                    state=ApprovalState.PENDING,
+                    roles=list(step.approval.approvers.roles),
+                    users=list(step.approval.approvers.users),
+                    quorum=step.approval.quorum,
+                    prompt=step.approval.prompt,
+                    decisions=[],
+                    expires_at=expires_at,
+                    created_at=now,
+                )
+            )
+            outbox.append(
+                conn,
+                outbox.APPROVAL_REQUESTED,
+                task_id=task.id,
+                tenant=task.tenant,
+                payload={
+                    "approvalId": approval_id,
+                    "step": step.name,
+                    "quorum": step.approval.quorum,
+                    "expiresAt": expires_at.isoformat(),
+                },
+                now=now,
+            )
+
+    def _advance(
+        self,
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        spec: WorkflowSpec,
+        next_step: str | None,
+        last_output: Encoded,
+        *,
+        now: datetime,
+    ) -> None:
+        if next_step is None:
+            self._finish_task(conn, task, TaskState.SUCCEEDED, now, result=last_output)
+        else:
+            self._enter_step(conn, task, spec, graph.step_named(spec, next_step), now)
+
+    def _succeed_waiting_run(self, conn: sa.Connection, step_run_id: str, output: Any, now: datetime) -> Encoded:
+        encoded = self.codec.encode(output)
+        conn.execute(
+            sa.update(step_runs)
+            .where(step_runs.c.id == step_run_id, step_runs.c.state == StepState.WAITING)
+            .values(
+                state=StepState.SUCCEEDED,
+                output=encoded.inline,
+                output_ref=encoded.ref,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        return encoded
+
+    @staticmethod
+    def _event_step_completed(conn: sa.Connection, task: sa.Row[Any], step: str, now: datetime) -> None:
+        outbox.append(
+            conn,
+            outbox.STEP_COMPLETED,
+            task_id=task.id,
+            tenant=task.tenant,
+            payload={"step": step, "type": "approval"},
+            now=now,
+        )
+
+    @staticmethod
+    def _fail_run(
+        conn: sa.Connection, task: sa.Row[Any], run: sa.Row[Any], error: dict[str, Any], now: datetime
+    ) -> None:
+        conn.execute(
+            sa.update(step_runs)
+            .where(step_runs.c.id == run.id)
+            .values(
+                state=StepState.FAILED,
+                error=error,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        outbox.append(
+            conn,
+            outbox.STEP_FAILED,
+            task_id=task.id,
+            tenant=task.tenant,
+            payload={"step": run.name, "type": run.type, "attempt": run.attempts, "error": error},
+            now=now,
+        )
+
+    def _dead_letter(
+        self,
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        run: sa.Row[Any],
+        reason: str,
+        error: dict[str, Any],
+        *,
+        now: datetime,
+    ) -> None:
+        conn.execute(
+            sa.insert(dead_letters).values(
+                id=new_id(),
+                task_id=task.id,
+                tenant=task.tenant,
+                step_run_id=run.id,
+                step=run.name,
+                reason=reason,
+                last_error=error,
+                created_at=now,
+            )
+        )
+        self._finish_task(conn, task, TaskState.DEAD_LETTERED, now, error={**error, "step": run.name, "reason": reason})
+
+    def _finish_task(
+        self,
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        state: TaskState,
+        now: datetime,
+        *,
+        result: Encoded | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"state": state, "error": error, "finished_at": now, "updated_at": now}
+        if state == TaskState.SUCCEEDED:
+            # ``result`` arrives already encoded (the last step's output), so a large result is not stored twice.
+            values["result"] = result.inline if result is not None else None
+            values["result_ref"] = result.ref if result is not None else None
+        conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(values))
+        event = {
+            TaskState.SUCCEEDED: outbox.TASK_COMPLETED,
+            TaskState.CANCELLED: outbox.TASK_CANCELLED,
+            TaskState.DEAD_LETTERED: outbox.TASK_DEAD_LETTERED,
+        }.get(state, outbox.TASK_FAILED)
+        payload: dict[str, Any] = {"state": state.value, "workflow": task.workflow}
+        if error is not None:
+            payload["error"] = error
+        outbox.append(conn, event, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
+
+    def _cancel_active(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
+        """Stop whatever the task is doing: a running worker's completion will find its lease token gone."""
+        active = conn.execute(
+            sa.select(step_runs.c.id, step_runs.c.attempts).where(
+                step_runs.c.task_id == task_id, step_runs.c.state.in_(ACTIVE_STEP_STATES)
+            )
+        ).all()
+        for run in active:
+            conn.execute(
+                sa.update(attempts)
+                .where(attempts.c.step_run_id == run.id, attempts.c.outcome == "running")
+                .values(outcome="abandoned", finished_at=now)
+            )
+        conn.execute(
+            sa.update(step_runs)
+            .where(step_runs.c.task_id == task_id, step_runs.c.state.in_(ACTIVE_STEP_STATES))
+            .values(
+                state=StepState.CANCELLED,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            sa.update(approvals)
+            .where(approvals.c.task_id == task_id, approvals.c.state == ApprovalState.PENDING)
+            .values(state=ApprovalState.CANCELLED, decided_at=now)
+        )

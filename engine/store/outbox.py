@@ -1,0 +1,95 @@
+"""The transactional outbox: events are rows written in the same transaction as the change they report.
+
+A state change and its event commit or roll back together, so the bus can never announce a change that did not
+happen, nor miss one that did; the relay (engine.bus) publishes the rows afterwards, at least once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.clock import new_id
+from engine.models import Event
+from engine.store.schema import events
+
+# Event types, as named in the design brief.
+TASK_SUBMITTED = "task.submitted"
+TASK_COMPLETED = "task.completed"
+TASK_FAILED = "task.failed"
+TASK_DEAD_LETTERED = "task.dead_lettered"
+TASK_CANCELLED = "task.cancelled"
+TASK_REPLAYED = "task.replayed"
+STEP_STARTED = "step.started"
+STEP_COMPLETED = "step.completed"
+STEP_FAILED = "step.failed"
+STEP_RETRYING = "step.retrying"
+APPROVAL_REQUESTED = "approval.requested"
+APPROVAL_DECIDED = "approval.decided"
+APPROVAL_EXPIRED = "approval.expired"
+SLA_BREACHED = "sla.breached"
+
+
+def append(
+    conn: sa.Connection,
+    type: str,
+    *,
+    task_id: str | None,
+    tenant: str | None,
+    payload: dict[str, Any],
+    now: datetime,
+) -> str:
+    event_id = new_id()
+    conn.execute(
+        sa.insert(events).values(
+            id=event_id, task_id=task_id, tenant=tenant, type=type, payload=payload, created_at=now
+        )
+    )
+    return event_id
+
+
+def for_task(conn: sa.Connection, task_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+    rows = conn.execute(
+        sa.select(events)
+        .where(events.c.task_id == task_id, events.c.seq > after_seq)
+        .order_by(events.c.seq)
+        .limit(limit)
+    )
+    return [to_event(row) for row in rows]
+
+
+def claim_unpublished(conn: sa.Connection, limit: int) -> list[Event]:
+    """The oldest unpublished events, locked for this relay (other relays skip them) until the transaction ends."""
+    rows = conn.execute(
+        sa.select(events)
+        .where(events.c.published_at.is_(None))
+        .order_by(events.c.seq)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [to_event(row) for row in rows]
+
+
+def has_unpublished(conn: sa.Connection) -> bool:
+    return conn.execute(sa.select(events.c.seq).where(events.c.published_at.is_(None)).limit(1)).first() is not None
+
+
+def mark_published(conn: sa.Connection, seqs: Sequence[int], now: datetime) -> None:
+    if seqs:
+        conn.execute(sa.update(events).where(events.c.seq.in_(list(seqs))).values(published_at=now))
+
+
+def to_event(row: sa.Row[Any]) -> Event:
+    return Event(
+        id=row.id,
+        seq=row.seq,
+        task_id=row.task_id,
+        tenant=row.tenant,
+        type=row.type,
+        payload=row.payload,
+        created_at=row.created_at,
+        published_at=row.published_at,
+    )

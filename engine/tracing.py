@@ -1,0 +1,103 @@
+"""OpenTelemetry spans of the engine, and a span store keyed by task id for ``GET /v1/tasks/{id}/trace``.
+
+Spans are named ``aiplane.engine.<operation>`` and carry ``aiplane.task.id``. A task's trace continues the
+trace of the request that submitted it: the submitter's ``traceparent`` is stored with the task and becomes the
+parent of every step span, so one trace shows the request, each step and each downstream call.
+Without a configured TracerProvider (the app sets one up) spans are no-ops and nothing is propagated.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+TRACER_NAME = "aiplane.engine"
+SPAN_SUBMIT = "aiplane.engine.submit"
+SPAN_STEP = "aiplane.engine.step"
+SPAN_MODEL_CALL = "aiplane.engine.model_call"
+SPAN_CONNECTOR_CALL = "aiplane.engine.connector_call"
+SPAN_RULES = "aiplane.engine.rules"
+ATTR_TASK_ID = "aiplane.task.id"
+ATTR_TENANT = "aiplane.tenant"
+ATTR_WORKFLOW = "aiplane.workflow"
+ATTR_STEP = "aiplane.step.name"
+ATTR_STEP_TYPE = "aiplane.step.type"
+ATTR_ATTEMPT = "aiplane.step.attempt"
+
+
+def tracer() -> trace.Tracer:
+    # Looked up at call time, so a TracerProvider installed after import (by the app or a test) is used.
+    return trace.get_tracer(TRACER_NAME)
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the active span, or None when no span is recording."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def inject_headers(headers: dict[str, str]) -> None:
+    """Add ``traceparent`` (and ``tracestate``) of the active span to outgoing HTTP headers."""
+    propagate.inject(headers)
+
+
+def context_from_traceparent(traceparent: str | None) -> otel_context.Context | None:
+    if not traceparent:
+        return None
+    return propagate.extract({"traceparent": traceparent})
+
+
+class TaskSpanStore(SpanProcessor):
+    """Keeps finished spans that carry ``aiplane.task.id``, grouped by task, for the most recent tasks.
+
+    Install it on the app's TracerProvider (``provider.add_span_processor(store)``); it holds at most
+    ``max_tasks`` tasks and ``max_spans_per_task`` spans each, forgetting the oldest tasks first. A deployment
+    that exports to a tracing backend would read traces from there instead.
+    """
+
+    def __init__(self, max_tasks: int = 10_000, max_spans_per_task: int = 1_000) -> None:
+        self.max_tasks = max_tasks
+        self.max_spans_per_task = max_spans_per_task
+        self._spans: OrderedDict[str, list[ReadableSpan]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        task_id = (span.attributes or {}).get(ATTR_TASK_ID)
+        if not isinstance(task_id, str):
+            return
+        with self._lock:
+            spans = self._spans.setdefault(task_id, [])
+            self._spans.move_to_end(task_id)
+            if len(spans) < self.max_spans_per_task:
+                spans.append(span)
+            while len(self._spans) > self.max_tasks:
+                self._spans.popitem(last=False)
+
+    def spans(self, task_id: str) -> list[ReadableSpan]:
+        with self._lock:
+            return list(self._spans.get(task_id, ()))
+
+    def trace(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's spans as plain dicts (name, ids, times, attributes, status), oldest first."""
+        out = []
+        for span in sorted(self.spans(task_id), key=lambda s: s.start_time or 0):
+            ctx = span.get_span_context()
+            out.append(
+                {
+                    "name": span.name,
+                    "traceId": format(ctx.trace_id, "032x") if ctx else None,
+                    "spanId": format(ctx.span_id, "016x") if ctx else None,
+                    "parentSpanId": format(span.parent.span_id, "016x") if span.parent else None,
+                    "startTimeUnixNano": span.start_time,
+                    "endTimeUnixNano": span.end_time,
+                    "attributes": dict(span.attributes or {}),
+                    "status": span.status.status_code.name,
+                }
+            )
+        return out

@@ -1,0 +1,417 @@
+"""The worker: claim steps with leases, run them on a thread pool, heartbeat, report; run the sweeps.
+
+Threads, not asyncio: the store is reached through blocking drivers (sqlite3, psycopg) and the executors make
+blocking HTTP calls with timeouts, so a small pool of threads per process is the simplest model that keeps
+heartbeats independent of slow steps; a worker process is scaled out by running more of them. The gateway
+(FastAPI) can host workers in-process the same way.
+
+A worker holds a step only while running it: the lease is extended every ``lease / 3``; if the process dies
+the lease runs out and any other worker claims the step again (with the same idempotency key). Approvals never
+reach a worker at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import sqlalchemy as sa
+from opentelemetry.trace import Status, StatusCode
+
+from engine import metrics
+from engine.bus import OutboxRelay
+from engine.clock import Clock, new_id, utcnow
+from engine.durations import parse_duration
+from engine.errors import StepDeferredError, StepError
+from engine.executors.base import StepContext, StepExecutor, StepOutcome
+from engine.flow import definitions, graph
+from engine.models import ApprovalState, Priority, StepState
+from engine.payloads import PayloadCodec
+from engine.runtime.context import load_task_data
+from engine.runtime.transitions import Claimed, StateMachine
+from engine.store.database import Database
+from engine.store.schema import approvals, dead_letters, idempotency_keys, step_runs
+from engine.tracing import (
+    ATTR_ATTEMPT,
+    ATTR_STEP,
+    ATTR_STEP_TYPE,
+    ATTR_TASK_ID,
+    ATTR_TENANT,
+    ATTR_WORKFLOW,
+    SPAN_STEP,
+    context_from_traceparent,
+    tracer,
+)
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "InternalError"
+T = TypeVar("T")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: str = field(default_factory=default_worker_id)
+    #: Steps run at once by this worker (threads).
+    concurrency: int = 4
+    #: How long a claim lasts without a heartbeat; a dead worker's steps are retried after this.
+    lease: timedelta = timedelta(seconds=30)
+    #: Seconds between claim attempts when idle (an in-process submit wakes the worker at once).
+    poll_interval: float = 0.5
+    #: Seconds between maintenance rounds: approval expiry, SLA breaches, outbox relay.
+    maintenance_interval: float = 1.0
+    #: Seconds between refreshes of the store gauges (queue length, pending approvals, DLQ size).
+    gauges_interval: float = 15.0
+    #: Run the maintenance sweeps in this worker (every worker may; the sweeps are safe to run concurrently).
+    maintenance: bool = True
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.lease.total_seconds() / 3
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        machine: StateMachine,
+        codec: PayloadCodec,
+        executors: Mapping[str, StepExecutor],
+        *,
+        config: WorkerConfig | None = None,
+        relay: OutboxRelay | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.machine = machine
+        self.codec = codec
+        self.executors = dict(executors)
+        self.config = config or WorkerConfig()
+        self.relay = relay
+        self.clock = clock
+        self._inflight: dict[str, Claimed] = {}
+        self._inflight_lock = threading.Lock()
+        # Steps whose result is being written: a failed heartbeat for them is expected, not a lost lease.
+        self._reporting: set[str] = set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._last_gauges = float("-inf")
+        self._last_purge = float("-inf")
+
+    @property
+    def id(self) -> str:
+        return self.config.worker_id
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> Worker:
+        if self._threads:
+            return self
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix=f"step-{self.id}")
+        loops: list[tuple[str, Callable[[], None]]] = [("claim", self._claim_loop), ("heartbeat", self._heartbeat_loop)]
+        if self.config.maintenance:
+            loops.append(("maintenance", self._maintenance_loop))
+        for name, target in loops:
+            thread = threading.Thread(target=target, name=f"{name}-{self.id}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let running steps finish (up to ``timeout``), then stop the other loops."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._threads.clear()
+        self._pool = None
+
+    def stop_soon(self) -> None:
+        """Ask ``run_forever`` to return (safe from a signal handler: it only sets an event)."""
+        self._stop.set()
+        self._wake.set()
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    def wake(self) -> None:
+        """Claim now instead of at the next poll (called on in-process submits and decisions)."""
+        self._wake.set()
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- claiming and running
+
+    def _free_slots(self) -> int:
+        with self._inflight_lock:
+            return self.config.concurrency - len(self._inflight)
+
+    def _claim_loop(self) -> None:
+        while not self._stop.is_set():
+            claimed: list[Claimed] = []
+            free = self._free_slots()
+            if free > 0:
+                try:
+                    claimed = self.claim(free)
+                except Exception:
+                    log.exception("worker %s: claiming failed; retrying", self.id)
+            for item in claimed:
+                with self._inflight_lock:
+                    self._inflight[item.step_run_id] = item
+                assert self._pool is not None
+                self._pool.submit(self._run_tracked, item)
+            if not claimed or free <= len(claimed):
+                # Idle, or full: wait for a poll tick, a submit, or a finished step freeing a slot.
+                self._wake.wait(self.config.poll_interval)
+                self._wake.clear()
+
+    def claim(self, limit: int) -> list[Claimed]:
+        now = self.clock()
+        if self.db.is_sqlite and not self._work_due(now):
+            return []
+        with self.db.write() as conn:
+            return self.machine.claim(conn, worker=self.id, limit=limit, lease=self.config.lease, now=now)
+
+    def _work_due(self, now: datetime) -> bool:
+        with self.db.read() as conn:
+            return self.machine.work_due(conn, now)
+
+    def _run_tracked(self, claimed: Claimed) -> None:
+        try:
+            self.run_step(claimed)
+        except Exception:
+            # Reporting failed even after retries: the lease will expire and the step will run again elsewhere.
+            log.exception("worker %s: step %s of task %s could not be reported", self.id, claimed.step, claimed.task_id)
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(claimed.step_run_id, None)
+                self._reporting.discard(claimed.step_run_id)
+            self._wake.set()
+
+    def run_step(self, claimed: Claimed) -> None:
+        """Run one claimed attempt and record its result (also usable directly, without the threads)."""
+        started = time.monotonic()
+        ctx = self._context(claimed)
+        attributes: dict[str, str | int] = {
+            ATTR_TASK_ID: claimed.task_id,
+            ATTR_TENANT: claimed.tenant,
+            ATTR_WORKFLOW: claimed.workflow,
+            ATTR_STEP: claimed.step,
+            ATTR_STEP_TYPE: claimed.step_type,
+            ATTR_ATTEMPT: claimed.attempt,
+        }
+        parent = context_from_traceparent(claimed.trace_context)
+        with tracer().start_as_current_span(SPAN_STEP, context=parent, attributes=attributes) as span:
+            result = self._execute(ctx)
+            if isinstance(result, StepError):
+                span.set_status(Status(StatusCode.ERROR, str(result)))
+                span.set_attribute("error.type", result.kind)
+        with self._inflight_lock:
+            self._reporting.add(claimed.step_run_id)  # cleared with the in-flight entry, in _run_tracked
+        label = self._report(claimed, result)
+        if label == "lease_lost":
+            log.warning(
+                "worker %s lost the lease of step %s of task %s; its result was discarded",
+                self.id,
+                claimed.step,
+                claimed.task_id,
+            )
+        metrics.STEP_DURATION.labels(claimed.workflow, claimed.step, claimed.step_type, label).observe(
+            time.monotonic() - started
+        )
+
+    def _context(self, claimed: Claimed) -> StepContext:
+        with self.db.read() as conn:
+            spec = definitions.load(conn, claimed.workflow, claimed.workflow_version)
+            data = load_task_data(conn, self.codec, claimed.task_id)
+        step = graph.step_named(spec, claimed.step)
+        return StepContext(
+            task_id=claimed.task_id,
+            tenant=claimed.tenant,
+            workflow=claimed.workflow,
+            workflow_version=claimed.workflow_version,
+            step=step,
+            attempt=claimed.attempt,
+            idempotency_key=claimed.idempotency_key,
+            input=data.input,
+            steps=data.steps,
+            vars=data.vars,
+            timeout=parse_duration(step.timeout).total_seconds(),
+            deadline=claimed.deadline,
+        )
+
+    def _execute(self, ctx: StepContext) -> StepOutcome | StepError | StepDeferredError:
+        executor = self.executors.get(ctx.step.type)
+        if executor is None:
+            return StepError("NotConfigured", f"this worker cannot run {ctx.step.type} steps", retryable=True)
+        try:
+            return executor.execute(ctx)
+        except (StepError, StepDeferredError) as exc:
+            return exc
+        except Exception as exc:
+            # An executor bug: retried (it may be transient) and, if it persists, dead-lettered with the text.
+            log.exception("executor for step %s of task %s crashed", ctx.step.name, ctx.task_id)
+            return StepError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def _report(self, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError) -> str:
+        """Record the attempt's result; returns the outcome label for the duration histogram."""
+        if isinstance(result, StepOutcome):
+            done = self._write(lambda conn: self.machine.complete(conn, claimed, result, self.clock()))
+            return "succeeded" if done else "lease_lost"
+        if isinstance(result, StepDeferredError):
+            self._write(lambda conn: self.machine.defer(conn, claimed, result, self.clock()))
+            metrics.DEFERRALS.labels(claimed.workflow, claimed.step).inc()
+            return "deferred"
+        failed = self._write(lambda conn: self.machine.fail(conn, claimed, result, self.clock()))
+        if failed is None:
+            return "lease_lost"
+        if failed.retrying:
+            metrics.RETRIES.labels(claimed.workflow, claimed.step).inc()
+            return "retrying"
+        metrics.DEAD_LETTERS.labels(claimed.workflow).inc()
+        return "failed"
+
+    def _write(self, action: Callable[[sa.Connection], T], attempts: int = 5) -> T:
+        """Run ``action`` in a write transaction, retrying transient database errors (lock timeouts, deadlocks,
+        a dropped connection): losing a step's result to a blip would mean running the step again."""
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.db.write() as conn:
+                    return action(conn)
+            except sa.exc.OperationalError:
+                if attempt == attempts:
+                    raise
+                log.warning("worker %s: transient database error, retrying", self.id, exc_info=True)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---------------------------------------------------------------- heartbeats
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_interval):
+            self.heartbeat()
+        # Keep extending leases while the pool drains after stop() so finishing steps are not stolen.
+        while True:
+            with self._inflight_lock:
+                if not self._inflight:
+                    return
+            self.heartbeat()
+            time.sleep(self.config.heartbeat_interval)
+
+    def heartbeat(self) -> None:
+        with self._inflight_lock:
+            inflight = list(self._inflight.values())
+        for claimed in inflight:
+            try:
+                with self.db.write() as conn:
+                    held = self.machine.heartbeat(conn, claimed, lease=self.config.lease, now=self.clock())
+                with self._inflight_lock:
+                    still_running = claimed.step_run_id in self._inflight and claimed.step_run_id not in self._reporting
+                # A step whose result was written since the snapshot above has no lease left either; only a step
+                # still running here has really lost it (its result will be refused).
+                if not held and still_running:
+                    log.warning(
+                        "worker %s: lease of step %s of task %s is gone", self.id, claimed.step, claimed.task_id
+                    )
+            except Exception:
+                log.exception("worker %s: heartbeat failed", self.id)
+
+    # ---------------------------------------------------------------- maintenance
+
+    def _maintenance_loop(self) -> None:
+        while not self._stop.wait(self.config.maintenance_interval):
+            self.maintain()
+
+    def maintain(self) -> None:
+        """One round of the sweeps; each is its own transaction, safe to run in many workers at once."""
+        for name, sweep in (
+            ("approval expiry", self._expire_approvals),
+            ("sla", self._breach_slas),
+            ("outbox relay", self._relay),
+            ("gauges", self.refresh_gauges),
+            ("idempotency purge", self._purge_expired_keys),
+        ):
+            try:
+                sweep()
+            except Exception:
+                log.exception("worker %s: %s sweep failed", self.id, name)
+
+    def _expire_approvals(self) -> None:
+        now = self.clock()
+        if self.db.is_sqlite and not self._work_due(now):
+            return
+        with self.db.write() as conn:
+            self.machine.expire_approvals(conn, now=now)
+
+    def _breach_slas(self) -> None:
+        now = self.clock()
+        if self.db.is_sqlite and not self._work_due(now):
+            return
+        with self.db.write() as conn:
+            breached = self.machine.breach_slas(conn, now=now)
+        for workflow in breached:
+            metrics.SLA_BREACHES.labels(workflow).inc()
+
+    def _relay(self) -> None:
+        if self.relay is not None:
+            self.relay.drain()
+
+    def _purge_expired_keys(self) -> None:
+        # Expired idempotency records are dead weight; dropping them here keeps the table at about a TTL's worth
+        # of keys without a separate job.
+        if time.monotonic() - self._last_purge < self.config.gauges_interval:
+            return
+        self._last_purge = time.monotonic()
+        with self.db.write() as conn:
+            conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.expires_at <= self.clock()))
+
+    def refresh_gauges(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_gauges < self.config.gauges_interval:
+            return
+        self._last_gauges = time.monotonic()
+        with self.db.read() as conn:
+            queued: dict[str, int] = dict(
+                conn.execute(
+                    sa.select(step_runs.c.priority, sa.func.count())
+                    .where(step_runs.c.state == StepState.RUNNABLE)
+                    .group_by(step_runs.c.priority)
+                ).all()
+            )
+            pending = conn.execute(
+                sa.select(sa.func.count()).select_from(approvals).where(approvals.c.state == ApprovalState.PENDING)
+            ).scalar_one()
+            dlq = conn.execute(
+                sa.select(sa.func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None))
+            ).scalar_one()
+        for priority in Priority:
+            metrics.QUEUE_LENGTH.labels(priority.value).set(queued.get(priority.value, 0))
+        metrics.PENDING_APPROVALS.set(pending)
+        metrics.DLQ_SIZE.set(dlq)
