@@ -42,6 +42,7 @@ from engine.models import (
 )
 from engine.payloads import BlobStore, FileBlobStore
 from engine.runtime.queue import PriorityPolicy
+from engine.sinks import InMemorySink, Record, RecordSink
 from engine.store.idempotency import Claim, IdempotencyStore, request_hash
 from engine.tracing import TaskSpanStore
 from engine.worker import Worker, WorkerConfig
@@ -64,6 +65,7 @@ __all__ = [
     "IdempotencyMismatchError",
     "IdempotencyStore",
     "InMemoryBus",
+    "InMemorySink",
     "InvalidRequestError",
     "InvalidStateError",
     "ModelResolver",
@@ -73,6 +75,8 @@ __all__ = [
     "Page",
     "Priority",
     "PriorityPolicy",
+    "Record",
+    "RecordSink",
     "SecretResolver",
     "StaticConnectorResolver",
     "StaticModelResolver",

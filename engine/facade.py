@@ -55,6 +55,7 @@ from engine.payloads import DEFAULT_INLINE_LIMIT, BlobStore, FileBlobStore, Payl
 from engine.resilience import Resilience
 from engine.runtime.queue import PriorityPolicy, parse_priority
 from engine.runtime.transitions import StateMachine
+from engine.sinks import InMemorySink, RecordSink
 from engine.store import migrate, outbox
 from engine.store.database import Database
 from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore, request_hash
@@ -79,6 +80,7 @@ class Engine:
         model_resolver: ModelResolver | None = None,
         connector_resolver: ConnectorResolver | None = None,
         secret_resolver: SecretResolver | None = None,
+        sink: RecordSink | None = None,
         priorities: PriorityPolicy | None = None,
         resilience: Resilience | None = None,
         http_client: httpx.Client | None = None,
@@ -112,6 +114,7 @@ class Engine:
         self.model_resolver: ModelResolver = model_resolver or StaticModelResolver()
         self.connector_resolver: ConnectorResolver = connector_resolver or StaticConnectorResolver()
         self.secret_resolver = secret_resolver
+        self.sink: RecordSink = sink or InMemorySink()
         self.http = HttpCaller(http_client, resilience)
         self.rng = rng
         self._workers: list[Worker] = []
@@ -398,7 +401,7 @@ class Engine:
         """The step executors a worker of this engine uses, by step type."""
         return {
             "model": ModelExecutor(self.model_resolver, self.http, self.rng),
-            "connector": ConnectorExecutor(self.connector_resolver, self.http, self.secret_resolver),
+            "connector": ConnectorExecutor(self.connector_resolver, self.http, self.secret_resolver, self.sink),
             "rules": RulesExecutor(),
         }
 

@@ -1,4 +1,4 @@
-"""Connector steps. HTTP connectors for now; PostgreSQL and Kafka sinks come with their own issue."""
+"""Connector steps: HTTP calls and kafkaSink records (PostgreSQL comes with the connectors issue)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from crds.connector import HTTP
+from crds.connector import HTTP, KafkaSink
 from engine.durations import parse_duration
 from engine.errors import StepError
 from engine.executors.base import StepContext, StepOutcome
 from engine.executors.http import HttpCaller
 from engine.executors.model import request_body
 from engine.executors.resolvers import ConnectorResolver, SecretResolver
+from engine.flow import cel
+from engine.sinks import InMemorySink, Record, RecordSink
 from engine.tracing import ATTR_TASK_ID, SPAN_CONNECTOR_CALL, tracer
 
 CONNECTOR_NOT_FOUND = "ConnectorNotFound"
@@ -65,10 +67,17 @@ def check_destination(url: str, allow_private_networks: bool) -> None:
 
 
 class ConnectorExecutor:
-    def __init__(self, resolver: ConnectorResolver, http: HttpCaller, secrets: SecretResolver | None = None) -> None:
+    def __init__(
+        self,
+        resolver: ConnectorResolver,
+        http: HttpCaller,
+        secrets: SecretResolver | None = None,
+        sink: RecordSink | None = None,
+    ) -> None:
         self.resolver = resolver
         self.http = http
         self.secrets = secrets
+        self.sink: RecordSink = sink or InMemorySink()
 
     def execute(self, ctx: StepContext) -> StepOutcome:
         call = ctx.step.connector
@@ -76,14 +85,32 @@ class ConnectorExecutor:
         spec = self.resolver.connector(call.name)
         if spec is None:
             raise StepError(CONNECTOR_NOT_FOUND, f"connector {call.name!r} does not exist", retryable=True)
-        if spec.type != "http" or spec.http is None:
-            raise StepError(
-                UNSUPPORTED_CONNECTOR,
-                f"connector {call.name!r} is of type {spec.type}; only http is supported yet",
-                retryable=False,
-            )
         payload = request_body(ctx, call.input, f"step {ctx.step.name!r} connector.input")
-        return StepOutcome(output=self._call_http(ctx, call.name, spec.http, payload))
+        if spec.type == "http" and spec.http is not None:
+            return StepOutcome(output=self._call_http(ctx, call.name, spec.http, payload))
+        if spec.type == "kafkaSink" and spec.kafka_sink is not None:
+            return StepOutcome(output=self._send_record(ctx, call.name, spec.kafka_sink, payload))
+        raise StepError(
+            UNSUPPORTED_CONNECTOR,
+            f"connector {call.name!r} is of type {spec.type}; connector steps support http and kafkaSink",
+            retryable=False,
+        )
+
+    def _send_record(self, ctx: StepContext, name: str, sink: KafkaSink, payload: Any) -> dict[str, Any]:
+        variables = cel.activation(ctx.input, ctx.steps, ctx.vars)
+        where = f"connector {name!r} kafkaSink"
+        key = ctx.task_id if sink.key is None else str(cel.evaluate(sink.key, variables, where=f"{where}.key"))
+        value = cel.evaluate_map(sink.value, variables, where=f"{where}.value") if sink.value else payload
+        headers = {"Idempotency-Key": ctx.idempotency_key, "aiplane-task-id": ctx.task_id}
+        with tracer().start_as_current_span(
+            SPAN_CONNECTOR_CALL,
+            attributes={ATTR_TASK_ID: ctx.task_id, "aiplane.connector.name": name, "messaging.destination": sink.topic},
+        ):
+            try:
+                self.sink.send(Record(topic=sink.topic, key=key, value=value, headers=headers))
+            except Exception as exc:  # the sink is a downstream like any other: its failure is a retryable attempt
+                raise StepError("SinkUnavailable", f"connector {name!r}: {exc}", retryable=True) from exc
+        return {"topic": sink.topic, "key": key}
 
     def _call_http(self, ctx: StepContext, name: str, http: HTTP, payload: Any) -> Any:
         url, used = render_url(http.url, payload)
