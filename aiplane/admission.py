@@ -1,18 +1,17 @@
 """The CRDs' cross-field checks (CEL ``x-kubernetes-validations`` and list uniqueness), run without an apiserver.
 
 ``aiplane dev`` and ``aiplane validate`` read manifests that never reach a kube-apiserver; evaluating the very rules
-the generated CRD carries, with cel-python, keeps the embedded mode from accepting what a cluster would refuse.
+the generated CRD carries keeps the embedded mode from accepting what a cluster would refuse.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-import celpy
-from celpy import celtypes
-from celpy.adapter import json_to_cel
+import cel
 
 from crds.base import Resource
 from crds.generate import crd_manifest
@@ -20,23 +19,17 @@ from crds.generate import crd_manifest
 Schema = dict[str, Any]
 
 
-def _is_sorted(values: Any) -> celtypes.BoolType:
-    items: list[Any] = list(values)
-    return celtypes.BoolType(all(a <= b for a, b in zip(items, items[1:], strict=False)))
+def _is_sorted(values: list[Any]) -> bool:
+    return all(a <= b for a, b in itertools.pairwise(values))
 
 
-def _join(values: Any, separator: Any = "") -> celtypes.StringType:
-    return celtypes.StringType(str(separator).join(str(v) for v in values))
-
-
-# Functions of the Kubernetes CEL library that the rules use and cel-python lacks.
-_KUBERNETES_FUNCTIONS: Any = {"isSorted": _is_sorted, "join": _join}
-_ENVIRONMENT = celpy.Environment()
+def _join(values: list[Any], separator: str = "") -> str:
+    return separator.join(str(v) for v in values)
 
 
 @cache
-def _program(expression: str) -> celpy.Runner:
-    return _ENVIRONMENT.program(_ENVIRONMENT.compile(expression), functions=_KUBERNETES_FUNCTIONS)
+def _program(expression: str) -> cel.Program:
+    return cel.compile(expression)
 
 
 @cache
@@ -46,7 +39,11 @@ def _schema(resource: type[Resource]) -> Schema:
 
 
 def _evaluate(expression: str, value: Any) -> Any:
-    return _program(expression).evaluate({"self": json_to_cel(value)})
+    context = cel.Context({"self": value})
+    # Functions of the Kubernetes CEL library that the rules use and the CEL standard library lacks.
+    context.add_function("isSorted", _is_sorted)
+    context.add_function("join", _join)
+    return _program(expression).execute(context)
 
 
 def _walk(schema: Schema, value: Any, path: str) -> Iterator[str]:

@@ -1,4 +1,4 @@
-"""Cost of the embedded admission checks (the CRDs' CEL rules run by cel-python) on top of schema validation.
+"""Cost of the embedded admission checks (the CRDs' CEL rules, evaluated in Python) on top of schema validation.
 
 Subject: parse + CEL rules + list uniqueness, as `aiplane validate` and `aiplane dev` do for every manifest.
 Baseline: pydantic schema validation alone, measured in the same run.

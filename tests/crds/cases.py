@@ -125,14 +125,14 @@ BAD_CASES: tuple[BadCase, ...] = (
         "Workflow",
         {"spec.steps.2.next": "nowhere"},
         "spec.steps",
-        "next must name a step of this workflow; check step(s): review",
+        "every step's next must name a step of this workflow",
     ),
     BadCase(
         "branch-names-missing-step",
         "Workflow",
         {"spec.steps.1.rules.branches.0.next": "nowhere"},
         "spec.steps",
-        "rules.branches[].next must name a step of this workflow; check step(s): decide",
+        "every step's rules.branches[].next must name a step of this workflow",
     ),
     BadCase(
         "model-step-without-model",

@@ -76,9 +76,10 @@ def test_bad_manifest_is_refused(crds_installed: Cluster, scratch_namespace: str
 @pytest.mark.parametrize(
     ("field", "expected"),
     [
-        ("model.spec.canary", "A rollout of a new version next to the stable one"),
+        ("model.spec.canary", "A rollout of a new version; omit when none runs."),
+        ("model.spec.canary.analysis.maxDrift", "population stability index"),
         ("model.spec.resources.gpu.count", "GPUs per replica"),
-        ("workflow.spec.steps.retry.backoff", "Exponential backoff between attempts"),
+        ("workflow.spec.steps.retry.backoff", "Growth factor of the delay per attempt"),
         ("connector.spec.kafkaSource.idempotencyKey", "CEL over the message"),
         ("policy.spec.pii.action", "tokenize is reversible"),
     ],
