@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PACKAGES := aiplane crds engine api operators connectors policies
 
-.PHONY: help setup dev test test-unit lint format typecheck generate check cluster-up cluster-down kafka-up kafka-down bench
+.PHONY: help setup dev demo test test-unit lint format typecheck generate check cluster-up cluster-down kafka-up kafka-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -14,8 +14,11 @@ help: ## list the targets
 setup: ## install system packages, Python deps and test tools (idempotent)
 	bash hack/setup.sh
 
-dev: ## run the embedded default (aiplane dev)
+dev: ## run the embedded default (aiplane dev): gateway, workers, SQLite and the example's model
 	$(VENV)/bin/aiplane dev
+
+demo: ## the claims-triage case end to end on the embedded default (aiplane demo)
+	$(VENV)/bin/aiplane demo
 
 test: ## run the whole suite: unit and integration (starts the test cluster, Kafka, PostgreSQL)
 	$(PY) -m pytest

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiplane import __version__, manifests
+import aiplane
+from aiplane import logs, manifests
+from aiplane.client import DEFAULT_URL, Client, GatewayError, dumps
+from aiplane.modelserver import ModelServerError
+from aiplane.settings import Settings
 from crds import RESOURCES
 from crds.generate import render
 
@@ -32,34 +37,111 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    """The embedded default. At this stage it checks the example and reports which parts exist."""
+    """The embedded default: gateway, workers, SQLite, in-process bus and the examples' models, on this machine."""
+    from aiplane import dev
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)
     try:
-        resources = manifests.load([args.examples])
-    except manifests.ManifestError as error:
-        print(f"invalid example: {error}", file=sys.stderr)
+        dev.serve(args.examples, args.data_dir or settings.data_dir, args.host, args.port or settings.port)
+    except (manifests.ManifestError, ModelServerError) as error:
+        print(f"aiplane dev: {error}", file=sys.stderr)
         return 1
-    print(f"aiplane {__version__}: embedded mode\n")
-    print("Resources (aiplane.io/v1alpha1):")
-    for resource in RESOURCES:
-        spec_model = resource.model_fields["spec"].annotation
-        spec_fields = getattr(spec_model, "model_fields", {})
-        fields = ", ".join(field.alias or name for name, field in spec_fields.items())
-        print(f"  {resource.KIND:<10} ({', '.join(resource.SHORT_NAMES)})  spec: {fields}")
-    print(f"\nExample {args.examples}:")
-    for loaded in resources:
-        print(f"  {loaded.KIND}/{loaded.metadata.get('name')}: valid")
-    print("\nParts: CRD schemas and the test cluster exist; the engine and gateway are being built (issue 4).")
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from aiplane import demo
+
+    return demo.run(args.examples, args.port)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client.from_env(args.url, args.api_key)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    task_input = json.loads(Path(args.input[1:]).read_text() if args.input.startswith("@") else args.input)
+    print(dumps(_client(args).submit(args.workflow, task_input, wait=args.wait, key=args.idempotency_key)))
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    client = _client(args)
+    result = client.trace(args.task) if args.trace else client.events(args.task) if args.events else None
+    print(dumps(result if result is not None else client.get(args.task)))
+    return 0
+
+
+def _cmd_approvals(args: argparse.Namespace) -> int:
+    print(dumps(_client(args).approvals(args.state)))
+    return 0
+
+
+def _cmd_decide(args: argparse.Namespace) -> int:
+    client = _client(args)
+    decide = client.approve if args.command == "approve" else client.reject
+    print(dumps(decide(args.approval, args.reason)))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    print(dumps(_client(args).replay(args.task)))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiplane", description="A Kubernetes-native control plane for AI automation.")
-    parser.add_argument("--version", action="version", version=f"aiplane {__version__}")
+    parser.add_argument("--version", action="version", version=f"aiplane {aiplane.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run the embedded default on this machine")
     dev.add_argument("--examples", type=Path, default=EXAMPLE_DIR, help="manifests to load")
+    dev.add_argument("--port", type=int, default=None, help="gateway port (default 8080, or AIPLANE_PORT)")
+    dev.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
+    dev.add_argument("--data-dir", type=Path, default=None, help="where SQLite, blobs and logs live (.run/dev)")
     dev.set_defaults(func=_cmd_dev)
+
+    demo = sub.add_parser("demo", help="run the claims-triage case end to end on the embedded default")
+    demo.add_argument("--examples", type=Path, default=EXAMPLE_DIR, help="manifests to load")
+    demo.add_argument("--port", type=int, default=None, help="gateway port (default: a free one)")
+    demo.set_defaults(func=_cmd_demo)
+
+    def client_parser(name: str, help: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help)
+        command.add_argument("--url", default=None, help=f"gateway URL (AIPLANE_URL, default {DEFAULT_URL})")
+        command.add_argument("--api-key", default=None, help="API key (AIPLANE_API_KEY)")
+        return command
+
+    submit = client_parser("submit", "submit a task to a workflow")
+    submit.add_argument("workflow")
+    submit.add_argument("input", help="the input as JSON, or @file.json")
+    submit.add_argument("--wait", type=float, default=None, help="wait up to this many seconds for the result")
+    submit.add_argument("--idempotency-key", default=None, help="reuse to make a retried submission safe")
+    submit.set_defaults(func=_cmd_submit)
+
+    get = client_parser("get", "show a task (or its --trace or --events)")
+    get.add_argument("task")
+    shown = get.add_mutually_exclusive_group()
+    shown.add_argument("--trace", action="store_true")
+    shown.add_argument("--events", action="store_true")
+    get.set_defaults(func=_cmd_get)
+
+    approvals = client_parser("approvals", "list approvals")
+    approvals.add_argument("--state", default="pending", choices=["pending", "approved", "rejected", "expired"])
+    approvals.set_defaults(func=_cmd_approvals)
+
+    for decision in ("approve", "reject"):
+        decide = client_parser(decision, f"{decision} an approval")
+        decide.add_argument("approval")
+        decide.add_argument("--reason", required=decision == "reject", default="")
+        decide.set_defaults(func=_cmd_decide)
+
+    replay = client_parser("replay", "resume a dead-lettered task from its failed step")
+    replay.add_argument("task")
+    replay.set_defaults(func=_cmd_replay)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)
@@ -72,7 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except GatewayError as error:
+        print(f"aiplane: {error}", file=sys.stderr)
+        return 1
+    except (json.JSONDecodeError, OSError) as error:
+        print(f"aiplane: {error}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -64,11 +64,18 @@ def test_validate_skips_other_api_groups(tmp_path: Path, capsys: pytest.CaptureF
     assert capsys.readouterr().out == ""
 
 
-def test_dev_reports_the_example(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["dev", "--examples", str(EXAMPLES)]) == 0
-    out = capsys.readouterr().out
-    assert "Model/claims-extractor: valid" in out
-    assert "canary" in out
+def test_dev_refuses_bad_manifests_before_starting_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = next(c for c in BAD_CASES if c.id == "next-names-missing-step")
+    (tmp_path / "workflow.yaml").write_text(yaml.safe_dump(case.manifest()))
+    assert cli.main(["dev", "--examples", str(tmp_path), "--data-dir", str(tmp_path / "data")]) == 1
+    assert "next must name a step of this workflow" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_client_commands_need_an_api_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("AIPLANE_API_KEY", raising=False)
+    assert cli.main(["get", "01ABC"]) == 1
+    assert "AIPLANE_API_KEY" in capsys.readouterr().err
 
 
 def test_settings_come_from_the_environment() -> None:

@@ -1,0 +1,128 @@
+"""`aiplane dev`: the embedded default, on one machine with no cluster.
+
+One process tree: the gateway (uvicorn) and the engine's workers in this process, SQLite under the data dir, the
+in-process bus and sink, and one `bentoml serve` child per Model of the loaded manifests. The same engine and
+gateway code runs on Kubernetes, where the operators resolve models and connectors from the cluster instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from aiplane import manifests
+from aiplane.modelserver import ModelServer, working_dir
+from api.app import create_app
+from api.auth import create_api_key
+from api.settings import GatewaySettings
+from crds import Connector, Model, Resource, Workflow
+from crds.base import Role
+from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
+
+DEV_TENANT = "dev"
+DEV_PRINCIPAL = "dev"
+ALL_ROLES: tuple[Role, ...] = ("submitter", "approver", "auditor", "admin")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DevStack:
+    """What `aiplane dev` runs, built from the manifests; ``start`` brings it up and ``stop`` takes it down."""
+
+    manifests_dir: Path
+    data_dir: Path
+    resources: Sequence[Resource]
+    servers: list[ModelServer] = field(default_factory=list)
+    sink: InMemorySink = field(default_factory=InMemorySink)
+    engine: Engine | None = None
+
+    def _of(self, kind: type[Resource]) -> list[Any]:
+        return [resource for resource in self.resources if isinstance(resource, kind)]
+
+    def start(self) -> Engine:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for model in self._of(Model):
+            name = model.metadata["name"]
+            server = ModelServer(
+                name=name,
+                bento=model.spec.bento,
+                working_dir=working_dir(model, self.manifests_dir),
+                log_path=self.data_dir / "logs" / f"model-{name}.log",
+            )
+            self.servers.append(server)
+            server.start()
+        endpoints = {
+            server.name: [{"version": model.spec.version, "url": server.url, "weight": 100}]
+            for server, model in zip(self.servers, self._of(Model), strict=True)
+        }
+        connectors = {connector.metadata["name"]: connector.spec for connector in self._of(Connector)}
+        self.sink.subscribe(_log_record)
+        self.engine = Engine(
+            f"sqlite:///{self.data_dir / 'engine.db'}",
+            data_dir=self.data_dir,
+            model_resolver=StaticModelResolver(endpoints),
+            connector_resolver=StaticConnectorResolver(connectors),
+            sink=self.sink,
+        )
+        for workflow in self._of(Workflow):
+            version = self.engine.register_workflow(workflow.metadata["name"], workflow.spec)
+            log.info("workflow registered", extra={"workflow": workflow.metadata["name"], "version": version})
+        return self.engine
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        for server in self.servers:
+            server.stop()
+
+
+def _log_record(record: Record) -> None:
+    log.info("sink record", extra={"topic": record.topic, "key": record.key, "value": record.value})
+
+
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def running(manifests_dir: Path, data_dir: Path) -> Iterator[DevStack]:
+    """The stack, stopped on the way out: a SIGTERM during start-up must not leave model servers behind."""
+    stack = DevStack(manifests_dir=manifests_dir, data_dir=data_dir, resources=manifests.load([manifests_dir]))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stack.stop()
+
+
+def serve(manifests_dir: Path, data_dir: Path, host: str, port: int) -> None:
+    """Run until interrupted, printing the URL, an API key and a sample request first."""
+    with running(manifests_dir, data_dir) as stack:
+        assert stack.engine is not None
+        engine = stack.engine
+        key = create_api_key(engine, DEV_TENANT, DEV_PRINCIPAL, ALL_ROLES)
+        url = f"http://{host}:{port}"
+        workflows = [w.metadata["name"] for w in stack.resources if isinstance(w, Workflow)]
+        print(f"aiplane dev: gateway on {url} (data in {data_dir})", flush=True)
+        print(f"API key: {key}", flush=True)
+        if workflows:
+            print(
+                "Try:\n"
+                f"  curl -s -X POST '{url}/v1/tasks?mode=sync' -H 'Authorization: Bearer {key}' "
+                f'-H \'Content-Type: application/json\' -d \'{{"workflow": {{"name": "{workflows[0]}"}}, '
+                '"input": {"claimId": "C-1", "document": "Car accident on 2026-11-02, policy PL-12345678, '
+                "repair costs $1,200.00\"}}'",
+                flush=True,
+            )
+        app = create_app(engine, GatewaySettings())
+        with engine.worker():
+            uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

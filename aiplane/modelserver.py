@@ -1,0 +1,107 @@
+"""Runs a Model's BentoML service locally with `bentoml serve`, for the embedded mode.
+
+On Kubernetes the Model operator runs the same command in a serving Deployment; here it is a child process. A
+Model says where its service's source is, relative to its manifest folder, with the annotation below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from crds import Model
+
+WORKING_DIR_ANNOTATION = "aiplane.io/dev-working-dir"
+log = logging.getLogger(__name__)
+
+
+class ModelServerError(RuntimeError):
+    """The service could not be started; the message says why and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def working_dir(model: Model, manifests_dir: Path) -> Path:
+    annotations = model.metadata.get("annotations") or {}
+    relative: str | None = annotations.get(WORKING_DIR_ANNOTATION)
+    if relative is None:
+        raise ModelServerError(
+            f"Model {model.metadata.get('name')} has no {WORKING_DIR_ANNOTATION} annotation: the embedded mode "
+            "needs to know which folder holds its BentoML service"
+        )
+    path = (manifests_dir / str(relative)).resolve()
+    if not path.is_dir():
+        raise ModelServerError(f"Model {model.metadata.get('name')}: {WORKING_DIR_ANNOTATION} {path} is not a folder")
+    return path
+
+
+@dataclass
+class ModelServer:
+    """One `bentoml serve` child process on a free loopback port."""
+
+    name: str
+    bento: str
+    working_dir: Path
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout: float = 180.0) -> ModelServer:
+        bentoml = Path(sys.executable).with_name("bentoml")
+        command = [str(bentoml), "serve", "--working-dir", str(self.working_dir), self.bento]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            # A session of its own: stopping it must take BentoML's worker processes along.
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+            )
+        self._wait_ready(ready_timeout)
+        log.info("model server ready", extra={"model": self.name, "url": self.url})
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise ModelServerError(
+                    f"bentoml serve for {self.name} exited with {self.process.returncode}; see {self.log_path}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                    return
+            time.sleep(0.25)
+        self.stop()
+        raise ModelServerError(f"bentoml serve for {self.name} not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

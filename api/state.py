@@ -1,0 +1,52 @@
+"""What the routers share: the engine, the settings, the gateway's stores and the model client.
+
+One ``Gateway`` per app, kept on ``app.state.gateway`` and handed to routes by the ``gateway`` dependency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from api.settings import GatewaySettings
+from api.store import AnnotationStore, ApiKeyStore
+from api.upstream import ModelClient
+from api.validation import InputValidators
+from engine import Engine, IdempotencyStore, TaskSpanStore
+
+
+@dataclass
+class Gateway:
+    engine: Engine
+    settings: GatewaySettings
+    keys: ApiKeyStore
+    annotations: AnnotationStore
+    idempotency: IdempotencyStore
+    spans: TaskSpanStore
+    validators: InputValidators = field(default_factory=InputValidators)
+    #: The shared keep-alive connection pool for model calls; opened by the app's lifespan.
+    http: ModelClient | None = None
+
+    def open_model_client(self) -> ModelClient:
+        settings = self.settings
+        self.http = ModelClient(
+            timeout=settings.predict_timeout,
+            connect_timeout=settings.predict_connect_timeout,
+            max_connections=settings.predict_max_connections,
+        )
+        return self.http
+
+    def model_client(self) -> ModelClient:
+        # Normally opened by the lifespan; an app served without one (a bare ASGI transport) opens it here.
+        return self.http if self.http is not None else self.open_model_client()
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw

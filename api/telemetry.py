@@ -1,0 +1,110 @@
+"""Spans, metrics and access logs of the gateway.
+
+Spans are named ``aiplane.gateway.<operation>`` and continue the caller's W3C ``traceparent``. Those that change a
+task (submit, cancel, replay, approve, reject) carry ``aiplane.task.id``, so the engine's ``TaskSpanStore`` files
+them with the task's engine, step and model-call spans (the engine continues the trace from the submit span);
+reads do not, so a client polling a task does not fill its trace. Metrics live in
+prometheus-client's default registry, the one the engine registers in, so ``/metrics`` shows both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from prometheus_client import Counter, Histogram
+from starlette.requests import HTTPConnection
+
+from engine import TaskSpanStore
+
+TRACER_NAME = "aiplane.gateway"
+# The attribute the engine's TaskSpanStore groups spans by (engine.tracing.ATTR_TASK_ID).
+ATTR_TASK_ID = "aiplane.task.id"
+ATTR_TENANT = "aiplane.tenant"
+
+access_log = logging.getLogger("aiplane.gateway.access")
+
+REQUEST_DURATION = Histogram(
+    "aiplane_gateway_request_duration_seconds",
+    "Time from request to response, by route template, method and status code.",
+    ["route", "method", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+MODEL_CALL_DURATION = Histogram(
+    "aiplane_gateway_model_call_duration_seconds",
+    "Duration of synchronous model calls (POST /v1/models/{name}/predict) at the upstream, by model, version "
+    "and outcome (ok, rejected, error, timeout, unreachable).",
+    ["model", "version", "outcome"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+IDEMPOTENT_REPLAYS = Counter(
+    "aiplane_gateway_idempotent_replays_total",
+    "Requests answered with the stored response of an earlier request with the same Idempotency-Key.",
+)
+
+_span_store: TaskSpanStore | None = None
+_span_store_lock = threading.Lock()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def install_span_store() -> TaskSpanStore:
+    """The process's ``TaskSpanStore``, attached to the global TracerProvider (installed if there is none).
+
+    One per process: every app built in the process shares it, so a provider never collects the same span
+    twice. ``aiplane`` may set up its own provider (with exporters) first; the store is added to it.
+    """
+    global _span_store  # noqa: PLW0603 - one store per process, like the TracerProvider it hangs off
+    with _span_store_lock:
+        if _span_store is None:
+            provider = trace.get_tracer_provider()
+            if not isinstance(provider, TracerProvider):
+                provider = TracerProvider()
+                trace.set_tracer_provider(provider)
+                # set_tracer_provider refuses a second provider; use whatever is global now.
+                provider = trace.get_tracer_provider()
+            store = TaskSpanStore()
+            if isinstance(provider, TracerProvider):
+                provider.add_span_processor(store)
+            _span_store = store
+        return _span_store
+
+
+@contextlib.contextmanager
+def gateway_span(
+    conn: HTTPConnection, operation: str, *, task_id: str | None = None, tenant: str | None = None
+) -> Iterator[Span]:
+    """A server span ``aiplane.gateway.<operation>`` continuing the request's ``traceparent``."""
+    attributes: dict[str, Any] = {"http.route": _route(conn), "http.request.method": conn.scope.get("method", "")}
+    if task_id is not None:
+        attributes[ATTR_TASK_ID] = task_id
+    if tenant is not None:
+        attributes[ATTR_TENANT] = tenant
+    parent = propagate.extract(conn.headers) if "traceparent" in conn.headers else None
+    with tracer().start_as_current_span(
+        f"{TRACER_NAME}.{operation}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+        record_exception=True,
+        set_status_on_exception=True,
+    ) as span:
+        yield span
+
+
+def mark_error(span: Span, description: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _route(conn: HTTPConnection) -> str:
+    route = conn.scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
