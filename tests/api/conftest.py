@@ -3,17 +3,12 @@ in for models and connectors, API keys of two tenants, and the app served in-pro
 
 from __future__ import annotations
 
-import contextlib
-import json
 import socket
 import threading
-import time
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +19,11 @@ from fastapi import FastAPI
 
 from api import GatewaySettings, create_api_key, create_app
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, Worker, WorkerConfig
+from tests.fixtures.downstream import Call, Reply
+from tests.fixtures.downstream import Downstream as Upstream
 from tests.fixtures.polling import assert_eventually
+
+__all__ = ["Call", "Reply", "Upstream"]
 
 with warnings.catch_warnings():
     # Starlette 1.x would rather its test client ran on httpx2; httpx is what the project ships and works.
@@ -32,101 +31,9 @@ with warnings.catch_warnings():
     # Imported here first, so the test modules' own imports find it loaded and warn no more.
     from fastapi.testclient import TestClient
 
-FAST_WORKER = WorkerConfig(poll_interval=0.02, lease=timedelta(seconds=2), maintenance_interval=0.05)
+FAST_WORKER = WorkerConfig(poll_interval=0.02, lease=timedelta(seconds=10), maintenance_interval=0.05)
 QUICK_RETRY = {"maxAttempts": 2, "backoff": {"initial": "10ms", "max": "20ms", "jitter": 0.0}}
 PROBLEM = "application/problem+json"
-
-
-# ---------------------------------------------------------------- a real downstream (models and connectors)
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None
-    delay: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Call:
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class Upstream:
-    """A threaded HTTP server on 127.0.0.1 that records each call, echoes the body unless scripted otherwise,
-    and can hold a path's requests until released."""
-
-    def __init__(self) -> None:
-        self.calls: dict[str, list[Call]] = defaultdict(list)
-        self._scripts: dict[str, Reply] = {}
-        self._gates: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as BentoML serves
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                path = self.path.split("?")[0]
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode("latin-1")
-                reply = upstream._record(Call(path, {k.lower(): v for k, v in self.headers.items()}, body))
-                gate = upstream._gates.get(path)
-                if gate is not None:
-                    gate.wait(30)
-                if reply.delay:
-                    time.sleep(reply.delay)
-                payload = reply.body if reply.body is not None else {"path": path, "received": body}
-                data = json.dumps(payload).encode()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def script(self, path: str, reply: Reply) -> None:
-        with self._lock:
-            self._scripts[path] = reply
-
-    def hold(self, path: str) -> threading.Event:
-        gate = self._gates[path] = threading.Event()
-        return gate
-
-    def count(self, path: str) -> int:
-        with self._lock:
-            return len(self.calls[path])
-
-    def _record(self, call: Call) -> Reply:
-        with self._lock:
-            self.calls[call.path].append(call)
-            return self._scripts.get(call.path, Reply())
-
-    def close(self) -> None:
-        for gate in self._gates.values():
-            gate.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
