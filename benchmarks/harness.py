@@ -10,19 +10,56 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Comparison:
+    """Samples of the subject and the baseline, in seconds (per call, per request, per step...).
+
+    ``quantile``: which quantile of each side's samples is compared (0.5, the median, by default; 0.99 for a p99
+    of per-request latencies). ``rate``: the samples are seconds per operation of a throughput measurement; the
+    report then also shows operations per second and the subject's throughput as a share of the baseline's.
+    """
+
     name: str
     subject_s: list[float]
     baseline_s: list[float]
+    quantile: float = 0.5
+    rate: bool = False
+
+    @property
+    def subject(self) -> float:
+        return percentile(self.subject_s, self.quantile)
+
+    @property
+    def baseline(self) -> float:
+        return percentile(self.baseline_s, self.quantile)
 
     @property
     def ratio(self) -> float:
-        """Median subject time over median baseline time: how many times slower the subject is."""
-        return statistics.median(self.subject_s) / statistics.median(self.baseline_s)
+        """Subject time over baseline time at ``quantile``: how many times slower the subject is."""
+        return self.subject / self.baseline
 
     def report(self) -> str:
-        subject = statistics.median(self.subject_s) * 1e6
-        baseline = statistics.median(self.baseline_s) * 1e6
-        return f"{self.name}: subject {subject:.1f} µs, baseline {baseline:.1f} µs, ratio {self.ratio:.2f}x"
+        if self.rate:
+            return (
+                f"{self.name}: subject {1 / self.subject:.0f} req/s, baseline {1 / self.baseline:.0f} req/s, "
+                f"throughput {100 / self.ratio:.1f}% of baseline, ratio {self.ratio:.2f}x"
+            )
+        label = "" if self.quantile == 0.5 else f"p{self.quantile * 100:g} "
+        return (
+            f"{self.name}: subject {label}{self.subject * 1e6:.1f} µs, baseline {label}{self.baseline * 1e6:.1f} µs, "
+            f"ratio {self.ratio:.2f}x"
+        )
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (0 <= q <= 1) of ``samples``, interpolated linearly between the closest ranks."""
+    if not samples:
+        raise ValueError("no samples")
+    if q == 0.5:
+        return statistics.median(samples)
+    ordered = sorted(samples)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def compare(

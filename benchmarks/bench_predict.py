@@ -1,0 +1,126 @@
+"""Latency of synchronous predict through the gateway vs calling the BentoML service directly (p50 and p99).
+
+Subject: ``POST /v1/models/claims-extractor/predict`` on the gateway (``api.app.create_app``, a real uvicorn in
+its own process, one worker), authenticated with an API key; the gateway checks the key, opens its span, picks
+the endpoint from the engine's ``StaticModelResolver`` and proxies the body to the claims model.
+Baseline: ``POST /extract`` on the same ``bentoml serve`` process (the claims model, ``AIPLANE_CLAIMS_DELAY_MS=10``
+so each call takes at least 10 ms, as a small real model would), with the same body.
+
+Each side has its own keep-alive ``httpx.Client``; requests are sequential; after a warm-up, rounds alternate a
+batch through the gateway and a batch direct, so load spikes hit both. Every request's latency is a sample; the
+two comparisons are the p50 and the p99 of those samples (targets: p50 at most 1.10x, p99 at most 1.25x).
+
+The gateway proxies to ``<endpoint url>/predict``, while the claims service's API is ``/extract``; so the
+endpoint is registered as ``http://127.0.0.1:<port>/extract#`` (httpx drops the fragment: the request on the
+wire is ``POST /extract``, byte for byte what the baseline sends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from aiplane.modelserver import ModelServer
+from api import create_api_key
+from benchmarks.harness import Comparison
+from benchmarks.servers import ROOT, scratch_dir, served, smoke
+from engine import Engine
+
+MODEL = "claims-extractor"
+DELAY_MS = "10"
+DOCUMENT = {
+    "document": "Policy number: PL-12345678. My car was rear-ended on 2024-03-05 on the highway; the repair "
+    "shop quoted the bumper and the trunk. I am claiming $1,250.00."
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int = 20
+    per_round: int = 40
+    warmup: int = 40
+
+    @classmethod
+    def default(cls) -> Sizes:
+        if smoke():
+            return cls(rounds=2, per_round=5, warmup=3)
+        return cls()
+
+
+@contextmanager
+def model_server(work: Path) -> Iterator[ModelServer]:
+    """The claims model under ``bentoml serve`` with ``AIPLANE_CLAIMS_DELAY_MS`` set (for its process only)."""
+    saved = os.environ.get("AIPLANE_CLAIMS_DELAY_MS")
+    os.environ["AIPLANE_CLAIMS_DELAY_MS"] = DELAY_MS
+    server = ModelServer(
+        name=MODEL,
+        bento="service:ClaimsExtractor",
+        working_dir=ROOT / "examples" / "claims-triage" / "model",
+        log_path=work / "model.log",
+    )
+    try:
+        server.start()
+    finally:
+        if saved is None:
+            del os.environ["AIPLANE_CLAIMS_DELAY_MS"]
+        else:
+            os.environ["AIPLANE_CLAIMS_DELAY_MS"] = saved
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _call(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> float:
+    start = time.perf_counter()
+    response = client.post(url, content=body, headers=headers)
+    elapsed = time.perf_counter() - start
+    if response.status_code != 200:
+        raise RuntimeError(f"POST {url} answered {response.status_code}: {response.text[:500]}")
+    return elapsed
+
+
+def run(sizes: Sizes | None = None) -> list[Comparison]:
+    sizes = sizes or Sizes.default()
+    body = json.dumps(DOCUMENT).encode()
+    with scratch_dir("aiplane-bench-predict-") as work, model_server(work) as model:
+        db_url = f"sqlite:///{work / 'engine.db'}"
+        with Engine(db_url) as engine:
+            key = create_api_key(engine, "bench", "predictor", ["submitter"])
+        endpoint = {"version": "bench", "url": f"{model.url}/extract#", "weight": 100}
+        config = {"db_url": db_url, "models": {MODEL: [endpoint]}}
+        with (
+            served("gateway", config, work) as gateway,
+            httpx.Client(timeout=30) as via_gateway,
+            httpx.Client(timeout=30) as direct,
+        ):
+            gateway_call = (
+                via_gateway,
+                f"{gateway.url}/v1/models/{MODEL}/predict",
+                {"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+            )
+            direct_call = (direct, f"{model.url}/extract", {"Content-Type": "application/json"})
+            first = via_gateway.post(gateway_call[1], content=body, headers=gateway_call[2])
+            second = direct.post(direct_call[1], content=body, headers=direct_call[2])
+            if first.status_code != 200 or first.json() != second.json():
+                raise RuntimeError(f"the gateway's answer differs from the model's: {first.text} vs {second.text}")
+            for client, url, headers in (gateway_call, direct_call):
+                for _ in range(sizes.warmup):
+                    _call(client, url, body, headers)
+            subject_s: list[float] = []
+            baseline_s: list[float] = []
+            for _ in range(sizes.rounds):
+                for (client, url, headers), samples in ((direct_call, baseline_s), (gateway_call, subject_s)):
+                    samples.extend(_call(client, url, body, headers) for _ in range(sizes.per_round))
+    name = f"predict {MODEL} ({DELAY_MS} ms model delay): gateway vs BentoML direct"
+    return [
+        Comparison(f"{name}, p50", subject_s, baseline_s),
+        Comparison(f"{name}, p99", subject_s, baseline_s, quantile=0.99),
+    ]
