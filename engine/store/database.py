@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE = "aiplane_write"
@@ -37,7 +37,9 @@ class Database:
         if self.dialect == "sqlite":
             if sqlite_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
                 raise ValueError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
-            self.engine = _sqlite_engine(self.url, echo=echo, synchronous=sqlite_synchronous.upper())
+            self.engine = _sqlite_engine(
+                self.url, echo=echo, synchronous=sqlite_synchronous.upper(), pool_size=pool_size
+            )
         elif self.dialect == "postgresql":
             if self.url.drivername == "postgresql":
                 # psycopg 3 is the driver we ship; SQLAlchemy's bare "postgresql" would pick psycopg2.
@@ -70,7 +72,7 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_engine(url: URL, *, echo: bool, synchronous: str) -> sa.Engine:
+def _sqlite_engine(url: URL, *, echo: bool, synchronous: str, pool_size: int) -> sa.Engine:
     database = url.database or ""
     if database in ("", ":memory:"):
         # Every pooled connection would get its own empty in-memory database; the engine needs one shared store.
@@ -79,9 +81,12 @@ def _sqlite_engine(url: URL, *, echo: bool, synchronous: str) -> sa.Engine:
     engine = sa.create_engine(
         url,
         echo=echo,
-        # Connections are cheap to open; NullPool keeps no file handles around between transactions, which
-        # matters when tests delete the file, and leaves concurrency control entirely to SQLite's locks.
-        poolclass=NullPool,
+        # Pooled: opening a connection costs its PRAGMAs, and closing the last one checkpoints the WAL with an
+        # fsync, which made a fresh connection per transaction the largest cost of a step (benchmarks/bench_engine).
+        # Concurrency control stays with SQLite's locks; dispose() releases the file handles.
+        poolclass=QueuePool,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
     )
 

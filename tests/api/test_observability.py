@@ -105,6 +105,7 @@ def test_readiness_fails_when_the_store_is_unreachable(client: TestClient, engin
     database = tmp_path / "engine.db"
     database.rename(tmp_path / "moved.db")
     database.mkdir()  # a directory where the database file was: SQLite cannot open it
+    engine.db.dispose()  # pooled connections still hold the moved file open; new ones must fail
     try:
         response = client.get("/readyz")
         assert_problem(response, 503, "store-unavailable")
