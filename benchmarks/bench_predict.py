@@ -10,9 +10,8 @@ Each side has its own keep-alive ``httpx.Client``; requests are sequential; afte
 batch through the gateway and a batch direct, so load spikes hit both. Every request's latency is a sample; the
 two comparisons are the p50 and the p99 of those samples (targets: p50 at most 1.10x, p99 at most 1.25x).
 
-The gateway proxies to ``<endpoint url>/predict``, while the claims service's API is ``/extract``; so the
-endpoint is registered as ``http://127.0.0.1:<port>/extract#`` (httpx drops the fragment: the request on the
-wire is ``POST /extract``, byte for byte what the baseline sends).
+The claims service's API is ``extract``, so the gateway is asked for it with ``?api=extract``: the request on
+the wire is ``POST /extract``, byte for byte what the baseline sends.
 """
 
 from __future__ import annotations
@@ -94,7 +93,7 @@ def run(sizes: Sizes | None = None) -> list[Comparison]:
         db_url = f"sqlite:///{work / 'engine.db'}"
         with Engine(db_url) as engine:
             key = create_api_key(engine, "bench", "predictor", ["submitter"])
-        endpoint = {"version": "bench", "url": f"{model.url}/extract#", "weight": 100}
+        endpoint = {"version": "bench", "url": model.url, "weight": 100}
         config = {"db_url": db_url, "models": {MODEL: [endpoint]}}
         with (
             served("gateway", config, work) as gateway,
@@ -103,7 +102,7 @@ def run(sizes: Sizes | None = None) -> list[Comparison]:
         ):
             gateway_call = (
                 via_gateway,
-                f"{gateway.url}/v1/models/{MODEL}/predict",
+                f"{gateway.url}/v1/models/{MODEL}/predict?api=extract",
                 {"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
             )
             direct_call = (direct, f"{model.url}/extract", {"Content-Type": "application/json"})

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from opentelemetry import propagate
 
@@ -69,6 +69,14 @@ async def predict(
     *,
     request: Request,
     name: Annotated[str, Path(max_length=63, pattern=DNS_LABEL_PATTERN, description="Name of the Model.")],
+    api: Annotated[
+        str,
+        Query(
+            max_length=128,
+            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+            description="The BentoML API to call (a service may have several, e.g. extract and explain).",
+        ),
+    ] = "predict",
 ) -> Response:
     gw: Gateway = request.app.state.gateway
     principal = await authorize(request, gw, SUBMITTERS)
@@ -96,7 +104,8 @@ async def predict(
         headers = {k: v for k, v in request.headers.items() if k in _FORWARD}
         headers.setdefault("content-type", "application/json")
         propagate.inject(headers)
-        url = f"{endpoint.url.rstrip('/')}/predict"
+        span.set_attribute("aiplane.model.api", api)
+        url = f"{endpoint.url.rstrip('/')}/{api}"
         body = await request.body()
         start = time.perf_counter()
         outcome = "ok"

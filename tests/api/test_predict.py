@@ -34,6 +34,18 @@ def test_body_and_status_pass_through(client: TestClient, keys: Keys, upstream: 
     assert span_id != "00f067aa0ba902b7"
 
 
+def test_another_bentoml_api_is_chosen_by_query(client: TestClient, keys: Keys, upstream: Upstream) -> None:
+    upstream.script("/models/echo/extract", Reply(status=200, body={"amount": 1200.0}))
+    response = client.post("/v1/models/echo/predict?api=extract", json={"document": "..."}, headers=auth(keys.alice))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"amount": 1200.0}
+    assert upstream.count("/models/echo/extract") == 1
+    assert upstream.count("/models/echo/predict") == 0
+    refused = client.post("/v1/models/echo/predict?api=../admin", json={}, headers=auth(keys.alice))
+    assert_problem(refused, 422)
+    assert upstream.count("/models/echo/../admin") == 0
+
+
 def test_traffic_follows_the_weights(client: TestClient, keys: Keys, upstream: Upstream) -> None:
     for _ in range(10):
         assert client.post("/v1/models/canary/predict", json={}, headers=auth(keys.alice)).status_code == 200
