@@ -21,6 +21,7 @@ import httpx
 import sqlalchemy as sa
 
 from crds.workflow import WorkflowSpec
+from engine import gauges
 from engine.bus import Bus, InMemoryBus, OutboxRelay
 from engine.clock import Clock, utcnow
 from engine.durations import as_duration, parse_duration
@@ -425,6 +426,10 @@ class Engine:
         )
         self._workers.append(worker)
         return worker
+
+    def refresh_gauges(self) -> None:
+        """Set the store gauges (queue length per priority, pending approvals, DLQ size) from the store now."""
+        gauges.refresh(self.db)
 
     def maintain(self) -> None:
         """Run the periodic sweeps once (approval expiry, SLA breaches, outbox relay) without a worker."""

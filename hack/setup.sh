@@ -15,7 +15,6 @@ declare -A SYSTEM_PACKAGES=(
   [openssl]=openssl
   [java]=openjdk-17-jre-headless
   [mvn]=maven
-  [go]=golang
   [kubectl]=kubernetes-client
 )
 
@@ -27,6 +26,9 @@ done
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
+# Debian's golang is older than the tools modules need; the machine's own Go (or GOTOOLCHAIN) must provide it.
+command -v go >/dev/null 2>&1 || die "Go is needed to build the test cluster (see hack/tools/*/go.mod for the version)"
+
 if ((${#missing[@]})); then
   log "installing system packages: ${missing[*]}"
   apt-get update -qq

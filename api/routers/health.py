@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import anyio.to_thread
@@ -54,5 +55,8 @@ async def readyz(gw: Annotated[Gateway, Depends(gateway)]) -> Health:
         **problem_responses(),
     },
 )
-async def metrics() -> Response:
+async def metrics(gw: Annotated[Gateway, Depends(gateway)]) -> Response:
+    # The store gauges are otherwise set only by workers, and this process may run none.
+    with contextlib.suppress(SQLAlchemyError):  # an unreachable store shows in /readyz; metrics still answer
+        await anyio.to_thread.run_sync(gw.engine.refresh_gauges)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -26,19 +26,18 @@ from typing import TypeVar
 import sqlalchemy as sa
 from opentelemetry.trace import Status, StatusCode
 
-from engine import metrics
+from engine import gauges, metrics
 from engine.bus import OutboxRelay
 from engine.clock import Clock, new_id, utcnow
 from engine.durations import parse_duration
 from engine.errors import StepDeferredError, StepError
 from engine.executors.base import StepContext, StepExecutor, StepOutcome
 from engine.flow import definitions, graph
-from engine.models import ApprovalState, Priority, StepState
 from engine.payloads import PayloadCodec
 from engine.runtime.context import load_task_data
 from engine.runtime.transitions import Claimed, StateMachine
 from engine.store.database import Database
-from engine.store.schema import approvals, dead_letters, idempotency_keys, step_runs
+from engine.store.schema import idempotency_keys
 from engine.tracing import (
     ATTR_ATTEMPT,
     ATTR_STEP,
@@ -397,21 +396,4 @@ class Worker:
         if not force and time.monotonic() - self._last_gauges < self.config.gauges_interval:
             return
         self._last_gauges = time.monotonic()
-        with self.db.read() as conn:
-            queued: dict[str, int] = dict(
-                conn.execute(
-                    sa.select(step_runs.c.priority, sa.func.count())
-                    .where(step_runs.c.state == StepState.RUNNABLE)
-                    .group_by(step_runs.c.priority)
-                ).all()
-            )
-            pending = conn.execute(
-                sa.select(sa.func.count()).select_from(approvals).where(approvals.c.state == ApprovalState.PENDING)
-            ).scalar_one()
-            dlq = conn.execute(
-                sa.select(sa.func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None))
-            ).scalar_one()
-        for priority in Priority:
-            metrics.QUEUE_LENGTH.labels(priority.value).set(queued.get(priority.value, 0))
-        metrics.PENDING_APPROVALS.set(pending)
-        metrics.DLQ_SIZE.set(dlq)
+        gauges.refresh(self.db)

@@ -70,7 +70,8 @@ def test_metrics_show_gateway_and_engine_series(client: TestClient, keys: Keys, 
     client.post(
         "/v1/tasks?mode=sync", json={"workflow": {"name": "echo"}, "input": {"claimId": "c"}}, headers=auth(keys.alice)
     )
-    client.get("/v1/tasks/nope", headers=auth(keys.alice))
+    # A well-formed id that names no task: 404 (a malformed one would be 422).
+    assert client.get("/v1/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV", headers=auth(keys.alice)).status_code == 404
     worker.refresh_gauges(force=True)
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -138,3 +139,16 @@ def test_one_structured_log_line_per_request(client: TestClient, keys: Keys, cap
     assert submit.duration_s >= 0  # type: ignore[attr-defined]
     assert (missing.route, missing.status, missing.tenant) == ("unmatched", 404, None)  # type: ignore[attr-defined]
     json.dumps({k: v for k, v in vars(submit).items() if k in fields})  # JSON-friendly values
+
+
+def test_metrics_read_the_store_gauges_without_a_worker(client: TestClient, keys: Keys) -> None:
+    """A gateway running no worker still reports the queue as it is in the store, not as it was at start-up."""
+    for _ in range(2):
+        submitted = client.post(
+            "/v1/tasks", json={"workflow": {"name": "echo"}, "input": {"claimId": "c"}}, headers=auth(keys.alice)
+        )
+        assert submitted.status_code == 202
+    text = client.get("/metrics").text
+    assert 'aiplane_engine_queue_length_steps{priority="normal"} 2.0' in text.splitlines(), [
+        line for line in text.splitlines() if "queue_length" in line
+    ]
