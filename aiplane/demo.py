@@ -6,7 +6,6 @@ decided automatically and the large one waiting for a human, approves it, and pr
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import httpx
 
 from aiplane.client import Client
 from aiplane.modelserver import free_port
+from aiplane.processes import stop_process_group
 
 T = TypeVar("T")
 
@@ -80,13 +80,8 @@ def dev_process(examples: Path, data_dir: Path, port: int) -> Iterator[str]:
         _until("the gateway to answer /readyz", lambda: _ready(url) or None)
         yield key
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        # SIGINT, as Ctrl-C would: aiplane dev stops its model servers on the way out.
+        stop_process_group(process, 30, signal.SIGINT)
 
 
 def _ready(url: str) -> bool:
