@@ -49,6 +49,8 @@ RETRIES_EXHAUSTED = "RetriesExhausted"
 
 ACTIVE_STEP_STATES = (StepState.RUNNABLE, StepState.RUNNING, StepState.WAITING)
 ACTIVE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.WAITING)
+# What a step run's lease columns hold once no worker holds it (completed, failed, retried later, cancelled).
+RELEASED_LEASE: dict[str, Any] = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,9 +335,7 @@ class StateMachine:
                 output=encoded.inline,
                 output_ref=encoded.ref,
                 error=None,
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
+                **RELEASED_LEASE,
                 finished_at=now,
                 updated_at=now,
             )
@@ -383,9 +383,7 @@ class StateMachine:
                     error=details,
                     next_run_at=ready_at,
                     sort_at=self.priorities.sort_at(run.priority, ready_at),
-                    lease_owner=None,
-                    lease_token=None,
-                    lease_expires_at=None,
+                    **RELEASED_LEASE,
                     updated_at=now,
                 )
             )
@@ -423,9 +421,7 @@ class StateMachine:
                 attempts=step_runs.c.attempts - 1,
                 next_run_at=ready_at,
                 sort_at=self.priorities.sort_at(run.priority, ready_at),
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
+                **RELEASED_LEASE,
                 updated_at=now,
             )
         )
@@ -837,9 +833,7 @@ class StateMachine:
             .values(
                 state=StepState.FAILED,
                 error=error,
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
+                **RELEASED_LEASE,
                 finished_at=now,
                 updated_at=now,
             )
@@ -921,9 +915,7 @@ class StateMachine:
             .where(step_runs.c.task_id == task_id, step_runs.c.state.in_(ACTIVE_STEP_STATES))
             .values(
                 state=StepState.CANCELLED,
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
+                **RELEASED_LEASE,
                 finished_at=now,
                 updated_at=now,
             )
