@@ -7,7 +7,6 @@ refused so that a misspelt field fails loudly instead of being ignored. Times ar
 from __future__ import annotations
 
 import math
-import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -24,8 +23,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from api.problems import ProblemError, field_error
-from crds.base import DNS_LABEL_PATTERN, DURATION_PATTERN, Duration, Name
+from crds.base import DNS_LABEL_PATTERN, Duration, Name
 from engine import Approval, DeadLetter, Event, StepRun, Task
+from engine import parse_duration as parse_go_duration
 
 # Ids are ULIDs (26 characters of Crockford's base 32); anything else cannot name a task or an approval.
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"
@@ -94,19 +94,19 @@ def _encodable(text: str) -> bool:
 
 # ---------------------------------------------------------------- durations
 
-_GO_DURATION = re.compile(DURATION_PATTERN)
-_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _ISO_DURATION = TypeAdapter(timedelta)
 
 
 def parse_duration(text: str) -> timedelta:
     """``30s``, ``1h30m``, ``2d`` (as in the CRDs) or ISO 8601 (``PT5M``); raises ValueError otherwise."""
-    if _GO_DURATION.fullmatch(text):
-        seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _GO_PART.findall(text))
-        if seconds > MAX_SLA.total_seconds():
+    try:
+        go_style: timedelta | None = parse_go_duration(text)
+    except ValueError:
+        go_style = None  # not the CRDs' form; maybe ISO 8601
+    if go_style is not None:
+        if go_style > MAX_SLA:
             raise ValueError(f"must be at most {MAX_SLA.days} days")
-        return timedelta(seconds=seconds)
+        return go_style
     if text[:1] in ("P", "p", "-"):
         try:
             value = _ISO_DURATION.validate_python(text)

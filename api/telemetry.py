@@ -21,11 +21,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 from starlette.requests import HTTPConnection
 
-from engine import TaskSpanStore
+from engine import ATTR_TASK_ID, TaskSpanStore
 
 TRACER_NAME = "aiplane.gateway"
-# The attribute the engine's TaskSpanStore groups spans by (engine.tracing.ATTR_TASK_ID).
-ATTR_TASK_ID = "aiplane.task.id"
 ATTR_TENANT = "aiplane.tenant"
 
 access_log = logging.getLogger("aiplane.gateway.access")

@@ -4,6 +4,7 @@ The gateway, the CLI and tests use ``Engine`` (see ``engine.facade``) and the va
 """
 
 from engine.bus import Bus, InMemoryBus, OutboxRelay
+from engine.durations import parse_duration
 from engine.errors import (
     ApprovalNotFoundError,
     EngineError,
@@ -25,6 +26,7 @@ from engine.executors.resolvers import (
     StaticConnectorResolver,
     StaticModelResolver,
     StaticSecretResolver,
+    pick_endpoint,
 )
 from engine.facade import Engine
 from engine.models import (
@@ -44,10 +46,11 @@ from engine.payloads import BlobStore, FileBlobStore
 from engine.runtime.queue import PriorityPolicy
 from engine.sinks import InMemorySink, Record, RecordSink
 from engine.store.idempotency import Claim, IdempotencyStore, request_hash
-from engine.tracing import TaskSpanStore
+from engine.tracing import ATTR_TASK_ID, TaskSpanStore
 from engine.worker import Worker, WorkerConfig
 
 __all__ = [
+    "ATTR_TASK_ID",
     "Approval",
     "ApprovalNotFoundError",
     "ApprovalState",
@@ -92,5 +95,7 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "WorkflowNotFoundError",
+    "parse_duration",
+    "pick_endpoint",
     "request_hash",
 ]

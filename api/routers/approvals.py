@@ -12,8 +12,8 @@ from api.problems import ProblemError, field_error, problem_responses
 from api.schemas import ULID_PATTERN, ApprovalPage, ApprovalView, ApproveRequest, RejectRequest
 from api.state import Gateway, gateway
 from api.store import Principal
-from api.telemetry import ATTR_TASK_ID, gateway_span
-from engine import Approval
+from api.telemetry import gateway_span
+from engine import ATTR_TASK_ID, Approval
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 

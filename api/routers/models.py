@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
 from typing import Annotated
 
 import httpx
@@ -24,7 +23,7 @@ from api.problems import ProblemError, problem_responses
 from api.state import Gateway
 from api.telemetry import MODEL_CALL_DURATION, gateway_span, mark_error
 from crds.base import DNS_LABEL_PATTERN
-from crds.model import Endpoint
+from engine import pick_endpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -35,16 +34,6 @@ _RETURN = ("content-type", "x-request-id")
 # Upstream answers that are about the request itself: returned as a problem with the same status.
 _CLIENT_ERRORS = frozenset({400, 413, 415, 422})
 _rng = random.Random()
-
-
-def pick(endpoints: Sequence[Endpoint]) -> Endpoint | None:
-    """A live version chosen at random in proportion to its traffic weight."""
-    live = [e for e in endpoints if e.weight > 0]
-    if not live:
-        return None
-    if len(live) == 1:
-        return live[0]
-    return _rng.choices(live, weights=[e.weight for e in live])[0]
 
 
 @router.post(
@@ -83,7 +72,7 @@ async def predict(
     with gateway_span(request, "predict", tenant=principal.tenant) as span:
         span.set_attribute("aiplane.model.name", name)
         endpoints = gw.engine.model_resolver.endpoints(name)
-        endpoint = pick(endpoints)
+        endpoint = pick_endpoint(endpoints, _rng)
         if endpoint is None:
             if endpoints:
                 mark_error(span, "no endpoint with traffic")

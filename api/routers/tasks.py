@@ -31,8 +31,8 @@ from api.schemas import (
 )
 from api.state import Gateway, gateway
 from api.store import Principal
-from api.telemetry import ATTR_TASK_ID, IDEMPOTENT_REPLAYS, gateway_span
-from engine import Task, WorkflowNotFoundError, request_hash
+from api.telemetry import IDEMPOTENT_REPLAYS, gateway_span
+from engine import ATTR_TASK_ID, Task, WorkflowNotFoundError, request_hash
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
