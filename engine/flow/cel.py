@@ -61,8 +61,12 @@ def activation(input: Any, steps: Mapping[str, Any], vars: Mapping[str, Any]) ->
 def evaluate(expression: str, variables: Mapping[str, Any], *, where: str) -> Any:
     """Evaluate to a plain JSON value (dict, list, str, int, float, bool, None)."""
     program = compile_expression(expression, where=where)
+    # Only the variables the expression names: handing a value to the interpreter converts all of it, and a
+    # task's ``steps`` (every output so far) made that conversion most of a rules step's time. An identifier the
+    # text does not contain cannot be referenced (CEL has no indirection), so leaving it out changes nothing.
+    named = {name: value for name, value in variables.items() if name in expression}
     try:
-        value = program.execute(dict(variables))
+        value = program.execute(named)
     except Exception as exc:  # the extension raises KeyError, TypeError, ZeroDivisionError, ValueError, ...
         raise StepError(
             CEL_EVALUATION_ERROR,

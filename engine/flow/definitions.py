@@ -134,6 +134,12 @@ _cache_lock = threading.Lock()
 _cache: dict[tuple[str, str], WorkflowSpec] = {}
 
 
+def cached(name: str, version: str) -> WorkflowSpec | None:
+    """The spec of one version if this process has loaded it before (no database needed)."""
+    with _cache_lock:
+        return _cache.get((name, version))
+
+
 def load(conn: sa.Connection, name: str, version: str) -> WorkflowSpec:
     """The spec of one version; cached forever, since a version's content never changes."""
     key = (name, version)

@@ -10,6 +10,8 @@ The rules these functions keep, and why they are enough:
 * Completing a step and entering the next one (or finishing the task) happen in the same transaction, and a
   succeeded run is never claimable again: a completed step is never run twice.
 * Every change appends its outbox event in the same transaction.
+* A worker may take the next step along with a completion (``Chain``); that step is leased exactly as a claim
+  would lease it, so everything above holds for it too.
 """
 
 from __future__ import annotations
@@ -52,6 +54,34 @@ ACTIVE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.WAITING)
 # What a step run's lease columns hold once no worker holds it (completed, failed, retried later, cancelled).
 RELEASED_LEASE: dict[str, Any] = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
 
+# The statements of a step's path (claim, complete, enter the next), built once and run with parameters: building
+# a Core statement per call (coercing each value, regenerating the cache key) cost about five times running a
+# prebuilt one and was most of a step's CPU time (benchmarks/bench_engine). UPDATEs take their SET columns from the
+# parameters' keys; WHERE parameters start with "_" so they never clash with a column.
+_LOCK_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("_task_id")).with_for_update()
+_UPDATE_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id"))
+_UPDATE_HELD_RUN = sa.update(step_runs).where(
+    step_runs.c.id == sa.bindparam("_run_id"),
+    step_runs.c.lease_token == sa.bindparam("_token"),
+    step_runs.c.state == StepState.RUNNING,
+)
+_FINISH_ATTEMPT = sa.update(attempts).where(
+    attempts.c.step_run_id == sa.bindparam("_run_id"),
+    attempts.c.number == sa.bindparam("_number"),
+    attempts.c.outcome == "running",
+)
+_INSERT_RUN = sa.insert(step_runs)
+_INSERT_ATTEMPT = sa.insert(attempts)
+_QUEUED_AHEAD = (
+    sa.select(step_runs.c.id)
+    .where(
+        step_runs.c.state == StepState.RUNNABLE,
+        step_runs.c.sort_at < sa.bindparam("_sort_at", type_=step_runs.c.sort_at.type),
+        step_runs.c.next_run_at <= sa.bindparam("_now", type_=step_runs.c.next_run_at.type),
+    )
+    .limit(1)
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Claimed:
@@ -83,6 +113,29 @@ class FailResult:
 class Submitted:
     task_id: str
     created: bool
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Lets ``complete`` lease the task's next step to the completing worker in the same transaction.
+
+    Without it a step costs two write transactions (claim, then complete-and-enter-next) and a trip through the
+    claim loop; with it a sequence of steps runs back to back on one worker, one transaction per step, the way
+    Temporal dispatches eagerly. Only when no other runnable step is due ahead of it, so chaining never lets a
+    task jump the queue.
+    """
+
+    worker: str
+    lease: timedelta
+    #: Step types the worker can run (an approval is never chained: it waits for people, not workers).
+    types: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A recorded completion; ``next`` is the task's next step when it was chained to the same worker."""
+
+    next: Claimed | None = None
 
 
 def _claimable(now: datetime) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
@@ -208,9 +261,8 @@ class StateMachine:
             step = graph.step_named(spec, run.name)
             if run.state == StepState.RUNNING:
                 # The previous worker died (or stalled past its lease): its attempt counts as used.
-                self._finish_attempt(
-                    conn, run, "lost", {"kind": "LeaseExpired", "message": "worker lost its lease"}, now
-                )
+                lease_error = {"kind": "LeaseExpired", "message": "worker lost its lease"}
+                self._finish_attempt(conn, run.id, run.attempts, "lost", error=lease_error, now=now)
                 if run.attempts - run.attempt_base >= step.retry.max_attempts:
                     error = {
                         "kind": "LeaseExpired",
@@ -323,44 +375,50 @@ class StateMachine:
 
     # ---------------------------------------------------------------- step results
 
-    def complete(self, conn: sa.Connection, claimed: Claimed, outcome: StepOutcome, now: datetime) -> bool:
-        """Record a successful attempt and move the task on; False if this worker no longer holds the lease."""
+    def complete(
+        self, conn: sa.Connection, claimed: Claimed, outcome: StepOutcome, now: datetime, *, chain: Chain | None = None
+    ) -> Completed | None:
+        """Record a successful attempt and move the task on; None if this worker no longer holds the lease."""
         task = self._lock_task(conn, claimed.task_id)
         encoded = self.codec.encode(outcome.output)
         done = conn.execute(
-            sa.update(step_runs)
-            .where(*self._held(claimed))
-            .values(
-                state=StepState.SUCCEEDED,
-                output=encoded.inline,
-                output_ref=encoded.ref,
-                error=None,
+            _UPDATE_HELD_RUN,
+            {
+                "_run_id": claimed.step_run_id,
+                "_token": claimed.lease_token,
+                "state": StepState.SUCCEEDED,
+                "output": encoded.inline,
+                "output_ref": encoded.ref,
+                "error": None,
                 **RELEASED_LEASE,
-                finished_at=now,
-                updated_at=now,
-            )
+                "finished_at": now,
+                "updated_at": now,
+            },
         )
         if done.rowcount != 1:
-            return False
-        run = self._run(conn, claimed.step_run_id)
-        self._finish_attempt(conn, run, "succeeded", None, now)
-        if outcome.vars:
-            task_vars = {**task.vars, **outcome.vars}
-            conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(vars=task_vars))
+            return None
+        # The held lease pins the run's attempt count to the claim's, so the claim tells which attempt to close.
+        self._finish_attempt(conn, claimed.step_run_id, claimed.attempt, "succeeded", error=None, now=now)
         outbox.append(
             conn,
             outbox.STEP_COMPLETED,
             task_id=task.id,
             tenant=task.tenant,
-            payload={"step": run.name, "type": run.type, "attempt": claimed.attempt},
+            payload={"step": claimed.step, "type": claimed.step_type, "attempt": claimed.attempt},
             now=now,
         )
         spec = definitions.load(conn, task.workflow, task.workflow_version)
-        step = graph.step_named(spec, run.name)
-        self._advance(
-            conn, self._lock_task(conn, task.id), spec, graph.following(spec, step, outcome.next_step), encoded, now=now
+        step = graph.step_named(spec, claimed.step)
+        # The vars go into the same UPDATE of the task row that enters the next step or finishes the task.
+        task_values = {"vars": {**task.vars, **outcome.vars}} if outcome.vars else {}
+        next_step = graph.following(spec, step, outcome.next_step)
+        if next_step is None:
+            self._finish_task(conn, task, TaskState.SUCCEEDED, now, result=encoded, task_values=task_values)
+            return Completed()
+        entered = self._enter_step(
+            conn, task, spec, graph.step_named(spec, next_step), now, task_values=task_values, chain=chain
         )
-        return True
+        return Completed(next=entered)
 
     def fail(self, conn: sa.Connection, claimed: Claimed, error: StepError, now: datetime) -> FailResult | None:
         """Record a failed attempt: schedule a retry, or dead-letter the task. None if the lease was lost."""
@@ -387,7 +445,7 @@ class StateMachine:
                     updated_at=now,
                 )
             )
-            self._finish_attempt(conn, run, "retrying", details, now)
+            self._finish_attempt(conn, run.id, run.attempts, "retrying", error=details, now=now)
             outbox.append(
                 conn,
                 outbox.STEP_RETRYING,
@@ -402,7 +460,7 @@ class StateMachine:
                 now=now,
             )
             return FailResult(retrying=True, delay=delay)
-        self._finish_attempt(conn, run, "failed", details, now)
+        self._finish_attempt(conn, run.id, run.attempts, "failed", error=details, now=now)
         self._fail_run(conn, task, run, details, now)
         reason = RETRIES_EXHAUSTED if is_retryable(error, step.retry) else NON_RETRYABLE
         self._dead_letter(conn, task, run, reason, details, now=now)
@@ -427,7 +485,8 @@ class StateMachine:
         )
         if released.rowcount != 1:
             return False
-        self._finish_attempt(conn, run, "deferred", {"kind": "Deferred", "message": deferred.reason}, now)
+        deferral = {"kind": "Deferred", "message": deferred.reason}
+        self._finish_attempt(conn, run.id, run.attempts, "deferred", error=deferral, now=now)
         return True
 
     # ---------------------------------------------------------------- approvals
@@ -677,10 +736,11 @@ class StateMachine:
 
     @staticmethod
     def _lock_task(conn: sa.Connection, task_id: str, *, tenant: str | None = None) -> sa.Row[Any]:
-        query = sa.select(tasks).where(tasks.c.id == task_id).with_for_update()
-        if tenant is not None:
-            query = query.where(tasks.c.tenant == tenant)
-        row = conn.execute(query).first()
+        if tenant is None:
+            row = conn.execute(_LOCK_TASK, {"_task_id": task_id}).first()
+        else:
+            query = sa.select(tasks).where(tasks.c.id == task_id, tasks.c.tenant == tenant).with_for_update()
+            row = conn.execute(query).first()
         if row is None:
             raise TaskNotFoundError(f"no task {task_id!r}", task_id=task_id)
         return row
@@ -691,62 +751,92 @@ class StateMachine:
 
     @staticmethod
     def _finish_attempt(
-        conn: sa.Connection, run: sa.Row[Any], outcome: str, error: dict[str, Any] | None, now: datetime
+        conn: sa.Connection, run_id: str, number: int, outcome: str, *, error: dict[str, Any] | None, now: datetime
     ) -> None:
         conn.execute(
-            sa.update(attempts)
-            .where(
-                attempts.c.step_run_id == run.id,
-                attempts.c.number == run.attempts,
-                attempts.c.outcome == "running",
-            )
-            .values(outcome=outcome, error=error, finished_at=now)
+            _FINISH_ATTEMPT,
+            {"_run_id": run_id, "_number": number, "outcome": outcome, "error": error, "finished_at": now},
         )
 
     def _enter_step(
-        self, conn: sa.Connection, task: sa.Row[Any], spec: WorkflowSpec, step: Step, now: datetime
-    ) -> None:
-        """Create the next step run: runnable for a worker, or (approval) a pending approval holding no worker."""
+        self,
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        spec: WorkflowSpec,
+        step: Step,
+        now: datetime,
+        *,
+        task_values: dict[str, Any] | None = None,
+        chain: Chain | None = None,
+    ) -> Claimed | None:
+        """Create the next step run: runnable for a worker, or (approval) a pending approval holding no worker.
+
+        With ``chain``, a step the chaining worker can run, and that no due step is waiting ahead of, is entered
+        already leased to that worker and returned (its first attempt started); otherwise None.
+        ``task_values``: more columns for the task row's update (the vars a completed step decided).
+        """
         seq = task.step_seq + 1
         if seq > self.max_step_runs:
             error = {
                 "kind": "StepLimitExceeded",
                 "message": f"task ran {self.max_step_runs} steps; is the workflow looping?",
             }
-            self._finish_task(conn, task, TaskState.FAILED, now, error=error)
-            return
+            self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values)
+            return None
         run_id = new_id()
         waiting = step.type == "approval"
-        conn.execute(
-            sa.insert(step_runs).values(
-                id=run_id,
-                task_id=task.id,
-                seq=seq,
-                name=step.name,
-                type=step.type,
-                state=StepState.WAITING if waiting else StepState.RUNNABLE,
-                priority=task.priority,
-                attempts=0,
-                attempt_base=0,
-                idempotency_key=step_idempotency_key(task.id, seq, step.name),
-                next_run_at=None if waiting else now,
-                sort_at=None if waiting else self.priorities.sort_at(task.priority, now),
-                started_at=now if waiting else None,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        sort_at = None if waiting else self.priorities.sort_at(task.priority, now)
+        lease: dict[str, Any] = {}
+        if (
+            chain is not None
+            and sort_at is not None
+            and step.type in chain.types
+            and not self._queued_ahead(conn, sort_at, now)
+        ):
+            lease = {
+                "state": StepState.RUNNING,
+                "lease_owner": chain.worker,
+                "lease_token": new_id(),
+                "lease_expires_at": now + chain.lease,
+                "attempts": 1,
+            }
+        values: dict[str, Any] = {
+            "id": run_id,
+            "task_id": task.id,
+            "seq": seq,
+            "name": step.name,
+            "type": step.type,
+            "state": StepState.WAITING if waiting else StepState.RUNNABLE,
+            "priority": task.priority,
+            "attempts": 0,
+            "attempt_base": 0,
+            "idempotency_key": step_idempotency_key(task.id, seq, step.name),
+            "next_run_at": None if waiting else now,
+            "sort_at": sort_at,
+            "started_at": now if waiting or lease else None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        conn.execute(_INSERT_RUN, {**values, **lease})
         if waiting:
             state = TaskState.WAITING
-        elif task.state == TaskState.QUEUED:
+        elif task.state == TaskState.QUEUED and not lease:
             state = TaskState.QUEUED
         else:
             state = TaskState.RUNNING
         conn.execute(
-            sa.update(tasks)
-            .where(tasks.c.id == task.id)
-            .values(step_seq=seq, current_step=step.name, state=state, updated_at=now)
+            _UPDATE_TASK,
+            {
+                "_task_id": task.id,
+                "step_seq": seq,
+                "current_step": step.name,
+                "state": state,
+                "updated_at": now,
+                **(task_values or {}),
+            },
         )
+        if lease:
+            return self._start_attempt(conn, task, run_id=run_id, step=step, seq=seq, lease=lease, now=now)
         if waiting:
             assert step.approval is not None
             approval_id = new_id()
@@ -781,6 +871,62 @@ class StateMachine:
                 },
                 now=now,
             )
+        return None
+
+    @staticmethod
+    def _queued_ahead(conn: sa.Connection, sort_at: datetime, now: datetime) -> bool:
+        """Whether a due runnable step of any task goes before one entered now with ``sort_at``."""
+        return conn.execute(_QUEUED_AHEAD, {"_sort_at": sort_at, "_now": now}).first() is not None
+
+    @staticmethod
+    def _start_attempt(
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        *,
+        run_id: str,
+        step: Step,
+        seq: int,
+        lease: dict[str, Any],
+        now: datetime,
+    ) -> Claimed:
+        """Record the first attempt of a step run entered already leased, and what the worker needs to run it."""
+        worker = lease["lease_owner"]
+        conn.execute(
+            _INSERT_ATTEMPT,
+            {
+                "id": new_id(),
+                "step_run_id": run_id,
+                "task_id": task.id,
+                "number": 1,
+                "worker": worker,
+                "outcome": "running",
+                "started_at": now,
+            },
+        )
+        outbox.append(
+            conn,
+            outbox.STEP_STARTED,
+            task_id=task.id,
+            tenant=task.tenant,
+            payload={"step": step.name, "type": step.type, "attempt": 1, "worker": worker},
+            now=now,
+        )
+        return Claimed(
+            step_run_id=run_id,
+            task_id=task.id,
+            tenant=task.tenant,
+            workflow=task.workflow,
+            workflow_version=task.workflow_version,
+            priority=task.priority,
+            step=step.name,
+            step_type=step.type,
+            seq=seq,
+            attempt=1,
+            lease_token=lease["lease_token"],
+            idempotency_key=step_idempotency_key(task.id, seq, step.name),
+            trace_context=task.trace_context,
+            deadline=task.deadline,
+        )
 
     def _advance(
         self,
@@ -880,13 +1026,20 @@ class StateMachine:
         *,
         result: Encoded | None = None,
         error: dict[str, Any] | None = None,
+        task_values: dict[str, Any] | None = None,
     ) -> None:
-        values: dict[str, Any] = {"state": state, "error": error, "finished_at": now, "updated_at": now}
+        values: dict[str, Any] = {
+            "state": state,
+            "error": error,
+            "finished_at": now,
+            "updated_at": now,
+            **(task_values or {}),
+        }
         if state == TaskState.SUCCEEDED:
             # ``result`` arrives already encoded (the last step's output), so a large result is not stored twice.
             values["result"] = result.inline if result is not None else None
             values["result_ref"] = result.ref if result is not None else None
-        conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(values))
+        conn.execute(_UPDATE_TASK, {"_task_id": task.id, **values})
         event = {
             TaskState.SUCCEEDED: outbox.TASK_COMPLETED,
             TaskState.CANCELLED: outbox.TASK_CANCELLED,

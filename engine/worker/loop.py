@@ -12,6 +12,7 @@ reach a worker at all.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -34,10 +35,11 @@ from engine.errors import StepDeferredError, StepError
 from engine.executors.base import StepContext, StepExecutor, StepOutcome
 from engine.flow import definitions, graph
 from engine.payloads import PayloadCodec
-from engine.runtime.context import load_task_data
-from engine.runtime.transitions import Claimed, StateMachine
+from engine.runtime.context import TaskData, load_task_data
+from engine.runtime.transitions import Chain, Claimed, StateMachine
 from engine.store.database import Database
 from engine.store.schema import idempotency_keys
+from engine.store.types import dumps
 from engine.tracing import (
     ATTR_ATTEMPT,
     ATTR_STEP,
@@ -75,6 +77,9 @@ class WorkerConfig:
     gauges_interval: float = 15.0
     #: Run the maintenance sweeps in this worker (every worker may; the sweeps are safe to run concurrently).
     maintenance: bool = True
+    #: Take a task's next step along with the completion of its current one when nothing is queued ahead of it
+    #: (one transaction per step instead of two; see ``engine.runtime.transitions.Chain``).
+    chain_steps: bool = True
 
     @property
     def heartbeat_interval(self) -> float:
@@ -110,6 +115,11 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._last_gauges = float("-inf")
         self._last_purge = float("-inf")
+        self._chain = (
+            Chain(self.config.worker_id, self.config.lease, frozenset(self.executors))
+            if self.config.chain_steps
+            else None
+        )
 
     @property
     def id(self) -> str:
@@ -202,21 +212,36 @@ class Worker:
             return self.machine.work_due(conn, now)
 
     def _run_tracked(self, claimed: Claimed) -> None:
+        current: Claimed | None = claimed
+        data: TaskData | None = None
         try:
-            self.run_step(claimed)
+            while current is not None:
+                chained = self.run_step(current, data)
+                with self._inflight_lock:
+                    self._inflight.pop(current.step_run_id, None)
+                    self._reporting.discard(current.step_run_id)
+                    if chained is not None:
+                        self._inflight[chained[0].step_run_id] = chained[0]
+                current, data = chained if chained is not None else (None, None)
         except Exception:
             # Reporting failed even after retries: the lease will expire and the step will run again elsewhere.
-            log.exception("worker %s: step %s of task %s could not be reported", self.id, claimed.step, claimed.task_id)
+            assert current is not None
+            log.exception("worker %s: step %s of task %s could not be reported", self.id, current.step, current.task_id)
         finally:
-            with self._inflight_lock:
-                self._inflight.pop(claimed.step_run_id, None)
-                self._reporting.discard(claimed.step_run_id)
+            if current is not None:
+                with self._inflight_lock:
+                    self._inflight.pop(current.step_run_id, None)
+                    self._reporting.discard(current.step_run_id)
             self._wake.set()
 
-    def run_step(self, claimed: Claimed) -> None:
-        """Run one claimed attempt and record its result (also usable directly, without the threads)."""
+    def run_step(self, claimed: Claimed, data: TaskData | None = None) -> tuple[Claimed, TaskData] | None:
+        """Run one claimed attempt and record its result (also usable directly, without the threads).
+
+        Returns the task's next step when the store leased it to this worker along with the completion (see
+        ``Chain``), with the task data it sees (``data`` for that call: no need to read it back).
+        """
         started = time.monotonic()
-        ctx = self._context(claimed)
+        ctx = self._context(claimed, data)
         attributes: dict[str, str | int] = {
             ATTR_TASK_ID: claimed.task_id,
             ATTR_TENANT: claimed.tenant,
@@ -233,7 +258,7 @@ class Worker:
                 span.set_attribute("error.type", result.kind)
         with self._inflight_lock:
             self._reporting.add(claimed.step_run_id)  # cleared with the in-flight entry, in _run_tracked
-        label = self._report(claimed, result)
+        label, chained = self._report(claimed, result)
         if label == "lease_lost":
             log.warning(
                 "worker %s lost the lease of step %s of task %s; its result was discarded",
@@ -244,11 +269,22 @@ class Worker:
         metrics.STEP_DURATION.labels(claimed.workflow, claimed.step, claimed.step_type, label).observe(
             time.monotonic() - started
         )
+        if chained is None or not isinstance(result, StepOutcome):
+            return None
+        # What the store now holds for the task, as a read would give it back (JSON round trip included).
+        carried = TaskData(
+            input=ctx.input,
+            steps={**ctx.steps, claimed.step: json.loads(dumps(result.output))},
+            vars={**ctx.vars, **json.loads(dumps(dict(result.vars)))},
+        )
+        return chained, carried
 
-    def _context(self, claimed: Claimed) -> StepContext:
-        with self.db.read() as conn:
-            spec = definitions.load(conn, claimed.workflow, claimed.workflow_version)
-            data = load_task_data(conn, self.codec, claimed.task_id)
+    def _context(self, claimed: Claimed, data: TaskData | None = None) -> StepContext:
+        spec = definitions.cached(claimed.workflow, claimed.workflow_version)
+        if spec is None or data is None:
+            with self.db.read() as conn:
+                spec = definitions.load(conn, claimed.workflow, claimed.workflow_version)
+                data = data or load_task_data(conn, self.codec, claimed.task_id)
         step = graph.step_named(spec, claimed.step)
         return StepContext(
             task_id=claimed.task_id,
@@ -278,23 +314,28 @@ class Worker:
             log.exception("executor for step %s of task %s crashed", ctx.step.name, ctx.task_id)
             return StepError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)
 
-    def _report(self, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError) -> str:
-        """Record the attempt's result; returns the outcome label for the duration histogram."""
+    def _report(
+        self, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError
+    ) -> tuple[str, Claimed | None]:
+        """Record the attempt's result: the outcome label for the duration histogram, and the chained next step."""
         if isinstance(result, StepOutcome):
-            done = self._write(lambda conn: self.machine.complete(conn, claimed, result, self.clock()))
-            return "succeeded" if done else "lease_lost"
+            chain = None if self._stop.is_set() else self._chain
+            done = self._write(lambda conn: self.machine.complete(conn, claimed, result, self.clock(), chain=chain))
+            if done is None:
+                return "lease_lost", None
+            return "succeeded", done.next
         if isinstance(result, StepDeferredError):
             self._write(lambda conn: self.machine.defer(conn, claimed, result, self.clock()))
             metrics.DEFERRALS.labels(claimed.workflow, claimed.step).inc()
-            return "deferred"
+            return "deferred", None
         failed = self._write(lambda conn: self.machine.fail(conn, claimed, result, self.clock()))
         if failed is None:
-            return "lease_lost"
+            return "lease_lost", None
         if failed.retrying:
             metrics.RETRIES.labels(claimed.workflow, claimed.step).inc()
-            return "retrying"
+            return "retrying", None
         metrics.DEAD_LETTERS.labels(claimed.workflow).inc()
-        return "failed"
+        return "failed", None
 
     def _write(self, action: Callable[[sa.Connection], T], attempts: int = 5) -> T:
         """Run ``action`` in a write transaction, retrying transient database errors (lock timeouts, deadlocks,

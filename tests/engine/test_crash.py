@@ -101,10 +101,10 @@ def test_a_worker_that_lost_its_lease_cannot_complete(engine: Engine) -> None:
         [fresh] = engine.machine.claim(conn, worker="fast", limit=1, lease=timedelta(seconds=30), now=later)
     assert fresh.attempt == stale.attempt + 1
     with engine.db.write() as conn:
-        assert engine.machine.complete(conn, stale, StepOutcome(output="stale"), later) is False
+        assert engine.machine.complete(conn, stale, StepOutcome(output="stale"), later) is None
         assert engine.machine.heartbeat(conn, stale, lease=timedelta(seconds=30), now=later) is False
     with engine.db.write() as conn:
-        assert engine.machine.complete(conn, fresh, StepOutcome(output="fresh"), later) is True
+        assert engine.machine.complete(conn, fresh, StepOutcome(output="fresh"), later) is not None
     done = engine.get("acme", task.id)
     assert (done.state, done.result) == (TaskState.SUCCEEDED, "fresh")
     with engine.db.write() as conn:  # a completed step is never claimable again
