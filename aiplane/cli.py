@@ -20,8 +20,30 @@ EXAMPLE_DIR = Path("examples/claims-triage")
 
 
 def _cmd_crds(_: argparse.Namespace) -> int:
-    """Print the CRDs, ready for ``aiplane crds | kubectl apply -f -``."""
-    sys.stdout.write("---\n".join(render(resource) for resource in RESOURCES))
+    """Print the CRDs, ready for ``aiplane crds | kubectl apply -f -``: aiplane's four and kopf's peering ones
+    (the operators' leader election)."""
+    import yaml
+
+    from operators import peering
+
+    documents = [render(resource) for resource in RESOURCES]
+    documents += [yaml.safe_dump(crd, sort_keys=False) for crd in peering.crds()]
+    sys.stdout.write("---\n".join(documents))
+    return 0
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    """Run every operator against the current cluster until interrupted."""
+    from operators import run
+    from operators.model.config import Config
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        run.run(Config.from_env(), peering_lifetime_s=args.peering_lifetime, liveness_endpoint=args.liveness)
+    except run.PeeringMissingError as error:
+        print(f"aiplane operator: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -142,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client_parser("replay", "resume a dead-lettered task from its failed step")
     replay.add_argument("task")
     replay.set_defaults(func=_cmd_replay)
+
+    operator = sub.add_parser("operator", help="run the operators against the current cluster (KUBECONFIG)")
+    operator.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds a replica's keep-alive lasts: how long a standby waits before taking over from a dead leader",
+    )
+    operator.add_argument("--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    operator.set_defaults(func=_cmd_operator)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
@@ -184,6 +185,29 @@ class VersionReplicas(K8sModel):
     ready: int = Field(ge=0, description="Replicas ready to serve.")
 
 
+RolloutPhase = Literal["Progressing", "Paused", "Promoted", "RolledBack", "Aborted"]
+
+
+class Rollout(K8sModel):
+    """Where the canary rollout of one version stands; the operator resumes from here after a restart."""
+
+    version: str = Field(max_length=63, description="Canary version this rollout is about.")
+    phase: RolloutPhase = Field(
+        description="Progressing (moving through the steps), Paused (held by the user), Promoted (the canary is "
+        "now stable), RolledBack (the analysis failed) or Aborted (stopped by the user)."
+    )
+    step: int = Field(
+        default=-1,
+        ge=-1,
+        le=10,
+        description="Index into spec.canary.steps of the weight the canary holds now; -1 while it comes up.",
+    )
+    step_started_at: datetime | None = Field(
+        default=None, description="When the current step started (UTC); the interval is counted from here."
+    )
+    message: str = Field(default="", max_length=4096, description="What happened last, in words.")
+
+
 class ModelStatus(StatusBase):
     """Observed state of a Model. Conditions: Ready, Progressing, Degraded, RolledBack."""
 
@@ -196,6 +220,7 @@ class ModelStatus(StatusBase):
     replicas: list[VersionReplicas] = Field(
         default_factory=list, max_length=4, description="Desired and ready replicas per live version."
     )
+    rollout: Rollout | None = Field(default=None, description="The canary rollout, while one runs and after it ends.")
 
 
 class Model(Resource):

@@ -22,6 +22,8 @@ def test_crds_prints_every_crd(capsys: pytest.CaptureFixture[str]) -> None:
         "workflows.aiplane.io",
         "connectors.aiplane.io",
         "policies.aiplane.io",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
     ]
 
 

@@ -1,0 +1,25 @@
+"""Settings of the Model operator, from the environment (the chart sets them on the operator Deployment)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    # Image that runs `bentoml serve` when a Model names none; it must hold the Models' services.
+    serving_image: str | None = "aiplane/model-server:0.1.0"
+    # Prometheus that scrapes the gateway's per-version model call metrics; unset: canaries advance on time
+    # alone, and status says that no analysis ran.
+    prometheus_url: str | None = None
+    # How often a Model with a canary is looked at (steps, analysis); the canary's interval is what paces it.
+    rollout_tick_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            serving_image=os.environ.get("AIPLANE_SERVING_IMAGE", cls.serving_image) or None,
+            prometheus_url=os.environ.get("AIPLANE_PROMETHEUS_URL") or None,
+            rollout_tick_s=float(os.environ.get("AIPLANE_ROLLOUT_TICK_S", cls.rollout_tick_s)),
+        )

@@ -1,0 +1,102 @@
+"""kopf handlers of the Model operator: thin, each hands its trigger to ``Reconciler.converge``.
+
+Indexes keep what the operator needs to know of the children (one small record per Deployment, the scheduler's
+message per stuck pod) in memory, from kopf's own watches, so a reconcile reads nothing from the apiserver.
+kopf passes every index to every handler as a keyword argument named after the index function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from operators.model import naming
+from operators.model.config import Config
+from operators.model.reconciler import DeploymentSeen, Reconciler, deployment_seen, unschedulable_message
+
+MODELS = (naming.GROUP, naming.VERSION, naming.PLURAL)
+# kopf fixes a timer's interval when the handler is registered, so it is read from the environment at import.
+ROLLOUT_TICK_S = Config.from_env().rollout_tick_s
+
+
+@kopf.index(*MODELS)
+def model_bodies(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
+
+
+@kopf.index("apps", "v1", "deployments", labels=naming.CHILD_SELECTOR)
+def model_deployments(
+    *, namespace: str | None, name: str, labels: Mapping[str, str], meta: kopf.Meta, spec: kopf.Spec,
+    status: kopf.Status, **_: Any,
+) -> dict[Any, Any] | None:  # fmt: skip
+    model, version = labels.get(naming.LABEL_MODEL), labels.get(naming.LABEL_VERSION)
+    if model is None or version is None:
+        return None
+    return {(namespace, model): deployment_seen(name, version, meta=meta, spec=spec, status=status)}
+
+
+@kopf.index("", "v1", "pods", labels=naming.CHILD_SELECTOR)
+def model_unschedulable(
+    *, namespace: str | None, labels: Mapping[str, str], status: kopf.Status, **_: Any
+) -> dict[Any, Any] | None:
+    model, version = labels.get(naming.LABEL_MODEL), labels.get(naming.LABEL_VERSION)
+    message = unschedulable_message(status)
+    if model is None or version is None or message is None:
+        return None
+    return {(namespace, model): (version, message)}
+
+
+async def _converge(memo: Any, body: Mapping[str, Any], namespace: str | None, name: str, kw: dict[str, Any]) -> None:
+    key = (namespace, name)
+    deployments: list[DeploymentSeen] = list(kw["model_deployments"].get(key, []))
+    unschedulable: list[tuple[str, str]] = list(kw["model_unschedulable"].get(key, []))
+    reconciler: Reconciler = memo.model_reconciler
+    await reconciler.converge(body, deployments, unschedulable)
+
+
+@kopf.on.resume(*MODELS)
+@kopf.on.create(*MODELS)
+@kopf.on.update(*MODELS)
+async def reconcile_model(*, memo: Any, body: kopf.Body, namespace: str | None, name: str, **kw: Any) -> None:
+    await _converge(memo, body, namespace, name, kw)
+
+
+@kopf.timer(*MODELS, interval=ROLLOUT_TICK_S, when=lambda spec, **_: spec.get("canary") is not None)
+async def rollout_tick(*, memo: Any, body: kopf.Body, namespace: str | None, name: str, **kw: Any) -> None:
+    await _converge(memo, body, namespace, name, kw)
+
+
+@kopf.on.event(*MODELS)
+def forget_deleted_model(*, memo: Any, type: str, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    if type == "DELETED":
+        reconciler: Reconciler = memo.model_reconciler
+        reconciler.forget(str(namespace), name, uid)
+
+
+async def _child_changed(memo: Any, namespace: str | None, labels: Mapping[str, str], kw: dict[str, Any]) -> None:
+    model = labels.get(naming.LABEL_MODEL)
+    if model is None:
+        return
+    for body in list(kw["model_bodies"].get((namespace, model), [])):
+        await _converge(memo, body, namespace, model, kw)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=naming.CHILD_SELECTOR)
+async def deployment_changed(
+    *, memo: Any, type: str, namespace: str | None, name: str, labels: Mapping[str, str], meta: kopf.Meta, **kw: Any
+) -> None:
+    if type != "DELETED":
+        reconciler: Reconciler = memo.model_reconciler
+        reconciler.invalidate(str(namespace), "Deployment", name, int(meta.get("generation") or 0))
+    await _child_changed(memo, namespace, labels, kw)
+
+
+@kopf.on.event("", "v1", "pods", labels=naming.CHILD_SELECTOR)
+async def pod_changed(
+    *, memo: Any, type: str, namespace: str | None, labels: Mapping[str, str], status: kopf.Status, **kw: Any
+) -> None:
+    # Pods matter here only while one cannot be scheduled; readiness comes from the Deployment's status.
+    if unschedulable_message(status) is not None or type == "DELETED":
+        await _child_changed(memo, namespace, labels, kw)

@@ -1,0 +1,284 @@
+"""One reconcile of one Model: read what the indexes saw, plan, apply what changed, fold status, post events.
+
+Every trigger (the Model changed, a child changed, the rollout clock ticked) runs the same ``converge``, so the
+outcome never depends on which event came first. Runs of the same Model are serialised by a lock; applies whose
+object is unchanged since this process last applied it are skipped, which keeps a quiet cluster quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+import pydantic
+
+from crds.model import Model, ModelSpec, ModelStatus
+from operators.model import builders, naming, validation
+from operators.model import plan as plans
+from operators.model import rollout as rollouts
+from operators.model import status as statuses
+from operators.model.config import Config
+from operators.model.kube import Kube
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_URLS_ANNOTATION = "aiplane.io/endpoint-urls"
+PAUSE_ANNOTATION = "aiplane.io/rollout-paused"
+ABORT_ANNOTATION = "aiplane.io/rollout-abort"
+Key = tuple[str, str]
+Analyzer = Callable[[Model, str, str], Awaitable[rollouts.Verdict]]
+EventPoster = Callable[[dict[str, Any], rollouts.Event], None]
+
+
+@dataclass(frozen=True)
+class DeploymentSeen:
+    """What the deployment index keeps of a child Deployment (small: the index holds one per live version)."""
+
+    name: str
+    version: str
+    generation: int
+    observed_generation: int
+    desired: int
+    ready: int
+    updated: int
+    deadline_exceeded: bool
+
+
+def deployment_seen(
+    name: str, version: str, *, meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
+) -> DeploymentSeen:
+    conditions = status.get("conditions") or []
+    return DeploymentSeen(
+        name=name,
+        version=version,
+        generation=int(meta.get("generation") or 0),
+        observed_generation=int(status.get("observedGeneration") or 0),
+        desired=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
+        ready=int(status.get("readyReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        deadline_exceeded=any(
+            c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded" for c in conditions
+        ),
+    )
+
+
+def unschedulable_message(status: Mapping[str, Any]) -> str | None:
+    """The scheduler's reason a pod waits (``0/5 nodes are available: ...``), or None if it is not stuck."""
+    for cond in status.get("conditions") or []:
+        stuck = cond.get("status") == "False" and cond.get("reason") == "Unschedulable"
+        if cond.get("type") == "PodScheduled" and stuck:
+            return str(cond.get("message") or "no node fits the pod")
+    return None
+
+
+def control(annotations: Mapping[str, str]) -> rollouts.Control:
+    if annotations.get(ABORT_ANNOTATION, "").lower() == "true":
+        return "abort"
+    if annotations.get(PAUSE_ANNOTATION, "").lower() == "true":
+        return "pause"
+    return "resume"
+
+
+def endpoint_urls(model: Model, owner: builders.Owner, versions: Iterable[str]) -> dict[str, str]:
+    """Service URLs, unless the Model maps a version to another URL (serving outside the cluster, and tests,
+    whose pods on simulated nodes run nothing)."""
+    annotations = model.metadata.get("annotations") or {}
+    overrides: dict[str, str] = {}
+    raw = annotations.get(ENDPOINT_URLS_ANNOTATION)
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed = {}
+        if isinstance(parsed, dict):
+            overrides = {str(k): str(v) for k, v in parsed.items()}
+    return {v: overrides.get(v) or builders.service_url(model, owner, v) for v in versions}
+
+
+def _digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    config: Config
+    post_event: EventPoster
+    analyzer: Analyzer | None = None
+    # Whole seconds, as Kubernetes writes condition times.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
+    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # (namespace, name) -> digest of what this process last applied, and the generation it produced.
+    _applied: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
+    # Model uid -> the status this process last wrote: newer than any the watch may have delivered yet.
+    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        self._locks.pop((namespace, name), None)
+        self._written.pop(uid or "", None)
+        for key in [k for k in self._applied if k[1] == namespace and k[2].startswith(name)]:
+            del self._applied[key]
+
+    async def converge(
+        self,
+        body: Mapping[str, Any],
+        deployments: Iterable[DeploymentSeen],
+        unschedulable: Iterable[tuple[str, str]],
+    ) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            await self._converge(body, list(deployments), list(unschedulable))
+
+    async def _converge(
+        self, body: Mapping[str, Any], deployments: list[DeploymentSeen], unschedulable: list[tuple[str, str]]
+    ) -> None:
+        meta = dict(body.get("metadata") or {})
+        namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+        generation = int(meta.get("generation") or 0)
+        owner = builders.Owner(name=name, namespace=namespace, uid=uid)
+        now = self.clock()
+        raw_status = self._written.setdefault(uid, dict(body.get("status") or {})) or None
+        try:
+            status = ModelStatus.model_validate(raw_status) if raw_status else None
+        except pydantic.ValidationError:
+            status = None  # written by an older operator: start over rather than stop
+        try:
+            spec = ModelSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as error:
+            problems = [f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
+            await self._write_status(namespace, name, uid, statuses.invalid(status, generation, problems, now))
+            return
+        model = Model(metadata=meta, spec=spec, status=status)
+        problems = validation.problems(model, self.config.serving_image)
+        if problems:
+            await self._write_status(namespace, name, uid, statuses.invalid(model.status, generation, problems, now))
+            return
+
+        pending: dict[str, str] = dict(unschedulable)
+        observed = {
+            d.version: plans.Observed(
+                version=d.version,
+                desired=d.desired,
+                ready=d.ready,
+                updated=d.updated,
+                up_to_date=d.observed_generation >= d.generation,
+                deadline_exceeded=d.deadline_exceeded,
+                unschedulable=pending.get(d.version),
+            )
+            for d in deployments
+        }
+        verdict = await self._analyse(model, status)
+        image = spec.image or self.config.serving_image or ""
+        plan = plans.plan(
+            model, image, observed, now=now, control=control(meta.get("annotations") or {}), verdict=verdict
+        )
+        try:
+            await self._apply_children(model, owner, plan)
+        except kubernetes.client.ApiException as error:
+            if error.status in (400, 422):
+                reason = _api_message(error)
+                log.warning("apiserver refused a child", extra={"model": f"{namespace}/{name}", "reason": reason})
+                problem = f"the apiserver refused what this spec makes: {reason}"
+                await self._write_status(
+                    namespace, name, uid, statuses.invalid(model.status, generation, [problem], now)
+                )
+                return
+            raise
+        await self._delete_superseded(namespace, name, plan, deployments)
+        urls = endpoint_urls(model, owner, plan.live)
+        folded = statuses.fold(model, generation=generation, plan=plan, observed=observed, urls=urls, now=now)
+        await self._write_status(namespace, name, uid, folded)
+        if plan.event is not None:
+            ref = {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "Model", "metadata": meta}
+            self.post_event(ref, plan.event)
+            log.info(
+                "rollout",
+                extra={"model": f"{namespace}/{name}", "reason": plan.event.reason, "detail": plan.event.message},
+            )
+
+    async def _analyse(self, model: Model, status: ModelStatus | None) -> rollouts.Verdict | None:
+        canary = model.spec.canary
+        rollout = status.rollout if status is not None else None
+        if canary is None or rollout is None or rollout.version != canary.version:
+            return None
+        if rollout.phase != "Progressing" or rollout.step < 0:
+            return None
+        if self.analyzer is None:
+            return rollouts.Verdict(True, detail="no analysis configured (AIPLANE_PROMETHEUS_URL is unset)")
+        stable = status.stable_version if status is not None and status.stable_version else model.spec.version
+        return await self.analyzer(model, stable, canary.version)
+
+    async def _apply_children(self, model: Model, owner: builders.Owner, plan: plans.Plan) -> None:
+        wanted: list[dict[str, Any]] = []
+        for live in (plan.stable, plan.canary):
+            if live is None:
+                continue
+            wanted.append(builders.deployment(model, owner, live))
+            wanted.append(builders.service(model, owner, live.version))
+            wanted.append(builders.pod_disruption_budget(owner, live.version))
+        hpa = builders.horizontal_pod_autoscaler(model, owner, plan.stable.version)
+        if hpa is not None:
+            wanted.append(hpa)
+        elif (owner.namespace, "HorizontalPodAutoscaler", owner.name) in self._applied:
+            await asyncio.to_thread(self.kube.delete, "HorizontalPodAutoscaler", owner.namespace, owner.name)
+            del self._applied[(owner.namespace, "HorizontalPodAutoscaler", owner.name)]
+        changed = [obj for obj in wanted if self._applied.get(_ident(obj), ("", 0))[0] != _digest(obj)]
+        if not changed:
+            return
+        stored = await asyncio.gather(*(asyncio.to_thread(self.kube.apply, obj) for obj in changed))
+        for obj, result in zip(changed, stored, strict=True):
+            self._applied[_ident(obj)] = (_digest(obj), int(result.get("metadata", {}).get("generation") or 0))
+        log.info(
+            "applied",
+            extra={
+                "model": f"{owner.namespace}/{owner.name}",
+                "objects": [f"{obj['kind']}/{obj['metadata']['name']}" for obj in changed],
+            },
+        )
+
+    def invalidate(self, namespace: str, kind: str, name: str, generation: int) -> None:
+        """A child changed under us (someone edited it, or the HPA scaled it): apply it again next time, unless
+        the change was the one this process made."""
+        known = self._applied.get((namespace, kind, name))
+        if known is not None and known[1] != generation:
+            del self._applied[(namespace, kind, name)]
+
+    async def _delete_superseded(
+        self, namespace: str, name: str, plan: plans.Plan, deployments: list[DeploymentSeen]
+    ) -> None:
+        for seen in deployments:
+            if seen.version in plan.live:
+                continue
+            # The Service and budget first: a crash after them leaves the Deployment, which the next run sees
+            # and finishes; the other order could leave a Service nothing would look for.
+            for kind in ("Service", "PodDisruptionBudget", "Deployment"):
+                await asyncio.to_thread(self.kube.delete, kind, namespace, seen.name)
+                self._applied.pop((namespace, kind, seen.name), None)
+            log.info("removed superseded version", extra={"model": f"{namespace}/{name}", "version": seen.version})
+
+    async def _write_status(self, namespace: str, name: str, uid: str, status: ModelStatus) -> None:
+        body = statuses.to_patch(status)
+        if self._written.get(uid) == body:
+            return
+        await asyncio.to_thread(self.kube.patch_status, namespace, name, body)
+        self._written[uid] = body
+
+
+def _ident(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (obj["metadata"]["namespace"], obj["kind"], obj["metadata"]["name"])
+
+
+def _api_message(error: kubernetes.client.ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except (json.JSONDecodeError, AttributeError):
+        return str(error.reason)

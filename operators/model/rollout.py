@@ -1,0 +1,137 @@
+"""The canary rollout as a pure state machine: the current state, the clock, the canary's readiness, the user's
+controls and the analysis verdict in; the next state out.
+
+The state lives in ``Model.status.rollout`` (never only in memory), so an operator killed at any point resumes
+the rollout from the step it was at, with the interval counted from when that step started.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from crds.model import Canary, Rollout
+
+Control = Literal["pause", "resume", "abort"] | None
+ACTIVE_PHASES = frozenset({"Progressing", "Paused"})
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Go-style durations as the CRD accepts them (``30s``, ``1h30m``)."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return timedelta(seconds=sum(float(n) * _UNIT_S[u] for n, u in parts))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the analysis of the canary found. ``passed`` None: too little traffic yet to judge."""
+
+    passed: bool | None
+    metric: str = ""
+    value: float = 0.0
+    threshold: float = 0.0
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.passed is None:
+            return self.detail or "not enough canary traffic to judge yet"
+        if self.passed:
+            return self.detail or "analysis holds"
+        return f"{self.metric} {self.value:g} above the threshold {self.threshold:g}" + (
+            f" ({self.detail})" if self.detail else ""
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the Model."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    rollout: Rollout
+    event: Event | None = None
+
+
+def weight(canary: Canary, rollout: Rollout) -> int:
+    """Percent of traffic the canary gets in this state."""
+    if rollout.phase == "Promoted":
+        return 100
+    if rollout.phase in ACTIVE_PHASES and rollout.step >= 0:
+        return canary.steps[min(rollout.step, len(canary.steps) - 1)]
+    return 0
+
+
+def advance(
+    canary: Canary,
+    current: Rollout | None,
+    *,
+    now: datetime,
+    canary_ready: bool,
+    control: Control = None,
+    verdict: Verdict | None = None,
+) -> Decision:
+    """The next state of the rollout of ``canary``; ``current`` None or about another version starts afresh."""
+    if current is None or current.version != canary.version:
+        started = Rollout(
+            version=canary.version, phase="Progressing", step=-1, step_started_at=now, message="canary starting"
+        )
+        return Decision(started, Event("Normal", "RolloutStarted", f"rolling out {canary.version}"))
+    if current.phase not in ACTIVE_PHASES:
+        return Decision(current)
+    if control == "abort":
+        message = f"aborted by the user at {weight(canary, current)}% canary traffic"
+        return Decision(_with(current, phase="Aborted", message=message), Event("Warning", "RolloutAborted", message))
+    if current.phase == "Paused":
+        if control != "resume":
+            return Decision(current)
+        # The interval starts over: traffic seen before the pause says nothing about the canary now.
+        resumed = _with(current, phase="Progressing", step_started_at=now, message="resumed")
+        return Decision(resumed, Event("Normal", "RolloutResumed", f"resumed at {weight(canary, current)}%"))
+    if control == "pause":
+        message = f"paused by the user at {weight(canary, current)}% canary traffic"
+        return Decision(_with(current, phase="Paused", message=message), Event("Normal", "RolloutPaused", message))
+    if current.step < 0:
+        if not canary_ready:
+            return Decision(current)
+        return _enter_step(canary, current, 0, now)
+    if verdict is not None and verdict.passed is False:
+        message = f"rolled back at {weight(canary, current)}%: {verdict.describe()}"
+        rolled_back = _with(current, phase="RolledBack", message=message)
+        return Decision(rolled_back, Event("Warning", "RolloutRolledBack", message))
+    step_started = current.step_started_at or now
+    if now - step_started < parse_duration(canary.interval):
+        return Decision(current)
+    if verdict is None or verdict.passed is None:
+        held = (verdict or Verdict(None)).describe()
+        return Decision(current if current.message == held else _with(current, message=held))
+    if current.step + 1 >= len(canary.steps):
+        message = f"promoted {canary.version}: {verdict.describe()} at every step"
+        return Decision(
+            _with(current, phase="Promoted", step_started_at=now, message=message),
+            Event("Normal", "RolloutPromoted", message),
+        )
+    return _enter_step(canary, current, current.step + 1, now)
+
+
+def _with(current: Rollout, **changes: Any) -> Rollout:
+    return current.model_copy(update=changes)
+
+
+def _enter_step(canary: Canary, current: Rollout, step: int, now: datetime) -> Decision:
+    message = f"canary at {canary.steps[step]}% (step {step + 1} of {len(canary.steps)})"
+    return Decision(
+        _with(current, step=step, step_started_at=now, message=message),
+        Event("Normal", "RolloutStep", message),
+    )

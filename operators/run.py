@@ -1,0 +1,98 @@
+"""Runs every aiplane operator in this process against the current cluster (KUBECONFIG, or in-cluster config).
+
+What ``aiplane operator`` and the chart's operator Deployment run. Replicas elect a leader through kopf peering
+(see ``operators.peering``); the others keep their watches open but act on nothing until the leader is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, cast
+
+import kopf
+import kubernetes
+
+from operators import peering
+from operators.model import handlers as model_handlers
+from operators.model.analysis import PrometheusAnalyzer
+from operators.model.config import Config
+from operators.model.kube import Kube, new_api_client
+from operators.model.reconciler import Reconciler
+from operators.model.rollout import Event
+
+log = logging.getLogger(__name__)
+
+
+class PeeringMissingError(RuntimeError):
+    """The peering CRDs are not installed; the message says how to install them."""
+
+
+def ensure_peering(client: kubernetes.client.ApiClient) -> None:
+    """Create the cluster-wide peering object if it is missing (the CRDs must be installed already)."""
+    custom = kubernetes.client.CustomObjectsApi(client)
+    try:
+        custom.create_cluster_custom_object(peering.GROUP, "v1", "clusterkopfpeerings", peering.peering_object())
+    except kubernetes.client.ApiException as error:
+        if error.status == 409:
+            return
+        if error.status == 404:
+            raise PeeringMissingError(
+                "the kopf peering CRDs are not installed; install aiplane's CRDs first: "
+                "aiplane crds | kubectl apply --server-side -f -"
+            ) from error
+        raise
+
+
+def settings(peering_lifetime_s: int) -> kopf.OperatorSettings:
+    config = kopf.OperatorSettings()
+    # Progress and the last handled spec go in annotations under aiplane.io: the Model's status has a schema of
+    # its own, which would prune kopf's default status.kopf field.
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="aiplane.io")
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="aiplane.io", key="last-handled-configuration"
+    )
+    config.peering.lifetime = peering_lifetime_s
+    config.peering.mandatory = True
+    # Reconnect watches now and then, so a watch that silently stalled (proxies, apiserver restarts) recovers.
+    config.watching.server_timeout = 300
+    config.watching.client_timeout = 330
+    # Only warnings become Kubernetes Events by themselves; the rollout posts its own (kopf.event), and an Event
+    # per successful handler run would double the operator's writes.
+    config.posting.level = logging.WARNING
+    return config
+
+
+def _post_event(body: dict[str, Any], event: Event) -> None:
+    kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event.type, reason=event.reason, message=event.message)
+
+
+def run(
+    config: Config,
+    *,
+    peering_lifetime_s: int = 60,
+    liveness_endpoint: str | None = None,
+    stop_flag: threading.Event | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop_flag``); blocks."""
+    # kopf logs every handler run at INFO; at a thousand Models that buries the operator's own log lines.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    client = new_api_client()
+    ensure_peering(client)
+    analyzer = PrometheusAnalyzer(config.prometheus_url) if config.prometheus_url else None
+    reconciler = Reconciler(kube=Kube(client), config=config, post_event=_post_event, analyzer=analyzer)
+    log.info(
+        "operator starting",
+        extra={"operators": ["model"], "handlers": model_handlers.__name__, "prometheus": config.prometheus_url},
+    )
+    kopf.run(
+        clusterwide=True,
+        peering_name=peering.PEERING_NAME,
+        priority=peering.start_priority(),
+        settings=settings(peering_lifetime_s),
+        memo=kopf.Memo(model_reconciler=reconciler),
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+        loop=asyncio.new_event_loop(),
+    )

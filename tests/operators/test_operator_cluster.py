@@ -1,0 +1,185 @@
+"""The Model operator on the real test cluster (apiserver, controller-manager with its garbage collector,
+scheduler, kwok's CPU and GPU nodes), run as ``aiplane operator`` subprocesses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.polling import assert_eventually
+from tests.operators.conftest import Operator, wait_leading
+from tests.operators.kube import KINDS, apply, children, claims, condition, get, model_named
+
+
+def ready(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    def check() -> dict[str, Any]:
+        model = model_named(cluster, namespace, name)
+        ready = condition(model, "Ready")
+        assert ready["status"] == "True", ready
+        assert model["status"]["observedGeneration"] == model["metadata"]["generation"]
+        return model
+
+    result: dict[str, Any] = assert_eventually(check, timeout=90, message=f"Model {name} Ready")
+    return result
+
+
+def test_claims_model_gets_owned_children_and_becomes_ready_on_a_gpu_node(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster = crds_installed
+    apply(cluster, k8s_namespace, claims())
+    model = ready(cluster, k8s_namespace, "claims-extractor")
+    uid = model["metadata"]["uid"]
+
+    kids = children(cluster, k8s_namespace)
+    assert {kind: len(items) for kind, items in kids.items()} == {kind: 1 for kind in KINDS}
+    for items in kids.values():
+        (owner,) = items[0]["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+            "Model",
+            "claims-extractor",
+            uid,
+            True,
+        )
+    (deployment,) = kids["deployments"]
+    (service,) = kids["services"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    pods = get(cluster, k8s_namespace, "pods", "-l", "aiplane.io/model=claims-extractor")["items"]
+    assert pods
+    nodes = {n["metadata"]["name"]: n for n in get(cluster, "default", "nodes")["items"]}
+    for pod in pods:
+        assert pod["status"]["phase"] == "Running"
+        node = nodes[pod["spec"]["nodeName"]]
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
+
+    assert model["status"]["endpoints"] == [
+        {
+            "version": "1.0.0",
+            "url": f"http://{service['metadata']['name']}.{k8s_namespace}.svc:3000",
+            "weight": 100,
+        }
+    ]
+    assert model["status"]["replicas"] == [{"version": "1.0.0", "desired": 1, "ready": 1}]
+    printed = cluster.kubectl("get", "aim", "-n", k8s_namespace).stdout.splitlines()[1].split()
+    assert printed[:3] == ["claims-extractor", "1.0.0", "True"]
+
+
+def test_rerunning_the_reconcile_changes_nothing(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator, start_operator: Any
+) -> None:
+    cluster = crds_installed
+    apply(cluster, k8s_namespace, claims())
+    ready(cluster, k8s_namespace, "claims-extractor")
+
+    def versions() -> dict[str, str]:
+        kids = children(cluster, k8s_namespace)
+        stamps = {
+            f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for v in kids.values() for i in v
+        }
+        stamps["model"] = model_named(cluster, k8s_namespace, "claims-extractor")["metadata"]["resourceVersion"]
+        return stamps
+
+    before = versions()
+    # A fresh operator knows nothing of what the last one applied: on resume it applies every child again.
+    operator.stop()
+    again = start_operator("second")
+    wait_leading(again)
+    assert_eventually(lambda: len(again.applied(k8s_namespace)) >= 1, timeout=60, message="re-applied")
+    assert versions() == before
+
+
+def test_operator_killed_and_restarted_leaves_no_duplicates(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator, start_operator: Any
+) -> None:
+    cluster = crds_installed
+    apply(cluster, k8s_namespace, claims())
+    assert_eventually(lambda: len(children(cluster, k8s_namespace)["deployments"]) == 1, timeout=60)
+    operator.kill9()
+    # While it is down the user moves to a new version: the restarted operator must finish the switch.
+    apply(cluster, k8s_namespace, claims(version="1.1.0"))
+    restarted = start_operator("restarted")
+    wait_leading(restarted)
+
+    def converged() -> None:
+        model = ready(cluster, k8s_namespace, "claims-extractor")
+        assert model["status"]["stableVersion"] == "1.1.0"
+        kids = children(cluster, k8s_namespace)
+        assert {kind: len(items) for kind, items in kids.items()} == {kind: 1 for kind in KINDS}, kids
+        assert kids["deployments"][0]["metadata"]["labels"]["aiplane.io/version"] == "1.1.0"
+
+    assert_eventually(converged, timeout=90)
+
+
+def test_gpu_model_that_fits_no_node_says_why(crds_installed: Cluster, k8s_namespace: str, operator: Operator) -> None:
+    cluster = crds_installed
+    apply(cluster, k8s_namespace, claims(resources={"cpu": "1", "memory": "1Gi", "gpu": {"count": 8}}))
+
+    def unschedulable() -> None:
+        model = model_named(cluster, k8s_namespace, "claims-extractor")
+        ready = condition(model, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "Unschedulable"), ready
+        assert "0/5 nodes are available" in ready["message"]
+        assert "nvidia.com/gpu" in ready["message"]
+        assert condition(model, "Degraded")["reason"] == "Unschedulable"
+
+    assert_eventually(unschedulable, timeout=60)
+
+
+def test_invalid_spec_becomes_a_condition_and_fixing_it_recovers(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster = crds_installed
+    apply(cluster, k8s_namespace, claims(resources={"cpu": "2", "memory": "8 GB"}))
+
+    def invalid() -> None:
+        model = model_named(cluster, k8s_namespace, "claims-extractor")
+        ready = condition(model, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec"), ready
+        assert "spec.resources.memory" in ready["message"]
+
+    assert_eventually(invalid, timeout=60)
+    assert children(cluster, k8s_namespace)["deployments"] == []
+    apply(cluster, k8s_namespace, claims(resources={"cpu": "2", "memory": "8Gi"}))
+    ready(cluster, k8s_namespace, "claims-extractor")
+    assert operator.alive
+
+
+def test_deleting_the_model_removes_everything_it_owned(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster = crds_installed
+    apply(cluster, k8s_namespace, claims())
+    ready(cluster, k8s_namespace, "claims-extractor")
+    cluster.kubectl("delete", "model", "claims-extractor", "-n", k8s_namespace, "--wait=true")
+
+    def gone() -> None:
+        assert children(cluster, k8s_namespace) == {kind: [] for kind in KINDS}
+        assert get(cluster, k8s_namespace, "pods", "-l", "aiplane.io/model=claims-extractor")["items"] == []
+
+    assert_eventually(gone, timeout=90)
+
+
+def test_a_second_replica_stays_idle_while_the_leader_lives_then_takes_over(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator, start_operator: Any
+) -> None:
+    cluster = crds_installed
+    standby = start_operator("standby")
+
+    def both_peered() -> None:
+        peers = get(cluster, "default", "clusterkopfpeering", "aiplane-operator").get("status") or {}
+        assert len([p for p in peers.values() if p.get("lifetime", 0) > 0]) >= 2, peers
+
+    # The standby keeps its keep-alive in the peering object like the leader does, but starts paused and,
+    # seeing an older (higher-priority) peer, stays paused.
+    assert_eventually(both_peered, timeout=60, message="both replicas peer")
+    apply(cluster, k8s_namespace, claims("first"))
+    ready(cluster, k8s_namespace, "first")
+    assert operator.applied(k8s_namespace)
+    assert standby.applied(k8s_namespace) == []
+    assert not any("Resuming operations" in r.get("message", "") for r in standby.records())
+
+    operator.kill9()
+    apply(cluster, k8s_namespace, claims("second"))
+    ready(cluster, k8s_namespace, "second")
+    assert any(r["model"] == f"{k8s_namespace}/second" for r in standby.applied(k8s_namespace))
