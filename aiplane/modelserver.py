@@ -59,6 +59,8 @@ class ModelServer:
     working_dir: Path
     log_path: Path
     port: int = field(default_factory=free_port)
+    # Set on top of this process's environment (the claims model's fault settings, in tests).
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +75,7 @@ class ModelServer:
         with self.log_path.open("ab") as out:
             # A session of its own: stopping it must take BentoML's worker processes along.
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env}
             )
         self._wait_ready(ready_timeout)
         log.info("model server ready", extra={"model": self.name, "url": self.url})

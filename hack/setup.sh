@@ -16,6 +16,8 @@ declare -A SYSTEM_PACKAGES=(
   [java]=openjdk-17-jre-headless
   [mvn]=maven
   [kubectl]=kubernetes-client
+  # The Model operator's canary analysis is tested against a real Prometheus (hack/prometheus.sh).
+  [prometheus]=prometheus
 )
 
 missing=()

@@ -13,10 +13,11 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.kafka",
     "tests.fixtures.postgres",
+    "tests.fixtures.prometheus",
 ]
 
 # Fixtures that start a real external component; any test depending on them is an integration test.
-INTEGRATION_FIXTURES = frozenset({"cluster", "kafka", "postgres"})
+INTEGRATION_FIXTURES = frozenset({"cluster", "kafka", "postgres", "prometheus"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

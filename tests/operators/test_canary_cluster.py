@@ -1,0 +1,179 @@
+"""Canary rollouts end to end: the operator on the test cluster, the gateway routing real requests by
+``status.endpoints`` to real ``bentoml serve`` processes, Prometheus scraping the gateway, and the operator's
+analysis reading Prometheus. A good canary is promoted; one that fails on purpose is rolled back on its own."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiplane.kubemodels import KubeModelResolver
+from aiplane.modelserver import ModelServer
+from api import GatewaySettings, create_api_key, create_app
+from engine import Engine
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.polling import assert_eventually
+from tests.fixtures.prometheus import Prometheus
+from tests.operators.conftest import Operator, wait_leading
+from tests.operators.kube import apply, children, claims, condition, get, model_named
+from tests.operators.serving import Served, claims_server, traffic
+
+MODEL = "claims-extractor"
+
+
+@pytest.fixture(scope="module")
+def claims_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelServer]]:
+    """Version -> a running ``bentoml serve``: 1.0.0 and 2.0.0 healthy, 3.0.0 failing every request."""
+    logs = tmp_path_factory.mktemp("bentoml")
+    servers = {
+        "1.0.0": claims_server(logs, "v1"),
+        "2.0.0": claims_server(logs, "v2"),
+        "3.0.0": claims_server(logs, "v3", AIPLANE_CLAIMS_ERROR_RATE="1.0"),
+    }
+    errors: list[BaseException] = []
+
+    def start(server: ModelServer) -> None:
+        try:
+            server.start(ready_timeout=300)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in servers.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert not errors, errors
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    api_key: str
+    prometheus: Prometheus
+
+
+@pytest.fixture
+def gateway(crds_installed: Cluster, k8s_namespace: str, prometheus: Prometheus, tmp_path: Path) -> Iterator[Gateway]:
+    """The gateway for ``k8s_namespace``'s Models, scraped by Prometheus."""
+    resolver = KubeModelResolver(crds_installed.api_client(), k8s_namespace).start()
+    engine = Engine(f"sqlite:///{tmp_path / 'engine.db'}", model_resolver=resolver)
+    key = create_api_key(engine, "acme", "alice", ["submitter"])
+    served = Served(create_app(engine, GatewaySettings()))
+    target = prometheus.scrape(served.address, namespace=k8s_namespace)
+    try:
+        yield Gateway(served.url, key, prometheus)
+    finally:
+        target.unlink()
+        served.close()
+        resolver.stop()
+        engine.close()
+
+
+def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -> dict[str, Any]:
+    manifest = claims(
+        version=stable,
+        canary={
+            "version": canary,
+            "steps": [50, 100],
+            "interval": "4s",
+            "analysis": {"minRequests": 5, "maxErrorRate": 0.1, "maxP99LatencyMs": 5000},
+        },
+    )
+    urls = {version: server.url for version, server in servers.items()}
+    manifest["metadata"]["annotations"]["aiplane.io/endpoint-urls"] = json.dumps(urls)
+    return manifest
+
+
+def rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    found: dict[str, Any] = model_named(cluster, namespace, MODEL)["status"].get("rollout") or {}
+    return found
+
+
+def events(cluster: Cluster, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = get(cluster, namespace, "events", "--field-selector", f"reason={reason}")["items"]
+    return items
+
+
+def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rolls_back(
+    crds_installed: Cluster,
+    k8s_namespace: str,
+    claims_servers: dict[str, ModelServer],
+    gateway: Gateway,
+    start_operator: Any,
+) -> None:
+    cluster, ns, prometheus = crds_installed, k8s_namespace, gateway.prometheus
+    operator: Operator = start_operator(AIPLANE_PROMETHEUS_URL=prometheus.url)
+    wait_leading(operator)
+    url, key = gateway.url, gateway.api_key
+
+    apply(cluster, ns, canary_manifest(claims_servers, "1.0.0", "2.0.0"))
+    with traffic(url, key, MODEL) as counts:
+        # The canary comes up and takes its first step of traffic.
+        assert_eventually(lambda: rollout(cluster, ns).get("step") == 0, timeout=120, message="canary at 50%")
+        before = rollout(cluster, ns)
+        model = model_named(cluster, ns, MODEL)
+        assert {e["version"]: e["weight"] for e in model["status"]["endpoints"]} == {"1.0.0": 50, "2.0.0": 50}
+
+        # Killed mid-rollout: the restarted operator goes on from the step it was at.
+        operator.kill9()
+        restarted = start_operator("restarted", AIPLANE_PROMETHEUS_URL=prometheus.url)
+        wait_leading(restarted)
+        after = rollout(cluster, ns)
+        assert after["step"] > before["step"] or after["stepStartedAt"] == before["stepStartedAt"], (before, after)
+
+        def promoted() -> None:
+            state = rollout(cluster, ns)
+            assert state.get("phase") == "Promoted", state
+            status = model_named(cluster, ns, MODEL)["status"]
+            assert status["stableVersion"] == "2.0.0"
+            assert [(e["version"], e["weight"]) for e in status["endpoints"]] == [("2.0.0", 100)]
+            deployments = children(cluster, ns)["deployments"]
+            assert [d["metadata"]["labels"]["aiplane.io/version"] for d in deployments] == ["2.0.0"]
+
+        assert_eventually(promoted, timeout=180, message="canary 2.0.0 promoted")
+        assert counts.get("200", 0) > 0
+        assert [e["message"] for e in events(cluster, ns, "RolloutPromoted")]
+
+        # The next version fails every request: the analysis rolls it back and says why.
+        apply(cluster, ns, canary_manifest(claims_servers, "2.0.0", "3.0.0"))
+
+        def rolled_back() -> None:
+            model = model_named(cluster, ns, MODEL)
+            rolled = condition(model, "RolledBack")
+            assert rolled["status"] == "True", rolled
+            assert rolled["reason"] == "AnalysisFailed"
+            assert "error-rate" in rolled["message"]
+            assert "above the threshold 0.1" in rolled["message"]
+            assert [(e["version"], e["weight"]) for e in model["status"]["endpoints"]] == [("2.0.0", 100)]
+
+        assert_eventually(rolled_back, timeout=180, message="canary 3.0.0 rolled back")
+        warnings = events(cluster, ns, "RolloutRolledBack")
+        assert warnings
+        assert warnings[0]["type"] == "Warning"
+        assert "error-rate" in warnings[0]["message"]
+        assert_eventually(
+            lambda: (
+                [d["metadata"]["labels"]["aiplane.io/version"] for d in children(cluster, ns)["deployments"]]
+                == ["2.0.0"]
+            ),
+            timeout=60,
+            message="the failed canary's Deployment removed",
+        )
+    # What the analysis read is what Prometheus holds: the failed canary's errors, by version.
+    failed = prometheus.query(
+        f'sum(aiplane_gateway_model_call_duration_seconds_count{{model="{MODEL}",version="3.0.0",outcome="error"}})'
+    )
+    assert failed
+    assert float(failed[0]["value"][1]) > 0
