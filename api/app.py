@@ -24,7 +24,7 @@ from api.problems import install_handlers, problem_components
 from api.routers import approvals, dead_letters, health, models, tasks
 from api.settings import GatewaySettings
 from api.state import Gateway
-from api.store import AnnotationStore, ApiKeyStore
+from api.store import ApiKeyStore
 from api.telemetry import install_span_store
 from engine import Engine, IdempotencyStore, TaskSpanStore
 
@@ -50,12 +50,10 @@ def create_app(
     """
     settings = settings or GatewaySettings()
     keys = ApiKeyStore(engine.db, cache_ttl=settings.api_key_cache_ttl)
-    keys.ensure_schema()
     gw = Gateway(
         engine=engine,
         settings=settings,
         keys=keys,
-        annotations=AnnotationStore(engine.db),
         idempotency=IdempotencyStore(
             engine.db,
             ttl=settings.idempotency_ttl,

@@ -30,9 +30,7 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="aiplane"'}
 
 def create_api_key(engine: Engine, tenant: str, principal: str, roles: Iterable[str]) -> str:
     """Make an API key in ``engine``'s database (for ``aiplane dev`` and tests); returns the plaintext."""
-    store = ApiKeyStore(engine.db)
-    store.ensure_schema()
-    return store.create(tenant, principal, roles)
+    return ApiKeyStore(engine.db).create(tenant, principal, roles)
 
 
 async def authenticate(

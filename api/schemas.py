@@ -297,22 +297,16 @@ class TaskView(TaskSummary):
     callback_url: str | None = None
 
     @classmethod
-    def build(
-        cls,
-        task: Task,
-        steps: list[StepRun],
-        policy: dict[str, Any] | None = None,
-        callback_url: str | None = None,
-    ) -> TaskView:
+    def build(cls, task: Task, steps: list[StepRun]) -> TaskView:
         return cls(
             **cls.fields_of(task),
             input=task.input,
             result=task.result,
             vars=task.vars,
-            idempotency_key=task.idempotency_key,
+            idempotency_key=task.request_key or task.idempotency_key,
             steps=[StepView.of(s) for s in steps],
-            policy=PolicyAnnotations.model_validate(policy) if policy else None,
-            callback_url=callback_url,
+            policy=PolicyAnnotations.model_validate(task.annotations) if task.annotations else None,
+            callback_url=task.callback_url,
         )
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from api.batching import SubmitBatcher
 from api.settings import GatewaySettings
-from api.store import AnnotationStore, ApiKeyStore
+from api.store import ApiKeyStore
 from api.upstream import ModelClient
 from api.validation import InputValidators
 from engine import Engine, IdempotencyStore, TaskSpanStore
@@ -21,12 +22,16 @@ class Gateway:
     engine: Engine
     settings: GatewaySettings
     keys: ApiKeyStore
-    annotations: AnnotationStore
     idempotency: IdempotencyStore
     spans: TaskSpanStore
     validators: InputValidators = field(default_factory=InputValidators)
     #: The shared keep-alive connection pool for model calls; opened by the app's lifespan.
     http: ModelClient | None = None
+    #: Task submissions, written in batches (group commit).
+    submissions: SubmitBatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.submissions = SubmitBatcher(self.engine)
 
     def open_model_client(self) -> ModelClient:
         settings = self.settings

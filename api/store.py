@@ -1,14 +1,12 @@
-"""The gateway's own tables, in the engine's database: API keys and the policy annotations of tasks.
+"""API keys: each maps to a tenant, a principal and roles; stored as hashes in the engine's database.
 
-They live next to the engine's tables (same database, same transaction discipline) through the engine's
-``Engine.db`` handle, but in a MetaData of their own, created with ``create_all`` when the app starts: the engine's
-alembic migrations do not know them. Names start with ``gateway_`` so they cannot collide with the engine's.
+The table (``gateway_api_keys``) is the engine's migrations' like every other, so one schema history covers the
+database; the gateway reaches it through the engine's ``Engine.db`` handle.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import threading
 import time
@@ -16,13 +14,13 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, get_args
+from typing import Protocol, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
 from ulid import ULID
 
 from crds.base import Role
+from engine.store.schema import api_keys
 
 ROLES: frozenset[str] = frozenset(get_args(Role))
 KEY_PREFIX = "aip_"
@@ -37,59 +35,6 @@ class SqlHandle(Protocol):
     def read(self) -> AbstractContextManager[sa.Connection]: ...
 
     def write(self) -> AbstractContextManager[sa.Connection]: ...
-
-
-class _UTCDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes on both databases (SQLite stores naive UTC text)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-metadata = sa.MetaData()
-
-api_keys = sa.Table(
-    "gateway_api_keys",
-    metadata,
-    sa.Column("id", sa.String(26), primary_key=True),
-    # sha256 of the whole key; the plaintext is shown once, when the key is made, and never stored.
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    # The first characters of the key, to tell keys apart in listings.
-    sa.Column("prefix", sa.String(16), nullable=False),
-    sa.Column("tenant", sa.String(253), nullable=False),
-    sa.Column("principal", sa.String(253), nullable=False),
-    sa.Column("roles", sa.String(128), nullable=False),  # comma-separated crds.base.Role values
-    sa.Column("created_at", _UTCDateTime, nullable=False),
-    sa.Column("revoked_at", _UTCDateTime),
-)
-
-task_annotations = sa.Table(
-    "gateway_task_annotations",
-    metadata,
-    sa.Column("task_id", sa.String(26), primary_key=True),
-    sa.Column("tenant", sa.String(253), nullable=False),
-    # {privacy, retention, approval} as submitted; enforced by policies in a later issue.
-    sa.Column("policy", sa.Text),
-    sa.Column("callback_url", sa.String(2048)),
-    sa.Column("submitted_by", sa.String(253)),
-    sa.Column("created_at", _UTCDateTime, nullable=False),
-)
-
-
-def ensure_schema(db: SqlHandle) -> None:
-    """Create the gateway's tables if they are missing (safe to call from every process at start)."""
-    metadata.create_all(db.engine, checkfirst=True)
 
 
 def hash_key(plaintext: str) -> str:
@@ -123,8 +68,10 @@ class ApiKeyStore:
         self._cache: dict[str, tuple[Principal | None, float]] = {}
         self._lock = threading.Lock()
 
-    def ensure_schema(self) -> None:
-        ensure_schema(self.db)
+    def ping(self) -> None:
+        """Raise if the database is unreachable or the keys' table is missing."""
+        with self.db.read() as conn:
+            conn.execute(sa.select(api_keys.c.id).limit(0))
 
     def create(self, tenant: str, principal: str, roles: Iterable[str]) -> str:
         """Make a key for ``principal`` of ``tenant`` with ``roles``; returns the plaintext (shown only now)."""
@@ -196,53 +143,3 @@ class ApiKeyStore:
                     self._cache.clear()
                 self._cache[digest] = (principal, time.monotonic() + self.cache_ttl)
         return principal
-
-
-class AnnotationStore:
-    """Policy annotations and callback URLs of tasks, as the submitter gave them."""
-
-    def __init__(self, db: SqlHandle) -> None:
-        self.db = db
-
-    def put(
-        self,
-        tenant: str,
-        task_id: str,
-        *,
-        policy: dict[str, Any] | None,
-        callback_url: str | None,
-        submitted_by: str,
-    ) -> None:
-        values = {
-            "tenant": tenant,
-            "policy": json.dumps(policy, sort_keys=True) if policy is not None else None,
-            "callback_url": callback_url,
-            "submitted_by": submitted_by,
-        }
-        with self.db.write() as conn:
-            # A retried submission (the first one's response was lost) finds its row already there.
-            updated = conn.execute(
-                sa.update(task_annotations)
-                .where(task_annotations.c.task_id == task_id, task_annotations.c.tenant == tenant)
-                .values(values)
-            )
-            if updated.rowcount == 0:
-                conn.execute(task_annotations.insert().values(task_id=task_id, created_at=datetime.now(UTC), **values))
-
-    def get(self, tenant: str, task_id: str) -> tuple[dict[str, Any] | None, str | None]:
-        """(policy annotations, callback URL) of a task; (None, None) when it had none."""
-        with self.db.read() as conn:
-            row = conn.execute(
-                sa.select(task_annotations.c.policy, task_annotations.c.callback_url).where(
-                    task_annotations.c.task_id == task_id, task_annotations.c.tenant == tenant
-                )
-            ).first()
-        if row is None:
-            return None, None
-        return (json.loads(row.policy) if row.policy else None), row.callback_url
-
-    def ping(self) -> None:
-        """Raise if the database is unreachable or the gateway's tables are missing."""
-        with self.db.read() as conn:
-            conn.execute(sa.select(api_keys.c.id).limit(0))
-            conn.execute(sa.select(task_annotations.c.task_id).limit(0))

@@ -43,14 +43,16 @@ from engine.models import (
     TaskState,
 )
 from engine.payloads import BlobStore, FileBlobStore
+from engine.runtime.intake import Accepted, Outcome, Replayed, RequestKey, Submission
 from engine.runtime.queue import PriorityPolicy
 from engine.sinks import InMemorySink, Record, RecordSink
 from engine.store.idempotency import Claim, IdempotencyStore, request_hash
-from engine.tracing import ATTR_TASK_ID, TaskSpanStore
+from engine.tracing import ATTR_TASK_ID, TaskSpanStore, current_traceparent
 from engine.worker import Worker, WorkerConfig
 
 __all__ = [
     "ATTR_TASK_ID",
+    "Accepted",
     "Approval",
     "ApprovalNotFoundError",
     "ApprovalState",
@@ -75,11 +77,14 @@ __all__ = [
     "NotAuthorizedError",
     "NotFoundError",
     "OutboxRelay",
+    "Outcome",
     "Page",
     "Priority",
     "PriorityPolicy",
     "Record",
     "RecordSink",
+    "Replayed",
+    "RequestKey",
     "SecretResolver",
     "StaticConnectorResolver",
     "StaticModelResolver",
@@ -88,6 +93,7 @@ __all__ = [
     "StepError",
     "StepRun",
     "StepState",
+    "Submission",
     "Task",
     "TaskNotFoundError",
     "TaskSpanStore",
@@ -95,6 +101,7 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "WorkflowNotFoundError",
+    "current_traceparent",
     "parse_duration",
     "pick_endpoint",
     "request_hash",

@@ -11,7 +11,7 @@ import builtins
 import dataclasses
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 
 import httpx
 import sqlalchemy as sa
+from opentelemetry.trace import Status, StatusCode
 
 from crds.workflow import WorkflowSpec
 from engine import gauges
 from engine.bus import Bus, InMemoryBus, OutboxRelay
 from engine.clock import Clock, utcnow
-from engine.durations import as_duration, parse_duration
+from engine.durations import as_duration
 from engine.errors import ApprovalNotFoundError, InvalidRequestError, TaskNotFoundError
 from engine.executors.base import StepExecutor
 from engine.executors.connector import ConnectorExecutor
@@ -48,21 +49,29 @@ from engine.models import (
     Page,
     Priority,
     StepRun,
-    StepState,
     Task,
     TaskState,
 )
 from engine.payloads import DEFAULT_INLINE_LIMIT, BlobStore, FileBlobStore, PayloadCodec
 from engine.resilience import Resilience
-from engine.runtime.queue import PriorityPolicy, parse_priority
+from engine.runtime import records
+from engine.runtime.intake import Accepted, Intake, Outcome, Submission
+from engine.runtime.queue import PriorityPolicy
 from engine.runtime.transitions import StateMachine
 from engine.sinks import InMemorySink, RecordSink
 from engine.store import migrate, outbox
 from engine.store.database import Database
-from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore, request_hash
+from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore
 from engine.store.schema import approvals, dead_letters, step_runs, tasks
-from engine.store.types import dumps
-from engine.tracing import ATTR_TASK_ID, ATTR_TENANT, ATTR_WORKFLOW, SPAN_SUBMIT, current_traceparent, tracer
+from engine.tracing import (
+    ATTR_TASK_ID,
+    ATTR_TENANT,
+    ATTR_WORKFLOW,
+    SPAN_SUBMIT,
+    context_from_traceparent,
+    current_traceparent,
+    tracer,
+)
 from engine.worker import Worker, WorkerConfig
 
 MAX_PAGE = 500
@@ -110,6 +119,7 @@ class Engine:
         self.priorities = priorities or PriorityPolicy()
         self.machine = StateMachine(self.codec, self.priorities, rng=rng)
         self.idempotency = IdempotencyStore(self.db, ttl=idempotency_ttl, clock=clock)
+        self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
         self.bus: Bus = bus or InMemoryBus()
         self.relay = OutboxRelay(self.db, self.bus, clock=clock)
         self.model_resolver: ModelResolver = model_resolver or StaticModelResolver()
@@ -165,54 +175,67 @@ class Engine:
         input again returns the first task (and another input with the same key raises
         ``IdempotencyMismatchError``): sources that deliver at least once (Kafka) submit safely.
         """
-        level = parse_priority(priority)
-        try:
-            dumps(input)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError(f"task input must be JSON: {exc}", field="input") from exc
-        now = self.clock()
-        with tracer().start_as_current_span(
-            SPAN_SUBMIT, attributes={ATTR_TENANT: tenant, ATTR_WORKFLOW: workflow}
-        ) as span:
-            with self.db.write() as conn:
-                version = version or definitions.head_version(conn, workflow)
-                spec = definitions.load(conn, workflow, version)
-                submitted = self.machine.submit(
-                    conn,
-                    tenant=tenant,
-                    workflow=workflow,
-                    version=version,
-                    spec=spec,
-                    input=input,
-                    priority=level,
-                    deadline=self._deadline(spec, deadline, now),
-                    idempotency_key=idempotency_key,
-                    request_hash=request_hash(input) if idempotency_key is not None else None,
-                    trace_context=current_traceparent(),
-                    now=now,
-                )
-            span.set_attribute(ATTR_TASK_ID, submitted.task_id)
-        self._wake_workers()
-        return self.get(tenant, submitted.task_id)
+        submission = Submission(
+            tenant=tenant,
+            workflow=workflow,
+            input=input,
+            priority=priority,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            version=version,
+        )
+        [outcome] = self.submit_many([submission])
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert isinstance(outcome, Accepted)
+        return outcome.task
+
+    def submit_many(self, submissions: Sequence[Submission]) -> builtins.list[Outcome]:
+        """Submit a batch in one transaction; one outcome per submission (see ``engine.runtime.intake``)."""
+        if not submissions:
+            return []
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            submissions = [
+                s if s.trace_context else dataclasses.replace(s, trace_context=traceparent) for s in submissions
+            ]
+        started = time.time_ns()
+        outcomes = self.intake.submit(submissions)
+        self._trace_submissions(submissions, outcomes, started, time.time_ns())
+        if any(isinstance(o, Accepted) and o.created for o in outcomes):
+            self._wake_workers()
+        return outcomes
 
     @staticmethod
-    def _deadline(spec: WorkflowSpec, deadline: datetime | timedelta | None, now: datetime) -> datetime | None:
-        if isinstance(deadline, timedelta):
-            return now + deadline
-        if isinstance(deadline, datetime):
-            if deadline.tzinfo is None:
-                raise InvalidRequestError("deadline must be timezone-aware (UTC)", field="deadline")
-            return deadline
-        if spec.sla is not None:
-            return now + parse_duration(spec.sla.deadline)
-        return None
+    def _trace_submissions(
+        submissions: Sequence[Submission], outcomes: Sequence[Outcome], started: int, ended: int
+    ) -> None:
+        """One ``aiplane.engine.submit`` span per submission, in its own request's trace, spanning the batch's
+        transaction (a batch serves many requests, so one span could sit in only one of their traces)."""
+        for submission, outcome in zip(submissions, outcomes, strict=True):
+            attributes: dict[str, str | int] = {
+                ATTR_TENANT: submission.tenant,
+                ATTR_WORKFLOW: submission.workflow,
+                "aiplane.batch.size": len(submissions),
+            }
+            if isinstance(outcome, Accepted):
+                attributes[ATTR_TASK_ID] = outcome.task.id
+            span = tracer().start_span(
+                SPAN_SUBMIT,
+                context=context_from_traceparent(submission.trace_context),
+                attributes=attributes,
+                start_time=started,
+            )
+            if isinstance(outcome, Exception):
+                span.set_status(Status(StatusCode.ERROR, str(outcome)))
+            span.end(end_time=ended)
 
     def get(self, tenant: str, task_id: str) -> Task:
         with self.db.read() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id, tasks.c.tenant == tenant)).first()
         if row is None:
             raise TaskNotFoundError(f"no task {task_id!r}", task_id=task_id)
-        return self._task(row, payloads=True)
+        return records.task(self.codec, row, payloads=True)
 
     def list(
         self,
@@ -235,7 +258,7 @@ class Engine:
             query = query.where(tasks.c.id < cursor)
         with self.db.read() as conn:
             rows = conn.execute(query).all()
-        items = [self._task(row, payloads=include_payloads) for row in rows[:limit]]
+        items = [records.task(self.codec, row, payloads=include_payloads) for row in rows[:limit]]
         return Page(items, items[-1].id if len(rows) > limit else None)
 
     def steps(self, tenant: str, task_id: str) -> builtins.list[StepRun]:
@@ -243,7 +266,7 @@ class Engine:
         self._check_task(tenant, task_id)
         with self.db.read() as conn:
             rows = conn.execute(sa.select(step_runs).where(step_runs.c.task_id == task_id).order_by(step_runs.c.seq))
-            return [self._step_run(row) for row in rows]
+            return [records.step_run(self.codec, row) for row in rows]
 
     def cancel(self, tenant: str, task_id: str, reason: str = "cancelled") -> Task:
         with self.db.write() as conn:
@@ -446,46 +469,6 @@ class Engine:
             found = conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task_id, tasks.c.tenant == tenant)).first()
         if found is None:
             raise TaskNotFoundError(f"no task {task_id!r}", task_id=task_id)
-
-    def _task(self, row: sa.Row[Any], *, payloads: bool) -> Task:
-        return Task(
-            id=row.id,
-            tenant=row.tenant,
-            workflow=row.workflow,
-            workflow_version=row.workflow_version,
-            state=TaskState(row.state),
-            priority=Priority(row.priority),
-            input=self.codec.decode(row.input, row.input_ref) if payloads else None,
-            result=self.codec.decode(row.result, row.result_ref) if payloads else None,
-            error=row.error,
-            vars=row.vars,
-            current_step=row.current_step,
-            deadline=row.deadline,
-            sla_breached_at=row.sla_breached_at,
-            idempotency_key=row.idempotency_key,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            finished_at=row.finished_at,
-        )
-
-    def _step_run(self, row: sa.Row[Any]) -> StepRun:
-        return StepRun(
-            id=row.id,
-            task_id=row.task_id,
-            seq=row.seq,
-            name=row.name,
-            type=row.type,
-            state=StepState(row.state),
-            attempts=row.attempts,
-            idempotency_key=row.idempotency_key,
-            output=self.codec.decode(row.output, row.output_ref),
-            error=row.error,
-            next_run_at=row.next_run_at,
-            lease_owner=row.lease_owner,
-            lease_expires_at=row.lease_expires_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-        )
 
 
 def _approval(row: sa.Row[Any]) -> Approval:

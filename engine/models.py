@@ -74,6 +74,13 @@ class Task:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    #: Policy annotations as submitted ({privacy, retention, approval}); enforced by Policies.
+    annotations: dict[str, Any] | None = None
+    #: Called (POST) with the task when it ends.
+    callback_url: str | None = None
+    submitted_by: str | None = None
+    #: The Idempotency-Key of the gateway request that made the task.
+    request_key: str | None = None
 
     @property
     def done(self) -> bool:

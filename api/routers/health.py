@@ -31,8 +31,8 @@ async def healthz() -> Health:
 )
 async def readyz(gw: Annotated[Gateway, Depends(gateway)]) -> Health:
     def ping() -> None:
-        gw.annotations.ping()  # the gateway's tables
-        gw.engine.list("", limit=1)  # the engine's
+        gw.keys.ping()
+        gw.engine.list("", limit=1)
 
     try:
         await anyio.to_thread.run_sync(ping)

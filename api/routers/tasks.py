@@ -30,9 +30,18 @@ from api.schemas import (
     parse_duration,
 )
 from api.state import Gateway, gateway
-from api.store import Principal
 from api.telemetry import IDEMPOTENT_REPLAYS, gateway_span
-from engine import ATTR_TASK_ID, Task, WorkflowNotFoundError, request_hash
+from engine import (
+    ATTR_TASK_ID,
+    Replayed,
+    RequestKey,
+    StepRun,
+    Submission,
+    Task,
+    WorkflowNotFoundError,
+    current_traceparent,
+    request_hash,
+)
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -53,10 +62,8 @@ def _location(gw: Gateway, task_id: str) -> str:
 
 
 def _view(gw: Gateway, tenant: str, task: Task) -> TaskView:
-    """The full view of a task (blocking: reads steps and annotations)."""
-    steps = gw.engine.steps(tenant, task.id)
-    policy, callback_url = gw.annotations.get(tenant, task.id)
-    return TaskView.build(task, steps, policy, callback_url)
+    """The full view of a task (blocking: reads its steps)."""
+    return TaskView.build(task, gw.engine.steps(tenant, task.id))
 
 
 def _get_view(gw: Gateway, tenant: str, task_id: str) -> TaskView:
@@ -110,38 +117,75 @@ async def submit_task(
 
     with gateway_span(request, "submit", tenant=tenant) as span:
         span.set_attribute("aiplane.workflow", body.workflow.name)
-        # Checks without side effects come first: a request that fails them leaves no idempotency record.
-        version = await _check_workflow(gw, body)
+        answer: dict[str, Any] = {}
+        request_key = None
         if idempotency_key is not None:
-            fingerprint = request_hash(body.model_dump(mode="json", by_alias=True))
-            claim = await _run(gw.idempotency.claim, tenant, idempotency_key, fingerprint)
-            if not claim.owner:
-                return _replayed(request, span, claim.response)
-        try:
-            task: Task = await _run(
-                gw.engine.submit,
-                tenant,
-                body.workflow.name,
-                body.input,
+            # An async answer is known before anything is written, so the key is stored already answered, in the
+            # task's own transaction; a sync answer comes after the wait, so its key stays in flight until then.
+            def respond(task: Task, steps: list[StepRun]) -> dict[str, Any]:
+                stored = _stored(gw, 202, TaskView.build(task, steps))
+                answer["stored"] = stored
+                return stored
+
+            request_key = RequestKey(
+                key=idempotency_key,
+                fingerprint=request_hash(body.model_dump(mode="json", by_alias=True)),
+                respond=None if sync else respond,
+            )
+        outcome = await gw.submissions.submit(
+            Submission(
+                tenant=tenant,
+                workflow=body.workflow.name,
+                version=body.workflow.version,
+                input=body.input,
                 priority=body.priority,
                 deadline=deadline,
-                idempotency_key=idempotency_key,
-                version=version,
+                request=request_key,
+                annotations=body.policy.model_dump(mode="json", by_alias=True, exclude_none=True)
+                if body.policy is not None
+                else None,
+                callback_url=str(body.callback_url) if body.callback_url is not None else None,
+                submitted_by=principal.name,
+                trace_context=current_traceparent(),
+                validate=lambda version, spec: gw.validators.check(
+                    body.workflow.name, version, spec.input_schema, body.input
+                ),
             )
-        except BaseException:
-            if idempotency_key is not None:
-                with anyio.CancelScope(shield=True):
-                    await _run(gw.idempotency.release, tenant, idempotency_key)
-            raise
+        )
+        if isinstance(outcome, Replayed):
+            return _replayed(request, span, outcome.response)
+        if isinstance(outcome, Exception):
+            raise _refusal(outcome, body)
+        task = outcome.task
         span.set_attribute(ATTR_TASK_ID, task.id)
         request.state.task_id = task.id
-        status, view = await _answer(gw, principal, body, task, key=idempotency_key, wait=timeout if sync else None)
-        span.set_attribute("aiplane.task.state", view.state)
-        return JSONResponse(
-            view.model_dump(mode="json", by_alias=True),
-            status_code=status,
-            headers={"Location": _location(gw, task.id)},
+        if sync:
+            status, view = await _answer_sync(gw, tenant, task, key=idempotency_key, wait=timeout)
+            content = view.model_dump(mode="json", by_alias=True)
+        else:
+            status = 202
+            content = (
+                answer["stored"]["body"]
+                if answer
+                else TaskView.build(task, outcome.steps).model_dump(mode="json", by_alias=True)
+            )
+        span.set_attribute("aiplane.task.state", content["state"])
+        return JSONResponse(content, status_code=status, headers={"Location": _location(gw, task.id)})
+
+
+def _refusal(error: Exception, body: SubmitTaskRequest) -> Exception:
+    """The error to raise for a refused submission (engine errors become problems in ``api.problems``)."""
+    if isinstance(error, WorkflowNotFoundError):
+        ref = body.workflow
+        field = "workflow.name" if ref.version is None else "workflow.version"
+        return ProblemError(
+            404,
+            "workflow-not-found",
+            f"{error.detail}; check workflow.name (and workflow.version), or apply the Workflow first",
+            errors=[field_error(field, error.detail)],
+            workflow=ref.name,
         )
+    return error
 
 
 def _check_key(key: str | None) -> None:
@@ -176,24 +220,6 @@ def _deadline(body: SubmitTaskRequest) -> datetime | timedelta | None:
     return None
 
 
-async def _check_workflow(gw: Gateway, body: SubmitTaskRequest) -> str:
-    """The workflow version to run, after checking the input against its inputSchema."""
-    ref = body.workflow
-    try:
-        version, spec = await _run(gw.engine.workflow, ref.name, ref.version)
-    except WorkflowNotFoundError as exc:
-        field = "workflow.name" if ref.version is None else "workflow.version"
-        raise ProblemError(
-            404,
-            "workflow-not-found",
-            f"{exc.detail}; check workflow.name (and workflow.version), or apply the Workflow first",
-            errors=[field_error(field, exc.detail)],
-            workflow=ref.name,
-        ) from exc
-    gw.validators.check(ref.name, version, spec.input_schema, body.input)
-    return str(version)
-
-
 def _replayed(request: Request, span: Span, stored: Any) -> JSONResponse:
     """The stored first response of an Idempotency-Key, as it was."""
     IDEMPOTENT_REPLAYS.inc()
@@ -207,33 +233,13 @@ def _replayed(request: Request, span: Span, stored: Any) -> JSONResponse:
     return JSONResponse(body, status_code=int(stored.get("status", 200)), headers=headers)
 
 
-async def _answer(
-    gw: Gateway,
-    principal: Principal,
-    body: SubmitTaskRequest,
-    task: Task,
-    *,
-    key: str | None,
-    wait: float | None,
-) -> tuple[int, TaskView]:
-    """Record the annotations, wait for the result if asked, and store the answer under the key."""
-    tenant = principal.tenant
+async def _answer_sync(gw: Gateway, tenant: str, task: Task, *, key: str | None, wait: float) -> tuple[int, TaskView]:
+    """Wait for the result, then store the answer under the key (which stayed in flight until now)."""
     status = 202
     view: TaskView | None = None
     try:
-        if body.policy is not None or body.callback_url is not None:
-            policy = body.policy.model_dump(mode="json", by_alias=True, exclude_none=True) if body.policy else None
-            await _run(
-                gw.annotations.put,
-                tenant,
-                task.id,
-                policy=policy,
-                callback_url=str(body.callback_url) if body.callback_url is not None else None,
-                submitted_by=principal.name,
-            )
-        if wait is not None:
-            task = await _wait(gw, tenant, task.id, wait)
-            status = 200 if task.done else 202
+        task = await _wait(gw, tenant, task.id, wait)
+        status = 200 if task.done else 202
         view = await _run(_view, gw, tenant, task)
     finally:
         # Once the task exists, the key's answer is this task: store one even if we were interrupted.

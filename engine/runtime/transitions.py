@@ -28,7 +28,6 @@ from engine.clock import new_id
 from engine.durations import parse_duration
 from engine.errors import (
     ApprovalNotFoundError,
-    IdempotencyMismatchError,
     InvalidStateError,
     NotAuthorizedError,
     StepDeferredError,
@@ -37,12 +36,11 @@ from engine.errors import (
 )
 from engine.executors.base import StepOutcome
 from engine.flow import definitions, graph
-from engine.models import TERMINAL_TASK_STATES, ApprovalState, Priority, StepState, TaskState
+from engine.models import TERMINAL_TASK_STATES, ApprovalState, StepState, TaskState
 from engine.payloads import Encoded, PayloadCodec
 from engine.retry import is_retryable, retry_delay
 from engine.runtime.queue import PriorityPolicy
 from engine.store import outbox
-from engine.store.database import dialect_insert
 from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
 
 # Reasons a task is dead-lettered.
@@ -72,6 +70,7 @@ _FINISH_ATTEMPT = sa.update(attempts).where(
 )
 _INSERT_RUN = sa.insert(step_runs)
 _INSERT_ATTEMPT = sa.insert(attempts)
+_INSERT_APPROVAL = sa.insert(approvals)
 _QUEUED_AHEAD = (
     sa.select(step_runs.c.id)
     .where(
@@ -110,12 +109,6 @@ class FailResult:
 
 
 @dataclass(frozen=True)
-class Submitted:
-    task_id: str
-    created: bool
-
-
-@dataclass(frozen=True)
 class Chain:
     """Lets ``complete`` lease the task's next step to the completing worker in the same transaction.
 
@@ -129,6 +122,40 @@ class Chain:
     lease: timedelta
     #: Step types the worker can run (an approval is never chained: it waits for people, not workers).
     types: frozenset[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """The rows entering a step writes: the step run, the task row's new values, and what goes with them."""
+
+    run: dict[str, Any]
+    task: dict[str, Any]
+    approval: dict[str, Any] | None
+    #: The first attempt, when the step is entered already leased.
+    attempt: dict[str, Any] | None
+    events: list[dict[str, Any]]
+
+    def claimed(self, task: Any) -> Claimed | None:
+        """The lease of a step entered leased, as a claim would have returned it; None otherwise."""
+        if self.attempt is None:
+            return None
+        run = self.run
+        return Claimed(
+            step_run_id=run["id"],
+            task_id=task.id,
+            tenant=task.tenant,
+            workflow=task.workflow,
+            workflow_version=task.workflow_version,
+            priority=task.priority,
+            step=run["name"],
+            step_type=run["type"],
+            seq=run["seq"],
+            attempt=1,
+            lease_token=run["lease_token"],
+            idempotency_key=run["idempotency_key"],
+            trace_context=task.trace_context,
+            deadline=task.deadline,
+        )
 
 
 @dataclass(frozen=True)
@@ -164,75 +191,6 @@ class StateMachine:
         self.rng = rng or random.Random()
         #: Guards against workflows that loop forever (a rules branch back to an earlier step).
         self.max_step_runs = max_step_runs
-
-    # ---------------------------------------------------------------- submit
-
-    def submit(
-        self,
-        conn: sa.Connection,
-        *,
-        tenant: str,
-        workflow: str,
-        version: str,
-        spec: WorkflowSpec,
-        input: Any,
-        priority: Priority,
-        deadline: datetime | None,
-        idempotency_key: str | None,
-        request_hash: str | None,
-        trace_context: str | None,
-        now: datetime,
-    ) -> Submitted:
-        task_id = new_id()
-        encoded = self.codec.encode(input)
-        values: dict[str, Any] = {
-            "id": task_id,
-            "tenant": tenant,
-            "workflow": workflow,
-            "workflow_version": version,
-            "state": TaskState.QUEUED,
-            "priority": priority,
-            "input": encoded.inline,
-            "input_ref": encoded.ref,
-            "vars": {},
-            "step_seq": 0,
-            "deadline": deadline,
-            "idempotency_key": idempotency_key,
-            "request_hash": request_hash,
-            "trace_context": trace_context,
-            "created_at": now,
-            "updated_at": now,
-        }
-        # ON CONFLICT DO NOTHING on (tenant, idempotency_key): a resubmission (a Kafka message delivered twice)
-        # finds the first task instead of failing or creating a second one.
-        # RETURNING rather than rowcount: drivers disagree on the row count of an INSERT that did nothing.
-        inserted = conn.execute(
-            dialect_insert(conn, tasks).values(values).on_conflict_do_nothing().returning(tasks.c.id)
-        ).scalar()
-        if inserted is None:
-            existing = conn.execute(
-                sa.select(tasks.c.id, tasks.c.request_hash).where(
-                    tasks.c.tenant == tenant, tasks.c.idempotency_key == idempotency_key
-                )
-            ).one()
-            if existing.request_hash != request_hash:
-                raise IdempotencyMismatchError(
-                    "a task was already submitted with this idempotency key and a different input",
-                    key=idempotency_key,
-                    task_id=existing.id,
-                )
-            return Submitted(existing.id, created=False)
-        outbox.append(
-            conn,
-            outbox.TASK_SUBMITTED,
-            task_id=task_id,
-            tenant=tenant,
-            payload={"workflow": workflow, "version": version, "priority": priority},
-            now=now,
-        )
-        task = self._lock_task(conn, task_id)
-        self._enter_step(conn, task, spec, graph.first_step(spec), now)
-        return Submitted(task_id, created=True)
 
     # ---------------------------------------------------------------- claim / heartbeat
 
@@ -775,32 +733,38 @@ class StateMachine:
         already leased to that worker and returned (its first attempt started); otherwise None.
         ``task_values``: more columns for the task row's update (the vars a completed step decided).
         """
-        seq = task.step_seq + 1
-        if seq > self.max_step_runs:
+        if task.step_seq + 1 > self.max_step_runs:
             error = {
                 "kind": "StepLimitExceeded",
                 "message": f"task ran {self.max_step_runs} steps; is the workflow looping?",
             }
             self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values)
             return None
+        worker = None
+        if chain is not None and step.type in chain.types:
+            sort_at = self.priorities.sort_at(task.priority, now)
+            if not self._queued_ahead(conn, sort_at, now):
+                worker = chain
+        entered = self.entry(task, step, now, lease=worker)
+        conn.execute(_INSERT_RUN, entered.run)
+        conn.execute(_UPDATE_TASK, {"_task_id": task.id, **entered.task, **(task_values or {})})
+        if entered.approval is not None:
+            conn.execute(_INSERT_APPROVAL, entered.approval)
+        if entered.attempt is not None:
+            conn.execute(_INSERT_ATTEMPT, entered.attempt)
+        outbox.insert(conn, entered.events)
+        return entered.claimed(task)
+
+    def entry(self, task: Any, step: Step, now: datetime, *, lease: Chain | None = None) -> Entry:
+        """What entering ``step`` writes, without writing it (``task``: a tasks row, or its values as attributes).
+
+        ``lease``: enter it already leased to that worker, its first attempt started (the caller checked that
+        chaining is allowed).
+        """
+        seq = task.step_seq + 1
         run_id = new_id()
         waiting = step.type == "approval"
-        sort_at = None if waiting else self.priorities.sort_at(task.priority, now)
-        lease: dict[str, Any] = {}
-        if (
-            chain is not None
-            and sort_at is not None
-            and step.type in chain.types
-            and not self._queued_ahead(conn, sort_at, now)
-        ):
-            lease = {
-                "state": StepState.RUNNING,
-                "lease_owner": chain.worker,
-                "lease_token": new_id(),
-                "lease_expires_at": now + chain.lease,
-                "attempts": 1,
-            }
-        values: dict[str, Any] = {
+        run: dict[str, Any] = {
             "id": run_id,
             "task_id": task.id,
             "seq": seq,
@@ -812,121 +776,83 @@ class StateMachine:
             "attempt_base": 0,
             "idempotency_key": step_idempotency_key(task.id, seq, step.name),
             "next_run_at": None if waiting else now,
-            "sort_at": sort_at,
-            "started_at": now if waiting or lease else None,
+            "sort_at": None if waiting else self.priorities.sort_at(task.priority, now),
+            "started_at": now if waiting else None,
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "output": None,
+            "output_ref": None,
+            "error": None,
+            "finished_at": None,
             "created_at": now,
             "updated_at": now,
         }
-        conn.execute(_INSERT_RUN, {**values, **lease})
         if waiting:
             state = TaskState.WAITING
-        elif task.state == TaskState.QUEUED and not lease:
+        elif task.state == TaskState.QUEUED and lease is None:
             state = TaskState.QUEUED
         else:
             state = TaskState.RUNNING
-        conn.execute(
-            _UPDATE_TASK,
-            {
-                "_task_id": task.id,
-                "step_seq": seq,
-                "current_step": step.name,
-                "state": state,
-                "updated_at": now,
-                **(task_values or {}),
-            },
-        )
-        if lease:
-            return self._start_attempt(conn, task, run_id=run_id, step=step, seq=seq, lease=lease, now=now)
+        events: list[dict[str, Any]] = []
+        approval = attempt = None
         if waiting:
             assert step.approval is not None
             approval_id = new_id()
             expires_at = now + parse_duration(step.approval.expiry)
-            conn.execute(
-                sa.insert(approvals).values(
-                    id=approval_id,
-                    task_id=task.id,
-                    step_run_id=run_id,
-                    tenant=task.tenant,
-                    step=step.name,
-                    state=ApprovalState.PENDING,
-                    roles=list(step.approval.approvers.roles),
-                    users=list(step.approval.approvers.users),
-                    quorum=step.approval.quorum,
-                    prompt=step.approval.prompt,
-                    decisions=[],
-                    expires_at=expires_at,
-                    created_at=now,
-                )
+            approval = {
+                "id": approval_id,
+                "task_id": task.id,
+                "step_run_id": run_id,
+                "tenant": task.tenant,
+                "step": step.name,
+                "state": ApprovalState.PENDING,
+                "roles": list(step.approval.approvers.roles),
+                "users": list(step.approval.approvers.users),
+                "quorum": step.approval.quorum,
+                "prompt": step.approval.prompt,
+                "decisions": [],
+                "expires_at": expires_at,
+                "created_at": now,
+            }
+            payload = {
+                "approvalId": approval_id,
+                "step": step.name,
+                "quorum": step.approval.quorum,
+                "expiresAt": expires_at.isoformat(),
+            }
+            events.append(
+                outbox.event(outbox.APPROVAL_REQUESTED, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
             )
-            outbox.append(
-                conn,
-                outbox.APPROVAL_REQUESTED,
-                task_id=task.id,
-                tenant=task.tenant,
-                payload={
-                    "approvalId": approval_id,
-                    "step": step.name,
-                    "quorum": step.approval.quorum,
-                    "expiresAt": expires_at.isoformat(),
-                },
-                now=now,
+        elif lease is not None:
+            run.update(
+                state=StepState.RUNNING,
+                lease_owner=lease.worker,
+                lease_token=new_id(),
+                lease_expires_at=now + lease.lease,
+                attempts=1,
+                started_at=now,
             )
-        return None
+            attempt = {
+                "id": new_id(),
+                "step_run_id": run_id,
+                "task_id": task.id,
+                "number": 1,
+                "worker": lease.worker,
+                "outcome": "running",
+                "started_at": now,
+            }
+            payload = {"step": step.name, "type": step.type, "attempt": 1, "worker": lease.worker}
+            events.append(
+                outbox.event(outbox.STEP_STARTED, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
+            )
+        task_update = {"step_seq": seq, "current_step": step.name, "state": state, "updated_at": now}
+        return Entry(run=run, task=task_update, approval=approval, attempt=attempt, events=events)
 
     @staticmethod
     def _queued_ahead(conn: sa.Connection, sort_at: datetime, now: datetime) -> bool:
         """Whether a due runnable step of any task goes before one entered now with ``sort_at``."""
         return conn.execute(_QUEUED_AHEAD, {"_sort_at": sort_at, "_now": now}).first() is not None
-
-    @staticmethod
-    def _start_attempt(
-        conn: sa.Connection,
-        task: sa.Row[Any],
-        *,
-        run_id: str,
-        step: Step,
-        seq: int,
-        lease: dict[str, Any],
-        now: datetime,
-    ) -> Claimed:
-        """Record the first attempt of a step run entered already leased, and what the worker needs to run it."""
-        worker = lease["lease_owner"]
-        conn.execute(
-            _INSERT_ATTEMPT,
-            {
-                "id": new_id(),
-                "step_run_id": run_id,
-                "task_id": task.id,
-                "number": 1,
-                "worker": worker,
-                "outcome": "running",
-                "started_at": now,
-            },
-        )
-        outbox.append(
-            conn,
-            outbox.STEP_STARTED,
-            task_id=task.id,
-            tenant=task.tenant,
-            payload={"step": step.name, "type": step.type, "attempt": 1, "worker": worker},
-            now=now,
-        )
-        return Claimed(
-            step_run_id=run_id,
-            task_id=task.id,
-            tenant=task.tenant,
-            workflow=task.workflow,
-            workflow_version=task.workflow_version,
-            priority=task.priority,
-            step=step.name,
-            step_type=step.type,
-            seq=seq,
-            attempt=1,
-            lease_token=lease["lease_token"],
-            idempotency_key=step_idempotency_key(task.id, seq, step.name),
-            trace_context=task.trace_context,
-            deadline=task.deadline,
-        )
 
     def _advance(
         self,

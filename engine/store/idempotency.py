@@ -36,6 +36,13 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_key(key: str) -> None:
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequestError(
+            f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters long", field="Idempotency-Key"
+        )
+
+
 @dataclass(frozen=True)
 class Claim:
     """The outcome of a successful ``claim``.
@@ -68,57 +75,67 @@ class IdempotencyStore:
         Raises ``IdempotencyMismatchError`` if the key was used with another body, ``IdempotencyConflictError``
         while the first request with this key is still in flight.
         """
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise InvalidRequestError(
-                f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters long", field="Idempotency-Key"
-            )
-        now = self.clock()
+        check_key(key)
         with self.db.write() as conn:
-            values = {
-                "tenant": tenant,
-                "key": key,
-                "request_hash": body_hash,
-                "state": IN_FLIGHT,
-                "response": None,
-                "created_at": now,
-                "updated_at": now,
-                "locked_until": now + self.in_flight_timeout,
-                "expires_at": now + self.ttl,
-            }
-            # RETURNING rather than rowcount: drivers disagree on the row count of an INSERT that did nothing.
-            inserted = conn.execute(
-                dialect_insert(conn, keys).values(values).on_conflict_do_nothing().returning(keys.c.key)
-            ).scalar()
-            if inserted is not None:
+            return self.claim_in(conn, self.record(tenant, key, body_hash, self.clock()))
+
+    def record(self, tenant: str, key: str, body_hash: str, now: datetime, response: Any = None) -> dict[str, Any]:
+        """The row claiming ``key``: in flight, or already done with ``response`` when the caller knows it up
+        front (then claim and completion are one write)."""
+        return {
+            "tenant": tenant,
+            "key": key,
+            "request_hash": body_hash,
+            "state": IN_FLIGHT if response is None else DONE,
+            "response": response,
+            "created_at": now,
+            "updated_at": now,
+            "locked_until": now + self.in_flight_timeout if response is None else None,
+            "expires_at": now + self.ttl,
+        }
+
+    def claim_in(self, conn: sa.Connection, record: dict[str, Any]) -> Claim:
+        """``claim`` within the caller's write transaction, with a row made by ``record``."""
+        # RETURNING rather than rowcount: drivers disagree on the row count of an INSERT that did nothing.
+        inserted = conn.execute(
+            dialect_insert(conn, keys).values(record).on_conflict_do_nothing().returning(keys.c.key)
+        ).scalar()
+        if inserted is not None:
+            return Claim(owner=True)
+        row = conn.execute(sa.select(keys).where(keys.c.tenant == record["tenant"], keys.c.key == record["key"])).one()
+        return self.settle(conn, row, record)
+
+    def settle(self, conn: sa.Connection, row: sa.Row[Any], record: dict[str, Any]) -> Claim:
+        """The answer to a claim that found ``row`` already there: take it over when it expired or was abandoned
+        mid-flight, else the stored response, a mismatch or a conflict."""
+        now = record["created_at"]
+        if row.expires_at <= now or (row.state == IN_FLIGHT and row.locked_until <= now):
+            # Expired, or abandoned mid-flight: take it over, conditionally, so two callers cannot both win.
+            taken = conn.execute(
+                sa.update(keys)
+                .where(
+                    keys.c.tenant == row.tenant,
+                    keys.c.key == row.key,
+                    keys.c.updated_at == row.updated_at,
+                    keys.c.state == row.state,
+                )
+                .values({k: v for k, v in record.items() if k not in ("tenant", "key")})
+            )
+            if taken.rowcount == 1:
                 return Claim(owner=True)
-            row = conn.execute(sa.select(keys).where(keys.c.tenant == tenant, keys.c.key == key)).one()
-            if row.expires_at <= now or (row.state == IN_FLIGHT and row.locked_until <= now):
-                # Expired, or abandoned mid-flight: take it over, conditionally, so two callers cannot both win.
-                taken = conn.execute(
-                    sa.update(keys)
-                    .where(
-                        keys.c.tenant == tenant,
-                        keys.c.key == key,
-                        keys.c.updated_at == row.updated_at,
-                        keys.c.state == row.state,
-                    )
-                    .values({k: v for k, v in values.items() if k not in ("tenant", "key")})
-                )
-                if taken.rowcount == 1:
-                    return Claim(owner=True)
-                raise IdempotencyConflictError(
-                    "a request with this Idempotency-Key is being processed; retry later", key=key
-                )
-            if row.request_hash != body_hash:
-                raise IdempotencyMismatchError(
-                    "this Idempotency-Key was used with a different request body; use a new key for a new request",
-                    key=key,
-                )
-            if row.state == IN_FLIGHT:
-                raise IdempotencyConflictError(
-                    "a request with this Idempotency-Key is still being processed; retry later", key=key
-                )
-            return Claim(owner=False, response=row.response)
+            raise IdempotencyConflictError(
+                "a request with this Idempotency-Key is being processed; retry later", key=row.key
+            )
+        if row.request_hash != record["request_hash"]:
+            raise IdempotencyMismatchError(
+                "this Idempotency-Key was used with a different request body; use a new key for a new request",
+                key=row.key,
+            )
+        if row.state == IN_FLIGHT:
+            raise IdempotencyConflictError(
+                "a request with this Idempotency-Key is still being processed; retry later", key=row.key
+            )
+        return Claim(owner=False, response=row.response)
 
     def complete(self, tenant: str, key: str, response: Any) -> bool:
         """Store the first response for ``key``; False if the claim was lost (expired and taken over)."""

@@ -37,6 +37,19 @@ SLA_BREACHED = "sla.breached"
 _INSERT = sa.insert(events)
 
 
+def event(
+    type: str, *, task_id: str | None, tenant: str | None, payload: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """An outbox row, to ``insert`` with others."""
+    return {"id": new_id(), "task_id": task_id, "tenant": tenant, "type": type, "payload": payload, "created_at": now}
+
+
+def insert(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert outbox rows (one statement for all of them)."""
+    if rows:
+        conn.execute(_INSERT, list(rows) if len(rows) > 1 else rows[0])
+
+
 def append(
     conn: sa.Connection,
     type: str,
@@ -46,12 +59,9 @@ def append(
     payload: dict[str, Any],
     now: datetime,
 ) -> str:
-    event_id = new_id()
-    conn.execute(
-        _INSERT,
-        {"id": event_id, "task_id": task_id, "tenant": tenant, "type": type, "payload": payload, "created_at": now},
-    )
-    return event_id
+    row = event(type, task_id=task_id, tenant=tenant, payload=payload, now=now)
+    insert(conn, [row])
+    return str(row["id"])
 
 
 def for_task(conn: sa.Connection, task_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[Event]:

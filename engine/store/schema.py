@@ -73,6 +73,13 @@ tasks = sa.Table(
     sa.Column("request_hash", sa.String(64)),
     # W3C traceparent of the submitting request: step spans continue that trace.
     sa.Column("trace_context", sa.String(128)),
+    # The rest of the submitter's descriptor: policy annotations {privacy, retention, approval}, where to call
+    # back when the task ends, who submitted it, and the Idempotency-Key of the request (shown, not deduplicated
+    # on: that is the expiring idempotency record's job).
+    sa.Column("annotations", JSONText),
+    sa.Column("callback_url", sa.String(2048)),
+    sa.Column("submitted_by", TENANT),
+    sa.Column("request_key", sa.String(255)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
@@ -207,4 +214,20 @@ dead_letters = sa.Table(
     sa.Column("replayed_at", UTCDateTime),
     sa.Index(None, "tenant", "created_at"),
     sa.Index(None, "task_id"),
+)
+
+# The gateway's API keys: sha256 of each key (the plaintext is shown once, never stored), mapping to a tenant, a
+# principal and roles. Here, not in the gateway, so one migration history covers the whole database.
+api_keys = sa.Table(
+    "gateway_api_keys",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    # The first characters of the key, to tell keys apart in listings.
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("principal", TENANT, nullable=False),
+    sa.Column("roles", sa.String(128), nullable=False),  # comma-separated crds.base.Role values
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
 )

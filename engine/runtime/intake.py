@@ -1,0 +1,335 @@
+"""Intake: submissions become tasks, a batch of them per transaction.
+
+``Intake.submit`` writes a whole batch with one statement per table (the batch's idempotency records, tasks,
+first step runs, approvals and events) and one commit. The gateway gathers concurrent requests into a batch
+(group commit, ``api.batching``), so they share the commit's fsync and the statements' fixed costs; a caller
+with one submission pays what it always did.
+
+Per submission, and never a write for one that fails a check:
+
+1. resolve the workflow version, check the input (``Submission.validate``) and decide the task's rows, first
+   step included, before writing anything;
+2. claim the request's Idempotency-Key (``RequestKey``): a new key is inserted already answered with the caller's
+   response when the caller can give it now (an async submission's answer is the new task, known from step 1),
+   else in flight (a sync caller answers after waiting); a key already there gives its stored response, a
+   mismatch or a conflict instead (``IdempotencyStore.settle``), and no task;
+3. insert the task; with a task-level ``idempotency_key`` (a Kafka source's message id), an existing task with
+   that key is returned instead of a second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+
+from crds.workflow import WorkflowSpec
+from engine.clock import Clock, new_id
+from engine.durations import parse_duration
+from engine.errors import EngineError, IdempotencyMismatchError, InvalidRequestError
+from engine.flow import definitions, graph
+from engine.models import Priority, StepRun, Task, TaskState
+from engine.payloads import PayloadCodec
+from engine.runtime import records
+from engine.runtime.queue import parse_priority
+from engine.runtime.transitions import Entry, StateMachine
+from engine.store import outbox
+from engine.store.database import Database, dialect_insert
+from engine.store.idempotency import Claim, IdempotencyStore, check_key, request_hash
+from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
+
+_INSERT_TASK = sa.insert(tasks)
+_INSERT_RUN = sa.insert(step_runs)
+_INSERT_APPROVAL = sa.insert(approvals)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestKey:
+    """The Idempotency-Key of the request that asks for a task (the gateway's; kept for the store's TTL)."""
+
+    key: str
+    #: Hash of the request body: the same key with another body is a mismatch.
+    fingerprint: str
+    #: The response to store as the key's first answer, made from the new task and its step runs; None keeps the
+    #: key in flight (the caller completes it later with ``IdempotencyStore.complete``).
+    respond: Callable[[Task, list[StepRun]], Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    tenant: str
+    workflow: str
+    input: Any
+    #: The workflow version; None for the current one.
+    version: str | None = None
+    priority: Priority | str = Priority.NORMAL
+    #: Overrides the workflow's ``sla.deadline``: an instant, or a duration from now.
+    deadline: datetime | timedelta | None = None
+    #: Task-level deduplication (at-least-once sources): the same key and input give the first task back.
+    idempotency_key: str | None = None
+    request: RequestKey | None = None
+    annotations: dict[str, Any] | None = None
+    callback_url: str | None = None
+    submitted_by: str | None = None
+    #: W3C traceparent the task's step spans continue.
+    trace_context: str | None = None
+    #: Called with the resolved version and its spec before anything is written; raises to refuse the input.
+    validate: Callable[[str, WorkflowSpec], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.request is not None and self.idempotency_key is not None:
+            raise ValueError("give a request's Idempotency-Key or a task idempotency key, not both")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The task of a submission: new, or (``created`` False) the earlier task with its idempotency key."""
+
+    task: Task
+    steps: list[StepRun]
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The request's Idempotency-Key was answered before: here is that stored response; no task was made."""
+
+    response: Any
+
+
+Outcome = Accepted | Replayed | Exception
+
+
+class _RefusedError(Exception):
+    """``Submission.validate`` refused the submission with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class _Plan:
+    index: int
+    submission: Submission
+    task: dict[str, Any]
+    entry: Entry
+    events: list[dict[str, Any]]
+    accepted: Accepted
+    record: dict[str, Any] | None = None
+    claim: Claim | None = field(default=None)
+
+
+class Intake:
+    def __init__(
+        self,
+        db: Database,
+        machine: StateMachine,
+        codec: PayloadCodec,
+        idempotency: IdempotencyStore,
+        clock: Clock,
+    ) -> None:
+        self.db = db
+        self.machine = machine
+        self.codec = codec
+        self.idempotency = idempotency
+        self.clock = clock
+
+    def submit(self, batch: Sequence[Submission]) -> list[Outcome]:
+        """One outcome per submission, in order: ``Accepted``, ``Replayed``, or the error that refused it
+        (``EngineError``, or whatever ``validate`` raised). Database errors fail the whole batch (raised)."""
+        now = self.clock()
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        with self.db.write() as conn:
+            heads: dict[str, str] = {}
+            plans: list[_Plan] = []
+            for index, submission in enumerate(batch):
+                try:
+                    plans.append(self._plan(conn, index, submission, heads, now))
+                except EngineError as exc:
+                    outcomes[index] = exc
+                except _RefusedError as refused:
+                    outcomes[index] = refused.error
+            owners = self._claim_keys(conn, plans, outcomes)
+            self._insert(conn, owners, outcomes)
+        assert all(outcome is not None for outcome in outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    # ---------------------------------------------------------------- 1. decide the rows
+
+    def _plan(self, conn: sa.Connection, index: int, sub: Submission, heads: dict[str, str], now: datetime) -> _Plan:
+        level = parse_priority(sub.priority)
+        try:
+            encoded = self.codec.encode(sub.input)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"task input must be JSON: {exc}", field="input") from exc
+        if sub.request is not None:
+            check_key(sub.request.key)
+        version = sub.version or heads.get(sub.workflow)
+        if version is None:
+            version = heads[sub.workflow] = definitions.head_version(conn, sub.workflow)
+        spec = definitions.load(conn, sub.workflow, version)
+        if sub.validate is not None:
+            try:
+                sub.validate(version, spec)
+            except Exception as exc:  # the caller's own error type, handed back as the outcome
+                raise _RefusedError(exc) from exc
+        task: dict[str, Any] = {
+            "id": new_id(),
+            "tenant": sub.tenant,
+            "workflow": sub.workflow,
+            "workflow_version": version,
+            "state": TaskState.QUEUED,
+            "priority": level,
+            "input": encoded.inline,
+            "input_ref": encoded.ref,
+            "result": None,
+            "result_ref": None,
+            "vars": {},
+            "error": None,
+            "current_step": None,
+            "step_seq": 0,
+            "deadline": _deadline(spec, sub.deadline, now),
+            "sla_breached_at": None,
+            "idempotency_key": sub.idempotency_key,
+            "request_hash": request_hash(sub.input) if sub.idempotency_key is not None else None,
+            "trace_context": sub.trace_context,
+            "annotations": sub.annotations,
+            "callback_url": sub.callback_url,
+            "submitted_by": sub.submitted_by,
+            "request_key": sub.request.key if sub.request is not None else None,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+        }
+        entry = self.machine.entry(SimpleNamespace(**task), graph.first_step(spec), now)
+        task.update(entry.task)
+        submitted = outbox.event(
+            outbox.TASK_SUBMITTED,
+            task_id=task["id"],
+            tenant=sub.tenant,
+            payload={"workflow": sub.workflow, "version": version, "priority": level},
+            now=now,
+        )
+        # The answer is decided here, before any write: what a read right after the commit would return.
+        accepted = Accepted(
+            records.task(self.codec, SimpleNamespace(**task), payloads=True),
+            [records.step_run(self.codec, SimpleNamespace(**entry.run))],
+        )
+        plan = _Plan(index, sub, task, entry, [submitted, *entry.events], accepted)
+        if sub.request is not None:
+            respond = sub.request.respond
+            response = respond(accepted.task, accepted.steps) if respond is not None else None
+            plan.record = self.idempotency.record(sub.tenant, sub.request.key, sub.request.fingerprint, now, response)
+        return plan
+
+    # ---------------------------------------------------------------- 2. claim the request keys
+
+    def _claim_keys(self, conn: sa.Connection, plans: list[_Plan], outcomes: list[Outcome | None]) -> list[_Plan]:
+        """The plans that own their request key (or have none); the others get their outcome now."""
+        keyed = [p for p in plans if p.record is not None]
+        if not keyed:
+            return plans
+        first: dict[tuple[str, str], _Plan] = {}
+        for plan in keyed:
+            assert plan.record is not None
+            first.setdefault((plan.record["tenant"], plan.record["key"]), plan)
+        inserted = {
+            (row.tenant, row.key)
+            for row in conn.execute(
+                dialect_insert(conn, idempotency_keys)
+                .on_conflict_do_nothing()
+                .returning(idempotency_keys.c.tenant, idempotency_keys.c.key),
+                [plan.record for plan in first.values() if plan.record is not None],
+            )
+        }
+        owners = [p for p in plans if p.record is None]
+        for plan in keyed:
+            assert plan.record is not None
+            name = (plan.record["tenant"], plan.record["key"])
+            if name in inserted and first[name] is plan:
+                owners.append(plan)
+                continue
+            # The key was there before, or an earlier request of this batch just took it.
+            row = conn.execute(
+                sa.select(idempotency_keys).where(
+                    idempotency_keys.c.tenant == name[0], idempotency_keys.c.key == name[1]
+                )
+            ).one()
+            try:
+                claim = self.idempotency.settle(conn, row, plan.record)
+            except EngineError as exc:
+                outcomes[plan.index] = exc
+                continue
+            if claim.owner:
+                owners.append(plan)
+            else:
+                outcomes[plan.index] = Replayed(claim.response)
+        owners.sort(key=lambda p: p.index)
+        return owners
+
+    # ---------------------------------------------------------------- 3. write the tasks
+
+    def _insert(self, conn: sa.Connection, plans: list[_Plan], outcomes: list[Outcome | None]) -> None:
+        deduplicated = [p for p in plans if p.task["idempotency_key"] is not None]
+        created = [p for p in plans if p.task["idempotency_key"] is None]
+        if created:
+            conn.execute(_INSERT_TASK, [p.task for p in created])
+        if deduplicated:
+            # ON CONFLICT DO NOTHING on (tenant, idempotency_key): a resubmission (a Kafka message delivered
+            # twice) finds the first task instead of failing or making a second one.
+            new_ids = {
+                row.id
+                for row in conn.execute(
+                    dialect_insert(conn, tasks).on_conflict_do_nothing().returning(tasks.c.id),
+                    [p.task for p in deduplicated],
+                )
+            }
+            for plan in deduplicated:
+                if plan.task["id"] in new_ids:
+                    created.append(plan)
+                else:
+                    outcomes[plan.index] = self._earlier_task(conn, plan)
+        if not created:
+            return
+        conn.execute(_INSERT_RUN, [p.entry.run for p in created])
+        approval_rows = [p.entry.approval for p in created if p.entry.approval is not None]
+        if approval_rows:
+            conn.execute(_INSERT_APPROVAL, approval_rows)
+        outbox.insert(conn, [event for p in created for event in p.events])
+        for plan in created:
+            outcomes[plan.index] = plan.accepted
+
+    def _earlier_task(self, conn: sa.Connection, plan: _Plan) -> Outcome:
+        task = plan.task
+        row = conn.execute(
+            sa.select(tasks).where(tasks.c.tenant == task["tenant"], tasks.c.idempotency_key == task["idempotency_key"])
+        ).one()
+        if row.request_hash != task["request_hash"]:
+            return IdempotencyMismatchError(
+                "a task was already submitted with this idempotency key and a different input",
+                key=task["idempotency_key"],
+                task_id=row.id,
+            )
+        runs = conn.execute(sa.select(step_runs).where(step_runs.c.task_id == row.id).order_by(step_runs.c.seq))
+        return Accepted(
+            records.task(self.codec, row, payloads=True),
+            [records.step_run(self.codec, run) for run in runs],
+            created=False,
+        )
+
+
+def _deadline(spec: WorkflowSpec, deadline: datetime | timedelta | None, now: datetime) -> datetime | None:
+    if isinstance(deadline, timedelta):
+        return now + deadline
+    if isinstance(deadline, datetime):
+        if deadline.tzinfo is None:
+            raise InvalidRequestError("deadline must be timezone-aware (UTC)", field="deadline")
+        return deadline
+    if spec.sla is not None:
+        return now + parse_duration(spec.sla.deadline)
+    return None
