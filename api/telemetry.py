@@ -50,8 +50,16 @@ _span_store: TaskSpanStore | None = None
 _span_store_lock = threading.Lock()
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    # Made once: get_tracer builds a new Tracer (with its scope) on every call, a sixth of the predict route's
+    # own time. Made before a provider is installed, it is a proxy that follows the global provider once set.
+    global _tracer  # noqa: PLW0603 - one per process, like the provider
+    if _tracer is None:
+        _tracer = trace.get_tracer(TRACER_NAME)
+    return _tracer
 
 
 def install_span_store() -> TaskSpanStore:

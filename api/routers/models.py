@@ -1,39 +1,55 @@
 """``POST /v1/models/{name}/predict``: synchronous inference, straight to the model's endpoint (no task).
 
-Kept thin because it is benchmarked against calling BentoML directly: no body parsing (the bytes are passed
-through), the API key is checked from a cache without FastAPI's dependency tree, one shared keep-alive httpx
-connection pool (``api.upstream.ModelClient``), no thread hops. The
-live version is picked at random by the traffic weights the Model operator publishes (the canary split), the
+Benchmarked against calling BentoML directly (``benchmarks/bench_predict.py``), so the gateway's own share of a
+call is kept small. ``PredictFastPath``, an ASGI middleware inside the telemetry and body-limit middlewares,
+serves these requests before FastAPI's routing: no dependency tree, no pydantic validation of parameters (the
+two are checked by hand, as the route below declares them), no body parsing (the bytes are passed through), the
+API key checked from a cache, and the pooled HTTP/1.1 client of ``api.upstream``. The FastAPI route stays: it is
+the operation in the OpenAPI document, and it serves the same logic when the app is built without the fast path
+(tests check that both answer alike).
+
+The live version is picked at random by the traffic weights the Model operator publishes (the canary split), the
 W3C ``traceparent`` of the gateway span goes upstream, and upstream failures become 502/504 problems.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated
+from urllib.parse import parse_qsl
 
-import httpx
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from opentelemetry import propagate
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import SUBMITTERS, authorize
-from api.problems import ProblemError, problem_responses
+from api.problems import FieldError, ProblemError, field_error, problem_response, problem_responses
 from api.state import Gateway
 from api.telemetry import MODEL_CALL_DURATION, gateway_span, mark_error
+from api.upstream import Answer, UpstreamTimeoutError, UpstreamUnreachableError
 from crds.base import DNS_LABEL_PATTERN
 from engine import pick_endpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
+NAME_MAX = 63
+API_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+API_MAX = 128
+DEFAULT_API = "predict"
+
 # Request headers passed on to the model; everything else (Authorization above all) stays at the gateway.
-_FORWARD = ("content-type", "accept", "idempotency-key", "x-request-id")
-# Response headers passed back (not Content-Encoding: httpx hands over the body decoded).
-_RETURN = ("content-type", "x-request-id")
+_FORWARD = frozenset({b"content-type", b"accept", b"idempotency-key", b"x-request-id"})
+# Response headers passed back.
+_RETURN = frozenset({b"content-type", b"x-request-id"})
 # Upstream answers that are about the request itself: returned as a problem with the same status.
 _CLIENT_ERRORS = frozenset({400, 413, 415, 422})
 _rng = random.Random()
+_name_re = re.compile(DNS_LABEL_PATTERN)
+_api_re = re.compile(API_PATTERN)
 
 
 @router.post(
@@ -57,17 +73,137 @@ _rng = random.Random()
 async def predict(
     *,
     request: Request,
-    name: Annotated[str, Path(max_length=63, pattern=DNS_LABEL_PATTERN, description="Name of the Model.")],
+    name: Annotated[str, Path(max_length=NAME_MAX, pattern=DNS_LABEL_PATTERN, description="Name of the Model.")],
     api: Annotated[
         str,
         Query(
-            max_length=128,
-            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+            max_length=API_MAX,
+            pattern=API_PATTERN,
             description="The BentoML API to call (a service may have several, e.g. extract and explain).",
         ),
-    ] = "predict",
+    ] = DEFAULT_API,
 ) -> Response:
     gw: Gateway = request.app.state.gateway
+    answer = await call_model(gw, request, name, api, request.body)
+    return Response(
+        answer.content,
+        status_code=answer.status,
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in answer.headers if k in _RETURN},
+    )
+
+
+# The route, for the request-duration metric, the access log and the span (all labelled by its path template).
+PREDICT_ROUTE = router.routes[-1]
+
+
+class PredictFastPath:
+    """Serves ``POST /v1/models/{name}/predict`` itself; every other request goes on to ``app``."""
+
+    _prefix = "/v1/models/"
+    _suffix = "/predict"
+
+    def __init__(self, app: ASGIApp, *, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            if path.startswith(self._prefix) and path.endswith(self._suffix):
+                name = path[len(self._prefix) : -len(self._suffix)]
+                if name and "/" not in name:  # otherwise not this route: FastAPI answers (404)
+                    await self._serve(scope, receive, send, name)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        scope["route"] = PREDICT_ROUTE
+        scope["path_params"] = {"name": name}
+        request = Request(scope, receive)
+        try:
+            api = _check_parameters(name, scope["query_string"])
+            answer = await call_model(self.gateway, request, name, api, lambda: _read_body(receive))
+        except ProblemError as exc:
+            response = problem_response(
+                request,
+                exc.status,
+                exc.slug,
+                exc.detail,
+                title=exc.title,
+                errors=exc.errors,
+                headers=exc.headers,
+                extensions=exc.extensions,
+            )
+            await response(scope, receive, send)
+            return
+        except _ClientGoneError:
+            return  # the client left while sending its body: nobody to answer
+        headers = [(k, v) for k, v in answer.headers if k in _RETURN]
+        headers.append((b"content-length", b"%d" % len(answer.content)))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.content})
+
+
+def _check_parameters(name: str, query_string: bytes) -> str:
+    """The ``api`` query parameter, after checking it and ``name`` as the route declares them (422 otherwise,
+    as FastAPI's validation would answer)."""
+    api = DEFAULT_API
+    if query_string:
+        for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if key == "api":
+                api = value  # the last one wins, as in Starlette's QueryParams
+    errors = [
+        *_string_errors("name", "path", name, NAME_MAX, _name_re),
+        *_string_errors("api", "query", api, API_MAX, _api_re),
+    ]
+    if errors:
+        names = ", ".join(sorted({e.field for e in errors}))
+        raise ProblemError(
+            422, "validation-failed", f"the request is invalid; fix these fields: {names}", errors=errors
+        )
+    return api
+
+
+def _string_errors(
+    field: str, location: str, value: str, max_length: int, pattern: re.Pattern[str]
+) -> list[FieldError]:
+    # Pydantic's checks and messages for a str with max_length and pattern, in its order.
+    if len(value) > max_length:
+        return [field_error(field, f"String should have at most {max_length} characters", location)]
+    if pattern.search(value) is None:
+        return [field_error(field, f"String should match pattern '{pattern.pattern}'", location)]
+    return []
+
+
+_BodyReader = Callable[[], Awaitable[bytes]]
+
+
+class _ClientGoneError(Exception):
+    pass
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _ClientGoneError
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body  # the usual case: one message, no copy
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGoneError
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def call_model(gw: Gateway, request: Request, name: str, api: str, read_body: _BodyReader) -> Answer:
+    """The model's answer to this request (status below 400), or a ``ProblemError`` saying why there is none."""
     principal = await authorize(request, gw, SUBMITTERS)
     with gateway_span(request, "predict", tenant=principal.tenant) as span:
         span.set_attribute("aiplane.model.name", name)
@@ -90,59 +226,48 @@ async def predict(
                 model=name,
             )
         span.set_attribute("aiplane.model.version", endpoint.version)
-        headers = {k: v for k, v in request.headers.items() if k in _FORWARD}
-        headers.setdefault("content-type", "application/json")
-        propagate.inject(headers)
         span.set_attribute("aiplane.model.api", api)
-        url = f"{endpoint.url.rstrip('/')}/{api}"
-        body = await request.body()
+        headers = _forwarded_headers(request.scope["headers"])
+        propagate.inject(headers)
+        body = await read_body()
         start = time.perf_counter()
-        outcome = "ok"
         try:
-            upstream = await gw.model_client().post(url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            outcome = "timeout"
+            answer = await gw.model_client().post(endpoint.url, api, body, headers)
+        except UpstreamTimeoutError as exc:
+            MODEL_CALL_DURATION.labels(name, endpoint.version, "timeout").observe(time.perf_counter() - start)
             mark_error(span, "upstream timeout")
             raise ProblemError(
                 504,
                 "upstream-timeout",
                 f"model {name!r} (version {endpoint.version}) did not answer within "
-                f"{gw.settings.predict_timeout:g}s; retry, or submit a task for long-running work",
+                f"{gw.settings.predict_timeout:g}s ({exc.reason}); retry, or submit a task for long-running work",
                 model=name,
                 version=endpoint.version,
             ) from exc
-        except httpx.HTTPError as exc:
-            outcome = "unreachable"
+        except UpstreamUnreachableError as exc:
+            MODEL_CALL_DURATION.labels(name, endpoint.version, "unreachable").observe(time.perf_counter() - start)
             mark_error(span, "upstream unreachable")
             raise ProblemError(
                 502,
                 "upstream-unreachable",
-                f"model {name!r} (version {endpoint.version}) could not be reached ({type(exc).__name__}); "
-                "retry shortly",
+                f"model {name!r} (version {endpoint.version}) could not be reached ({exc.reason}); retry shortly",
                 model=name,
                 version=endpoint.version,
             ) from exc
-        finally:
-            if outcome != "ok":
-                MODEL_CALL_DURATION.labels(name, endpoint.version, outcome).observe(time.perf_counter() - start)
-        status = upstream.status
+        status = answer.status
         outcome = "ok" if status < 400 else "rejected" if status in _CLIENT_ERRORS or status == 429 else "error"
         MODEL_CALL_DURATION.labels(name, endpoint.version, outcome).observe(time.perf_counter() - start)
         span.set_attribute("http.response.status_code", status)
         if status < 400:
-            return Response(
-                upstream.content,
-                status_code=status,
-                headers={k: v for k, v in upstream.headers.items() if k in _RETURN},
-            )
-        excerpt = upstream.content[:1024].decode("utf-8", "replace")
+            return answer
+        excerpt = answer.content[:1024].decode("utf-8", "replace")
         if status in _CLIENT_ERRORS or status == 429:
-            retry = {"Retry-After": upstream.headers["retry-after"]} if "retry-after" in upstream.headers else {}
+            retry_after = answer.header(b"retry-after")
             raise ProblemError(
                 status,
                 "model-rejected-request" if status != 429 else "model-overloaded",
                 f"model {name!r} refused the request ({status}): {excerpt}",
-                headers=retry,
+                headers={"Retry-After": retry_after.decode("latin-1")} if retry_after is not None else {},
                 model=name,
                 version=endpoint.version,
                 upstream_status=status,
@@ -156,3 +281,11 @@ async def predict(
             version=endpoint.version,
             upstream_status=status,
         )
+
+
+def _forwarded_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers = {"content-type": "application/json"}  # BentoML's JSON APIs want it; the caller's wins
+    for key, value in raw:
+        if key in _FORWARD:
+            headers[key.decode("latin-1")] = value.decode("latin-1")
+    return headers
