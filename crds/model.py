@@ -206,6 +206,13 @@ class Rollout(K8sModel):
         default=None, description="When the current step started (UTC); the interval is counted from here."
     )
     message: str = Field(default="", max_length=4096, description="What happened last, in words.")
+    stable_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Replicas of both versions together while free GPUs cannot hold a full canary next to the "
+        "stable version and replicas move from one to the other one at a time; unset otherwise.",
+    )
 
 
 class ModelStatus(StatusBase):

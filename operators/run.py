@@ -23,6 +23,7 @@ from operators.model.reconciler import Reconciler
 from operators.model.rollout import Event
 
 log = logging.getLogger(__name__)
+KOPF_PREFIX = "operator.aiplane.io"
 
 
 class PeeringMissingError(RuntimeError):
@@ -47,11 +48,12 @@ def ensure_peering(client: kubernetes.client.ApiClient) -> None:
 
 def settings(peering_lifetime_s: int) -> kopf.OperatorSettings:
     config = kopf.OperatorSettings()
-    # Progress and the last handled spec go in annotations under aiplane.io: the Model's status has a schema of
-    # its own, which would prune kopf's default status.kopf field.
-    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="aiplane.io")
+    # Progress and the last handled spec go in annotations: the Model's status has a schema of its own, which
+    # would prune kopf's default status.kopf field. Under a prefix of their own, because kopf leaves every
+    # annotation under its prefix out of change detection, and the user's aiplane.io/ controls must count.
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="aiplane.io", key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     config.peering.lifetime = peering_lifetime_s
     config.peering.mandatory = True

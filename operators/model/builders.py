@@ -174,10 +174,17 @@ def pod_disruption_budget(owner: Owner, version: str) -> dict[str, Any]:
     }
 
 
+def autoscaled(model: Model) -> bool:
+    """Whether an HPA scales the stable version: not at zero (HPAs need minReplicas >= 1), nor when minReplicas
+    equals maxReplicas (it would have nothing to decide, and cost the controller-manager a metrics query and an
+    Event every sync)."""
+    return 1 <= model.spec.min_replicas < model.spec.max_replicas
+
+
 def horizontal_pod_autoscaler(model: Model, owner: Owner, stable_version: str) -> dict[str, Any] | None:
-    """The autoscaler of the stable version; None when the model is scaled to zero (HPAs need minReplicas >= 1)."""
+    """The autoscaler of the stable version, or None when it is not autoscaled (see ``autoscaled``)."""
     spec = model.spec
-    if spec.min_replicas == 0:
+    if not autoscaled(model):
         return None
     if spec.scale_metric == "cpu":
         metric: dict[str, Any] = {

@@ -87,9 +87,9 @@ async def _child_changed(memo: Any, namespace: str | None, labels: Mapping[str, 
 async def deployment_changed(
     *, memo: Any, type: str, namespace: str | None, name: str, labels: Mapping[str, str], meta: kopf.Meta, **kw: Any
 ) -> None:
-    if type != "DELETED":
-        reconciler: Reconciler = memo.model_reconciler
-        reconciler.invalidate(str(namespace), "Deployment", name, int(meta.get("generation") or 0))
+    reconciler: Reconciler = memo.model_reconciler
+    generation = None if type == "DELETED" else int(meta.get("generation") or 0)
+    reconciler.invalidate(str(namespace), "Deployment", name, generation)
     await _child_changed(memo, namespace, labels, kw)
 
 

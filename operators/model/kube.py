@@ -10,7 +10,7 @@ from typing import Any
 
 import kubernetes
 
-from operators.model import naming
+from operators.model import gpus, naming
 
 log = logging.getLogger(__name__)
 APPLY = "application/apply-patch+yaml"  # JSON is YAML, so the client's JSON body is a valid apply patch
@@ -64,6 +64,20 @@ class Kube:
         except kubernetes.client.ApiException as error:
             if error.status != 404:
                 raise
+
+    @staticmethod
+    def _items(lister: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """A list call's items as plain dicts (the raw JSON: no typed models to build and throw away)."""
+        items: list[dict[str, Any]] = json.loads(lister(*args, _preload_content=False, **kwargs).data)["items"]
+        return items
+
+    def gpu_room(self, namespace: str, gpu_type: str | None) -> gpus.Room:
+        """GPUs free on the nodes of ``gpu_type`` and left in ``namespace``'s quota; read only during GPU
+        rollouts (a cluster-wide pod list is not something to do on every reconcile)."""
+        nodes = self._items(self.core.list_node)
+        pods = self._items(self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName!=")
+        quotas = self._items(self.core.list_namespaced_resource_quota, namespace)
+        return gpus.Room(free=gpus.free_gpus(nodes, pods, gpu_type), quota_left=gpus.quota_left(quotas))
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from crds.model import Model, Rollout
+from operators.model import builders, gpus
 from operators.model import rollout as rollouts
 from operators.model.builders import LiveVersion
 
@@ -23,6 +24,7 @@ class Observed:
     up_to_date: bool = True
     deadline_exceeded: bool = False
     unschedulable: str | None = None
+    replica_failure: str | None = None
 
     @property
     def fully_ready(self) -> bool:
@@ -39,6 +41,9 @@ class Plan:
     keep: frozenset[str] = field(default_factory=frozenset)
     rollout: Rollout | None = None
     event: rollouts.Event | None = None
+    # False while a GPU-constrained rollout moves replicas by hand: the autoscaler would undo every move.
+    autoscale: bool = True
+    note: str = ""
 
     @property
     def live(self) -> frozenset[str]:
@@ -56,15 +61,18 @@ def plan(
     now: datetime,
     control: rollouts.Control = None,
     verdict: rollouts.Verdict | None = None,
+    gpu_room: gpus.Room | None = None,
 ) -> Plan:
     spec = model.spec
     status = model.status
-    hpa_managed = spec.min_replicas >= 1
-    stable = LiveVersion(spec.version, spec.bento, spec.image or image, None if hpa_managed else 0)
+    hpa_managed = builders.autoscaled(model)
+    stable = LiveVersion(spec.version, spec.bento, spec.image or image, None if hpa_managed else spec.min_replicas)
     canary: LiveVersion | None = None
     rollout = status.rollout if status is not None else None
     event: rollouts.Event | None = None
     canary_weight = 0
+    autoscale = hpa_managed
+    note = ""
     if spec.canary is not None:
         wanted = spec.canary
         seen = observed.get(wanted.version)
@@ -83,8 +91,33 @@ def plan(
         elif rollout.phase in rollouts.ACTIVE_PHASES:
             canary_weight = rollouts.weight(wanted, rollout)
             stable_seen = observed.get(stable.version)
-            capacity = max(spec.min_replicas, stable_seen.desired if stable_seen else 0, 1)
+            capacity = rollout.stable_replicas or max(spec.min_replicas, stable_seen.desired if stable_seen else 0, 1)
             replicas = max(1, math.ceil(capacity * canary_weight / 100))
+            gpu = spec.resources.gpu
+            per_replica = gpu.count if gpu is not None else 0
+            canary_seen = observed.get(wanted.version)
+            if per_replica and gpu_room is not None and rollout.stable_replicas is None:
+                more = replicas - (canary_seen.desired if canary_seen else 0)
+                if more * per_replica > gpu_room.usable:
+                    rollout = rollout.model_copy(update={"stable_replicas": capacity})
+            if rollout.stable_replicas is not None and gpu_room is not None:
+                split = gpus.shift(
+                    capacity=capacity,
+                    weight=canary_weight,
+                    gpus_per_replica=per_replica,
+                    room=gpu_room,
+                    stable_desired=stable_seen.desired if stable_seen else capacity,
+                    stable_ready=stable_seen.ready if stable_seen else 0,
+                    canary_desired=canary_seen.desired if canary_seen else 0,
+                    canary_ready=canary_seen.ready if canary_seen else 0,
+                )
+                stable = LiveVersion(stable.version, stable.bento, stable.image, split.stable)
+                replicas = split.canary
+                autoscale = False
+                note = (
+                    f"GPUs are short ({gpu_room.describe()}): moving replicas one at a time, "
+                    f"stable {split.stable}, canary {split.canary} of {capacity}"
+                )
             canary = LiveVersion(canary_spec.version, canary_spec.bento, canary_spec.image, replicas)
     weights = {stable.version: 100 - canary_weight}
     if canary is not None:
@@ -103,4 +136,13 @@ def plan(
         weights = {previous: 100 - canary_weight, stable.version: 0}
         if canary is not None:
             weights[canary.version] = canary_weight
-    return Plan(stable=stable, canary=canary, weights=weights, keep=keep, rollout=rollout, event=event)
+    return Plan(
+        stable=stable,
+        canary=canary,
+        weights=weights,
+        keep=keep,
+        rollout=rollout,
+        event=event,
+        autoscale=autoscale,
+        note=note,
+    )

@@ -49,6 +49,8 @@ class DeploymentSeen:
     ready: int
     updated: int
     deadline_exceeded: bool
+    # Why the ReplicaSet cannot create pods (a ResourceQuota, a LimitRange, admission), as the Deployment says.
+    replica_failure: str | None = None
 
 
 def deployment_seen(
@@ -65,6 +67,14 @@ def deployment_seen(
         updated=int(status.get("updatedReplicas") or 0),
         deadline_exceeded=any(
             c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded" for c in conditions
+        ),
+        replica_failure=next(
+            (
+                str(c.get("message") or "")
+                for c in conditions
+                if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+            ),
+            None,
         ),
     )
 
@@ -119,11 +129,14 @@ class Reconciler:
     _applied: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
     # Model uid -> the status this process last wrote: newer than any the watch may have delivered yet.
     _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Models whose HorizontalPodAutoscaler this process deleted (scaled to zero, or a GPU rollout moving replicas).
+    _without_hpa: set[tuple[str, str]] = field(default_factory=set)
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         self._locks.pop((namespace, name), None)
         self._written.pop(uid or "", None)
-        for key in [k for k in self._applied if k[1] == namespace and k[2].startswith(name)]:
+        self._without_hpa.discard((namespace, name))
+        for key in [k for k in self._applied if k[0] == namespace and (k[2] == name or k[2].startswith(f"{name}-"))]:
             del self._applied[key]
 
     async def converge(
@@ -142,6 +155,9 @@ class Reconciler:
         self, body: Mapping[str, Any], deployments: list[DeploymentSeen], unschedulable: list[tuple[str, str]]
     ) -> None:
         meta = dict(body.get("metadata") or {})
+        if meta.get("deletionTimestamp"):
+            # Going away (a foreground deletion waits for the children): re-applying them would keep it here.
+            return
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
         owner = builders.Owner(name=name, namespace=namespace, uid=uid)
@@ -173,17 +189,30 @@ class Reconciler:
                 up_to_date=d.observed_generation >= d.generation,
                 deadline_exceeded=d.deadline_exceeded,
                 unschedulable=pending.get(d.version),
+                replica_failure=d.replica_failure,
             )
             for d in deployments
         }
         verdict = await self._analyse(model, status)
+        room = None
+        if _gpu_rollout(model):
+            gpu_type = spec.resources.gpu.type if spec.resources.gpu is not None else None
+            room = await asyncio.to_thread(self.kube.gpu_room, namespace, gpu_type)
         image = spec.image or self.config.serving_image or ""
         plan = plans.plan(
-            model, image, observed, now=now, control=control(meta.get("annotations") or {}), verdict=verdict
+            model,
+            image,
+            observed,
+            now=now,
+            control=control(meta.get("annotations") or {}),
+            verdict=verdict,
+            gpu_room=room,
         )
         try:
             await self._apply_children(model, owner, plan)
         except kubernetes.client.ApiException as error:
+            if error.status == 403 and "being terminated" in (error.body or ""):
+                return  # the namespace is going away with the Model in it: nothing to serve
             if error.status in (400, 422):
                 reason = _api_message(error)
                 log.warning("apiserver refused a child", extra={"model": f"{namespace}/{name}", "reason": reason})
@@ -225,12 +254,15 @@ class Reconciler:
             wanted.append(builders.deployment(model, owner, live))
             wanted.append(builders.service(model, owner, live.version))
             wanted.append(builders.pod_disruption_budget(owner, live.version))
-        hpa = builders.horizontal_pod_autoscaler(model, owner, plan.stable.version)
+        hpa = builders.horizontal_pod_autoscaler(model, owner, plan.stable.version) if plan.autoscale else None
+        key = (owner.namespace, owner.name)
         if hpa is not None:
             wanted.append(hpa)
-        elif (owner.namespace, "HorizontalPodAutoscaler", owner.name) in self._applied:
+            self._without_hpa.discard(key)
+        elif key not in self._without_hpa:
             await asyncio.to_thread(self.kube.delete, "HorizontalPodAutoscaler", owner.namespace, owner.name)
-            del self._applied[(owner.namespace, "HorizontalPodAutoscaler", owner.name)]
+            self._applied.pop((owner.namespace, "HorizontalPodAutoscaler", owner.name), None)
+            self._without_hpa.add(key)
         changed = [obj for obj in wanted if self._applied.get(_ident(obj), ("", 0))[0] != _digest(obj)]
         if not changed:
             return
@@ -245,11 +277,11 @@ class Reconciler:
             },
         )
 
-    def invalidate(self, namespace: str, kind: str, name: str, generation: int) -> None:
-        """A child changed under us (someone edited it, or the HPA scaled it): apply it again next time, unless
-        the change was the one this process made."""
+    def invalidate(self, namespace: str, kind: str, name: str, generation: int | None) -> None:
+        """A child changed under us (someone edited it, the HPA scaled it, or it was deleted: ``generation``
+        None): apply it again next time, unless the change was the one this process made."""
         known = self._applied.get((namespace, kind, name))
-        if known is not None and known[1] != generation:
+        if known is not None and (generation is None or known[1] != generation):
             del self._applied[(namespace, kind, name)]
 
     async def _delete_superseded(
@@ -271,6 +303,16 @@ class Reconciler:
             return
         await asyncio.to_thread(self.kube.patch_status, namespace, name, body)
         self._written[uid] = body
+
+
+def _gpu_rollout(model: Model) -> bool:
+    """A rollout of a GPU model is running (or about to start): the only time free GPUs are counted."""
+    spec, status = model.spec, model.status
+    gpu = spec.resources.gpu
+    if spec.canary is None or gpu is None or gpu.count == 0:
+        return False
+    rollout = status.rollout if status is not None else None
+    return rollout is None or rollout.version != spec.canary.version or rollout.phase in rollouts.ACTIVE_PHASES
 
 
 def _ident(obj: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -93,6 +93,7 @@ def fold(
     serving = next(iter(sorted(plan.keep)), plan.stable.version)
     stable_seen = observed.get(serving)
     pending = {v: o.unschedulable for v, o in observed.items() if v in plan.live and o.unschedulable}
+    refused = {v: o.replica_failure for v, o in observed.items() if v in plan.live and o.replica_failure}
     stuck = sorted(v for v, o in observed.items() if v in plan.live and o.deadline_exceeded)
     starting = sorted(v for v in plan.live if v not in plan.keep and not (v in observed and observed[v].fully_ready))
     rollout = plan.rollout
@@ -105,6 +106,8 @@ def fold(
         ready = make(READY, True, "Serving", f"version {serving}: {stable_seen.ready} ready")
     elif serving in pending:
         ready = make(READY, False, "Unschedulable", f"version {serving}: {pending[serving]}")
+    elif serving in refused:
+        ready = make(READY, False, "ReplicaFailure", f"version {serving}: {refused[serving]}")
     else:
         have = stable_seen.ready if stable_seen else 0
         want = stable_seen.desired if stable_seen else max(model.spec.min_replicas, 1)
@@ -112,7 +115,8 @@ def fold(
 
     if rolling and rollout is not None:
         reason = "RolloutPaused" if rollout.phase == "Paused" else "RollingOut"
-        progressing = make(PROGRESSING, True, reason, rollout.message)
+        message = f"{rollout.message}; {plan.note}" if plan.note else rollout.message
+        progressing = make(PROGRESSING, True, reason, message)
     elif starting:
         message = ", ".join(f"version {v}: {observed[v].ready if v in observed else 0} ready" for v in starting)
         progressing = make(PROGRESSING, True, "ReplicasStarting", message)
@@ -122,6 +126,9 @@ def fold(
     if pending:
         message = "; ".join(f"version {v}: {m}" for v, m in sorted(pending.items()))
         degraded = make(DEGRADED, True, "Unschedulable", message)
+    elif refused:
+        message = "; ".join(f"version {v}: {m}" for v, m in sorted(refused.items()))
+        degraded = make(DEGRADED, True, "ReplicaFailure", message)
     elif stuck:
         message = f"version {', '.join(stuck)}: the Deployment exceeded its progress deadline"
         degraded = make(DEGRADED, True, "ProgressDeadlineExceeded", message)

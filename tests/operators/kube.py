@@ -45,7 +45,10 @@ def condition(model: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def model_named(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return get(cluster, namespace, "model", name)
+    """The Model as stored; ``status`` is ``{}`` until the operator first writes it."""
+    model = get(cluster, namespace, "model", name)
+    model.setdefault("status", {})
+    return model
 
 
 def claims(name: str = "claims-extractor", **spec: Any) -> dict[str, Any]:

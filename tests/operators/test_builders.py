@@ -112,6 +112,8 @@ def test_hpa_on_cpu_and_none_when_scaled_to_zero() -> None:
         "target": {"type": "Utilization", "averageUtilization": 70},
     }
     assert builders.horizontal_pod_autoscaler(model(minReplicas=0), OWNER, "1.0.0") is None
+    # A fixed size needs no autoscaler: the Deployment gets the count itself.
+    assert builders.horizontal_pod_autoscaler(model(minReplicas=3, maxReplicas=3), OWNER, "1.0.0") is None
 
 
 def test_child_names_are_dns_labels_unique_per_version_and_at_most_63_characters() -> None:

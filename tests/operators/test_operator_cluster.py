@@ -183,3 +183,117 @@ def test_a_second_replica_stays_idle_while_the_leader_lives_then_takes_over(
     apply(cluster, k8s_namespace, claims("second"))
     ready(cluster, k8s_namespace, "second")
     assert any(r["model"] == f"{k8s_namespace}/second" for r in standby.applied(k8s_namespace))
+
+
+def gpus_in_use(cluster: Cluster) -> int:
+    pods = get(cluster, "default", "pods", "--all-namespaces", "--field-selector", "spec.nodeName!=")["items"]
+    used = 0
+    for pod in pods:
+        if pod["status"].get("phase") in ("Succeeded", "Failed") or not pod["spec"]["nodeName"].startswith("kwok-gpu"):
+            continue
+        for container in pod["spec"]["containers"]:
+            used += int((container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+    return used
+
+
+def test_a_gpu_canary_that_cannot_fit_next_to_stable_moves_replicas_one_at_a_time(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    """Two GPU nodes of 4 GPUs and a model of 2 replicas x 4 GPUs: no GPU is free for a canary replica, so a
+    rollout that added the canary next to the stable version would wait forever with its pods Pending."""
+    cluster = crds_installed
+    # Earlier tests' namespaces may still be going away with their GPU pods.
+    assert_eventually(lambda: gpus_in_use(cluster) == 0, timeout=120, message="GPU nodes free")
+    gpu = {"cpu": "1", "memory": "1Gi", "gpu": {"count": 4, "type": "NVIDIA-A100-SXM4-80GB"}}
+    apply(cluster, k8s_namespace, claims(resources=gpu, minReplicas=2, maxReplicas=3))
+    assert_eventually(
+        lambda: (
+            model_named(cluster, k8s_namespace, "claims-extractor")["status"]["replicas"]
+            == [{"version": "1.0.0", "desired": 2, "ready": 2}]
+        ),
+        timeout=90,
+        message="stable at 2 replicas",
+    )
+    assert gpus_in_use(cluster) == 8
+
+    canary = {"version": "2.0.0", "steps": [50, 100], "interval": "1s"}
+    apply(cluster, k8s_namespace, claims(resources=gpu, minReplicas=2, maxReplicas=3, canary=canary))
+
+    def promoted() -> dict[str, Any]:
+        model = model_named(cluster, k8s_namespace, "claims-extractor")
+        rollout = model["status"].get("rollout") or {}
+        assert rollout.get("phase") == "Promoted", (rollout, condition(model, "Progressing"))
+        assert model["status"]["replicas"] == [{"version": "2.0.0", "desired": 2, "ready": 2}]
+        return model
+
+    model = assert_eventually(promoted, timeout=180, message="GPU canary promoted")
+    # The operator saw the shortage and held the rollout's capacity at the stable version's 2 replicas.
+    assert model["status"]["rollout"]["stableReplicas"] == 2
+    kids = children(cluster, k8s_namespace)
+    assert [d["metadata"]["labels"]["aiplane.io/version"] for d in kids["deployments"]] == ["2.0.0"]
+    assert_eventually(
+        lambda: (
+            [h["spec"]["scaleTargetRef"]["name"] for h in children(cluster, k8s_namespace)["horizontalpodautoscalers"]]
+            == [kids["deployments"][0]["metadata"]["name"]]
+        ),
+        timeout=60,
+        message="the autoscaler is back, on the promoted version",
+    )
+
+
+def test_a_namespace_gpu_quota_is_respected_and_reported(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster = crds_installed
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "gpus"},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "0"}},
+    }
+    apply(cluster, k8s_namespace, quota)
+    apply(cluster, k8s_namespace, claims())
+
+    def refused() -> None:
+        model = model_named(cluster, k8s_namespace, "claims-extractor")
+        degraded = condition(model, "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "ReplicaFailure"), degraded
+        assert "exceeded quota: gpus" in degraded["message"]
+        assert condition(model, "Ready")["reason"] == "ReplicaFailure"
+
+    assert_eventually(refused, timeout=90)
+
+
+def test_pause_and_abort_a_rollout_with_annotations(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster, ns = crds_installed, k8s_namespace
+    canary = {"version": "2.0.0", "steps": [50, 100], "interval": "1h"}
+    apply(cluster, ns, claims(canary=canary, resources={"cpu": "1", "memory": "1Gi"}))
+
+    def rollout() -> dict[str, Any]:
+        found: dict[str, Any] = model_named(cluster, ns, "claims-extractor")["status"].get("rollout") or {}
+        return found
+
+    assert_eventually(lambda: rollout().get("step") == 0, timeout=90, message="canary at 50%")
+    cluster.kubectl("annotate", "-n", ns, "model", "claims-extractor", "aiplane.io/rollout-paused=true")
+
+    def paused() -> None:
+        model = model_named(cluster, ns, "claims-extractor")
+        assert model["status"]["rollout"]["phase"] == "Paused"
+        assert condition(model, "Progressing")["reason"] == "RolloutPaused"
+        assert model["status"]["canaryWeight"] == 50
+
+    assert_eventually(paused, timeout=60)
+    cluster.kubectl("annotate", "-n", ns, "model", "claims-extractor", "aiplane.io/rollout-abort=true")
+
+    def aborted() -> None:
+        model = model_named(cluster, ns, "claims-extractor")
+        assert model["status"]["rollout"]["phase"] == "Aborted"
+        assert [(e["version"], e["weight"]) for e in model["status"]["endpoints"]] == [("1.0.0", 100)]
+        versions = [d["metadata"]["labels"]["aiplane.io/version"] for d in children(cluster, ns)["deployments"]]
+        assert versions == ["1.0.0"]
+
+    assert_eventually(aborted, timeout=60)
+    reasons = {e["reason"] for e in get(cluster, ns, "events")["items"]}
+    assert {"RolloutStarted", "RolloutStep", "RolloutPaused", "RolloutAborted"} <= reasons

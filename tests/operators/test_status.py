@@ -135,3 +135,10 @@ def test_invalid_spec_keeps_everything_else_and_explains() -> None:
     assert "spec.resources.cpu" in ready.message
     assert status.observed_generation == 2
     assert status.endpoints == m.status.endpoints if m.status else False
+
+
+def test_pods_the_namespace_refuses_surface_the_deployments_reason() -> None:
+    refusal = 'pods "m-1-0-0-x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1'
+    _, m = fold(model(), {"1.0.0": Observed("1.0.0", desired=1, ready=0, replica_failure=refusal)})
+    assert cond(m, "Ready") == ("False", "ReplicaFailure", f"version 1.0.0: {refusal}")
+    assert cond(m, "Degraded") == ("True", "ReplicaFailure", f"version 1.0.0: {refusal}")
