@@ -4,9 +4,10 @@ Benchmarked against calling BentoML directly (``benchmarks/bench_predict.py``), 
 call is kept small. ``PredictFastPath``, an ASGI middleware inside the telemetry and body-limit middlewares,
 serves these requests before FastAPI's routing: no dependency tree, no pydantic validation of parameters (the
 two are checked by hand, as the route below declares them), no body parsing (the bytes are passed through), the
-API key checked from a cache, and the pooled HTTP/1.1 client of ``api.upstream``. The FastAPI route stays: it is
-the operation in the OpenAPI document, and it serves the same logic when the app is built without the fast path
-(tests check that both answer alike).
+API key checked from a cache, and the pooled HTTP/1.1 client of ``api.upstream``. Errors are answered by the
+app's own exception handlers, as for any route (problem+json). The FastAPI route stays: it is the operation in the
+OpenAPI document, and it serves the same logic when the app is built without the fast path (tests check that both
+answer alike).
 
 The live version is picked at random by the traffic weights the Model operator publishes (the canary split), the
 W3C ``traceparent`` of the gateway span goes upstream, and upstream failures become 502/504 problems.
@@ -14,11 +15,12 @@ W3C ``traceparent`` of the gateway span goes upstream, and upstream failures bec
 
 from __future__ import annotations
 
+import inspect
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path, Query, Request
@@ -27,7 +29,7 @@ from opentelemetry import propagate
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import SUBMITTERS, authorize
-from api.problems import FieldError, ProblemError, field_error, problem_response, problem_responses
+from api.problems import FieldError, ProblemError, field_error, problem_responses
 from api.state import Gateway
 from api.telemetry import MODEL_CALL_DURATION, gateway_span, mark_error
 from api.upstream import Answer, UpstreamTimeoutError, UpstreamUnreachableError
@@ -126,25 +128,34 @@ class PredictFastPath:
         try:
             api = _check_parameters(name, scope["query_string"])
             answer = await call_model(self.gateway, request, name, api, lambda: _read_body(receive))
-        except ProblemError as exc:
-            response = problem_response(
-                request,
-                exc.status,
-                exc.slug,
-                exc.detail,
-                title=exc.title,
-                errors=exc.errors,
-                headers=exc.headers,
-                extensions=exc.extensions,
-            )
-            await response(scope, receive, send)
-            return
         except _ClientGoneError:
             return  # the client left while sending its body: nobody to answer
+        except Exception as exc:
+            # Answered by the app's own handlers, as if it had come from the route: ProblemError, the store
+            # being unavailable (503), ... Anything they do not name goes on to the last-resort handler (500).
+            handler = _handler_for(scope, exc)
+            if handler is None:
+                raise
+            response = handler(request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+            assert isinstance(response, Response)
+            await response(scope, receive, send)
+            return
         headers = [(k, v) for k, v in answer.headers if k in _RETURN]
         headers.append((b"content-length", b"%d" % len(answer.content)))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.content})
+
+
+def _handler_for(scope: Scope, exc: Exception) -> Callable[[Request, Exception], Any] | None:
+    handlers: Mapping[Any, Callable[[Request, Exception], Any]] = scope["app"].exception_handlers
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
 
 
 def _check_parameters(name: str, query_string: bytes) -> str:

@@ -11,9 +11,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
+from sqlalchemy.exc import OperationalError
 
 from api import GatewaySettings, create_app
 from api.routers.models import PredictFastPath
+from api.store import ApiKeyStore
 from engine import Engine
 from tests.api.conftest import Keys, Reply, Upstream, assert_problem, auth
 
@@ -240,3 +242,17 @@ def test_fast_path_and_route_agree(
     assert fast.headers.get("retry-after") == route.headers.get("retry-after")
     if fast.status_code == 200:
         assert [call.path for call in upstream.calls["/models/echo/extract"]] == ["/models/echo/extract"] * 2
+
+
+def test_a_store_outage_is_503_on_both_paths(
+    client: TestClient, routed: TestClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*_: object) -> None:
+        raise OperationalError("SELECT api_keys", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(ApiKeyStore, "cached", lambda *_: (False, None))
+    monkeypatch.setattr(ApiKeyStore, "verify", unreachable)
+    for test_client in (client, routed):
+        response = test_client.post("/v1/models/echo/predict", json={}, headers=auth(keys.alice))
+        assert_problem(response, 503, "store-unavailable")
+        assert response.headers["retry-after"] == "1"
