@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.fast_submit import SubmitFastPath
 from api.middleware import BodyLimitMiddleware, TelemetryMiddleware
 from api.problems import install_handlers, problem_components
 from api.routers import approvals, dead_letters, health, models, tasks
@@ -83,6 +84,8 @@ def create_app(
     )
     app.state.gateway = gw
     install_handlers(app)
+    # Inside the body limit and telemetry, like the route it stands in for (see api.fast_submit).
+    app.add_middleware(SubmitFastPath, gateway=gw)
     # Innermost, so predict requests still pass the body limit and are measured and logged like any other.
     app.add_middleware(models.PredictFastPath, gateway=gw)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -19,6 +19,7 @@ Per submission, and never a write for one that fails a check:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -217,7 +218,8 @@ class Intake:
         )
         # The answer is decided here, before any write: what a read right after the commit would return.
         accepted = Accepted(
-            records.task(self.codec, SimpleNamespace(**task), payloads=True),
+            # The input as given rather than decoded back: the same JSON value, without reading a blob again.
+            dataclasses.replace(records.task(self.codec, SimpleNamespace(**task), payloads=False), input=sub.input),
             [records.step_run(self.codec, SimpleNamespace(**entry.run))],
         )
         plan = _Plan(index, sub, task, entry, [submitted, *entry.events], accepted)
