@@ -260,11 +260,12 @@ class ModelClient:
     def _slots_for_loop(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._slots is None or loop is not self._loop:
-            for pool in self._idle.values():
-                for connection in pool:
-                    if connection.transport is not None and not loop.is_closed():
-                        connection.transport.abort()
+            old, idle = self._loop, [c for pool in self._idle.values() for c in pool]
             self._idle.clear()
+            # The old loop's connections are closed by that loop (a closed loop's transports are gone already).
+            if old is not None and not old.is_closed():
+                for connection in idle:
+                    old.call_soon_threadsafe(connection.close)
             self._loop = loop
             self._slots = asyncio.Semaphore(self.max_connections)
         return self._slots

@@ -12,6 +12,7 @@ import pytest
 import uvloop
 
 from api.upstream import ModelClient, UpstreamTimeoutError, UpstreamUnreachableError
+from tests.fixtures.downstream import Downstream
 
 T = TypeVar("T")
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
@@ -287,5 +288,38 @@ def test_header_values_that_would_split_the_request_are_dropped(
         (request,) = server.requests
         assert b"x-injected" not in request
         assert b"accept: application/json\r\n" in request
+
+    run(main())
+
+
+def test_a_client_moves_to_a_new_event_loop() -> None:
+    # A test client may run each request on a loop of its own: the pool must not touch the closed loop's
+    # connections, and starts afresh on the new one.
+    server = Downstream()
+    http = client()
+    try:
+        for _ in range(3):
+            with asyncio.Runner() as runner:  # a new loop each time, closed at the end
+                assert runner.run(http.post(server.base_url, "a", b"{}", {})).status == 200
+    finally:
+        server.close()
+    assert server.count("/a") == 3
+
+
+def test_connections_idle_past_the_expiry_are_not_reused(run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        async def answer_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+            while True:
+                await server.read_request(reader)
+                writer.write(OK)
+
+        async with Server(answer_all) as server:
+            http = client(keepalive_expiry=0.05)
+            assert (await http.post(server.url, "a", b"", {})).status == 200
+            assert (await http.post(server.url, "a", b"", {})).status == 200  # within the expiry: reused
+            await asyncio.sleep(0.1)
+            assert (await http.post(server.url, "a", b"", {})).status == 200
+            await http.aclose()
+        assert server.connections == 2
 
     run(main())
