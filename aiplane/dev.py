@@ -70,6 +70,8 @@ class DevStack:
             model_resolver=StaticModelResolver(endpoints),
             connector_resolver=StaticConnectorResolver(connectors),
             sink=self.sink,
+            # On one machine the callback receiver is usually a local process too.
+            callbacks_to_private_networks=True,
         )
         for workflow in self._of(Workflow):
             version = self.engine.register_workflow(workflow.metadata["name"], workflow.spec)

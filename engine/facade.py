@@ -24,6 +24,7 @@ from opentelemetry.trace import Status, StatusCode
 from crds.workflow import WorkflowSpec
 from engine import gauges
 from engine.bus import Bus, InMemoryBus, OutboxRelay
+from engine.callbacks import CallbackSender
 from engine.clock import Clock, utcnow
 from engine.durations import as_duration
 from engine.errors import ApprovalNotFoundError, InvalidRequestError, TaskNotFoundError
@@ -98,12 +99,16 @@ class Engine:
         rng: random.Random | None = None,
         migrate_on_start: bool = True,
         sqlite_synchronous: str = "FULL",
+        callbacks_to_private_networks: bool = False,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
         Payloads larger than ``inline_limit`` bytes go to ``blob_store`` (default: files under
         ``data_dir/blobs``; ``data_dir`` defaults to the SQLite file's directory, and must be given, or a
         shared ``blob_store``, for PostgreSQL). ``sqlite_synchronous``: see ``engine.store.database.Database``.
+        ``callbacks_to_private_networks``: let tasks' callback URLs point at loopback and private addresses
+        (refused by default, as for HTTP connectors: a submitter could otherwise make workers call internal
+        services).
         """
         self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
         if migrate_on_start:
@@ -127,6 +132,9 @@ class Engine:
         self.secret_resolver = secret_resolver
         self.sink: RecordSink = sink or InMemorySink()
         self.http = HttpCaller(http_client, resilience)
+        self.callback_sender = CallbackSender(
+            self.db, clock, allow_private_networks=callbacks_to_private_networks, rng=rng
+        )
         self.rng = rng
         self._workers: list[Worker] = []
 
@@ -135,6 +143,7 @@ class Engine:
             worker.stop()
         self._workers.clear()
         self.http.close()
+        self.callback_sender.close()
         self.db.dispose()
 
     def __enter__(self) -> Engine:
@@ -445,6 +454,7 @@ class Engine:
             self.executors(),
             config=config,
             relay=self.relay,
+            callbacks=self.callback_sender,
             clock=self.clock,
         )
         self._workers.append(worker)
@@ -456,7 +466,9 @@ class Engine:
 
     def maintain(self) -> None:
         """Run the periodic sweeps once (approval expiry, SLA breaches, outbox relay) without a worker."""
-        Worker(self.db, self.machine, self.codec, {}, relay=self.relay, clock=self.clock).maintain()
+        Worker(
+            self.db, self.machine, self.codec, {}, relay=self.relay, callbacks=self.callback_sender, clock=self.clock
+        ).maintain()
 
     def _wake_workers(self) -> None:
         for worker in self._workers:

@@ -43,3 +43,8 @@ QUEUE_LENGTH = Gauge(
 )
 PENDING_APPROVALS = Gauge("aiplane_engine_pending_approvals_count", "Approvals waiting for a decision.")
 DLQ_SIZE = Gauge("aiplane_engine_dlq_size_tasks", "Dead-lettered tasks not yet replayed.")
+CALLBACKS = Counter(
+    "aiplane_engine_callbacks_total",
+    "Attempts to POST a finished task to its callback URL, by outcome (delivered, retrying, failed).",
+    ["outcome"],
+)

@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crds.workflow import Step, WorkflowSpec
+from engine import callbacks
 from engine.clock import new_id
 from engine.durations import parse_duration
 from engine.errors import (
@@ -975,6 +976,8 @@ class StateMachine:
         if error is not None:
             payload["error"] = error
         outbox.append(conn, event, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
+        if task.callback_url:
+            callbacks.record(conn, callbacks.row(task, event, state.value, result=result, error=error, now=now))
 
     def _cancel_active(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
         """Stop whatever the task is doing: a running worker's completion will find its lease token gone."""

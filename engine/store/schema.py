@@ -216,6 +216,27 @@ dead_letters = sa.Table(
     sa.Index(None, "task_id"),
 )
 
+# Webhooks to send: a task's end, for its callback URL; written in the transaction that ends the task.
+callbacks = sa.Table(
+    "callbacks",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("task_id", ID, sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("payload", JSONText, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    # When a worker may try next; a worker sending it pushes this out by its timeout first, so no other worker
+    # sends it at the same time.
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("last_error", JSONText),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Index(None, "state", "next_attempt_at"),
+    sa.Index(None, "task_id"),
+)
+
 # The gateway's API keys: sha256 of each key (the plaintext is shown once, never stored), mapping to a tenant, a
 # principal and roles. Here, not in the gateway, so one migration history covers the whole database.
 api_keys = sa.Table(

@@ -29,6 +29,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from engine import gauges, metrics
 from engine.bus import OutboxRelay
+from engine.callbacks import CallbackSender
 from engine.clock import Clock, new_id, utcnow
 from engine.durations import parse_duration
 from engine.errors import StepDeferredError, StepError
@@ -96,6 +97,7 @@ class Worker:
         *,
         config: WorkerConfig | None = None,
         relay: OutboxRelay | None = None,
+        callbacks: CallbackSender | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self.db = db
@@ -104,6 +106,7 @@ class Worker:
         self.executors = dict(executors)
         self.config = config or WorkerConfig()
         self.relay = relay
+        self.callbacks = callbacks
         self.clock = clock
         self._inflight: dict[str, Claimed] = {}
         self._inflight_lock = threading.Lock()
@@ -396,6 +399,7 @@ class Worker:
             ("approval expiry", self._expire_approvals),
             ("sla", self._breach_slas),
             ("outbox relay", self._relay),
+            ("callbacks", self._send_callbacks),
             ("gauges", self.refresh_gauges),
             ("idempotency purge", self._purge_expired_keys),
         ):
@@ -419,6 +423,10 @@ class Worker:
             breached = self.machine.breach_slas(conn, now=now)
         for workflow in breached:
             metrics.SLA_BREACHES.labels(workflow).inc()
+
+    def _send_callbacks(self) -> None:
+        if self.callbacks is not None:
+            self.callbacks.send_due()
 
     def _relay(self) -> None:
         if self.relay is not None:
