@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
@@ -24,6 +25,7 @@ from operators.model.rollout import Event
 
 log = logging.getLogger(__name__)
 KOPF_PREFIX = "operator.aiplane.io"
+API_THREADS = 32
 
 
 class PeeringMissingError(RuntimeError):
@@ -80,7 +82,7 @@ def run(
     """Run until SIGINT/SIGTERM (or ``stop_flag``); blocks."""
     # kopf logs every handler run at INFO; at a thousand Models that buries the operator's own log lines.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    client = new_api_client()
+    client = new_api_client(pool_size=API_THREADS)
     ensure_peering(client)
     analyzer = PrometheusAnalyzer(config.prometheus_url) if config.prometheus_url else None
     reconciler = Reconciler(kube=Kube(client), config=config, post_event=_post_event, analyzer=analyzer)
@@ -88,6 +90,10 @@ def run(
         "operator starting",
         extra={"operators": ["model"], "handlers": model_handlers.__name__, "prometheus": config.prometheus_url},
     )
+    loop = asyncio.new_event_loop()
+    # Applies and status writes are blocking client calls run in threads; the default pool (cores + 4) would
+    # queue them behind each other whenever many Models change at once.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube"))
     kopf.run(
         clusterwide=True,
         peering_name=peering.PEERING_NAME,
@@ -96,5 +102,5 @@ def run(
         memo=kopf.Memo(model_reconciler=reconciler),
         liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
-        loop=asyncio.new_event_loop(),
+        loop=loop,
     )

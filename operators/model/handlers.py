@@ -14,7 +14,7 @@ import kopf
 
 from operators.model import naming
 from operators.model.config import Config
-from operators.model.reconciler import DeploymentSeen, Reconciler, deployment_seen, unschedulable_message
+from operators.model.reconciler import DeploymentSeen, Reconciler, State, deployment_seen, unschedulable_message
 
 MODELS = (naming.GROUP, naming.VERSION, naming.PLURAL)
 # kopf fixes a timer's interval when the handler is registered, so it is read from the environment at import.
@@ -48,12 +48,22 @@ def model_unschedulable(
     return {(namespace, model): (version, message)}
 
 
-async def _converge(memo: Any, body: Mapping[str, Any], namespace: str | None, name: str, kw: dict[str, Any]) -> None:
+async def _converge(
+    memo: Any, body: Mapping[str, Any] | None, namespace: str | None, name: str, kw: dict[str, Any]
+) -> None:
     key = (namespace, name)
-    deployments: list[DeploymentSeen] = list(kw["model_deployments"].get(key, []))
-    unschedulable: list[tuple[str, str]] = list(kw["model_unschedulable"].get(key, []))
+
+    def read() -> State | None:
+        # The index holds the newest version of the Model kopf has seen; ``body`` is the one of the trigger.
+        latest = next(iter(kw["model_bodies"].get(key, [])), None) or body
+        if latest is None:
+            return None
+        deployments: list[DeploymentSeen] = list(kw["model_deployments"].get(key, []))
+        unschedulable: list[tuple[str, str]] = list(kw["model_unschedulable"].get(key, []))
+        return latest, deployments, unschedulable
+
     reconciler: Reconciler = memo.model_reconciler
-    await reconciler.converge(body, deployments, unschedulable)
+    await reconciler.converge((str(namespace), name), read)
 
 
 @kopf.on.resume(*MODELS)
@@ -69,7 +79,7 @@ async def rollout_tick(*, memo: Any, body: kopf.Body, namespace: str | None, nam
 
 
 @kopf.on.event(*MODELS)
-def forget_deleted_model(*, memo: Any, type: str, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+async def forget_deleted_model(*, memo: Any, type: str, namespace: str | None, name: str, uid: str, **_: Any) -> None:
     if type == "DELETED":
         reconciler: Reconciler = memo.model_reconciler
         reconciler.forget(str(namespace), name, uid)
@@ -79,8 +89,7 @@ async def _child_changed(memo: Any, namespace: str | None, labels: Mapping[str, 
     model = labels.get(naming.LABEL_MODEL)
     if model is None:
         return
-    for body in list(kw["model_bodies"].get((namespace, model), [])):
-        await _converge(memo, body, namespace, model, kw)
+    await _converge(memo, None, namespace, model, kw)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=naming.CHILD_SELECTOR)

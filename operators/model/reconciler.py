@@ -34,6 +34,8 @@ PAUSE_ANNOTATION = "aiplane.io/rollout-paused"
 ABORT_ANNOTATION = "aiplane.io/rollout-abort"
 Key = tuple[str, str]
 Analyzer = Callable[[Model, str, str], Awaitable[rollouts.Verdict]]
+# What a reconcile reads when it starts: the Model as last seen, its Deployments, its stuck pods; None: gone.
+State = tuple[Mapping[str, Any], list["DeploymentSeen"], list[tuple[str, str]]]
 EventPoster = Callable[[dict[str, Any], rollouts.Event], None]
 
 
@@ -125,6 +127,8 @@ class Reconciler:
     # Whole seconds, as Kubernetes writes condition times.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # Models with a reconcile waiting for the lock: it will read the newest state, so later triggers drop out.
+    _pending: set[Key] = field(default_factory=set)
     # (namespace, name) -> digest of what this process last applied, and the generation it produced.
     _applied: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
     # Model uid -> the status this process last wrote: newer than any the watch may have delivered yet.
@@ -134,22 +138,27 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         self._locks.pop((namespace, name), None)
+        self._pending.discard((namespace, name))
         self._written.pop(uid or "", None)
         self._without_hpa.discard((namespace, name))
         for key in [k for k in self._applied if k[0] == namespace and (k[2] == name or k[2].startswith(f"{name}-"))]:
             del self._applied[key]
 
-    async def converge(
-        self,
-        body: Mapping[str, Any],
-        deployments: Iterable[DeploymentSeen],
-        unschedulable: Iterable[tuple[str, str]],
-    ) -> None:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
+    async def converge(self, key: Key, read: Callable[[], State | None]) -> None:
+        """Reconcile the Model ``key`` from what ``read`` returns once this run's turn comes.
+
+        A burst of triggers for one Model (its Deployment's status moves several times while pods start)
+        becomes one run after the one in progress, not one run each: whoever waits reads the state then.
+        """
+        if key in self._pending:
+            return
+        self._pending.add(key)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            await self._converge(body, list(deployments), list(unschedulable))
+            self._pending.discard(key)
+            state = read()
+            if state is not None:
+                await self._converge(*state)
 
     async def _converge(
         self, body: Mapping[str, Any], deployments: list[DeploymentSeen], unschedulable: list[tuple[str, str]]
