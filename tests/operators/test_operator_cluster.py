@@ -208,7 +208,7 @@ def test_a_gpu_canary_that_cannot_fit_next_to_stable_moves_replicas_one_at_a_tim
     apply(cluster, k8s_namespace, claims(resources=gpu, minReplicas=2, maxReplicas=3))
     assert_eventually(
         lambda: (
-            model_named(cluster, k8s_namespace, "claims-extractor")["status"]["replicas"]
+            model_named(cluster, k8s_namespace, "claims-extractor")["status"].get("replicas")
             == [{"version": "1.0.0", "desired": 2, "ready": 2}]
         ),
         timeout=90,
