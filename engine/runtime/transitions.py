@@ -358,8 +358,8 @@ class StateMachine:
             return None
         # The held lease pins the run's attempt count to the claim's, so the claim tells which attempt to close.
         self._finish_attempt(conn, claimed.step_run_id, claimed.attempt, "succeeded", error=None, now=now)
-        outbox.append(
-            conn,
+        # Written with the next step's events in one INSERT.
+        completed = outbox.event(
             outbox.STEP_COMPLETED,
             task_id=task.id,
             tenant=task.tenant,
@@ -372,10 +372,19 @@ class StateMachine:
         task_values = {"vars": {**task.vars, **outcome.vars}} if outcome.vars else {}
         next_step = graph.following(spec, step, outcome.next_step)
         if next_step is None:
-            self._finish_task(conn, task, TaskState.SUCCEEDED, now, result=encoded, task_values=task_values)
+            self._finish_task(
+                conn, task, TaskState.SUCCEEDED, now, result=encoded, task_values=task_values, events=[completed]
+            )
             return Completed()
         entered = self._enter_step(
-            conn, task, spec, graph.step_named(spec, next_step), now, task_values=task_values, chain=chain
+            conn,
+            task,
+            spec,
+            graph.step_named(spec, next_step),
+            now,
+            task_values=task_values,
+            chain=chain,
+            events=[completed],
         )
         return Completed(next=entered)
 
@@ -727,19 +736,21 @@ class StateMachine:
         *,
         task_values: dict[str, Any] | None = None,
         chain: Chain | None = None,
+        events: list[dict[str, Any]] | None = None,
     ) -> Claimed | None:
         """Create the next step run: runnable for a worker, or (approval) a pending approval holding no worker.
 
         With ``chain``, a step the chaining worker can run, and that no due step is waiting ahead of, is entered
         already leased to that worker and returned (its first attempt started); otherwise None.
-        ``task_values``: more columns for the task row's update (the vars a completed step decided).
+        ``task_values``: more columns for the task row's update (the vars a completed step decided); ``events``:
+        outbox rows to write with this step's own.
         """
         if task.step_seq + 1 > self.max_step_runs:
             error = {
                 "kind": "StepLimitExceeded",
                 "message": f"task ran {self.max_step_runs} steps; is the workflow looping?",
             }
-            self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values)
+            self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values, events=events)
             return None
         worker = None
         if chain is not None and step.type in chain.types:
@@ -753,7 +764,7 @@ class StateMachine:
             conn.execute(_INSERT_APPROVAL, entered.approval)
         if entered.attempt is not None:
             conn.execute(_INSERT_ATTEMPT, entered.attempt)
-        outbox.insert(conn, entered.events)
+        outbox.insert(conn, [*(events or ()), *entered.events])
         return entered.claimed(task)
 
     def entry(self, task: Any, step: Step, now: datetime, *, lease: Chain | None = None) -> Entry:
@@ -954,6 +965,7 @@ class StateMachine:
         result: Encoded | None = None,
         error: dict[str, Any] | None = None,
         task_values: dict[str, Any] | None = None,
+        events: list[dict[str, Any]] | None = None,
     ) -> None:
         values: dict[str, Any] = {
             "state": state,
@@ -975,7 +987,8 @@ class StateMachine:
         payload: dict[str, Any] = {"state": state.value, "workflow": task.workflow}
         if error is not None:
             payload["error"] = error
-        outbox.append(conn, event, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
+        ended = outbox.event(event, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
+        outbox.insert(conn, [*(events or ()), ended])
         if task.callback_url:
             callbacks.record(conn, callbacks.row(task, event, state.value, result=result, error=error, now=now))
 
