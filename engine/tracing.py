@@ -30,9 +30,17 @@ ATTR_STEP_TYPE = "aiplane.step.type"
 ATTR_ATTEMPT = "aiplane.step.attempt"
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    # Looked up at call time, so a TracerProvider installed after import (by the app or a test) is used.
-    return trace.get_tracer(TRACER_NAME)
+    # Made once: get_tracer builds a new Tracer (and its scope) per call, which showed on the per-step and
+    # per-submission paths. Made before a TracerProvider is installed, it is a proxy that follows the global
+    # provider once the app or a test sets one.
+    global _tracer  # noqa: PLW0603 - one per process, like the provider
+    if _tracer is None:
+        _tracer = trace.get_tracer(TRACER_NAME)
+    return _tracer
 
 
 def current_traceparent() -> str | None:

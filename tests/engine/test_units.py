@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from ulid import ULID
 
 from crds.model import Endpoint
 from crds.workflow import Backoff, Retry, WorkflowSpec
+from engine.clock import new_id
 from engine.durations import parse_duration
 from engine.errors import StepDeferredError, StepError
 from engine.executors.connector import check_destination, render_url
@@ -183,3 +186,14 @@ def test_private_destinations_are_refused_unless_allowed() -> None:
     assert refused.value.kind == "DestinationRefused"
     assert not refused.value.retryable
     check_destination("http://127.0.0.1:8080/x", allow_private_networks=True)
+
+
+def test_ids_are_ulids_in_the_order_they_were_made() -> None:
+    before = time.time()
+    ids = [new_id() for _ in range(5000)]  # many per millisecond: the monotonic bump is exercised
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    for text in ids[:: len(ids) // 50]:
+        parsed = ULID.from_str(text)
+        assert str(parsed) == text  # the same Crockford encoding as the ULID spec's
+        assert before - 1 <= parsed.timestamp <= time.time() + 1
