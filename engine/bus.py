@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection
-from typing import Protocol
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol, runtime_checkable
 
 from engine.clock import Clock, utcnow
 from engine.models import Event
@@ -34,6 +35,46 @@ class Bus(Protocol):
     def subscribe(self, handler: Handler, *, types: Collection[str] | None = None) -> Subscription:
         """Call ``handler`` for each published event (of ``types``, if given) until the subscription closes."""
         ...
+
+
+@runtime_checkable
+class BatchPublisher(Protocol):
+    """A bus that can take a batch in one go (Kafka: send all, then wait for the acknowledgements together).
+
+    Optional: the relay uses it when the bus has it, and ``publish`` one event at a time otherwise. Waiting for
+    each event's acknowledgement before sending the next would cost a broker round trip per event.
+    """
+
+    def publish_many(self, events: Sequence[Event]) -> int:
+        """Publish ``events`` in order; return how many of the leading ones the bus accepted (all, or fewer when
+        one failed: that one and the rest are published again later)."""
+        ...
+
+
+class Deduplicator:
+    """Wraps a handler so that an event id seen recently is not handled twice (delivery is at least once).
+
+    Remembers the last ``capacity`` ids: a redelivery comes soon after the first delivery (a relay that crashed
+    between publishing and marking), so a bounded memory catches it without growing forever. Meant for one
+    delivery thread (a subscription's); two threads handing it the same id at once could both handle it.
+    """
+
+    def __init__(self, handler: Handler, capacity: int = 100_000) -> None:
+        self.handler = handler
+        self.capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if event.id in self._seen:
+                return
+        self.handler(event)
+        # Remembered only once handled: a delivery whose handler failed must not swallow the redelivery.
+        with self._lock:
+            self._seen[event.id] = None
+            if len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
 
 
 class _InMemorySubscription:
@@ -102,6 +143,10 @@ class OutboxRelay:
                     return 0
         with self.db.write() as conn:
             events = outbox.claim_unpublished(conn, self.batch_size)
+            if isinstance(self.bus, BatchPublisher):
+                accepted = self.bus.publish_many(events) if events else 0
+                outbox.mark_published(conn, [event.seq for event in events[:accepted]], self.clock())
+                return accepted
             published: list[int] = []
             for event in events:
                 try:

@@ -1,0 +1,35 @@
+"""Fixtures of the connector tests: the real broker (``kafka``), and engines on a SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine
+
+EngineFactory = Callable[..., Engine]
+
+# A one-step workflow: a task runs without any downstream, so tests need no model or HTTP server.
+RULES_WORKFLOW: dict[str, Any] = {
+    "steps": [{"name": "decide", "type": "rules", "rules": {"set": {"big": "input.amount > 1000.0"}}}],
+}
+
+
+@pytest.fixture
+def make_engine(tmp_path: Path) -> Iterator[EngineFactory]:
+    engines: list[Engine] = []
+
+    def make(**kwargs: Any) -> Engine:
+        kwargs.setdefault("data_dir", tmp_path / "data")
+        # No fsync per commit: still safe against killed processes, which is what these tests exercise.
+        kwargs.setdefault("sqlite_synchronous", "NORMAL")
+        engine = Engine(f"sqlite:///{tmp_path / 'engine.db'}", **kwargs)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
