@@ -6,12 +6,14 @@ the endpoint from the engine's ``StaticModelResolver`` and proxies the body to t
 Baseline: ``POST /extract`` on the same ``bentoml serve`` process (the claims model, ``AIPLANE_CLAIMS_DELAY_MS=10``
 so each call takes at least 10 ms, as a small real model would), with the same body.
 
-Each side has its own keep-alive ``httpx.Client``; requests are sequential; after a warm-up, rounds alternate a
-batch through the gateway and a batch direct, so load spikes hit both. Every request's latency is a sample; the
-two comparisons are the p50 and the p99 of those samples (targets: p50 at most 1.10x, p99 at most 1.25x).
+Both servers log as deployed, one access line per request each: BentoML its own, the gateway through ``aiplane``'s
+structured logging at INFO (checked in its log after the run). Each side has its own keep-alive ``httpx.Client``;
+requests are sequential; after a warm-up, rounds alternate a batch through the gateway and a batch direct, so load
+spikes hit both. Every request's latency is a sample; the two comparisons are the p50 and the p99 of those samples
+(targets: p50 at most 1.10x, p99 at most 1.25x).
 
-The claims service's API is ``extract``, so the gateway is asked for it with ``?api=extract``: the request on
-the wire is ``POST /extract``, byte for byte what the baseline sends.
+The claims service's API is ``extract``, so the gateway is asked for it with ``?api=extract``: the model gets
+``POST /extract`` with the baseline's body, byte for byte.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def run(sizes: Sizes | None = None) -> list[Comparison]:
         with Engine(db_url) as engine:
             key = create_api_key(engine, "bench", "predictor", ["submitter"])
         endpoint = {"version": "bench", "url": model.url, "weight": 100}
-        config = {"db_url": db_url, "models": {MODEL: [endpoint]}}
+        # Logging at INFO as deployed: the gateway writes its access line per request, as BentoML does its own.
+        config = {"db_url": db_url, "models": {MODEL: [endpoint]}, "log_level": "INFO"}
         with (
             served("gateway", config, work) as gateway,
             httpx.Client(timeout=30) as via_gateway,
@@ -118,6 +121,8 @@ def run(sizes: Sizes | None = None) -> list[Comparison]:
             for _ in range(sizes.rounds):
                 for (client, url, headers), samples in ((direct_call, baseline_s), (gateway_call, subject_s)):
                     samples.extend(_call(client, url, body, headers) for _ in range(sizes.per_round))
+            if "aiplane.gateway.access" not in gateway.log_tail(5):
+                raise RuntimeError(f"the gateway wrote no access log; its log ends:\n{gateway.log_tail()}")
     name = f"predict {MODEL} ({DELAY_MS} ms model delay): gateway vs BentoML direct"
     return [
         Comparison(f"{name}, p50", subject_s, baseline_s),

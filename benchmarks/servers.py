@@ -6,6 +6,8 @@ free 127.0.0.1 port and hands it to the child (no race for the port). Both kinds
 settings (its defaults: uvloop and httptools where installed, one worker process, uvicorn's access log off):
 
 - ``gateway``: ``api.app.create_app`` over an ``Engine`` on the given store, with static model endpoints.
+- either kind logs as ``aiplane`` does (``aiplane.logs.configure``) when the config names a ``log_level``;
+  otherwise only uvicorn's warnings are logged.
 - ``bare``: a FastAPI app with one route that reads the request body and answers a fixed JSON document.
 
 To see where a server's time goes, attach a sampling profiler to its process while a benchmark runs, e.g.
@@ -38,6 +40,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from aiplane import logs
 from aiplane.processes import stop_process_group
 from api import GatewaySettings, create_app
 from engine import Engine, StaticModelResolver
@@ -179,6 +182,10 @@ def _exit(*_: object) -> None:
 def _serve(kind: str, fd: int, config: Mapping[str, Any]) -> None:
     engine: Engine | None = None
     app: FastAPI
+    if "log_level" in config:
+        # Logging as ``aiplane`` sets it up (structured lines on stderr, here the child's log file), so the
+        # server does the per-request logging it does when deployed (the gateway's access log at INFO).
+        logs.configure(config["log_level"])
     if kind == "gateway":
         app, engine = _gateway_app(config)
     elif kind == "bare":
