@@ -51,7 +51,10 @@ class Sizes:
 
     @classmethod
     def default(cls) -> Sizes:
-        return cls(models=20, settle_s=180.0) if smoke() else cls()
+        """The issue's size, the smoke size, or ``AIPLANE_BENCH_OPERATOR_MODELS`` Models (to find where it bends)."""
+        if smoke():
+            return cls(models=20, settle_s=180.0)
+        return cls(models=int(os.environ.get("AIPLANE_BENCH_OPERATOR_MODELS", cls.models)))
 
 
 @dataclass(frozen=True)

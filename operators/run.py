@@ -25,7 +25,6 @@ from operators.model.rollout import Event
 
 log = logging.getLogger(__name__)
 KOPF_PREFIX = "operator.aiplane.io"
-API_THREADS = 32
 
 
 class PeeringMissingError(RuntimeError):
@@ -82,7 +81,7 @@ def run(
     """Run until SIGINT/SIGTERM (or ``stop_flag``); blocks."""
     # kopf logs every handler run at INFO; at a thousand Models that buries the operator's own log lines.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    client = new_api_client(pool_size=API_THREADS)
+    client = new_api_client(pool_size=config.api_threads)
     ensure_peering(client)
     analyzer = PrometheusAnalyzer(config.prometheus_url) if config.prometheus_url else None
     reconciler = Reconciler(kube=Kube(client), config=config, post_event=_post_event, analyzer=analyzer)
@@ -93,7 +92,7 @@ def run(
     loop = asyncio.new_event_loop()
     # Applies and status writes are blocking client calls run in threads; the default pool (cores + 4) would
     # queue them behind each other whenever many Models change at once.
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube"))
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=config.api_threads, thread_name_prefix="kube"))
     kopf.run(
         clusterwide=True,
         peering_name=peering.PEERING_NAME,

@@ -15,6 +15,8 @@ class Config:
     prometheus_url: str | None = None
     # How often a Model with a canary is looked at (steps, analysis); the canary's interval is what paces it.
     rollout_tick_s: float = 5.0
+    # Threads (and connections) for the blocking client calls: applies and status writes of many Models at once.
+    api_threads: int = 32
 
     @classmethod
     def from_env(cls) -> Config:
@@ -22,4 +24,5 @@ class Config:
             serving_image=os.environ.get("AIPLANE_SERVING_IMAGE", cls.serving_image) or None,
             prometheus_url=os.environ.get("AIPLANE_PROMETHEUS_URL") or None,
             rollout_tick_s=float(os.environ.get("AIPLANE_ROLLOUT_TICK_S", cls.rollout_tick_s)),
+            api_threads=int(os.environ.get("AIPLANE_OPERATOR_API_THREADS", cls.api_threads)),
         )
