@@ -94,7 +94,7 @@ def gateway_span(
         attributes[ATTR_TASK_ID] = task_id
     if tenant is not None:
         attributes[ATTR_TENANT] = tenant
-    parent = propagate.extract(conn.headers) if "traceparent" in conn.headers else None
+    parent = _parent(conn)
     with tracer().start_as_current_span(
         f"{TRACER_NAME}.{operation}",
         context=parent,
@@ -104,6 +104,24 @@ def gateway_span(
         set_status_on_exception=True,
     ) as span:
         yield span
+
+
+_PROPAGATED = ("traceparent", "tracestate", "baggage")
+
+
+def _parent(conn: HTTPConnection) -> Any:
+    """The caller's trace context, or None. Read into a small dict first: the propagators look headers up one by
+    one, and each look-up in Starlette's headers scans them all."""
+    headers = conn.headers
+    traceparent = headers.get("traceparent")
+    if traceparent is None:
+        return None
+    carrier = {"traceparent": traceparent}
+    for name in _PROPAGATED[1:]:
+        value = headers.get(name)
+        if value is not None:
+            carrier[name] = value
+    return propagate.extract(carrier)
 
 
 def mark_error(span: Span, description: str) -> None:

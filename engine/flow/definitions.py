@@ -123,8 +123,12 @@ def register(conn: sa.Connection, name: str, spec: WorkflowSpec, now: datetime) 
     return version
 
 
+# Built once: every submission batch asks, and building the statement cost more than running it.
+_HEAD_VERSION = sa.select(workflow_heads.c.version).where(workflow_heads.c.name == sa.bindparam("name"))
+
+
 def head_version(conn: sa.Connection, name: str) -> str:
-    version = conn.execute(sa.select(workflow_heads.c.version).where(workflow_heads.c.name == name)).scalar()
+    version = conn.execute(_HEAD_VERSION, {"name": name}).scalar()
     if version is None:
         raise WorkflowNotFoundError(f"no workflow named {name!r} is registered", workflow=name)
     return str(version)

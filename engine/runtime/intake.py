@@ -44,6 +44,24 @@ from engine.store.idempotency import Claim, IdempotencyStore, check_key, request
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
 
 _INSERT_TASK = sa.insert(tasks)
+_KEY_ROW = sa.select(idempotency_keys).where(
+    idempotency_keys.c.tenant == sa.bindparam("_tenant"), idempotency_keys.c.key == sa.bindparam("_key")
+)
+# INSERT ... ON CONFLICT DO NOTHING RETURNING, per dialect, built once (see _claim_keys).
+_claim_statements: dict[str, Any] = {}
+
+
+def _claim_keys_statement(conn: sa.Connection) -> Any:
+    statement = _claim_statements.get(conn.dialect.name)
+    if statement is None:
+        statement = _claim_statements[conn.dialect.name] = (
+            dialect_insert(conn, idempotency_keys)
+            .on_conflict_do_nothing()
+            .returning(idempotency_keys.c.tenant, idempotency_keys.c.key)
+        )
+    return statement
+
+
 _INSERT_RUN = sa.insert(step_runs)
 _INSERT_APPROVAL = sa.insert(approvals)
 
@@ -243,10 +261,7 @@ class Intake:
         inserted = {
             (row.tenant, row.key)
             for row in conn.execute(
-                dialect_insert(conn, idempotency_keys)
-                .on_conflict_do_nothing()
-                .returning(idempotency_keys.c.tenant, idempotency_keys.c.key),
-                [plan.record for plan in first.values() if plan.record is not None],
+                _claim_keys_statement(conn), [plan.record for plan in first.values() if plan.record is not None]
             )
         }
         owners = [p for p in plans if p.record is None]
@@ -257,11 +272,7 @@ class Intake:
                 owners.append(plan)
                 continue
             # The key was there before, or an earlier request of this batch just took it.
-            row = conn.execute(
-                sa.select(idempotency_keys).where(
-                    idempotency_keys.c.tenant == name[0], idempotency_keys.c.key == name[1]
-                )
-            ).one()
+            row = conn.execute(_KEY_ROW, {"_tenant": name[0], "_key": name[1]}).one()
             try:
                 claim = self.idempotency.settle(conn, row, plan.record)
             except EngineError as exc:
