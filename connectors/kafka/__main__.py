@@ -1,0 +1,56 @@
+"""``python -m connectors.kafka source ...``: run one kafkaSource Connector until SIGTERM or SIGINT.
+
+The command a kafkaSource's consumer Deployment runs. The Connector's ``kafkaSource`` block comes as JSON (the
+operator writes it from the resource; camelCase as in the manifest), the store's URL and the tenant as arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from connectors.kafka.source import KafkaSource, SourceSettings
+from crds.connector import KafkaSource as KafkaSourceSpec
+from engine.facade import Engine
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m connectors.kafka")
+    commands = parser.add_subparsers(dest="command", required=True)
+    source = commands.add_parser("source", help="turn a topic's messages into tasks")
+    source.add_argument("--connector", required=True, help="the Connector's name")
+    source.add_argument("--tenant", required=True, help="tenant the tasks belong to")
+    source.add_argument("--spec", required=True, help="the Connector's kafkaSource block, as JSON")
+    source.add_argument(
+        "--db-url", required=True, help="the engine's store (sqlite:///... or postgresql+psycopg://...)"
+    )
+    source.add_argument("--data-dir", type=Path, default=None, help="shared directory for large payloads")
+    source.add_argument("--batch-size", type=int, default=500, help="most messages per poll and transaction")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    settings = SourceSettings(
+        connector=args.connector,
+        tenant=args.tenant,
+        spec=KafkaSourceSpec.model_validate(json.loads(args.spec)),
+        batch_size=args.batch_size,
+    )
+    # The gateway or an operator migrates the store; a consumer only writes tasks into it.
+    engine = Engine(args.db_url, data_dir=args.data_dir, migrate_on_start=False)
+    runner = KafkaSource(engine, settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: runner.stop())
+    try:
+        runner.run()
+    finally:
+        runner.close()
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,287 @@
+"""The Kafka source runtime: each message on a topic becomes a task of a named workflow, exactly once.
+
+What a kafkaSource Connector's consumer Deployment runs (``python -m connectors.kafka.source``), and what
+``aiplane dev --kafka`` runs in-process. A poll's messages go to the engine as one batch (``Engine.submit_many``,
+one transaction), and the batch's offsets are committed only after that transaction and the dead letters'
+acknowledgements: a crash anywhere before the commit means the messages are read again, and their idempotency
+keys (topic/partition/offset, or a CEL expression over the message) give back the tasks made the first time
+instead of new ones. A message that cannot become a task goes to the dead-letter topic with the reason in its
+headers; a batch that fails as a whole (store down, workflow not registered) is read again after a pause.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from connectors.kafka import clients, deadletter, metrics
+from connectors.kafka.codec import header
+from connectors.kafka.validation import InputInvalidError, InputSchemas
+from crds.connector import KafkaSource as KafkaSourceSpec
+from crds.workflow import WorkflowSpec
+from engine.errors import IdempotencyMismatchError, InvalidRequestError, WorkflowNotFoundError
+from engine.facade import Engine
+from engine.flow import cel
+from engine.runtime.intake import Accepted, Outcome, Submission
+
+log = logging.getLogger(__name__)
+
+Validate = Callable[[str, WorkflowSpec], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSettings:
+    #: The Connector's name: the metrics' label, a dead letter's header, and the default consumer group.
+    connector: str
+    #: Tenant the tasks belong to.
+    tenant: str
+    spec: KafkaSourceSpec
+    #: Most messages per poll, and so per submission batch (one transaction).
+    batch_size: int = 500
+    poll_timeout: float = 0.5
+    #: Longest wait for the broker to acknowledge dead letters (and for metadata).
+    ack_timeout: float = 10.0
+    #: Pause before reading a failed batch again.
+    retry_backoff: float = 1.0
+
+    @property
+    def group_id(self) -> str:
+        return self.spec.group_id or f"aiplane-{self.connector}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.spec.dead_letter_topic or f"{self.spec.topic}.dlq"
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+    @property
+    def consumed(self) -> int:
+        return self.accepted + self.duplicates + self.dead_lettered
+
+
+class SourceStalledError(Exception):
+    """The batch cannot be taken now, through no fault of its messages; it is read again after a pause."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class _MalformedError(Exception):
+    pass
+
+
+class KafkaSource:
+    def __init__(self, engine: Engine, settings: SourceSettings, *, validate: Validate | None = None) -> None:
+        """``validate``: called with the workflow version and spec before a task is written; raising refuses
+        the message, which then goes to the dead-letter topic (how policies reject input)."""
+        self.engine = engine
+        self.settings = settings
+        self.validate = validate
+        self.schemas = InputSchemas()
+        spec = settings.spec
+        self.consumer = clients.consumer(
+            spec.bootstrap_servers,
+            client_id=f"aiplane-source-{settings.connector}",
+            group_id=settings.group_id,
+            auto_offset_reset=spec.start_from,
+            max_poll_records=settings.batch_size,
+        )
+        # Metadata first: a group leader that assigns before it knows the topic's partitions assigns none (and
+        # kafka-python was seen not to rebalance when they became known).
+        self.consumer.partitions_for_topic(spec.topic)
+        self.consumer.subscribe([spec.topic])
+        producer = clients.producer(
+            spec.bootstrap_servers,
+            client_id=f"aiplane-source-{settings.connector}-dlq",
+            ack_timeout=settings.ack_timeout,
+        )
+        self.dead_letters = deadletter.DeadLetters(
+            producer, settings.dead_letter_topic, settings.connector, settings.ack_timeout
+        )
+        self._stopped = threading.Event()
+        self._counters = {
+            outcome: metrics.MESSAGES.labels(settings.connector, outcome)
+            for outcome in ("accepted", "duplicate", "dead_lettered")
+        }
+
+    # ---------------------------------------------------------------- running
+
+    def run(self) -> None:
+        """Consume until ``stop``; a failed batch is logged, counted, and read again after ``retry_backoff``."""
+        while not self._stopped.is_set():
+            try:
+                self.poll_once()
+            except SourceStalledError as exc:
+                log.warning("source %s stalled (%s): %s", self.settings.connector, exc.reason, exc)
+                metrics.STALLS.labels(self.settings.connector, exc.reason).inc()
+                self._stopped.wait(self.settings.retry_backoff)
+            except Exception:
+                log.exception("source %s: batch failed; reading it again", self.settings.connector)
+                metrics.STALLS.labels(self.settings.connector, "error").inc()
+                self._stopped.wait(self.settings.retry_backoff)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def close(self) -> None:
+        """Leave the group (its partitions go to the other members at once) and close the clients."""
+        self.consumer.close(autocommit=False)
+        self.dead_letters.producer.close(timeout=self.settings.ack_timeout)
+
+    def __enter__(self) -> KafkaSource:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+        self.close()
+
+    # ---------------------------------------------------------------- one batch
+
+    def poll_once(self) -> BatchResult:
+        """Read one batch, submit it, dead-letter what it refused, commit; or rewind and raise."""
+        batches = self.consumer.poll(
+            timeout_ms=int(self.settings.poll_timeout * 1000), max_records=self.settings.batch_size
+        )
+        if not batches:
+            self._measure_lag()
+            return BatchResult()
+        started = time.perf_counter()
+        records = [record for partition_records in batches.values() for record in partition_records]
+        try:
+            result = self._take(records)
+            self.consumer.commit({tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batches.items() if rs})
+        except BaseException:
+            self.dead_letters.discard()
+            self._rewind(batches)
+            raise
+        for outcome, count in (
+            ("accepted", result.accepted),
+            ("duplicate", result.duplicates),
+            ("dead_lettered", result.dead_lettered),
+        ):
+            if count:
+                self._counters[outcome].inc(count)
+        metrics.BATCH_DURATION.labels(self.settings.connector).observe(time.perf_counter() - started)
+        self._measure_lag()
+        return result
+
+    def _take(self, records: Sequence[Any]) -> BatchResult:
+        result = BatchResult()
+        submissions: list[Submission] = []
+        submitted: list[Any] = []
+        dead: list[tuple[Any, str, str]] = []
+        for record in records:
+            try:
+                submissions.append(self._submission(record))
+            except _MalformedError as exc:
+                dead.append((record, deadletter.MALFORMED, str(exc)))
+                continue
+            submitted.append(record)
+        outcomes = self.engine.submit_many(submissions)
+        for record, outcome in zip(submitted, outcomes, strict=True):
+            refusal = _refusal(outcome)
+            if refusal is not None:
+                dead.append((record, refusal, str(outcome)))
+            elif isinstance(outcome, Accepted) and not outcome.created:
+                result.duplicates += 1
+            else:
+                result.accepted += 1
+        # In the source's order, whatever stage refused them.
+        for record, reason, detail in sorted(dead, key=lambda d: (d[0].partition, d[0].offset)):
+            self.dead_letters.send(record, reason, detail)
+        result.dead_lettered = len(dead)
+        try:
+            self.dead_letters.confirm()
+        except KafkaError as exc:
+            raise SourceStalledError("dead-letter-unavailable", f"dead-letter topic: {exc}") from exc
+        return result
+
+    def _submission(self, record: Any) -> Submission:
+        try:
+            value = json.loads(record.value) if record.value is not None else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _MalformedError(f"the message is not JSON: {exc}") from exc
+        if value is None:
+            raise _MalformedError("the message has no value")
+        return Submission(
+            tenant=self.settings.tenant,
+            workflow=self.settings.spec.workflow,
+            input=value,
+            idempotency_key=self._key(record, value),
+            validate=lambda version, spec: self._check(value, version, spec),
+            trace_context=header(record.headers, "traceparent"),
+        )
+
+    def _check(self, value: Any, version: str, spec: WorkflowSpec) -> None:
+        """The workflow's inputSchema, then the caller's own check (policies)."""
+        self.schemas.check(self.settings.spec.workflow, version, spec.input_schema, value)
+        if self.validate is not None:
+            self.validate(version, spec)
+
+    def _key(self, record: Any, value: Any) -> str:
+        expression = self.settings.spec.idempotency_key
+        if expression is None:
+            return f"{record.topic}/{record.partition}/{record.offset}"
+        variables = {
+            "value": value,
+            "key": record.key.decode(errors="replace") if record.key is not None else None,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+        }
+        try:
+            key = cel.evaluate(expression, variables, where=f"connector {self.settings.connector!r} idempotencyKey")
+        except Exception as exc:  # a field missing from this message: the message's fault, not the source's
+            raise _MalformedError(f"idempotency key {expression!r}: {exc}") from exc
+        if key is None or key == "" or isinstance(key, dict | list):
+            raise _MalformedError(f"idempotency key {expression!r} gave {key!r}; it must give a string or number")
+        return str(key)
+
+    def _rewind(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Put each partition back to the batch's first message, so the next poll reads the batch again."""
+        assigned = self.consumer.assignment()
+        for tp, records in batches.items():
+            if records and tp in assigned:
+                self.consumer.seek(tp, records[0].offset)
+
+    def _measure_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:  # nothing fetched from it yet
+                continue
+            try:
+                position = self.consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if position is not None:
+                metrics.CONSUMER_LAG.labels(self.settings.connector, tp.topic, str(tp.partition)).set(
+                    max(highwater - position, 0)
+                )
+
+
+def _refusal(outcome: Outcome) -> str | None:
+    """The dead-letter reason for an outcome, None when it is a task; raises when the batch must wait."""
+    if isinstance(outcome, WorkflowNotFoundError):
+        raise SourceStalledError("workflow-missing", str(outcome))
+    if isinstance(outcome, IdempotencyMismatchError):
+        return deadletter.MISMATCH
+    if isinstance(outcome, InvalidRequestError | InputInvalidError):
+        return deadletter.INVALID
+    if isinstance(outcome, Exception):
+        return deadletter.REFUSED
+    return None

@@ -1,0 +1,60 @@
+"""Test-side Kafka I/O with plain kafka-python clients: what a producer of claims and a reader of results do."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from tests.fixtures.polling import assert_eventually
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[Any], *, raw: bool = False) -> None:
+    """Send each value (JSON-encoded unless ``raw`` bytes) and wait until the broker has them all."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for value in values:
+            producer.send(topic, value=value if raw else json.dumps(value).encode())
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def read_all(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Any]:
+    """Every record of ``topic`` from the beginning, once at least ``count`` are there (ConsumerRecords)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"topic {topic} has no partitions"
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+
+        def enough() -> list[Any]:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            assert len(records) >= count, f"{len(records)} of {count} records on {topic}"
+            return records
+
+        return assert_eventually(enough, timeout=timeout, interval=0)
+    finally:
+        consumer.close()
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of the group's committed offsets on ``topic``: how many messages it has finished with."""
+    # A consumer of the group that joins nothing: it only asks the coordinator (which the admin client's API for
+    # this has been renamed across kafka-python versions).
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        offsets = [consumer.committed(TopicPartition(topic, p)) for p in partitions]
+    finally:
+        consumer.close(autocommit=False)
+    return sum(offset for offset in offsets if offset is not None)
+
+
+def headers(record: Any) -> dict[str, str]:
+    return {name: value.decode() for name, value in record.headers or ()}
