@@ -20,8 +20,9 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.asgi import ClientGoneError, handled, read_body, replaying, route_path
 from api.auth import SUBMITTERS, authorize
 from api.problems import ProblemError
 from api.routers.tasks import SUBMIT_ROUTE, accept
@@ -39,13 +40,14 @@ class SubmitFastPath:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or _path(scope) != _PATH:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) != _PATH:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        if body is None:
-            return  # the client left while sending its body: nobody to answer
-        replay = _replaying(body, receive)
+        try:
+            body = await read_body(receive)
+        except ClientGoneError:
+            return
+        replay = replaying(body, receive)
         taken = _take(scope, body)
         if taken is None:
             await self.app(scope, replay, send)
@@ -65,14 +67,11 @@ class SubmitFastPath:
                 idempotency_key=request.headers.get("idempotency-key"),
             )
         except Exception as exc:
-            response = await _handled(request, exc)
+            handled_response = await handled(request, exc)
+            if handled_response is None:
+                raise
+            response = handled_response
         await response(scope, replay, send)
-
-
-def _path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _take(scope: Scope, body: bytes) -> tuple[SubmitTaskRequest, float | None] | None:
@@ -107,38 +106,3 @@ def _take(scope: Scope, body: bytes) -> tuple[SubmitTaskRequest, float | None] |
     if (mode or request_body.mode or "async") != "async":
         return None  # a sync submission waits for its result anyway; the route serves it
     return request_body, wait
-
-
-async def _handled(request: Request, exc: Exception) -> Response:
-    """The answer of the app's exception handler for ``exc`` (the most specific class wins, as in Starlette)."""
-    handlers: dict[type[BaseException], _Handler] = request.app.exception_handlers
-    for cls in type(exc).__mro__:
-        handler = handlers.get(cls)
-        if handler is not None:
-            return await handler(request, exc)
-    raise exc
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    parts: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the already-read body once, then whatever the client sends next (a disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

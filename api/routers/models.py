@@ -15,12 +15,11 @@ W3C ``traceparent`` of the gateway span goes upstream, and upstream failures bec
 
 from __future__ import annotations
 
-import inspect
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Annotated
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path, Query, Request
@@ -28,6 +27,7 @@ from fastapi.responses import Response
 from opentelemetry import propagate
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.asgi import ClientGoneError, handled, read_body, route_path
 from api.auth import SUBMITTERS, authorize
 from api.problems import FieldError, ProblemError, field_error, problem_responses
 from api.state import Gateway
@@ -110,10 +110,7 @@ class PredictFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            root: str = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
+            path = route_path(scope)
             if path.startswith(self._prefix) and path.endswith(self._suffix):
                 name = path[len(self._prefix) : -len(self._suffix)]
                 if name and "/" not in name:  # otherwise not this route: FastAPI answers (404)
@@ -127,35 +124,20 @@ class PredictFastPath:
         request = Request(scope, receive)
         try:
             api = _check_parameters(name, scope["query_string"])
-            answer = await call_model(self.gateway, request, name, api, lambda: _read_body(receive))
-        except _ClientGoneError:
+            answer = await call_model(self.gateway, request, name, api, lambda: read_body(receive))
+        except ClientGoneError:
             return  # the client left while sending its body: nobody to answer
         except Exception as exc:
-            # Answered by the app's own handlers, as if it had come from the route: ProblemError, the store
-            # being unavailable (503), ... Anything they do not name goes on to the last-resort handler (500).
-            handler = _handler_for(scope, exc)
-            if handler is None:
+            # Answered by the app's own handlers, as if it had come from the route.
+            response = await handled(request, exc)
+            if response is None:
                 raise
-            response = handler(request, exc)
-            if inspect.isawaitable(response):
-                response = await response
-            assert isinstance(response, Response)
             await response(scope, receive, send)
             return
         headers = [(k, v) for k, v in answer.headers if k in _RETURN]
         headers.append((b"content-length", b"%d" % len(answer.content)))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.content})
-
-
-def _handler_for(scope: Scope, exc: Exception) -> Callable[[Request, Exception], Any] | None:
-    handlers: Mapping[Any, Callable[[Request, Exception], Any]] = scope["app"].exception_handlers
-    for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
-        if cls in handlers:
-            return handlers[cls]
-    return None
 
 
 def _check_parameters(name: str, query_string: bytes) -> str:
@@ -190,27 +172,6 @@ def _string_errors(
 
 
 _BodyReader = Callable[[], Awaitable[bytes]]
-
-
-class _ClientGoneError(Exception):
-    pass
-
-
-async def _read_body(receive: Receive) -> bytes:
-    message = await receive()
-    if message["type"] != "http.request":
-        raise _ClientGoneError
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body  # the usual case: one message, no copy
-    parts = [body]
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise _ClientGoneError
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 async def call_model(gw: Gateway, request: Request, name: str, api: str, read_body: _BodyReader) -> Answer:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -188,6 +188,13 @@ def settings() -> GatewaySettings:
 @pytest.fixture
 def app(engine: Engine, settings: GatewaySettings) -> FastAPI:
     return create_app(engine, settings)
+
+
+def app_without(engine: Engine, fast_path: type) -> FastAPI:
+    """The gateway without one of its fast paths: the requests it would serve go to their FastAPI route."""
+    app = create_app(engine)
+    app.user_middleware = [m for m in app.user_middleware if cast(object, m.cls) is not fast_path]
+    return app
 
 
 @pytest.fixture

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api import create_app
 from api.fast_submit import SubmitFastPath
 from engine import Engine
-from tests.api.conftest import Keys, auth
+from tests.api.conftest import Keys, app_without, auth
 
 # Fields that differ between two submissions of the same request: the new task's identity and times.
 _VOLATILE = {"id", "createdAt", "updatedAt", "deadline", "steps", "idempotencyKey"}
@@ -20,9 +19,7 @@ _VOLATILE = {"id", "createdAt", "updatedAt", "deadline", "steps", "idempotencyKe
 @pytest.fixture
 def routed(engine: Engine) -> Iterator[TestClient]:
     """The gateway without ``SubmitFastPath``: every submission served by its FastAPI route."""
-    app = create_app(engine)
-    app.user_middleware = [m for m in app.user_middleware if cast(object, m.cls) is not SubmitFastPath]
-    with TestClient(app) as test_client:
+    with TestClient(app_without(engine, SubmitFastPath)) as test_client:
         yield test_client
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import cast
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ from api import GatewaySettings, create_app
 from api.routers.models import PredictFastPath
 from api.store import ApiKeyStore
 from engine import Engine
-from tests.api.conftest import Keys, Reply, Upstream, assert_problem, auth
+from tests.api.conftest import Keys, Reply, Upstream, app_without, assert_problem, auth
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -206,9 +205,7 @@ def test_other_methods_and_paths_are_not_predict(client: TestClient, keys: Keys)
 @pytest.fixture
 def routed(engine: Engine) -> Iterator[TestClient]:
     """The gateway without ``PredictFastPath``: predict served by its FastAPI route."""
-    app = create_app(engine)
-    app.user_middleware = [m for m in app.user_middleware if cast(object, m.cls) is not PredictFastPath]
-    with TestClient(app) as test_client:
+    with TestClient(app_without(engine, PredictFastPath)) as test_client:
         yield test_client
 
 
