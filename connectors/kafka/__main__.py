@@ -30,14 +30,23 @@ def main(argv: list[str]) -> int:
     )
     source.add_argument("--data-dir", type=Path, default=None, help="shared directory for large payloads")
     source.add_argument("--batch-size", type=int, default=500, help="most messages per poll and transaction")
+    source.add_argument(
+        "--session-timeout",
+        type=float,
+        default=10.0,
+        help="seconds before the group gives a dead member's partitions away",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python narrates every connection and rebalance at INFO; its warnings are what an operator needs.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
 
     settings = SourceSettings(
         connector=args.connector,
         tenant=args.tenant,
         spec=KafkaSourceSpec.model_validate(json.loads(args.spec)),
         batch_size=args.batch_size,
+        session_timeout=args.session_timeout,
     )
     # The gateway or an operator migrates the store; a consumer only writes tasks into it.
     engine = Engine(args.db_url, data_dir=args.data_dir, migrate_on_start=False)

@@ -52,6 +52,10 @@ class SourceSettings:
     ack_timeout: float = 10.0
     #: Pause before reading a failed batch again.
     retry_backoff: float = 1.0
+    #: How long the group waits for a member that stopped heartbeating (a killed pod) before giving its partitions
+    #: to the others: the longest a kill -9 delays the partitions it held. The broker bounds it (6 s to 30 min by
+    #: default).
+    session_timeout: float = 10.0
 
     @property
     def group_id(self) -> str:
@@ -100,6 +104,8 @@ class KafkaSource:
             group_id=settings.group_id,
             auto_offset_reset=spec.start_from,
             max_poll_records=settings.batch_size,
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=max(int(settings.session_timeout * 1000) // 3, 100),
         )
         # Metadata first: a group leader that assigns before it knows the topic's partitions assigns none (and
         # kafka-python was seen not to rebalance when they became known).
