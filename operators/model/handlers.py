@@ -37,6 +37,14 @@ def model_deployments(
     return {(namespace, model): deployment_seen(name, version, meta=meta, spec=spec, status=status)}
 
 
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=naming.CHILD_SELECTOR)
+def model_autoscalers(
+    *, namespace: str | None, name: str, labels: Mapping[str, str], **_: Any
+) -> dict[Any, Any] | None:
+    model = labels.get(naming.LABEL_MODEL)
+    return None if model is None else {(namespace, model): name}
+
+
 @kopf.index("", "v1", "pods", labels=naming.CHILD_SELECTOR)
 def model_unschedulable(
     *, namespace: str | None, labels: Mapping[str, str], status: kopf.Status, **_: Any
@@ -60,7 +68,8 @@ async def _converge(
             return None
         deployments: list[DeploymentSeen] = list(kw["model_deployments"].get(key, []))
         unschedulable: list[tuple[str, str]] = list(kw["model_unschedulable"].get(key, []))
-        return latest, deployments, unschedulable
+        autoscalers: list[str] = list(kw["model_autoscalers"].get(key, []))
+        return latest, deployments, unschedulable, autoscalers
 
     reconciler: Reconciler = memo.model_reconciler
     await reconciler.converge((str(namespace), name), read)

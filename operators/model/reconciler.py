@@ -34,8 +34,9 @@ PAUSE_ANNOTATION = "aiplane.io/rollout-paused"
 ABORT_ANNOTATION = "aiplane.io/rollout-abort"
 Key = tuple[str, str]
 Analyzer = Callable[[Model, str, str], Awaitable[rollouts.Verdict]]
-# What a reconcile reads when it starts: the Model as last seen, its Deployments, its stuck pods; None: gone.
-State = tuple[Mapping[str, Any], list["DeploymentSeen"], list[tuple[str, str]]]
+# What a reconcile reads when it starts: the Model as last seen, its Deployments, its stuck pods, its
+# autoscalers' names; None: the Model is gone.
+State = tuple[Mapping[str, Any], list["DeploymentSeen"], list[tuple[str, str]], list[str]]
 EventPoster = Callable[[dict[str, Any], rollouts.Event], None]
 
 
@@ -133,14 +134,11 @@ class Reconciler:
     _applied: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
     # Model uid -> the status this process last wrote: newer than any the watch may have delivered yet.
     _written: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Models whose HorizontalPodAutoscaler this process deleted (scaled to zero, or a GPU rollout moving replicas).
-    _without_hpa: set[tuple[str, str]] = field(default_factory=set)
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         self._locks.pop((namespace, name), None)
         self._pending.discard((namespace, name))
         self._written.pop(uid or "", None)
-        self._without_hpa.discard((namespace, name))
         for key in [k for k in self._applied if k[0] == namespace and (k[2] == name or k[2].startswith(f"{name}-"))]:
             del self._applied[key]
 
@@ -161,7 +159,11 @@ class Reconciler:
                 await self._converge(*state)
 
     async def _converge(
-        self, body: Mapping[str, Any], deployments: list[DeploymentSeen], unschedulable: list[tuple[str, str]]
+        self,
+        body: Mapping[str, Any],
+        deployments: list[DeploymentSeen],
+        unschedulable: list[tuple[str, str]],
+        autoscalers: list[str],
     ) -> None:
         meta = dict(body.get("metadata") or {})
         if meta.get("deletionTimestamp"):
@@ -218,7 +220,7 @@ class Reconciler:
             gpu_room=room,
         )
         try:
-            await self._apply_children(model, owner, plan)
+            await self._apply_children(model, owner, plan, has_autoscaler=bool(autoscalers))
         except kubernetes.client.ApiException as error:
             if error.status == 403 and "being terminated" in (error.body or ""):
                 return  # the namespace is going away with the Model in it: nothing to serve
@@ -255,7 +257,9 @@ class Reconciler:
         stable = status.stable_version if status is not None and status.stable_version else model.spec.version
         return await self.analyzer(model, stable, canary.version)
 
-    async def _apply_children(self, model: Model, owner: builders.Owner, plan: plans.Plan) -> None:
+    async def _apply_children(
+        self, model: Model, owner: builders.Owner, plan: plans.Plan, *, has_autoscaler: bool
+    ) -> None:
         wanted: list[dict[str, Any]] = []
         for live in (plan.stable, plan.canary):
             if live is None:
@@ -264,14 +268,12 @@ class Reconciler:
             wanted.append(builders.service(model, owner, live.version))
             wanted.append(builders.pod_disruption_budget(owner, live.version))
         hpa = builders.horizontal_pod_autoscaler(model, owner, plan.stable.version) if plan.autoscale else None
-        key = (owner.namespace, owner.name)
         if hpa is not None:
             wanted.append(hpa)
-            self._without_hpa.discard(key)
-        elif key not in self._without_hpa:
+        elif has_autoscaler:
+            # Only when the index saw one: a DELETE of nothing would cost every fixed-size Model a call.
             await asyncio.to_thread(self.kube.delete, "HorizontalPodAutoscaler", owner.namespace, owner.name)
             self._applied.pop((owner.namespace, "HorizontalPodAutoscaler", owner.name), None)
-            self._without_hpa.add(key)
         changed = [obj for obj in wanted if self._applied.get(_ident(obj), ("", 0))[0] != _digest(obj)]
         if not changed:
             return
