@@ -65,7 +65,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     try:
-        dev.serve(args.examples, args.data_dir or settings.data_dir, args.host, args.port or settings.port)
+        dev.serve(
+            args.examples, args.data_dir or settings.data_dir, args.host, args.port or settings.port, kafka=args.kafka
+        )
     except (manifests.ManifestError, ModelServerError) as error:
         print(f"aiplane dev: {error}", file=sys.stderr)
         return 1
@@ -124,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=None, help="gateway port (default 8080, or AIPLANE_PORT)")
     dev.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
     dev.add_argument("--data-dir", type=Path, default=None, help="where SQLite, blobs and logs live (.run/dev)")
+    dev.add_argument(
+        "--kafka",
+        metavar="HOST:PORT",
+        default=None,
+        help="use this Kafka broker as the bus and sink, and run the kafkaSource Connectors in-process",
+    )
     dev.set_defaults(func=_cmd_dev)
 
     demo = sub.add_parser("demo", help="run the claims-triage case end to end on the embedded default")

@@ -1,7 +1,9 @@
 """`aiplane dev`: the embedded default, on one machine with no cluster.
 
 One process tree: the gateway (uvicorn) and the engine's workers in this process, SQLite under the data dir, the
-in-process bus and sink, and one `bentoml serve` child per Model of the loaded manifests. The same engine and
+in-process bus and sink, and one `bentoml serve` child per Model of the loaded manifests. With `--kafka HOST:PORT`,
+that broker is the bus and the sink, and the manifests' kafkaSource Connectors run in this process
+(``connectors.kafka.embedded``), so the case works event-first. The same engine and
 gateway code runs on Kubernetes, where the operators resolve models and connectors from the cluster instead.
 """
 
@@ -22,6 +24,8 @@ from aiplane.modelserver import ModelServer, working_dir
 from api.app import create_app
 from api.auth import create_api_key
 from api.settings import GatewaySettings
+from connectors.kafka.bus import DEFAULT_EVENTS_TOPIC
+from connectors.kafka.embedded import EmbeddedKafka
 from crds import Connector, Model, Resource, Workflow
 from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
@@ -42,6 +46,9 @@ class DevStack:
     servers: list[ModelServer] = field(default_factory=list)
     sink: InMemorySink = field(default_factory=InMemorySink)
     engine: Engine | None = None
+    #: A Kafka broker (host:port) to use as the bus and sink, with the kafkaSource Connectors run in-process.
+    kafka: str | None = None
+    embedded_kafka: EmbeddedKafka | None = None
 
     def _of(self, kind: type[Resource]) -> list[Any]:
         return [resource for resource in self.resources if isinstance(resource, kind)]
@@ -64,21 +71,30 @@ class DevStack:
         }
         connectors = {connector.metadata["name"]: connector.spec for connector in self._of(Connector)}
         self.sink.subscribe(_log_record)
+        if self.kafka is not None:
+            self.embedded_kafka = EmbeddedKafka(self.kafka, connectors)
+            connectors = self.embedded_kafka.connectors
         self.engine = Engine(
             f"sqlite:///{self.data_dir / 'engine.db'}",
             data_dir=self.data_dir,
             model_resolver=StaticModelResolver(endpoints),
             connector_resolver=StaticConnectorResolver(connectors),
-            sink=self.sink,
+            sink=self.embedded_kafka.sink if self.embedded_kafka is not None else self.sink,
+            bus=self.embedded_kafka.bus if self.embedded_kafka is not None else None,
             # On one machine the callback receiver is usually a local process too.
             callbacks_to_private_networks=True,
         )
         for workflow in self._of(Workflow):
             version = self.engine.register_workflow(workflow.metadata["name"], workflow.spec)
             log.info("workflow registered", extra={"workflow": workflow.metadata["name"], "version": version})
+        if self.embedded_kafka is not None:
+            # After the workflows: a source's first batch would otherwise stall on a workflow not yet registered.
+            self.embedded_kafka.start_sources(self.engine, DEV_TENANT)
         return self.engine
 
     def stop(self) -> None:
+        if self.embedded_kafka is not None:
+            self.embedded_kafka.close()
         if self.engine is not None:
             self.engine.close()
         for server in self.servers:
@@ -94,9 +110,11 @@ def _interrupt(signum: int, _: object) -> None:
 
 
 @contextlib.contextmanager
-def running(manifests_dir: Path, data_dir: Path) -> Iterator[DevStack]:
+def running(manifests_dir: Path, data_dir: Path, kafka: str | None = None) -> Iterator[DevStack]:
     """The stack, stopped on the way out: a SIGTERM during start-up must not leave model servers behind."""
-    stack = DevStack(manifests_dir=manifests_dir, data_dir=data_dir, resources=manifests.load([manifests_dir]))
+    stack = DevStack(
+        manifests_dir=manifests_dir, data_dir=data_dir, resources=manifests.load([manifests_dir]), kafka=kafka
+    )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start()
@@ -106,9 +124,9 @@ def running(manifests_dir: Path, data_dir: Path) -> Iterator[DevStack]:
         stack.stop()
 
 
-def serve(manifests_dir: Path, data_dir: Path, host: str, port: int) -> None:
+def serve(manifests_dir: Path, data_dir: Path, host: str, port: int, kafka: str | None = None) -> None:
     """Run until interrupted, printing the URL, an API key and a sample request first."""
-    with running(manifests_dir, data_dir) as stack:
+    with running(manifests_dir, data_dir, kafka) as stack:
         assert stack.engine is not None
         engine = stack.engine
         key = create_api_key(engine, DEV_TENANT, DEV_PRINCIPAL, ALL_ROLES)
@@ -116,6 +134,8 @@ def serve(manifests_dir: Path, data_dir: Path, host: str, port: int) -> None:
         workflows = [w.metadata["name"] for w in stack.resources if isinstance(w, Workflow)]
         print(f"aiplane dev: gateway on {url} (data in {data_dir})", flush=True)
         print(f"API key: {key}", flush=True)
+        if kafka is not None:
+            print(f"Kafka: events on {DEFAULT_EVENTS_TOPIC} at {kafka}", flush=True)
         if workflows:
             print(
                 "Try:\n"
