@@ -46,7 +46,7 @@ class KafkaBus:
         self.topic = topic
         self.client_id = client_id
         self.ack_timeout = ack_timeout
-        self._producer = clients.producer(
+        self._producer = clients.Producer(
             bootstrap_servers, client_id=client_id, ack_timeout=ack_timeout, **producer_overrides
         )
         self._subscriptions: list[KafkaSubscription] = []
@@ -55,8 +55,8 @@ class KafkaBus:
     # ---------------------------------------------------------------- publishing
 
     def publish(self, event: Event) -> None:
-        key, value, headers = codec.encode(event)
-        self._producer.send(self.topic, key=key, value=value, headers=headers).get(timeout=self.ack_timeout)
+        if self.publish_many([event]) != 1:
+            raise KafkaError(f"Kafka did not acknowledge event {event.id} within {self.ack_timeout}s")
 
     def publish_many(self, events: Sequence[Event]) -> int:
         futures = []
@@ -64,7 +64,7 @@ class KafkaBus:
             for event in events:
                 key, value, headers = codec.encode(event)
                 futures.append(self._producer.send(self.topic, key=key, value=value, headers=headers))
-            self._producer.flush(timeout=self.ack_timeout)
+            self._producer.flush()
         except KafkaError:
             # A send that could not even be queued (no metadata in time) or a flush that timed out: what was
             # acknowledged so far still counts, below.
@@ -72,10 +72,17 @@ class KafkaBus:
         accepted = 0
         for future in futures:
             if not (future.is_done and future.succeeded()):
-                if future.is_done:
-                    log.warning("Kafka refused event: %s", future.exception)
                 break
             accepted += 1
+        if accepted < len(events):
+            failed = futures[accepted] if accepted < len(futures) else None
+            log.warning(
+                "Kafka took %d of %d events (%s); starting a new producer",
+                accepted,
+                len(events),
+                failed.exception if failed is not None and failed.is_done else "timed out",
+            )
+            self._producer.reset()
         return accepted
 
     # ---------------------------------------------------------------- subscribing
@@ -101,7 +108,7 @@ class KafkaBus:
             subscriptions = list(self._subscriptions)
         for subscription in subscriptions:
             subscription.close()
-        self._producer.close(timeout=self.ack_timeout)
+        self._producer.close()
 
     def _forget(self, subscription: KafkaSubscription) -> None:
         with self._lock:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 
 def producer(bootstrap_servers: str, *, client_id: str, ack_timeout: float, **overrides: Any) -> KafkaProducer:
@@ -31,8 +32,67 @@ def producer(bootstrap_servers: str, *, client_id: str, ack_timeout: float, **ov
         "delivery_timeout_ms": max(timeout_ms, 2000),
         "reconnect_backoff_max_ms": 1000,
     }
+    if "bootstrap_timeout_ms" in KafkaProducer.DEFAULT_CONFIG:  # kafka-python 3; 2.x bootstraps lazily
+        config["bootstrap_timeout_ms"] = timeout_ms
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+class Producer:
+    """A producer that is replaced after a failed delivery.
+
+    kafka-python (3.0.12 measured) keeps an idempotent producer stuck once a record has expired undelivered (a broker
+    unreachable for longer than the delivery timeout): every later send times out too, after the broker is back.
+    The Java client bumps the producer epoch there; here the producer is closed and the next send makes a new one
+    (a new producer id), which fails fast while the broker is still away. Records the old one may still deliver
+    are duplicates that consumers drop by their ids.
+    """
+
+    def __init__(self, bootstrap_servers: str, *, client_id: str, ack_timeout: float, **overrides: Any) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.ack_timeout = ack_timeout
+        self._settings: dict[str, Any] = {"client_id": client_id, "ack_timeout": ack_timeout, **overrides}
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = producer(bootstrap_servers, **self._settings)
+
+    def _current(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = producer(self.bootstrap_servers, **self._settings)
+            return self._producer
+
+    def send(self, topic: str, *, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+        return self._current().send(topic, key=key, value=value, headers=headers)
+
+    def flush(self) -> None:
+        self._current().flush(timeout=self.ack_timeout)
+
+    def reset(self) -> None:
+        """Close the current producer without waiting; the next send starts a new one."""
+        with self._lock:
+            old, self._producer = self._producer, None
+        if old is not None:
+            _close(old, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            current, self._producer = self._producer, None
+        if current is not None:
+            _close(current, self.ack_timeout)
+
+
+def _close(kafka_producer: KafkaProducer, timeout: float) -> None:
+    """Close, giving up on records not delivered within ``timeout``.
+
+    kafka-python's ``close`` flushes first and raises when a record is still pending, leaving the producer open (its
+    ``__del__`` then raises again at garbage collection); the sender is force-closed here instead, which fails the
+    pending records' futures, and the producer marked closed.
+    """
+    try:
+        kafka_producer.close(timeout=timeout)
+    except KafkaError:
+        kafka_producer._sender.force_close()
+        kafka_producer._closed = True
 
 
 def consumer(bootstrap_servers: str, *, client_id: str, **overrides: Any) -> KafkaConsumer:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from connectors.kafka.clients import Producer
 
 HEADER_REASON = "aiplane-dlq-reason"
 HEADER_DETAIL = "aiplane-dlq-detail"
@@ -28,7 +30,7 @@ _DETAIL_LIMIT = 2000
 
 
 class DeadLetters:
-    def __init__(self, producer: KafkaProducer, topic: str, connector: str, ack_timeout: float) -> None:
+    def __init__(self, producer: Producer, topic: str, connector: str, ack_timeout: float) -> None:
         self.producer = producer
         self.topic = topic
         self.connector = connector
@@ -51,10 +53,14 @@ class DeadLetters:
     def confirm(self) -> int:
         """Wait until the broker has every queued record, or raise (the batch must then not be committed)."""
         pending, self._pending = self._pending, []
-        if pending:
-            self.producer.flush(timeout=self.ack_timeout)
-        for future in pending:
-            future.get(timeout=self.ack_timeout)
+        try:
+            if pending:
+                self.producer.flush()
+            for future in pending:
+                future.get(timeout=self.ack_timeout)
+        except KafkaError:
+            self.producer.reset()  # see clients.Producer
+            raise
         return len(pending)
 
     def discard(self) -> None:

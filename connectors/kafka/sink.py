@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from connectors.kafka import clients, metrics
 from engine.sinks import Record
 
@@ -26,7 +28,7 @@ class KafkaRecordSink:
         **producer_overrides: Any,
     ) -> None:
         self.ack_timeout = ack_timeout
-        self._producer = clients.producer(
+        self._producer = clients.Producer(
             bootstrap_servers, client_id=client_id, ack_timeout=ack_timeout, **producer_overrides
         )
 
@@ -34,8 +36,12 @@ class KafkaRecordSink:
         value = json.dumps(record.value, separators=(",", ":")).encode()
         headers = [(name, text.encode()) for name, text in record.headers.items()]
         future = self._producer.send(record.topic, key=record.key.encode(), value=value, headers=headers)
-        future.get(timeout=self.ack_timeout)
+        try:
+            future.get(timeout=self.ack_timeout)
+        except KafkaError:
+            self._producer.reset()  # see clients.Producer; the step's next attempt sends it again
+            raise
         metrics.RECORDS_SENT.labels(record.topic).inc()
 
     def close(self) -> None:
-        self._producer.close(timeout=self.ack_timeout)
+        self._producer.close()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.kafka import clients, deadletter, metrics
@@ -111,7 +111,7 @@ class KafkaSource:
         # kafka-python was seen not to rebalance when they became known).
         self.consumer.partitions_for_topic(spec.topic)
         self.consumer.subscribe([spec.topic])
-        producer = clients.producer(
+        producer = clients.Producer(
             spec.bootstrap_servers,
             client_id=f"aiplane-source-{settings.connector}-dlq",
             ack_timeout=settings.ack_timeout,
@@ -147,7 +147,7 @@ class KafkaSource:
     def close(self) -> None:
         """Leave the group (its partitions go to the other members at once) and close the clients."""
         self.consumer.close(autocommit=False)
-        self.dead_letters.producer.close(timeout=self.settings.ack_timeout)
+        self.dead_letters.producer.close()
 
     def __enter__(self) -> KafkaSource:
         return self
@@ -170,7 +170,7 @@ class KafkaSource:
         records = [record for partition_records in batches.values() for record in partition_records]
         try:
             result = self._take(records)
-            self.consumer.commit({tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batches.items() if rs})
+            self._commit(batches)
         except BaseException:
             self.dead_letters.discard()
             self._rewind(batches)
@@ -257,6 +257,14 @@ class KafkaSource:
         if key is None or key == "" or isinstance(key, dict | list):
             raise _MalformedError(f"idempotency key {expression!r} gave {key!r}; it must give a string or number")
         return str(key)
+
+    def _commit(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batches.items() if rs}
+        try:
+            self.consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # The group is moving partitions: whoever gets them reads the batch again and finds its tasks.
+            raise SourceStalledError("rebalance", f"offsets not committed: {exc}") from exc
 
     def _rewind(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Put each partition back to the batch's first message, so the next poll reads the batch again."""
