@@ -3,6 +3,7 @@ topic with their reason, offsets are committed only after the tasks are stored, 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -139,10 +140,11 @@ def test_a_message_field_as_key_dedupes_across_offsets_and_refuses_another_input
     dlq = kafka.new_topic(partitions=1, prefix="claims-dlq")
     config = settings(kafka, topic, idempotencyKey="value.claimId", deadLetterTopic=dlq)
     result = consume(start(engine, config, open_sources), 5)
-    assert (result.accepted, result.duplicates, result.dead_lettered) == (3, 1, 1)
+    assert result.duplicates >= 1  # the second C-1 (more if a rebalance made a batch be read again)
     assert sorted(task_keys(engine)) == ["C-1", "C-2", "C-3"]
-    [dead] = read_all(kafka.bootstrap_servers, dlq, 1)
-    assert headers(dead)["aiplane-dlq-reason"] == "idempotency-mismatch"
+    dead = read_all(kafka.bootstrap_servers, dlq, 1)
+    assert {headers(record)["aiplane-dlq-reason"] for record in dead} == {"idempotency-mismatch"}
+    assert {record.value for record in dead} == {json.dumps(values[3]).encode()}
 
 
 def test_malformed_invalid_and_refused_messages_go_to_the_dead_letter_topic_with_the_reason(
