@@ -50,7 +50,8 @@ def judge(thresholds: Analysis, m: Measurements) -> Verdict:
     """The verdict on one set of measurements; each failing metric is named with its value and threshold."""
     if m.requests < thresholds.min_requests:
         return Verdict(None, detail=f"canary served {m.requests:.0f} of the {thresholds.min_requests} requests needed")
-    error_rate = m.errors / m.requests if m.requests > 0 else 0.0
+    # Prometheus extrapolates each increase() on its own, so errors can come out a hair above requests.
+    error_rate = min(1.0, m.errors / m.requests) if m.requests > 0 else 0.0
     if error_rate > thresholds.max_error_rate:
         return Verdict(
             False, "error-rate", round(error_rate, 4), thresholds.max_error_rate,

@@ -55,3 +55,9 @@ def test_within_every_threshold_passes_and_reports_the_figures() -> None:
     assert verdict.passed is True
     assert "error rate 0.050" in verdict.describe()
     assert "drift not measured" in verdict.describe()
+
+
+def test_error_rate_is_capped_at_one_when_extrapolated_counts_disagree() -> None:
+    verdict = judge(THRESHOLDS, Measurements(requests=21.8, errors=22.0, p99_ms=10, drift=None))
+    assert verdict.passed is False
+    assert verdict.value == 1.0
