@@ -124,9 +124,12 @@ class InMemoryBus:
 class OutboxRelay:
     """Moves outbox rows to the bus, oldest first; safe to run in several processes at once.
 
-    Each batch is claimed ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) or under the write lock (SQLite), published,
-    and marked in the same transaction; a publish failure stops the batch there, keeping order, and the rest
-    waits for the next round.
+    PostgreSQL: each batch is claimed ``FOR UPDATE SKIP LOCKED``, published and marked in one transaction; the
+    row locks keep other relays off those rows and hold up nobody else. SQLite: its one write lock must not wait
+    on a broker's acknowledgements (a Kafka outage would stall every writer for the ack timeout), so a batch is
+    read, published outside any transaction, then marked; rounds take turns within a process, and relays in
+    several processes may publish a row twice, which at-least-once delivery allows (consumers dedupe by id).
+    Either way a publish failure stops the batch there, keeping order, and the rest waits for the next round.
     """
 
     def __init__(self, db: Database, bus: Bus, *, batch_size: int = 100, clock: Clock = utcnow) -> None:
@@ -134,29 +137,37 @@ class OutboxRelay:
         self.bus = bus
         self.batch_size = batch_size
         self.clock = clock
+        self._round = threading.Lock()
 
     def relay_once(self) -> int:
-        if self.db.is_sqlite:
-            # A read first: an idle relay should not take SQLite's single write lock every round.
-            with self.db.read() as conn:
-                if not outbox.has_unpublished(conn):
-                    return 0
-        with self.db.write() as conn:
-            events = outbox.claim_unpublished(conn, self.batch_size)
-            if isinstance(self.bus, BatchPublisher):
-                accepted = self.bus.publish_many(events) if events else 0
+        if not self.db.is_sqlite:
+            with self.db.write() as conn:
+                events = outbox.claim_unpublished(conn, self.batch_size)
+                accepted = self._publish(events)
                 outbox.mark_published(conn, [event.seq for event in events[:accepted]], self.clock())
                 return accepted
-            published: list[int] = []
-            for event in events:
-                try:
-                    self.bus.publish(event)
-                except Exception:
-                    log.exception("bus refused event %s %s; will retry", event.type, event.id)
-                    break
-                published.append(event.seq)
-            outbox.mark_published(conn, published, self.clock())
-            return len(published)
+        with self._round:
+            with self.db.read() as conn:
+                events = outbox.claim_unpublished(conn, self.batch_size)
+            accepted = self._publish(events)
+            if accepted:
+                with self.db.write() as conn:
+                    outbox.mark_published(conn, [event.seq for event in events[:accepted]], self.clock())
+            return accepted
+
+    def _publish(self, events: list[Event]) -> int:
+        """How many of ``events``, from the first, the bus accepted."""
+        if not events:
+            return 0
+        if isinstance(self.bus, BatchPublisher):
+            return self.bus.publish_many(events)
+        for count, event in enumerate(events):
+            try:
+                self.bus.publish(event)
+            except Exception:
+                log.exception("bus refused event %s %s; will retry", event.type, event.id)
+                return count
+        return len(events)
 
     def drain(self) -> int:
         """Relay until nothing is left (or the bus refuses); returns how many were published."""

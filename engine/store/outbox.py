@@ -75,7 +75,8 @@ def for_task(conn: sa.Connection, task_id: str, *, after_seq: int = 0, limit: in
 
 
 def claim_unpublished(conn: sa.Connection, limit: int) -> list[Event]:
-    """The oldest unpublished events, locked for this relay (other relays skip them) until the transaction ends."""
+    """The oldest unpublished events; on PostgreSQL locked for this relay (other relays skip them) until the
+    transaction ends. SQLite has no row locks: there it is a plain read (see engine.bus.OutboxRelay)."""
     rows = conn.execute(
         sa.select(events)
         .where(events.c.published_at.is_(None))
