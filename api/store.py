@@ -29,9 +29,6 @@ KEY_PREFIX = "aip_"
 class SqlHandle(Protocol):
     """What the gateway needs of the engine's ``Database`` (``Engine.db``)."""
 
-    @property
-    def engine(self) -> sa.Engine: ...
-
     def read(self) -> AbstractContextManager[sa.Connection]: ...
 
     def write(self) -> AbstractContextManager[sa.Connection]: ...
