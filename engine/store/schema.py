@@ -252,3 +252,35 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+# The audit log: append-only, hash-chained decision records (policies.audit defines the record and the chain).
+# ``seq`` is the chain position, assigned by the appender under the chain lock, so a gap is a deleted record.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", ID, nullable=False, unique=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(512), nullable=False),
+    sa.Column("decision", sa.String(32), nullable=False),
+    sa.Column("tenant", TENANT),
+    sa.Column("actor", TENANT),
+    # Canonical JSON as hashed; kept as the exact text so verification rehashes the stored bytes.
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index(None, "kind", "at"),
+    sa.Index(None, "tenant", "at"),
+)
+
+# One row (id 1): the chain's last seq and hash. Appenders lock it (FOR UPDATE) so concurrent appends make one
+# chain, and verification compares it with the last record, so deleting the newest records is detected too.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
