@@ -167,10 +167,17 @@ class ConnectorSpec(K8sModel):
 
 
 class ConnectorStatus(StatusBase):
-    """Observed state of a Connector. Conditions: Ready, Degraded."""
+    """Observed state of a Connector. Conditions: Ready, Degraded (BrokerUnreachable, TopicMissing, SecretMissing)."""
 
-    replicas: int | None = Field(default=None, ge=0, description="Consumer replicas running (kafkaSource).")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Consumer replicas asked for (kafkaSource): spec replicas, capped at partitions.",
+    )
     ready_replicas: int | None = Field(default=None, ge=0, description="Consumer replicas ready (kafkaSource).")
+    partitions: int | None = Field(
+        default=None, ge=0, description="Partitions of the topic, as the broker last reported them (Kafka types)."
+    )
 
 
 class Connector(Resource):
@@ -182,6 +189,15 @@ class Connector(Resource):
     PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
         PrinterColumn(name="Type", type="string", json_path=".spec.type", description="Kind of system."),
         condition_column("Ready"),
+        PrinterColumn(
+            name="Reason",
+            type="string",
+            json_path='.status.conditions[?(@.type=="Degraded")].reason',
+            description="Why the connector is degraded (AsExpected when it is not).",
+        ),
+        PrinterColumn(
+            name="Replicas", type="integer", json_path=".status.readyReplicas", description="Consumers ready."
+        ),
         age_column(),
     )
 
