@@ -126,7 +126,14 @@ class PostgresQuery(K8sModel):
     sql: str = Field(
         min_length=1,
         max_length=16384,
-        description="SQL with named parameters in the form :param, bound from the step's input.",
+        description="SQL with named parameters in the form :param, bound from the step's input; "
+        ":idempotency_key (the step's, the same on every attempt) and :task_id are always available.",
+    )
+    max_rows: int = Field(
+        default=1000,
+        ge=1,
+        le=100000,
+        description="Most rows a step may get back; a statement returning more fails instead of truncating.",
     )
 
 
@@ -139,6 +146,9 @@ class Postgres(K8sModel):
         max_length=64,
         description="Statements connector steps may run.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    pool_size: int = Field(
+        default=5, ge=1, le=100, description="Connections each worker process keeps open to this database."
     )
 
 
