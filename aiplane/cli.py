@@ -116,6 +116,53 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    """Verify or export the audit log straight from the engine's database (read-only)."""
+    import os
+
+    import sqlalchemy as sa
+
+    from engine.store.audit import AuditLog
+    from engine.store.database import Database
+
+    url = args.database or os.environ.get("AIPLANE_DATABASE_URL")
+    if url is None:
+        url = f"sqlite:///{(args.data_dir or Settings.from_env().data_dir) / 'engine.db'}"
+    db = Database(url, pool_size=1)
+    try:
+        log = AuditLog(db)
+        if args.action == "export":
+            if args.output is None:
+                count = log.export(sys.stdout, after_seq=args.after)
+            else:
+                with args.output.open("w") as out:
+                    count = log.export(out, after_seq=args.after)
+            print(f"exported {count} audit records", file=sys.stderr)
+            return 0
+        result = log.verify()
+    except sa.exc.SQLAlchemyError as error:
+        print(f"aiplane audit: cannot read the audit log at {db.url!r}: {error.__class__.__name__}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    for problem in result.problems:
+        print(f"TAMPERED {problem}")
+    last = f"; head {result.last.seq} {result.last.hash}" if result.last is not None else ""
+    verdict = "intact" if result.ok else f"{len(result.problems)} problem(s)"
+    print(f"audit log {verdict}: {result.records} records{last}")
+    return 0 if result.ok else 1
+
+
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = sub.add_parser("audit", help="verify or export the hash-chained audit log")
+    audit.add_argument("action", choices=["verify", "export"], help="verify: exit 1 and name every tampered record")
+    audit.add_argument("--database", default=None, help="engine database URL (AIPLANE_DATABASE_URL)")
+    audit.add_argument("--data-dir", type=Path, default=None, help="the dev data dir, when no URL is given")
+    audit.add_argument("--after", type=int, default=0, help="export: only records after this seq")
+    audit.add_argument("--output", "-o", type=Path, default=None, help="export: write here instead of stdout")
+    audit.set_defaults(func=_cmd_audit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiplane", description="A Kubernetes-native control plane for AI automation.")
     parser.add_argument("--version", action="version", version=f"aiplane {aiplane.__version__}")
@@ -185,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)
+
+    _add_audit(sub)
 
     validate = sub.add_parser("validate", help="check manifests against the aiplane.io schemas")
     validate.add_argument("paths", type=Path, nargs="+", help="YAML files or folders")

@@ -1,0 +1,146 @@
+"""The audit log's storage: records appended to one hash chain in the engine's database, read back to verify.
+
+``policies.audit`` defines records and their hashes; this module keeps them. Appends serialise on the chain head
+row: PostgreSQL locks it (``SELECT ... FOR UPDATE``) until the appending transaction ends, SQLite's write
+transactions are serial already (``BEGIN IMMEDIATE``). So concurrent appenders, in any number of processes, make
+one chain, and an append inside another write transaction (an approval decision) commits or rolls back with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import IO, Any
+
+import sqlalchemy as sa
+
+from engine.clock import Clock, new_id, utcnow
+from engine.store.database import Database, dialect_insert
+from engine.store.schema import audit_head, audit_log
+from policies.audit import GENESIS, Entry, Head, Record, Verification, canonical_json, seal, verify
+
+_HEAD_ID = 1
+_INSERT = sa.insert(audit_log)
+_LOCK_HEAD = sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
+
+
+def append(conn: sa.Connection, entry: Entry, *, now: datetime) -> Record:
+    """Append ``entry`` inside the caller's write transaction (the chain head stays locked until it ends)."""
+    conn.execute(
+        dialect_insert(conn, audit_head)
+        .values(id=_HEAD_ID, seq=0, hash=GENESIS, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    head = conn.execute(_LOCK_HEAD).one()
+    record = seal(entry, after=Head(head.seq, head.hash) if head.seq else None, record_id=new_id(), at=now)
+    conn.execute(_INSERT, _row(record))
+    conn.execute(
+        sa.update(audit_head)
+        .where(audit_head.c.id == _HEAD_ID)
+        .values(seq=record.seq, hash=record.hash, updated_at=now)
+    )
+    return record
+
+
+def _row(record: Record) -> dict[str, Any]:
+    return {
+        "seq": record.seq,
+        "id": record.id,
+        "at": record.at,
+        "kind": record.kind,
+        "subject": record.subject,
+        "decision": record.decision,
+        "tenant": record.tenant,
+        "actor": record.actor,
+        "details": record.details,
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+
+
+def _record(row: sa.Row[Any]) -> Record:
+    return Record(
+        seq=row.seq,
+        id=row.id,
+        at=row.at,
+        kind=row.kind,
+        subject=row.subject,
+        decision=row.decision,
+        tenant=row.tenant,
+        actor=row.actor,
+        details=row.details,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+class AuditLog:
+    """The audit log of one database: ``append`` a decision, read, ``verify`` or ``export`` the chain."""
+
+    def __init__(self, db: Database, *, clock: Clock = utcnow) -> None:
+        self.db = db
+        self.clock = clock
+
+    def append(
+        self,
+        kind: str,
+        subject: str,
+        decision: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        tenant: str | None = None,
+        actor: str | None = None,
+    ) -> Record:
+        """Record one decision in its own transaction; raises ``policies.audit.AuditEntryError`` on bad input."""
+        entry = Entry(kind, subject, decision, dict(details or {}), tenant=tenant, actor=actor)
+        with self.db.write() as conn:
+            return append(conn, entry, now=self.clock())
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sa.Connection]:
+        # One snapshot for the head and the records, so appends made while an export or a verification reads
+        # neither show up half-way nor look like tampering. SQLite's read transactions are snapshots already.
+        with self.db.engine.connect() as plain:
+            conn = plain if self.db.is_sqlite else plain.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    @staticmethod
+    def _head(conn: sa.Connection) -> Head | None:
+        row = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID)).first()
+        return None if row is None else Head(row.seq, row.hash)
+
+    @staticmethod
+    def _records(conn: sa.Connection, *, after_seq: int = 0) -> Iterator[Record]:
+        rows = conn.execution_options(yield_per=1000).execute(
+            sa.select(audit_log).where(audit_log.c.seq > after_seq).order_by(audit_log.c.seq)
+        )
+        for row in rows:
+            yield _record(row)
+
+    def head(self) -> Head | None:
+        with self.db.read() as conn:
+            return self._head(conn)
+
+    def records(self, *, after_seq: int = 0, limit: int = 1000) -> list[Record]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(audit_log).where(audit_log.c.seq > after_seq).order_by(audit_log.c.seq).limit(limit)
+            )
+            return [_record(row) for row in rows]
+
+    def verify(self) -> Verification:
+        """Check the whole chain against its head (see ``policies.audit.check`` for what is detected)."""
+        with self._snapshot() as conn:
+            head = self._head(conn)
+            return verify(self._records(conn), head)
+
+    def export(self, out: IO[str], *, after_seq: int = 0) -> int:
+        """Write the records after ``after_seq`` as JSON lines (each verifiable on its own); returns how many."""
+        count = 0
+        with self._snapshot() as conn:
+            for record in self._records(conn, after_seq=after_seq):
+                out.write(canonical_json(record.to_json()) + "\n")
+                count += 1
+        return count
