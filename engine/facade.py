@@ -32,6 +32,7 @@ from engine.executors.base import StepExecutor
 from engine.executors.connector import ConnectorExecutor
 from engine.executors.http import HttpCaller
 from engine.executors.model import ModelExecutor
+from engine.executors.postgres import PostgresClient
 from engine.executors.resolvers import (
     ConnectorResolver,
     ModelResolver,
@@ -92,6 +93,7 @@ class Engine:
         connector_resolver: ConnectorResolver | None = None,
         secret_resolver: SecretResolver | None = None,
         sink: RecordSink | None = None,
+        postgres: PostgresClient | None = None,
         priorities: PriorityPolicy | None = None,
         resilience: Resilience | None = None,
         http_client: httpx.Client | None = None,
@@ -131,6 +133,8 @@ class Engine:
         self.connector_resolver: ConnectorResolver = connector_resolver or StaticConnectorResolver()
         self.secret_resolver = secret_resolver
         self.sink: RecordSink = sink or InMemorySink()
+        #: Runs postgres connector steps (``connectors.postgres.PostgresClient``); the caller owns and closes it.
+        self.postgres = postgres
         self.http = HttpCaller(http_client, resilience)
         self.callback_sender = CallbackSender(
             self.db, clock, allow_private_networks=callbacks_to_private_networks, rng=rng
@@ -434,7 +438,9 @@ class Engine:
         """The step executors a worker of this engine uses, by step type."""
         return {
             "model": ModelExecutor(self.model_resolver, self.http, self.rng),
-            "connector": ConnectorExecutor(self.connector_resolver, self.http, self.secret_resolver, self.sink),
+            "connector": ConnectorExecutor(
+                self.connector_resolver, self.http, self.secret_resolver, self.sink, self.postgres
+            ),
             "rules": RulesExecutor(),
         }
 

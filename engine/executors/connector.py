@@ -1,4 +1,4 @@
-"""Connector steps: HTTP calls and kafkaSink records (PostgreSQL comes with the connectors issue)."""
+"""Connector steps: HTTP calls, PostgreSQL statements and kafkaSink records."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from crds.connector import HTTP, KafkaSink
+from crds.base import SecretKeyRef
+from crds.connector import HTTP, KafkaSink, Postgres
+from crds.workflow import ConnectorCall
 from engine.durations import parse_duration
 from engine.errors import StepError
 from engine.executors.base import StepContext, StepOutcome
 from engine.executors.http import HttpCaller
 from engine.executors.model import request_body
+from engine.executors.postgres import NO_DATABASE_CLIENT, PostgresClient, pick_query, query_params
 from engine.executors.resolvers import ConnectorResolver, SecretResolver
 from engine.flow import cel
 from engine.sinks import InMemorySink, Record, RecordSink
@@ -73,11 +76,13 @@ class ConnectorExecutor:
         http: HttpCaller,
         secrets: SecretResolver | None = None,
         sink: RecordSink | None = None,
+        postgres: PostgresClient | None = None,
     ) -> None:
         self.resolver = resolver
         self.http = http
         self.secrets = secrets
         self.sink: RecordSink = sink or InMemorySink()
+        self.postgres = postgres
 
     def execute(self, ctx: StepContext) -> StepOutcome:
         call = ctx.step.connector
@@ -90,9 +95,11 @@ class ConnectorExecutor:
             return StepOutcome(output=self._call_http(ctx, call.name, spec.http, payload))
         if spec.type == "kafkaSink" and spec.kafka_sink is not None:
             return StepOutcome(output=self._send_record(ctx, call.name, spec.kafka_sink, payload))
+        if spec.type == "postgres" and spec.postgres is not None:
+            return StepOutcome(output=self._run_query(ctx, call, spec.postgres, payload))
         raise StepError(
             UNSUPPORTED_CONNECTOR,
-            f"connector {call.name!r} is of type {spec.type}; connector steps support http and kafkaSink",
+            f"connector {call.name!r} is of type {spec.type}; connector steps support http, postgres and kafkaSink",
             retryable=False,
         )
 
@@ -140,20 +147,52 @@ class ConnectorExecutor:
                 timeout=timeout,
             )
 
+    def _run_query(self, ctx: StepContext, call: ConnectorCall, postgres: Postgres, payload: Any) -> Any:
+        name = call.name
+        query = pick_query(name, postgres, call.operation)
+        params = query_params(ctx, name, payload)
+        dsn = self._secret(name, postgres.dsn, "dsn")
+        if self.postgres is None:
+            raise StepError(
+                NO_DATABASE_CLIENT,
+                f"connector {name!r} is a postgres connector, and this engine was started without a PostgreSQL "
+                "client (Engine(postgres=connectors.postgres.PostgresClient()))",
+                retryable=False,
+            )
+        with tracer().start_as_current_span(
+            SPAN_CONNECTOR_CALL,
+            attributes={
+                ATTR_TASK_ID: ctx.task_id,
+                "aiplane.connector.name": name,
+                "db.system": "postgresql",
+                "db.operation.name": query.name,
+            },
+        ):
+            return self.postgres.run(
+                connector=name,
+                dsn=dsn,
+                query=query,
+                params=params,
+                timeout=ctx.timeout,
+                pool_size=postgres.pool_size,
+            )
+
     def _headers(self, name: str, http: HTTP) -> dict[str, str]:
         headers: dict[str, str] = {}
         for header in http.headers:
             if header.value is not None:
                 headers[header.name] = header.value
             elif header.value_from is not None:
-                ref = header.value_from
-                value = self.secrets.secret(ref.name, ref.key) if self.secrets else None
-                if value is None:
-                    raise StepError(
-                        SECRET_UNAVAILABLE,
-                        f"connector {name!r} header {header.name} needs secret {ref.name}/{ref.key}, "
-                        "which is not available",
-                        retryable=True,
-                    )
-                headers[header.name] = value
+                headers[header.name] = self._secret(name, header.value_from, f"header {header.name}")
         return headers
+
+    def _secret(self, name: str, ref: SecretKeyRef, what: str) -> str:
+        """A Secret's value; retryable when missing, as a Secret may be created after the Connector."""
+        value = self.secrets.secret(ref.name, ref.key) if self.secrets else None
+        if value is None:
+            raise StepError(
+                SECRET_UNAVAILABLE,
+                f"connector {name!r} {what} needs secret {ref.name}/{ref.key}, which is not available",
+                retryable=True,
+            )
+        return value

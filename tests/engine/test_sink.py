@@ -64,7 +64,12 @@ def test_sink_value_projection_and_default_key(tmp_path: Path) -> None:
 
 
 def test_unsupported_connector_type_fails_without_retry(tmp_path: Path) -> None:
-    connectors = {"db": {"type": "postgres", "postgres": {"dsn": {"name": "pg", "key": "dsn"}}}}
+    connectors = {
+        "db": {
+            "type": "kafkaSource",
+            "kafkaSource": {"bootstrapServers": "unused:9092", "topic": "claims-in", "workflow": "query"},
+        }
+    }
     with _engine(tmp_path, connectors, InMemorySink()) as engine:
         engine.register_workflow("query", {"steps": [{"name": "q", "type": "connector", "connector": {"name": "db"}}]})
         with fast_worker(engine):
@@ -74,4 +79,4 @@ def test_unsupported_connector_type_fails_without_retry(tmp_path: Path) -> None:
         assert step.attempts == 1
         assert task.error is not None
         assert task.error["kind"] == "UnsupportedConnector"
-        assert "connector steps support http and kafkaSink" in task.error["message"]
+        assert "connector steps support http, postgres and kafkaSink" in task.error["message"]
