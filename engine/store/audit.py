@@ -43,6 +43,35 @@ def append(conn: sa.Connection, entry: Entry, *, now: datetime) -> Record:
     return record
 
 
+def append_approval(
+    conn: sa.Connection,
+    task: sa.Row[Any],
+    approval: sa.Row[Any],
+    *,
+    approver: str,
+    decision: str,
+    reason: str,
+    state: str,
+    approvals: int,
+    now: datetime,
+) -> Record:
+    """The audit record of one approver's decision (engine.runtime.transitions.decide)."""
+    details = {
+        "task": task.id,
+        "workflow": task.workflow,
+        "workflowVersion": task.workflow_version,
+        "submittedBy": task.submitted_by,
+        "step": approval.step,
+        "roles": list(approval.roles),
+        "reason": reason,
+        "state": str(state),
+        "approvals": approvals,
+        "quorum": approval.quorum,
+    }
+    subject = f"task/{task.id}/approval/{approval.id}"
+    return append(conn, Entry("approval", subject, decision, details, tenant=task.tenant, actor=approver), now=now)
+
+
 def _row(record: Record) -> dict[str, Any]:
     return {
         "seq": record.seq,
