@@ -41,7 +41,7 @@ from engine.models import TERMINAL_TASK_STATES, ApprovalState, StepState, TaskSt
 from engine.payloads import Encoded, PayloadCodec
 from engine.retry import is_retryable, retry_delay
 from engine.runtime.queue import PriorityPolicy
-from engine.store import outbox
+from engine.store import audit, outbox
 from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
 
 # Reasons a task is dead-lettered.
@@ -527,6 +527,18 @@ class StateMachine:
                 "approvals": approved,
                 "quorum": approval.quorum,
             },
+            now=now,
+        )
+        # In this transaction: a decision is never in effect without its audit record, nor recorded if undone.
+        audit.append_approval(
+            conn,
+            task,
+            approval,
+            approver=approver,
+            decision=decision,
+            reason=reason,
+            state=state,
+            approvals=approved,
             now=now,
         )
         if state == ApprovalState.PENDING:
