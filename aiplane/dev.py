@@ -26,6 +26,7 @@ from api.auth import create_api_key
 from api.settings import GatewaySettings
 from connectors.kafka.bus import DEFAULT_EVENTS_TOPIC
 from connectors.kafka.embedded import EmbeddedKafka
+from connectors.postgres import PostgresClient
 from crds import Connector, Model, Resource, Workflow
 from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
@@ -49,6 +50,8 @@ class DevStack:
     #: A Kafka broker (host:port) to use as the bus and sink, with the kafkaSource Connectors run in-process.
     kafka: str | None = None
     embedded_kafka: EmbeddedKafka | None = None
+    #: Runs the postgres Connectors' statements (a pool per Connector).
+    postgres: PostgresClient = field(default_factory=PostgresClient)
 
     def _of(self, kind: type[Resource]) -> list[Any]:
         return [resource for resource in self.resources if isinstance(resource, kind)]
@@ -81,6 +84,7 @@ class DevStack:
             connector_resolver=StaticConnectorResolver(connectors),
             sink=self.embedded_kafka.sink if self.embedded_kafka is not None else self.sink,
             bus=self.embedded_kafka.bus if self.embedded_kafka is not None else None,
+            postgres=self.postgres,
             # On one machine the callback receiver is usually a local process too.
             callbacks_to_private_networks=True,
         )
@@ -97,6 +101,7 @@ class DevStack:
             self.embedded_kafka.close()
         if self.engine is not None:
             self.engine.close()
+        self.postgres.close()
         for server in self.servers:
             server.stop()
 
