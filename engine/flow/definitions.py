@@ -7,7 +7,6 @@ version they started with, because specs are never updated in place.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -16,14 +15,13 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import ValidationError
 
+from crds import checks
 from crds.workflow import WorkflowSpec
-from engine.errors import InvalidRequestError, StepError, WorkflowNotFoundError
-from engine.flow import cel
+from engine.errors import InvalidRequestError, WorkflowNotFoundError
 from engine.store.database import dialect_insert
 from engine.store.schema import workflow_heads, workflows
-from engine.store.types import dumps
 
-VERSION_LENGTH = 16
+VERSION_LENGTH = checks.VERSION_LENGTH
 
 
 def parse_spec(spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowSpec:
@@ -33,77 +31,15 @@ def parse_spec(spec: WorkflowSpec | Mapping[str, Any]) -> WorkflowSpec:
             spec = WorkflowSpec.model_validate(spec)
         except ValidationError as exc:
             raise InvalidRequestError(f"invalid workflow spec: {exc}", field="spec") from exc
-    _check_graph(spec)
-    _check_cel(spec)
+    # The same checks the Workflow operator reports as its Valid condition; the first one is refused here.
+    found = checks.problems(spec)
+    if found:
+        raise InvalidRequestError(found[0].message, field=found[0].field)
     return spec
 
 
-def canonical(spec: WorkflowSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def version_of(spec: WorkflowSpec) -> str:
-    return hashlib.sha256(dumps(canonical(spec)).encode()).hexdigest()[:VERSION_LENGTH]
-
-
-def _check_graph(spec: WorkflowSpec) -> None:
-    # The apiserver enforces these with the CRD's x-kubernetes-validations; specs registered directly
-    # (aiplane dev, tests, the gateway) are checked here the same way.
-    names = [step.name for step in spec.steps]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise InvalidRequestError(f"step names must be unique; repeated: {', '.join(duplicates)}", field="steps")
-    known = set(names)
-    for step in spec.steps:
-        block = getattr(step, step.type)
-        if block is None:
-            raise InvalidRequestError(
-                f"step {step.name!r} has type {step.type} but no '{step.type}' block", field=f"steps.{step.name}"
-            )
-        for other in ("model", "connector", "rules", "approval"):
-            if other != step.type and getattr(step, other) is not None:
-                raise InvalidRequestError(
-                    f"step {step.name!r} has type {step.type} and may not have a '{other}' block",
-                    field=f"steps.{step.name}.{other}",
-                )
-        if step.next is not None and step.end:
-            raise InvalidRequestError(f"step {step.name!r} sets both next and end", field=f"steps.{step.name}.next")
-        references = {"next": step.next}
-        if step.rules is not None:
-            references["rules.default"] = step.rules.default
-            references.update({f"rules.branches[{i}].next": b.next for i, b in enumerate(step.rules.branches)})
-        if step.approval is not None:
-            references["approval.onReject"] = step.approval.on_reject
-            references["approval.onExpire"] = step.approval.on_expire
-        for where, target in references.items():
-            if target is not None and target not in known:
-                raise InvalidRequestError(
-                    f"step {step.name!r} {where} names {target!r}, which is not a step of this workflow",
-                    field=f"steps.{step.name}.{where}",
-                )
-    if spec.sla is not None and spec.sla.escalate_to is not None and spec.sla.escalate_to not in known:
-        raise InvalidRequestError(
-            f"sla.escalateTo names {spec.sla.escalate_to!r}, which is not a step of this workflow",
-            field="sla.escalateTo",
-        )
-
-
-def _check_cel(spec: WorkflowSpec) -> None:
-    """Compile every CEL expression now, so a typo is refused at registration rather than dead-lettering tasks."""
-    for step in spec.steps:
-        expressions: dict[str, str] = {}
-        if step.model is not None:
-            expressions.update({f"model.input.{k}": v for k, v in step.model.input.items()})
-        if step.connector is not None:
-            expressions.update({f"connector.input.{k}": v for k, v in step.connector.input.items()})
-        if step.rules is not None:
-            expressions.update({f"rules.set.{k}": v for k, v in step.rules.set.items()})
-            expressions.update({f"rules.branches[{i}].when": b.when for i, b in enumerate(step.rules.branches)})
-        for where, expression in expressions.items():
-            try:
-                cel.compile_expression(expression, where=f"step {step.name!r} {where}")
-            except StepError as exc:
-                raise InvalidRequestError(exc.message, field=f"steps.{step.name}.{where}") from exc
+canonical = checks.canonical
+version_of = checks.version_of
 
 
 def register(conn: sa.Connection, name: str, spec: WorkflowSpec, now: datetime) -> str:
