@@ -28,6 +28,7 @@ from api.state import Gateway
 from api.store import ApiKeyStore
 from api.telemetry import install_span_store
 from engine import Engine, IdempotencyStore, TaskSpanStore
+from policies.ratelimit import RateLimiter
 
 TITLE = "aiplane gateway"
 VERSION = "v1"
@@ -43,11 +44,13 @@ def create_app(
     settings: GatewaySettings | None = None,
     *,
     span_store: TaskSpanStore | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """The gateway for ``engine``.
 
     ``span_store``: where ``GET /v1/tasks/{id}/trace`` reads spans from; by default the process's store on the
     global TracerProvider (installed if there is none; see ``api.telemetry.install_span_store``).
+    ``rate_limiter``: token buckets per tenant and priority class (``policies.ratelimit``); none by default.
     """
     settings = settings or GatewaySettings()
     keys = ApiKeyStore(engine.db, cache_ttl=settings.api_key_cache_ttl)
@@ -62,6 +65,7 @@ def create_app(
             clock=engine.clock,
         ),
         spans=span_store or install_span_store(),
+        limiter=rate_limiter or RateLimiter(),
     )
 
     @asynccontextmanager

@@ -84,6 +84,23 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
+def check_rate(gw: Gateway, tenant: str, priority: str | None) -> None:
+    """429 with ``Retry-After`` when ``tenant`` is over a rate limit (``policies.ratelimit``; ``priority`` None for
+    a model call). Called after authentication, so a flood of bad keys does not spend a tenant's tokens."""
+    refusal = gw.limiter.take(tenant, priority)
+    if refusal is not None:
+        raise ProblemError(
+            429,
+            "rate-limited",
+            refusal.describe(),
+            headers={"Retry-After": refusal.retry_after_header},
+            tenant=tenant,
+            priority=refusal.priority,
+            limit=refusal.rate,
+            burst=refusal.burst,
+        )
+
+
 def _check_roles(principal: Principal, allowed: frozenset[str]) -> None:
     if not principal.has_any(allowed):
         raise ProblemError(

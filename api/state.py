@@ -15,6 +15,7 @@ from api.store import ApiKeyStore
 from api.upstream import ModelClient
 from api.validation import InputValidators
 from engine import Engine, IdempotencyStore, TaskSpanStore
+from policies.ratelimit import RateLimiter
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Gateway:
     http: ModelClient | None = None
     #: Task submissions, written in batches (group commit).
     submissions: SubmitBatcher = field(init=False)
+    #: Token buckets per tenant and priority class (none by default); see ``api.auth.check_rate``.
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     def __post_init__(self) -> None:
         self.submissions = SubmitBatcher(self.engine)

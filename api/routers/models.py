@@ -28,7 +28,7 @@ from opentelemetry import propagate
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.asgi import ClientGoneError, handled, read_body, route_path
-from api.auth import SUBMITTERS, authorize
+from api.auth import SUBMITTERS, authorize, check_rate
 from api.problems import FieldError, ProblemError, field_error, problem_responses
 from api.state import Gateway
 from api.telemetry import MODEL_CALL_DURATION, gateway_span, mark_error
@@ -177,6 +177,7 @@ _BodyReader = Callable[[], Awaitable[bytes]]
 async def call_model(gw: Gateway, request: Request, name: str, api: str, read_body: _BodyReader) -> Answer:
     """The model's answer to this request (status below 400), or a ``ProblemError`` saying why there is none."""
     principal = await authorize(request, gw, SUBMITTERS)
+    check_rate(gw, principal.tenant, None)
     with gateway_span(request, "predict", tenant=principal.tenant) as span:
         span.set_attribute("aiplane.model.name", name)
         endpoints = gw.engine.model_resolver.endpoints(name)

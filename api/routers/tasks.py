@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry.trace import Span
 
-from api.auth import Reader, Submitter
+from api.auth import Reader, Submitter, check_rate
 from api.problems import ProblemError, field_error, problem_responses
 from api.schemas import (
     ULID_PATTERN,
@@ -85,7 +85,7 @@ def _get_view(gw: Gateway, tenant: str, task_id: str) -> TaskView:
             "description": "Accepted: the task runs (mode=async, or mode=sync whose wait ran out); see Location.",
             "headers": {"Location": {"description": "URL of the task.", "schema": {"type": "string"}}},
         },
-        **problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
+        **problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     },
 )
 async def submit_task(
@@ -129,6 +129,7 @@ async def accept(
 ) -> Response:
     """Submit a task for an authenticated submitter (the route and ``api.fast_submit`` both answer with this)."""
     tenant = principal.tenant
+    check_rate(gw, tenant, body.priority)
     _check_key(idempotency_key)
     deadline = _deadline(body)
     sync = (mode or body.mode or "async") == "sync"
