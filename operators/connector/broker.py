@@ -1,0 +1,80 @@
+"""Asks a Kafka broker how many partitions a topic has: the cap on a source's consumers, and the check that the
+broker is reachable and the topic exists. Blocking (kafka-python); the reconciler runs it in a thread."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+UNKNOWN_TOPIC = 3  # Kafka's UNKNOWN_TOPIC_OR_PARTITION error code
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the broker said: ``partitions`` when the topic exists; ``error`` (a sentence) when unreachable."""
+
+    partitions: int | None = None
+    error: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """SASL credentials read from the Connector's Secret refs."""
+
+    mechanism: str
+    username: str
+    password: str
+    tls: bool
+
+
+def partitions(
+    bootstrap_servers: str, topic: str, *, credentials: Credentials | None = None, timeout_s: float = 5.0
+) -> Probe:
+    timeout_ms = int(timeout_s * 1000)
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "client_id": "aiplane-operator",
+        "request_timeout_ms": timeout_ms,
+        "bootstrap_timeout_ms": timeout_ms,
+        "reconnect_backoff_max_ms": 1000,
+    }
+    if credentials is not None:
+        config.update(
+            security_protocol="SASL_SSL" if credentials.tls else "SASL_PLAINTEXT",
+            sasl_mechanism=credentials.mechanism,
+            sasl_plain_username=credentials.username,
+            sasl_plain_password=credentials.password,
+        )
+    try:
+        admin = KafkaAdminClient(**config)
+    except (KafkaError, OSError, ValueError) as error:
+        return Probe(error=f"cannot reach a broker at {bootstrap_servers}: {_describe(error)}")
+    try:
+        described = admin.describe_topics([topic])
+    except (KafkaError, OSError) as error:
+        return Probe(error=f"broker {bootstrap_servers} did not describe topic {topic!r}: {_describe(error)}")
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+    for entry in described:
+        if entry.get("name", entry.get("topic")) != topic:
+            continue
+        code = int(entry.get("error_code", 0))
+        if code == UNKNOWN_TOPIC:
+            return Probe(partitions=None)
+        if code != 0:
+            return Probe(error=f"broker {bootstrap_servers} answered error code {code} for topic {topic!r}")
+        return Probe(partitions=len(entry.get("partitions") or []))
+    return Probe(partitions=None)
+
+
+def _describe(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

@@ -1,0 +1,145 @@
+"""Pure builders: a Connector in, what it needs out: the secret keys it reads, the consumer count a topic allows,
+and a kafkaSource's consumer Deployment (a plain dict, ready for server-side apply).
+
+The Deployment carries no secret value: the store URL and SASL credentials come from Secret refs as environment
+variables, and the ``kafkaSource`` block (which holds refs only) as JSON in another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from crds.base import SecretKeyRef
+from crds.connector import Connector, KafkaAuth
+from operators.connector.config import Config
+
+GROUP, VERSION = "aiplane.io", "v1alpha1"
+FIELD_MANAGER = "aiplane-operator"
+LABEL_CONNECTOR = "aiplane.io/connector"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+COMPONENT = "kafka-source"
+# Selects every consumer Deployment of every Connector, for the operator's own watches.
+CHILD_SELECTOR = {LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_COMPONENT: COMPONENT}
+CONTAINER = "source"
+TENANT_ANNOTATION = "aiplane.io/tenant"
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        # controller + blockOwnerDeletion: the garbage collector deletes the Deployment with the Connector.
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Connector",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def deployment_name(connector: str) -> str:
+    return f"{connector}-source"
+
+
+def secret_refs(connector: Connector, config: Config) -> list[tuple[str, SecretKeyRef]]:
+    """(field, ref) for every Secret key the Connector needs, the store's for a kafkaSource included."""
+    spec = connector.spec
+    refs: list[tuple[str, SecretKeyRef]] = []
+    kafka = spec.kafka_source or spec.kafka_sink
+    if kafka is not None and kafka.auth is not None:
+        block = "kafkaSource" if spec.kafka_source is not None else "kafkaSink"
+        refs += [(f"spec.{block}.auth.username", kafka.auth.username)]
+        refs += [(f"spec.{block}.auth.password", kafka.auth.password)]
+    if spec.kafka_source is not None:
+        store = SecretKeyRef(name=config.store_secret, key=config.store_key)
+        refs.append(("the engine store's URL (operator setting AIPLANE_STORE_SECRET)", store))
+    if spec.http is not None:
+        refs += [(f"spec.http.headers[{h.name}].valueFrom", h.value_from) for h in spec.http.headers if h.value_from]
+    if spec.postgres is not None:
+        refs.append(("spec.postgres.dsn", spec.postgres.dsn))
+    return refs
+
+
+def consumers(asked: int, partitions: int) -> int:
+    """A consumer group gives each partition to one member: members beyond the partitions would only idle."""
+    return max(min(asked, partitions), 0)
+
+
+def tenant(connector: Connector) -> str:
+    """The tenant a source's tasks belong to: the ``aiplane.io/tenant`` annotation, else the namespace."""
+    annotations = connector.metadata.get("annotations") or {}
+    return str(annotations.get(TENANT_ANNOTATION) or connector.metadata["namespace"])
+
+
+def labels(connector: str) -> dict[str, str]:
+    return {LABEL_CONNECTOR: connector, **CHILD_SELECTOR, "app.kubernetes.io/name": connector}
+
+
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _auth_env(auth: KafkaAuth | None) -> list[dict[str, Any]]:
+    if auth is None:
+        return []
+    return [
+        _secret_env("AIPLANE_KAFKA_SASL_USERNAME", auth.username),
+        _secret_env("AIPLANE_KAFKA_SASL_PASSWORD", auth.password),
+    ]
+
+
+def deployment(connector: Connector, owner: Owner, replicas: int, config: Config) -> dict[str, Any]:
+    """The consumer Deployment of a kafkaSource Connector, ``replicas`` consumers (see ``consumers``)."""
+    source = connector.spec.kafka_source
+    if source is None:
+        raise ValueError(f"Connector {owner.name} is of type {connector.spec.type}, not kafkaSource")
+    block = json.dumps(source.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+    env = [
+        {"name": "AIPLANE_CONNECTOR_SPEC", "value": block},
+        _secret_env("AIPLANE_STORE_URL", SecretKeyRef(name=config.store_secret, key=config.store_key)),
+        *_auth_env(source.auth),
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": config.image,
+        # $(VAR) is expanded by the kubelet from the container's env, so the values stay out of the spec.
+        "args": [
+            *("python", "-m", "connectors.kafka", "source"),
+            *("--connector", owner.name),
+            *("--tenant", tenant(connector)),
+            *("--spec", "$(AIPLANE_CONNECTOR_SPEC)"),
+            *("--db-url", "$(AIPLANE_STORE_URL)"),
+        ],
+        "env": env,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+    }
+    selector = {LABEL_CONNECTOR: owner.name, LABEL_COMPONENT: COMPONENT}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": labels(owner.name),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            # A consumer that leaves hands its partitions to the others only after a rebalance; replacing one at
+            # a time keeps the group consuming during a rollout.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels(owner.name)},
+                "spec": {"containers": [container], "enableServiceLinks": False},
+            },
+        },
+    }

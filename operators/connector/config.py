@@ -1,0 +1,30 @@
+"""Settings of the Connector operator, from the environment (the chart sets them on the operator Deployment)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    # Image of the consumer Deployments: aiplane itself (``python -m connectors.kafka source ...``).
+    image: str = "aiplane/aiplane:0.1.0"
+    # Secret (in the Connector's namespace) whose key holds the engine store's URL, which the consumers write
+    # tasks into; a URL carries a password, so it never goes into the Deployment itself.
+    store_secret: str = "aiplane-store"
+    store_key: str = "url"
+    # How often Kafka Connectors are looked at again (broker, topic, partitions, secrets), besides every change.
+    recheck_s: float = 30.0
+    # Longest wait for the broker when asking for a topic's partitions.
+    broker_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            image=os.environ.get("AIPLANE_CONNECTOR_IMAGE", cls.image),
+            store_secret=os.environ.get("AIPLANE_STORE_SECRET", cls.store_secret),
+            store_key=os.environ.get("AIPLANE_STORE_SECRET_KEY", cls.store_key),
+            recheck_s=float(os.environ.get("AIPLANE_CONNECTOR_RECHECK_S", cls.recheck_s)),
+            broker_timeout_s=float(os.environ.get("AIPLANE_CONNECTOR_BROKER_TIMEOUT_S", cls.broker_timeout_s)),
+        )

@@ -1,0 +1,187 @@
+"""One reconcile of one Connector: resolve its secrets, ask the broker, apply the consumer Deployment, fold status.
+
+The broker is asked when the Connector changes and on the recheck timer, not when its Deployment's status moves
+(pods starting would otherwise cost a broker round trip each); those reconciles reuse the last answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+import pydantic
+
+from crds.connector import Connector, ConnectorSpec, ConnectorStatus
+from operators.connector import broker, builders
+from operators.connector import status as statuses
+from operators.connector.config import Config
+from operators.model.kube import Kube
+
+log = logging.getLogger(__name__)
+PLURAL = "connectors"
+MERGE = "application/merge-patch+json"
+Prober = Callable[..., broker.Probe]
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    config: Config
+    prober: Prober = broker.partitions
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    # Connector uid -> the broker's last answer, and the status this process last wrote.
+    _probes: dict[str, broker.Probe] = field(default_factory=dict)
+    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Connector uid -> digest of the Deployment this process last applied, and the generation that made.
+    _applied: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        self._locks.pop((namespace, name), None)
+        for cache in (self._probes, self._written, self._applied):
+            cache.pop(uid or "", None)
+
+    def invalidate(self, uid: str, generation: int | None) -> None:
+        """The Deployment changed (``generation``) or was deleted (None): apply it again next time, unless the
+        change was the one this process made."""
+        known = self._applied.get(uid)
+        if known is not None and (generation is None or known[1] != generation):
+            del self._applied[uid]
+
+    async def converge(
+        self, body: Mapping[str, Any], consumers: statuses.Consumers | None, *, ask_broker: bool
+    ) -> None:
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        key = (str(meta["namespace"]), str(meta["name"]))
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            await self._converge(body, consumers, ask_broker=ask_broker)
+
+    async def _converge(
+        self, body: Mapping[str, Any], consumers: statuses.Consumers | None, *, ask_broker: bool
+    ) -> None:
+        meta = dict(body["metadata"])
+        namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+        generation = int(meta.get("generation") or 0)
+        raw_status = self._written.get(uid) or dict(body.get("status") or {})
+        try:
+            previous = ConnectorStatus.model_validate(raw_status) if raw_status else None
+        except pydantic.ValidationError:
+            previous = None
+        try:
+            spec = ConnectorSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as error:
+            problems = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            log.warning("connector spec does not parse", extra={"connector": f"{namespace}/{name}", "detail": problems})
+            return
+        connector = Connector(metadata=meta, spec=spec, status=previous)
+        missing, credentials = await asyncio.to_thread(self._resolve, connector)
+        kafka = spec.kafka_source or spec.kafka_sink
+        probe: broker.Probe | None = None
+        if kafka is not None and not missing:
+            probe = self._probes.get(uid)
+            if ask_broker or probe is None:
+                probe = await asyncio.to_thread(
+                    self.prober,
+                    kafka.bootstrap_servers,
+                    kafka.topic,
+                    credentials=credentials,
+                    timeout_s=self.config.broker_timeout_s,
+                )
+                self._probes[uid] = probe
+        desired: int | None = None
+        source = spec.kafka_source
+        if source is not None and probe is not None and probe.partitions is not None:
+            desired = builders.consumers(source.replicas, probe.partitions)
+            owner = builders.Owner(name=name, namespace=namespace, uid=uid)
+            await self._apply(uid, builders.deployment(connector, owner, desired, self.config))
+        found = statuses.Found(missing_secrets=missing, probe=probe, consumers=consumers, desired=desired)
+        folded = statuses.fold(connector, generation=generation, found=found, now=self.clock())
+        await self._write_status(namespace, name, uid, folded)
+
+    def _resolve(self, connector: Connector) -> tuple[list[str], broker.Credentials | None]:
+        """What is missing of the Secret keys the Connector names, and its SASL credentials when all are there."""
+        namespace = str(connector.metadata["namespace"])
+        secrets: dict[str, dict[str, str] | None] = {}
+        missing: list[str] = []
+        for where, ref in builders.secret_refs(connector, self.config):
+            if ref.name not in secrets:
+                secrets[ref.name] = self._secret_data(namespace, ref.name)
+            data = secrets[ref.name]
+            if data is None:
+                missing.append(f"Secret {ref.name!r} (for {where}) does not exist")
+            elif ref.key not in data:
+                missing.append(f"Secret {ref.name!r} has no key {ref.key!r} (for {where})")
+        kafka = connector.spec.kafka_source or connector.spec.kafka_sink
+        if missing or kafka is None or kafka.auth is None:
+            return missing, None
+        auth = kafka.auth
+        user = secrets[auth.username.name] or {}
+        password = secrets[auth.password.name] or {}
+        credentials = broker.Credentials(
+            mechanism=auth.mechanism,
+            username=_decode(user[auth.username.key]),
+            password=_decode(password[auth.password.key]),
+            tls=auth.tls,
+        )
+        return missing, credentials
+
+    def _secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = self.kube.core.read_namespaced_secret(name, namespace)
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {key: value if isinstance(value, str) else value.decode() for key, value in (secret.data or {}).items()}
+
+    async def _apply(self, uid: str, deployment: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(deployment, sort_keys=True).encode()).hexdigest()
+        if self._applied.get(uid, ("", 0))[0] == digest:
+            return
+        stored = await asyncio.to_thread(self.kube.apply, deployment)
+        self._applied[uid] = (digest, int(stored.get("metadata", {}).get("generation") or 0))
+        meta = deployment["metadata"]
+        log.info(
+            "applied",
+            extra={
+                "connector": f"{meta['namespace']}/{meta['ownerReferences'][0]['name']}",
+                "objects": [f"Deployment/{meta['name']}"],
+                "replicas": deployment["spec"]["replicas"],
+            },
+        )
+
+    async def _write_status(self, namespace: str, name: str, uid: str, status: ConnectorStatus) -> None:
+        body = statuses.to_patch(status)
+        if self._written.get(uid) == body:
+            return
+        try:
+            await asyncio.to_thread(
+                self.kube.custom.patch_namespaced_custom_object_status,
+                builders.GROUP,
+                builders.VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": body},
+                _content_type=MERGE,
+                _preload_content=False,
+            )
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        self._written[uid] = body
+
+
+def _decode(value: str) -> str:
+    return base64.b64decode(value).decode() if value else ""

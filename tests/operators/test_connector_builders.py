@@ -1,0 +1,112 @@
+"""The Connector operator's pure parts without a cluster: the consumer Deployment, the secret refs, the replica cap,
+and how findings fold into Ready and Degraded."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from crds.connector import Connector
+from operators.connector import builders, status
+from operators.connector.broker import Probe
+from operators.connector.config import Config
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+CONFIG = Config(image="aiplane/aiplane:test")
+OWNER = builders.Owner(name="intake", namespace="ns", uid="u-1")
+
+
+def connector(type_: str = "kafkaSource", annotations: dict[str, str] | None = None, **block: Any) -> Connector:
+    blocks: dict[str, dict[str, Any]] = {
+        "kafkaSource": {"bootstrapServers": "kafka:9092", "topic": "claims-in", "workflow": "triage"},
+        "kafkaSink": {"bootstrapServers": "kafka:9092", "topic": "claims-out"},
+        "http": {"url": "https://example.com/x"},
+        "postgres": {"dsn": {"name": "db", "key": "dsn"}},
+    }
+    metadata: dict[str, Any] = {"name": "intake", "namespace": "ns", "uid": "u-1", "generation": 3}
+    if annotations:
+        metadata["annotations"] = annotations
+    return Connector.model_validate({"metadata": metadata, "spec": {"type": type_, type_: {**blocks[type_], **block}}})
+
+
+def test_the_consumer_deployment_runs_the_source_runtime_with_no_secret_in_it() -> None:
+    auth = {"username": {"name": "kafka-user", "key": "user"}, "password": {"name": "kafka-user", "key": "pass"}}
+    source = connector(auth=auth, replicas=4)
+    deployment = builders.deployment(source, OWNER, 2, CONFIG)
+    assert deployment["metadata"]["name"] == "intake-source"
+    assert deployment["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert deployment["spec"]["replicas"] == 2
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "aiplane/aiplane:test"
+    assert container["args"][:4] == ["python", "-m", "connectors.kafka", "source"]
+    assert container["args"][4:] == [
+        "--connector", "intake", "--tenant", "ns",
+        "--spec", "$(AIPLANE_CONNECTOR_SPEC)", "--db-url", "$(AIPLANE_STORE_URL)",
+    ]  # fmt: skip
+    env = {e["name"]: e for e in container["env"]}
+    assert json.loads(env["AIPLANE_CONNECTOR_SPEC"]["value"])["topic"] == "claims-in"
+    assert env["AIPLANE_STORE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "aiplane-store", "key": "url"}}
+    assert env["AIPLANE_KAFKA_SASL_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "kafka-user", "key": "pass"}}
+    # Secret refs only: no env var of the Deployment carries a literal value other than the refs-only spec block.
+    assert [e["name"] for e in container["env"] if "value" in e] == ["AIPLANE_CONNECTOR_SPEC"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_tenant_annotation_names_the_tenant() -> None:
+    source = connector(annotations={builders.TENANT_ANNOTATION: "acme"})
+    args = builders.deployment(source, OWNER, 1, CONFIG)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--tenant") + 1] == "acme"
+
+
+def test_consumers_are_capped_at_the_partitions() -> None:
+    assert builders.consumers(4, 2) == 2
+    assert builders.consumers(1, 3) == 1
+
+
+def test_every_secret_ref_is_listed_with_where_it_comes_from() -> None:
+    http = connector("http", headers=[{"name": "Authorization", "valueFrom": {"name": "api", "key": "token"}}])
+    assert [(where, ref.name, ref.key) for where, ref in builders.secret_refs(http, CONFIG)] == [
+        ("spec.http.headers[Authorization].valueFrom", "api", "token")
+    ]
+    source = builders.secret_refs(connector(), CONFIG)
+    assert [(ref.name, ref.key) for _, ref in source] == [("aiplane-store", "url")]
+
+
+def test_a_source_with_its_consumers_ready_is_ready_and_says_why_it_has_fewer() -> None:
+    found = status.Found([], Probe(partitions=2), status.Consumers(desired=2, ready=2), desired=2)
+    folded = status.fold(connector(replicas=4), generation=3, found=found, now=NOW)
+    ready, degraded = folded.conditions
+    assert (ready.status, ready.reason) == ("True", "ConsumersReady")
+    assert "2/2 consumers ready" in ready.message
+    assert "replicas is 4; topic 'claims-in' has 2 partitions" in ready.message
+    assert (degraded.status, degraded.reason) == ("False", "AsExpected")
+    assert (folded.replicas, folded.ready_replicas, folded.partitions, folded.observed_generation) == (2, 2, 2, 3)
+
+
+def test_each_problem_is_a_reason_with_what_to_fix() -> None:
+    cases = [
+        (
+            status.Found(["Secret 'db' (for spec.postgres.dsn) does not exist"]),
+            "SecretMissing",
+            "create it in namespace ns",
+        ),
+        (
+            status.Found([], Probe(error="cannot reach a broker at kafka:9092: timeout")),
+            "BrokerUnreachable",
+            "bootstrapServers",
+        ),
+        (status.Found([], Probe(partitions=None)), "TopicMissing", "topic 'claims-in' does not exist on kafka:9092"),
+    ]
+    for found, reason, says in cases:
+        ready, degraded = status.fold(connector(), generation=1, found=found, now=NOW).conditions
+        assert (ready.status, ready.reason, degraded.status, degraded.reason) == ("False", reason, "True", reason)
+        assert says in degraded.message
+
+
+def test_call_time_connectors_are_ready_when_their_secrets_resolve() -> None:
+    ready, degraded = status.fold(connector("postgres"), generation=1, found=status.Found([]), now=NOW).conditions
+    assert (ready.status, ready.reason, degraded.status) == ("True", "Resolved", "False")
+    folded = status.fold(connector("postgres"), generation=1, found=status.Found([]), now=NOW)
+    assert (folded.replicas, folded.ready_replicas) == (None, None)
