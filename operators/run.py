@@ -16,12 +16,17 @@ import kopf
 import kubernetes
 
 from operators import peering
+from operators.connector import handlers as connector_handlers
+from operators.connector.config import Config as ConnectorConfig
+from operators.connector.reconciler import Reconciler as ConnectorReconciler
 from operators.model import handlers as model_handlers
 from operators.model.analysis import PrometheusAnalyzer
 from operators.model.config import Config
 from operators.model.kube import Kube, new_api_client
 from operators.model.reconciler import Reconciler
 from operators.model.rollout import Event
+from operators.workflow import handlers as workflow_handlers
+from operators.workflow.reconciler import Reconciler as WorkflowReconciler
 
 log = logging.getLogger(__name__)
 KOPF_PREFIX = "operator.aiplane.io"
@@ -85,9 +90,16 @@ def run(
     ensure_peering(client)
     analyzer = PrometheusAnalyzer(config.prometheus_url) if config.prometheus_url else None
     reconciler = Reconciler(kube=Kube(client), config=config, post_event=_post_event, analyzer=analyzer)
+    workflows = WorkflowReconciler(custom=kubernetes.client.CustomObjectsApi(client))
+    connectors = ConnectorReconciler(kube=Kube(client), config=ConnectorConfig.from_env())
+    handlers = [model_handlers.__name__, workflow_handlers.__name__, connector_handlers.__name__]
     log.info(
         "operator starting",
-        extra={"operators": ["model"], "handlers": model_handlers.__name__, "prometheus": config.prometheus_url},
+        extra={
+            "operators": ["model", "workflow", "connector"],
+            "handlers": handlers,
+            "prometheus": config.prometheus_url,
+        },
     )
     loop = asyncio.new_event_loop()
     # Applies and status writes are blocking client calls run in threads; the default pool (cores + 4) would
@@ -98,7 +110,7 @@ def run(
         peering_name=peering.PEERING_NAME,
         priority=peering.start_priority(),
         settings=settings(peering_lifetime_s),
-        memo=kopf.Memo(model_reconciler=reconciler),
+        memo=kopf.Memo(model_reconciler=reconciler, workflow_reconciler=workflows, connector_reconciler=connectors),
         liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         loop=loop,
