@@ -27,9 +27,10 @@ from api.settings import GatewaySettings
 from connectors.kafka.bus import DEFAULT_EVENTS_TOPIC
 from connectors.kafka.embedded import EmbeddedKafka
 from connectors.postgres import PostgresClient
-from crds import Connector, Model, Resource, Workflow
+from crds import Connector, Model, Policy, Resource, Workflow
 from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
+from policies.sources import PolicySet
 
 DEV_TENANT = "dev"
 DEV_PRINCIPAL = "dev"
@@ -50,6 +51,8 @@ class DevStack:
     #: A Kafka broker (host:port) to use as the bus and sink, with the kafkaSource Connectors run in-process.
     kafka: str | None = None
     embedded_kafka: EmbeddedKafka | None = None
+    #: The manifests' Policies, for the gateway and engine to enforce (in a cluster: policies.sources_kube).
+    policies: PolicySet = field(default_factory=PolicySet)
     #: Runs the postgres Connectors' statements (a pool per Connector).
     postgres: PostgresClient = field(default_factory=PostgresClient)
 
@@ -58,6 +61,7 @@ class DevStack:
 
     def start(self) -> Engine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.policies.replace(self._of(Policy))
         for model in self._of(Model):
             name = model.metadata["name"]
             server = ModelServer(

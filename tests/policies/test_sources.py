@@ -1,0 +1,34 @@
+"""The policy set enforcement points read: cached effective policies, and a change visible to the next call."""
+
+from __future__ import annotations
+
+from crds.policy import Policy
+from policies.effective import Target
+from policies.sources import PolicySet
+
+TARGET = Target("Workflow", "claims", "default", {"team": "claims"})
+
+
+def residency(name: str, *regions: str) -> Policy:
+    return Policy.model_validate(
+        {"metadata": {"name": name, "namespace": "default"}, "spec": {"residency": {"regions": list(regions)}}}
+    )
+
+
+def test_effective_policies_are_cached_until_a_change() -> None:
+    policies = PolicySet([residency("eu", "eu-west", "eu-central")])
+    first = policies.effective(TARGET)
+    assert first.regions == frozenset({"eu-west", "eu-central"})
+    assert policies.effective(TARGET) is first  # cached
+
+    policies.put(residency("strict", "eu-west"))
+    assert policies.effective(TARGET).regions == frozenset({"eu-west"})
+    policies.put(residency("strict", "eu-central"))  # the same policy, changed
+    assert policies.effective(TARGET).regions == frozenset({"eu-central"})
+    policies.remove(("default", "strict"))
+    assert policies.effective(TARGET).regions == frozenset({"eu-west", "eu-central"})
+    policies.replace([])
+    assert policies.effective(TARGET).sources == ()
+    assert policies.revision == 4
+    policies.remove(("default", "absent"))
+    assert policies.revision == 4
