@@ -31,7 +31,7 @@ from crds.workflow import Backoff
 from engine import metrics
 from engine.clock import Clock, new_id
 from engine.errors import StepError
-from engine.executors.connector import check_destination
+from engine.executors.destinations import check_destination
 from engine.executors.http import USER_AGENT, classify_status
 from engine.payloads import Encoded
 from engine.retry import backoff_delay

@@ -439,7 +439,7 @@ class Engine:
         return {
             "model": ModelExecutor(self.model_resolver, self.http, self.rng),
             "connector": ConnectorExecutor(
-                self.connector_resolver, self.http, self.secret_resolver, self.sink, self.postgres
+                self.connector_resolver, self.http, self.secret_resolver, self.sink, postgres=self.postgres
             ),
             "rules": RulesExecutor(),
         }

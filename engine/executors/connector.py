@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import string
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from crds.base import SecretKeyRef
 from crds.connector import HTTP, KafkaSink, Postgres
@@ -15,6 +13,7 @@ from crds.workflow import ConnectorCall
 from engine.durations import parse_duration
 from engine.errors import StepError
 from engine.executors.base import StepContext, StepOutcome
+from engine.executors.destinations import Resolver, check_destination, resolve_host
 from engine.executors.http import HttpCaller
 from engine.executors.model import request_body
 from engine.executors.postgres import NO_DATABASE_CLIENT, PostgresClient, pick_query, query_params
@@ -26,7 +25,6 @@ from engine.tracing import ATTR_TASK_ID, SPAN_CONNECTOR_CALL, tracer
 CONNECTOR_NOT_FOUND = "ConnectorNotFound"
 UNSUPPORTED_CONNECTOR = "UnsupportedConnector"
 INVALID_INPUT = "InvalidInput"
-DESTINATION_REFUSED = "DestinationRefused"
 SECRET_UNAVAILABLE = "SecretUnavailable"
 
 
@@ -45,30 +43,6 @@ def render_url(template: str, values: Any) -> tuple[str, set[str]]:
     return template.format_map({name: quote(str(values[name]), safe="") for name in fields}), set(fields)
 
 
-def check_destination(url: str, allow_private_networks: bool) -> None:
-    """Refuse loopback, private, link-local and reserved addresses unless the connector allows them (SSRF).
-
-    Resolves the host now; a name whose DNS answer changes between this check and the call could still
-    slip through (DNS rebinding), which network policy, not this check, has to stop.
-    """
-    if allow_private_networks:
-        return
-    host = urlsplit(url).hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError as exc:
-        raise StepError("ConnectionError", f"cannot resolve {host!r}: {exc}", retryable=True) from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise StepError(
-                DESTINATION_REFUSED,
-                f"{host} resolves to non-public address {address}; set allowPrivateNetworks on the connector "
-                "if this is intended",
-                retryable=False,
-            )
-
-
 class ConnectorExecutor:
     def __init__(
         self,
@@ -76,13 +50,16 @@ class ConnectorExecutor:
         http: HttpCaller,
         secrets: SecretResolver | None = None,
         sink: RecordSink | None = None,
+        *,
         postgres: PostgresClient | None = None,
+        resolve: Resolver = resolve_host,
     ) -> None:
         self.resolver = resolver
         self.http = http
         self.secrets = secrets
         self.sink: RecordSink = sink or InMemorySink()
         self.postgres = postgres
+        self.resolve = resolve
 
     def execute(self, ctx: StepContext) -> StepOutcome:
         call = ctx.step.connector
@@ -121,7 +98,7 @@ class ConnectorExecutor:
 
     def _call_http(self, ctx: StepContext, name: str, http: HTTP, payload: Any) -> Any:
         url, used = render_url(http.url, payload)
-        check_destination(url, http.allow_private_networks)
+        allow = http.allow_private_networks
         params: dict[str, str] | None = None
         body = payload
         if http.method in ("GET", "DELETE"):
@@ -145,6 +122,8 @@ class ConnectorExecutor:
                 params=params,
                 headers=self._headers(name, http),
                 timeout=timeout,
+                # Checked for the URL and for every redirect; the call connects to the address that was checked.
+                guard=lambda target: check_destination(target, allow, self.resolve),
             )
 
     def _run_query(self, ctx: StepContext, call: ConnectorCall, postgres: Postgres, payload: Any) -> Any:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import email.utils
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -91,11 +92,13 @@ class HttpCaller:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float,
+        guard: Guard | None = None,
     ) -> Any:
         """Send the request and return the response body (JSON decoded when JSON, else text).
 
         Raises ``StepError`` classified for retries, or ``StepDeferredError`` (circuit open / budget spent)
-        before anything is sent.
+        before anything is sent. With a ``guard`` (the SSRF check), the URL and every redirect target pass it
+        and the request goes to the address it returns; without one, redirects are not followed.
         """
         endpoint = endpoint_of(url)
         self.resilience.admit(downstream, endpoint, is_retry=ctx.is_retry)
@@ -108,21 +111,37 @@ class HttpCaller:
             "Idempotency-Key": ctx.idempotency_key,
         }
         inject_headers(sent)
-        try:
-            response = self.client.request(
-                method,
-                url,
-                json=body if method not in ("GET", "DELETE") else None,
-                params=params,
-                headers=sent,
+        target = Hop(method, url, body if method not in ("GET", "DELETE") else None, params, sent)
+        for _ in range(MAX_REDIRECTS + 1):
+            address = guard(target.url) if guard is not None else None
+            request = self.client.build_request(
+                target.method,
+                target.url,
+                json=target.body,
+                params=target.params,
+                headers=target.headers,
                 timeout=httpx.Timeout(timeout),
             )
-        except httpx.TimeoutException as exc:
-            breaker.record_failure()
-            raise StepError(TIMEOUT, f"{method} {endpoint} took longer than {timeout:g}s", retryable=True) from exc
-        except httpx.TransportError as exc:
-            breaker.record_failure()
-            raise StepError(CONNECTION_ERROR, f"{method} {endpoint} failed: {exc}", retryable=True) from exc
+            if address is not None:
+                pin(request, address)
+            try:
+                # Never let the client follow redirects itself (an injected client may be set to): each hop has
+                # to pass the guard first.
+                response = self.client.send(request, follow_redirects=False)
+            except httpx.TimeoutException as exc:
+                breaker.record_failure()
+                raise StepError(TIMEOUT, f"{method} {endpoint} took longer than {timeout:g}s", retryable=True) from exc
+            except httpx.TransportError as exc:
+                breaker.record_failure()
+                raise StepError(CONNECTION_ERROR, f"{method} {endpoint} failed: {exc}", retryable=True) from exc
+            if guard is None or not response.has_redirect_location:
+                break
+            target = target.redirected(response)
+            response.close()
+        else:
+            raise StepError(
+                TOO_MANY_REDIRECTS, f"{method} {endpoint} redirected more than {MAX_REDIRECTS} times", retryable=False
+            )
         if response.status_code >= 500:
             breaker.record_failure()
         else:
@@ -130,14 +149,59 @@ class HttpCaller:
             breaker.record_success()
         if response.status_code >= 300:
             kind, retryable = classify_status(response.status_code)
+            detail = response.text[:500]
+            if response.is_redirect:
+                detail = f"redirect to {response.headers.get('Location')!r}, which is not followed here"
             raise StepError(
                 kind,
-                f"{method} {endpoint} answered {response.status_code}: {response.text[:500]}",
+                f"{method} {endpoint} answered {response.status_code}: {detail}",
                 retryable=retryable,
                 status=response.status_code,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         return decode_body(response)
+
+
+#: Checks a URL before it is called; returns the address to connect to (None: resolve as usual) or raises.
+Guard = Callable[[str], str | None]
+MAX_REDIRECTS = 5
+TOO_MANY_REDIRECTS = "TooManyRedirects"
+# Headers that may follow a redirect to another origin: the caller's own (credentials from Secrets) may not.
+_CROSS_ORIGIN_SAFE = frozenset({"user-agent", "accept", "idempotency-key", "traceparent", "tracestate"})
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One request of a call that may be redirected."""
+
+    method: str
+    url: str
+    body: Any
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str]
+
+    def redirected(self, response: httpx.Response) -> Hop:
+        """The request a redirect asks for, as browsers and httpx make it: 303 (and 301/302 after a POST) turn into
+        a body-less GET, 307/308 repeat the request; credentials stay behind when the origin changes."""
+        location = httpx.URL(self.url).join(response.headers["Location"])
+        method, body = self.method, self.body
+        if (response.status_code == 303 and method != "HEAD") or (
+            response.status_code in (301, 302) and method == "POST"
+        ):
+            method, body = "GET", None
+        headers = self.headers
+        if httpx.URL(self.url).netloc != location.netloc or httpx.URL(self.url).scheme != location.scheme:
+            headers = {k: v for k, v in headers.items() if k.lower() in _CROSS_ORIGIN_SAFE}
+        # The query parameters were made part of the URL the server answered; the Location replaces them.
+        return Hop(method, str(location), body, None, headers)
+
+
+def pin(request: httpx.Request, address: str) -> None:
+    """Connect to ``address`` (checked by the guard) instead of resolving the host again, keeping the Host header
+    and the TLS server name (SNI and certificate check) of the original host."""
+    host = request.url.host
+    request.url = request.url.copy_with(host=address)
+    request.extensions["sni_hostname"] = host
 
 
 def decode_body(response: httpx.Response) -> Any:

@@ -14,7 +14,8 @@ from crds.workflow import Backoff, Retry, WorkflowSpec
 from engine.clock import new_id
 from engine.durations import parse_duration
 from engine.errors import StepDeferredError, StepError
-from engine.executors.connector import check_destination, render_url
+from engine.executors.connector import render_url
+from engine.executors.destinations import check_destination
 from engine.executors.http import classify_status, parse_retry_after
 from engine.executors.resolvers import pick_endpoint
 from engine.flow import graph
