@@ -146,10 +146,20 @@ class PolicySpec(K8sModel):
     payload_logging: PayloadLogging | None = Field(default=None, description="Sampled payload logs.")
 
 
+class Selection(K8sModel):
+    """Names of the resources a Policy selects, per kind (the first 100 of each kind, sorted)."""
+
+    workflows: list[ShortText] = Field(default_factory=list, max_length=100, description="Workflows selected.")
+    models: list[ShortText] = Field(default_factory=list, max_length=100, description="Models selected.")
+    connectors: list[ShortText] = Field(default_factory=list, max_length=100, description="Connectors selected.")
+
+
 class PolicyStatus(StatusBase):
-    """Observed state of a Policy. Conditions: Ready."""
+    """Observed state of a Policy. Conditions: Ready (False with the offending rule and error when the policy
+    cannot be enforced as written)."""
 
     selected: int | None = Field(default=None, ge=0, description="Resources the policy currently selects.")
+    selection: Selection | None = Field(default=None, description="Which resources it selects, per kind.")
 
 
 class Policy(Resource):
