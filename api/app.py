@@ -28,6 +28,7 @@ from api.state import Gateway
 from api.store import ApiKeyStore
 from api.telemetry import install_span_store
 from engine import Engine, IdempotencyStore, TaskSpanStore
+from policies.access_oidc import OIDCVerifier
 from policies.ratelimit import RateLimiter
 
 TITLE = "aiplane gateway"
@@ -45,12 +46,14 @@ def create_app(
     *,
     span_store: TaskSpanStore | None = None,
     rate_limiter: RateLimiter | None = None,
+    oidc: OIDCVerifier | None = None,
 ) -> FastAPI:
     """The gateway for ``engine``.
 
     ``span_store``: where ``GET /v1/tasks/{id}/trace`` reads spans from; by default the process's store on the
     global TracerProvider (installed if there is none; see ``api.telemetry.install_span_store``).
     ``rate_limiter``: token buckets per tenant and priority class (``policies.ratelimit``); none by default.
+    ``oidc``: accept OIDC bearer tokens (JWTs verified against the issuer's JWKS) besides API keys.
     """
     settings = settings or GatewaySettings()
     keys = ApiKeyStore(engine.db, cache_ttl=settings.api_key_cache_ttl)
@@ -66,6 +69,7 @@ def create_app(
         ),
         spans=span_store or install_span_store(),
         limiter=rate_limiter or RateLimiter(),
+        oidc=oidc,
     )
 
     @asynccontextmanager

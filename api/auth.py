@@ -1,8 +1,10 @@
-"""Authentication (``Authorization: Bearer <api key>``) and role checks, as FastAPI dependencies.
+"""Authentication (``Authorization: Bearer <API key or OIDC token>``), role checks and rate limits.
 
-A key maps to a tenant, a principal name and roles (``crds.base.Role``). Every route that touches tasks or
-approvals runs as the key's tenant: the engine is always asked with that tenant, so another tenant's ids are
-simply not found (404, never 403, so ids do not leak across tenants).
+An API key (``aip_...``) maps to a tenant, a principal name and roles (``crds.base.Role``), from the engine's
+database. When the gateway has an OIDC verifier, any other bearer token is taken as a JWT from the identity
+provider: tenant, subject and roles come from its claims (``policies.access_oidc``). Every route that touches
+tasks or approvals runs as the caller's tenant: the engine is always asked with that tenant, so another tenant's
+ids are simply not found (404, never 403, so ids do not leak across tenants).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import ProblemError
 from api.state import Gateway, gateway
-from api.store import ApiKeyStore, Principal
+from api.store import KEY_PREFIX, ApiKeyStore, Principal
 from engine import Engine
+from policies.access_oidc import Identity, JwksUnavailableError, TokenError
 
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="apiKey",
-    description="An aiplane API key: `Authorization: Bearer aip_...`.",
+    description="An aiplane API key (`Authorization: Bearer aip_...`) or, where the gateway is configured for "
+    "OIDC, an access token (JWT) of the identity provider.",
 )
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="aiplane"'}
@@ -58,9 +62,13 @@ async def _principal(request: Request, gw: Gateway, key: str | None) -> Principa
             "this request needs an API key: send it as 'Authorization: Bearer <key>'",
             headers=_CHALLENGE,
         )
-    found, principal = gw.keys.cached(key)
-    if not found:
-        principal = await anyio.to_thread.run_sync(gw.keys.verify, key)
+    principal: Principal | None
+    if gw.oidc is not None and not key.startswith(KEY_PREFIX):
+        principal = await _token_principal(gw, key)
+    else:
+        found, principal = gw.keys.cached(key)
+        if not found:
+            principal = await anyio.to_thread.run_sync(gw.keys.verify, key)
     if principal is None:
         raise ProblemError(
             401,
@@ -71,6 +79,36 @@ async def _principal(request: Request, gw: Gateway, key: str | None) -> Principa
     request.state.tenant = principal.tenant
     request.state.principal = principal.name
     return principal
+
+
+async def _token_principal(gw: Gateway, token: str) -> Principal:
+    verifier = gw.oidc
+    assert verifier is not None
+    identity = verifier.cached(token)
+    if identity is None:
+        try:
+            identity = await anyio.to_thread.run_sync(verifier.verify, token)
+        except TokenError as exc:
+            raise ProblemError(
+                401,
+                "invalid-token",
+                f"{exc.reason}; send a valid access token of the configured identity provider, or an API key",
+                headers={"WWW-Authenticate": 'Bearer realm="aiplane", error="invalid_token"'},
+            ) from exc
+        except JwksUnavailableError as exc:
+            raise ProblemError(
+                503,
+                "identity-provider-unavailable",
+                f"the identity provider's signing keys cannot be fetched ({exc}); retry shortly",
+                headers={"Retry-After": "5"},
+            ) from exc
+    return _from_identity(identity)
+
+
+def _from_identity(identity: Identity) -> Principal:
+    return Principal(
+        tenant=identity.tenant, name=identity.subject, roles=identity.roles, key_id=f"oidc:{identity.subject}"
+    )
 
 
 def require(*roles: str) -> Callable[..., Awaitable[Principal]]:

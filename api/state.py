@@ -5,6 +5,7 @@ One ``Gateway`` per app, kept on ``app.state.gateway`` and handed to routes by t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -14,7 +15,9 @@ from api.settings import GatewaySettings
 from api.store import ApiKeyStore
 from api.upstream import ModelClient
 from api.validation import InputValidators
+from crds.policy import Policy
 from engine import Engine, IdempotencyStore, TaskSpanStore
+from policies.access_oidc import OIDCVerifier
 from policies.ratelimit import RateLimiter
 
 
@@ -32,6 +35,11 @@ class Gateway:
     submissions: SubmitBatcher = field(init=False)
     #: Token buckets per tenant and priority class (none by default); see ``api.auth.check_rate``.
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    #: Verifies OIDC bearer tokens (JWTs) besides API keys; None accepts API keys only.
+    oidc: OIDCVerifier | None = None
+    #: The Policies that govern a workflow (by name), for the checks the gateway makes at call time (separation
+    #: of duties); none until a policy source is plugged in.
+    governing: Callable[[str], Sequence[Policy]] = field(default=lambda workflow: ())
 
     def __post_init__(self) -> None:
         self.submissions = SubmitBatcher(self.engine)

@@ -13,7 +13,8 @@ from api.schemas import ULID_PATTERN, ApprovalPage, ApprovalView, ApproveRequest
 from api.state import Gateway, gateway
 from api.store import Principal
 from api.telemetry import gateway_span
-from engine import ATTR_TASK_ID, Approval
+from engine import ATTR_TASK_ID, Approval, Task
+from policies.access import separation_required, separation_violation
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 
@@ -140,6 +141,14 @@ async def _decide(
         current = await anyio.to_thread.run_sync(lambda: engine.approval(approval_id, tenant=principal.tenant))
         span.set_attribute(ATTR_TASK_ID, current.task_id)
         request.state.task_id = current.task_id
+        if approve:
+            task: Task = await anyio.to_thread.run_sync(lambda: engine.get(principal.tenant, current.task_id))
+            # Separation of duties, where a governing Policy's approval rule asks for it (rejecting stays open:
+            # a submitter may stop their own task).
+            required = separation_required(gw.governing(task.workflow), default=False)
+            violation = separation_violation(task.submitted_by, principal.name, required=required)
+            if violation is not None:
+                raise ProblemError(403, "separation-of-duties", violation, task_id=task.id, approval_id=approval_id)
         decide = engine.approve if approve else engine.reject
 
         def run() -> Approval:

@@ -1,0 +1,267 @@
+"""OIDC bearer tokens: JWTs signed with keys generated here, verified against a JWKS that a real local HTTP server
+serves (PyJWT does the verifying; nothing of it is mocked)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi.testclient import TestClient
+
+from api import create_app
+from crds.policy import RoleBinding
+from engine import Engine
+from policies.access_oidc import JwksUnavailableError, OIDCConfig, OIDCVerifier, TokenError
+from tests.api.conftest import SETTINGS, Keys, Upstream, assert_problem, auth
+
+ISSUER = "https://idp.example.test/"
+AUDIENCE = "aiplane"
+
+
+class Signer:
+    """A signing key of the test's identity provider and its public JWK."""
+
+    def __init__(self, kid: str, alg: str) -> None:
+        self.kid = kid
+        self.alg = alg
+        if alg == "RS256":
+            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            self.jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key()))
+        else:
+            self.private = ec.generate_private_key(ec.SECP256R1())
+            self.jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.private.public_key()))
+        self.jwk.update(kid=kid, use="sig", alg=alg)
+
+    def token(self, **overrides: Any) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "dana@acme.example",
+            "tenant": "acme",
+            "roles": ["submitter"],
+            "iat": now,
+            "exp": now + 300,
+        }
+        claims.update(overrides)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return jwt.encode(claims, self.private, algorithm=self.alg, headers={"kid": self.kid})
+
+
+class JwksServer:
+    """The identity provider's JWKS endpoint: a real HTTP server on 127.0.0.1 that counts its fetches."""
+
+    def __init__(self, *signers: Signer) -> None:
+        self.keys = [s.jwk for s in signers]
+        self.fetches = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.fetches += 1
+                body = json.dumps({"keys": server.keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Signer:
+    return Signer("rsa-1", "RS256")
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> Signer:
+    return Signer("ec-1", "ES256")
+
+
+@pytest.fixture
+def jwks(rsa_key: Signer, ec_key: Signer) -> Iterator[JwksServer]:
+    server = JwksServer(rsa_key, ec_key)
+    yield server
+    server.close()
+
+
+def verifier(jwks: JwksServer, **config: Any) -> OIDCVerifier:
+    return OIDCVerifier(OIDCConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks.url, **config))
+
+
+# ---------------------------------------------------------------- the verifier
+
+
+def test_rs256_and_es256_tokens_give_tenant_subject_and_roles(
+    jwks: JwksServer, rsa_key: Signer, ec_key: Signer
+) -> None:
+    check = verifier(jwks)
+    identity = check.verify(rsa_key.token(roles=["submitter", "approver", "superuser"], groups=["claims-team"]))
+    assert (identity.tenant, identity.subject) == ("acme", "dana@acme.example")
+    assert identity.roles == {"submitter", "approver"}  # unknown role names are ignored
+    assert identity.groups == {"claims-team"}
+    assert check.verify(ec_key.token(roles="auditor admin", tenant="globex")).roles == {"auditor", "admin"}
+    assert jwks.fetches == 1  # one JWKS fetch serves both keys
+    token = rsa_key.token()
+    check.verify(token)
+    assert check.cached(token) is not None  # the event loop's look-up, no I/O
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": int(time.time()) - 120}, "expired"),
+        ({"nbf": int(time.time()) + 600}, "not valid yet"),
+        ({"aud": "someone-else"}, "not for this API"),
+        ({"iss": "https://evil.example.test/"}, "not from the configured issuer"),
+        ({"exp": None}, "lacks the 'exp' claim"),
+        ({"sub": None}, "lacks the 'sub' claim"),
+        ({"tenant": None}, "no 'tenant' claim"),
+    ],
+)
+def test_claims_are_checked(jwks: JwksServer, rsa_key: Signer, claims: dict[str, Any], reason: str) -> None:
+    with pytest.raises(TokenError, match=reason):
+        verifier(jwks).verify(rsa_key.token(**claims))
+
+
+def test_only_allowed_algorithms_and_matching_keys_verify(jwks: JwksServer, rsa_key: Signer, ec_key: Signer) -> None:
+    check = verifier(jwks)
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "tenant": "acme", "exp": int(time.time()) + 60}
+    forged = {
+        # The classic confusion: HMAC "signed" with something public.
+        "HS256": jwt.encode(
+            claims, "a-public-value-used-as-an-hmac-secret", algorithm="HS256", headers={"kid": "rsa-1"}
+        ),
+        "none": jwt.encode(claims, "", algorithm="none", headers={"kid": "rsa-1"}),
+    }
+    for alg, token in forged.items():
+        with pytest.raises(TokenError, match=r"algorithm .* is not accepted"):
+            check.verify(token)
+        assert alg
+    # An ES256 signature presented under the RSA key's kid.
+    mismatched = jwt.encode(claims, ec_key.private, algorithm="ES256", headers={"kid": "rsa-1"})
+    with pytest.raises(TokenError, match="is for RS256, not ES256"):
+        check.verify(mismatched)
+    # A valid signature over altered claims.
+    header, _, signature = rsa_key.token().split(".")
+    altered = jwt.utils.base64url_encode(json.dumps({**claims, "tenant": "globex"}).encode()).decode()
+    with pytest.raises(TokenError, match="invalid"):
+        check.verify(f"{header}.{altered}.{signature}")
+    with pytest.raises(TokenError, match="not a JWT"):
+        check.verify("not-a-token")
+    with pytest.raises(ValueError, match="asymmetric"):
+        OIDCConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks.url, algorithms=["HS256"])
+
+
+def test_an_unknown_kid_refreshes_the_jwks_once_per_interval(jwks: JwksServer, rsa_key: Signer) -> None:
+    check = verifier(jwks, refresh_interval=3600)
+    check.verify(rsa_key.token())
+    assert jwks.fetches == 1
+    # The issuer rotates to a new key: but the last fetch was just now, so made-up kids cannot force fetches.
+    rotated = Signer("rsa-2", "RS256")
+    jwks.keys.append(rotated.jwk)
+    for _ in range(5):
+        with pytest.raises(TokenError, match="no key 'rsa-2'"):
+            check.verify(rotated.token())
+    assert jwks.fetches == 1
+    # With the interval passed, the unknown kid refreshes the set and the new key verifies.
+    eager = verifier(jwks, refresh_interval=0)
+    eager.verify(rsa_key.token())
+    assert eager.verify(rotated.token()).subject == "dana@acme.example"
+    jwks.keys.remove(rsa_key.jwk)  # the old key retires: refresh when the TTL ends, then it is gone
+    fetched = jwks.fetches
+    with pytest.raises(TokenError, match="no key 'made-up'"):
+        eager.verify(jwt.encode({"sub": "x"}, rsa_key.private, algorithm="RS256", headers={"kid": "made-up"}))
+    assert jwks.fetches == fetched + 1
+
+
+def test_role_bindings_grant_roles_by_subject_or_group(jwks: JwksServer, rsa_key: Signer) -> None:
+    check = verifier(
+        jwks,
+        bindings={
+            "acme": [RoleBinding(role="approver", subjects=["claims-leads"])],
+            "*": [RoleBinding(role="auditor", subjects=["dana@acme.example"])],
+            "globex": [RoleBinding(role="admin", subjects=["claims-leads"])],
+        },
+    )
+    identity = check.verify(rsa_key.token(roles=[], groups=["claims-leads"]))
+    assert identity.roles == {"approver", "auditor"}
+
+
+def test_an_unreachable_jwks_is_not_the_callers_fault(rsa_key: Signer) -> None:
+    down = JwksServer()
+    down.close()
+    with pytest.raises(JwksUnavailableError):
+        verifier(down).verify(rsa_key.token())
+
+
+# ---------------------------------------------------------------- through the gateway
+
+
+@pytest.fixture
+def oidc_client(engine: Engine, jwks: JwksServer, upstream: Upstream) -> Iterator[TestClient]:
+    with TestClient(create_app(engine, SETTINGS, oidc=verifier(jwks))) as client:
+        yield client
+
+
+BODY = {"workflow": {"name": "echo"}, "input": {"claimId": "c-1"}}
+
+
+def test_the_gateway_takes_oidc_tokens_and_api_keys(
+    oidc_client: TestClient, engine: Engine, keys: Keys, rsa_key: Signer, ec_key: Signer
+) -> None:
+    # Through the fast path (async submission) and the routes alike.
+    submitted = oidc_client.post("/v1/tasks", json=BODY, headers=auth(rsa_key.token()))
+    assert submitted.status_code == 202, submitted.text
+    task = submitted.json()
+    assert engine.get("acme", task["id"]).submitted_by == "dana@acme.example"
+    # The task is acme's: an acme API key sees it, a globex token does not (404, as for an unknown id).
+    assert oidc_client.get(f"/v1/tasks/{task['id']}", headers=auth(keys.carol)).status_code == 200
+    outsider = ec_key.token(tenant="globex", sub="gina", roles=["submitter", "auditor"])
+    assert_problem(oidc_client.get(f"/v1/tasks/{task['id']}", headers=auth(outsider)), 404, "task-not-found")
+    # Roles come from the token.
+    reader = rsa_key.token(roles=["auditor"])
+    assert oidc_client.get("/v1/tasks", headers=auth(reader)).status_code == 200
+    assert_problem(oidc_client.post("/v1/tasks", json=BODY, headers=auth(reader)), 403, "forbidden")
+    assert_problem(oidc_client.post("/v1/tasks?mode=sync", json=BODY, headers=auth(reader)), 403, "forbidden")
+
+
+def test_bad_tokens_are_401_with_the_reason(oidc_client: TestClient, rsa_key: Signer) -> None:
+    for token, reason in (
+        (rsa_key.token(exp=int(time.time()) - 120), "expired"),
+        (rsa_key.token(aud="other"), "aud must be 'aiplane'"),
+        ("eyJhbGciOiJub25lIn0.e30.", "'none' is not accepted"),
+    ):
+        for path in ("/v1/tasks", "/v1/models/echo/predict"):
+            response = oidc_client.post(path, json=BODY, headers=auth(token))
+            problem = assert_problem(response, 401, "invalid-token")
+            assert reason in problem["detail"]
+            assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+def test_an_unreachable_identity_provider_is_503(engine: Engine, rsa_key: Signer, keys: Keys) -> None:
+    down = JwksServer()
+    down.close()
+    with TestClient(create_app(engine, SETTINGS, oidc=verifier(down))) as client:
+        response = client.get("/v1/tasks", headers=auth(rsa_key.token()))
+        assert_problem(response, 503, "identity-provider-unavailable")
+        assert response.headers["retry-after"] == "5"
+        assert client.get("/v1/tasks", headers=auth(keys.alice)).status_code == 200  # API keys still work
