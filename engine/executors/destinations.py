@@ -2,8 +2,10 @@
 
 A connector's URL comes from a manifest and its placeholders from task input, so without a guard a task could
 make workers call the cloud metadata service, the cluster's internal services or the worker itself. Every address
-the host resolves to must be public; the call then connects to the address that was checked (``pin``), so a DNS
-answer that changes between the check and the connection (rebinding) cannot send it elsewhere.
+the host resolves to must be public; a plain-HTTP call then connects to the address that was checked (``pin``),
+so a DNS answer that changes between the check and the connection (rebinding) cannot send it elsewhere. Over
+HTTPS a rebound name would have to present a certificate for that name, which internal services and the metadata
+endpoint (plain HTTP) do not have.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class HttpCaller:
                 headers=target.headers,
                 timeout=httpx.Timeout(timeout),
             )
-            if address is not None:
+            if address is not None and request.url.scheme == "http":
                 pin(request, address)
             try:
                 # Never let the client follow redirects itself (an injected client may be set to): each hop has
@@ -197,11 +197,12 @@ class Hop:
 
 
 def pin(request: httpx.Request, address: str) -> None:
-    """Connect to ``address`` (checked by the guard) instead of resolving the host again, keeping the Host header
-    and the TLS server name (SNI and certificate check) of the original host."""
-    host = request.url.host
+    """Connect to ``address`` (checked by the guard) instead of resolving the host again; the Host header stays.
+
+    Plain HTTP only: over HTTPS a rebound name fails the certificate check anyway, and pinning there would let the
+    pool reuse one host's TLS connection (its certificate, its SNI) for another host on the same address.
+    """
     request.url = request.url.copy_with(host=address)
-    request.extensions["sni_hostname"] = host
 
 
 def decode_body(response: httpx.Response) -> Any:
