@@ -1,0 +1,116 @@
+"""Workflow definitions from the cluster: registers every Workflow of one namespace that the Workflow operator
+found valid into the engine's store, so the in-cluster gateway and workers run what ``kubectl apply`` declared.
+
+The operator publishes ``status.version`` (the content version, ``crds.checks.version_of``) once a spec is valid;
+this sync registers the spec when that version matches the spec it sees, which makes it the version new tasks get.
+Running tasks keep the version they started with (the engine never changes a stored version). An invalid change
+leaves the last valid version in place, and a deleted Workflow's versions stay for the tasks that run them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import kubernetes
+import pydantic
+
+from crds import checks
+from crds.workflow import WorkflowSpec
+
+log = logging.getLogger(__name__)
+GROUP, VERSION, PLURAL = "aiplane.io", "v1alpha1", "workflows"
+
+
+class Registry(Protocol):
+    """What the sync needs of the engine (``engine.Engine`` is one)."""
+
+    def register_workflow(self, name: str, spec: WorkflowSpec) -> str: ...
+
+
+def publishable(body: dict[str, Any]) -> tuple[str, WorkflowSpec] | None:
+    """(version, spec) when the operator found this very spec valid; None otherwise (not validated yet, invalid,
+    or changed since)."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    version = status.get("version")
+    if not version or status.get("observedGeneration") != meta.get("generation"):
+        return None
+    conditions = status.get("conditions") or []
+    if not any(c.get("type") == "Valid" and c.get("status") == "True" for c in conditions):
+        return None
+    try:
+        spec = WorkflowSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError:
+        return None
+    return (version, spec) if checks.version_of(spec) == version else None
+
+
+class KubeWorkflowSync:
+    """Keeps the engine's workflow heads on the cluster's valid Workflows, by a watch in a daemon thread."""
+
+    def __init__(
+        self, client: kubernetes.client.ApiClient, namespace: str, registry: Registry, watch_timeout_s: int = 60
+    ) -> None:
+        self.api = kubernetes.client.CustomObjectsApi(client)
+        self.namespace = namespace
+        self.registry = registry
+        self.watch_timeout_s = watch_timeout_s
+        # name -> the version this process registered last, so a relist registers nothing again.
+        self.registered: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._watch: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"workflows-{namespace}", daemon=True)
+
+    def start(self, synced_timeout_s: float = 30.0) -> KubeWorkflowSync:
+        self._thread.start()
+        if not self._synced.wait(synced_timeout_s):
+            raise TimeoutError(f"could not list Workflows in {self.namespace} within {synced_timeout_s}s")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        self._thread.join(self.watch_timeout_s + 5)
+
+    def _seen(self, body: dict[str, Any]) -> None:
+        name = str(body["metadata"]["name"])
+        found = publishable(body)
+        if found is None or self.registered.get(name) == found[0]:
+            return
+        version, spec = found
+        try:
+            registered = self.registry.register_workflow(name, spec)
+        except Exception:  # the store is down, or refuses it: the next event or relist tries again
+            log.warning("could not register workflow", extra={"workflow": name, "version": version}, exc_info=True)
+            return
+        self.registered[name] = registered
+        log.info("workflow registered", extra={"workflow": name, "version": registered})
+
+    def _run(self) -> None:
+        lister: Callable[..., Any] = self.api.list_namespaced_custom_object
+        while not self._stop.is_set():
+            try:
+                listing = lister(GROUP, VERSION, self.namespace, PLURAL)
+                for item in listing.get("items", []):
+                    self._seen(item)
+                self._synced.set()
+                # The watch helper is untyped upstream.
+                new_watch: Callable[[], Any] = kubernetes.watch.Watch
+                self._watch = new_watch()
+                for event in self._watch.stream(
+                    lister, GROUP, VERSION, self.namespace, PLURAL,
+                    resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=self.watch_timeout_s,
+                ):  # fmt: skip
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._seen(event["object"])
+                    if self._stop.is_set():
+                        break
+            except Exception:  # the watch must outlive any one failure (410 Gone, a restarting apiserver)
+                if self._stop.is_set():
+                    break
+                log.warning("workflow watch failed; listing again", exc_info=True)
+                self._stop.wait(1.0)
