@@ -1,0 +1,1 @@
+"""Personal data detection (``policies.pii.detection``); masking is ``policies.masking``, keys ``policies.tokens``."""

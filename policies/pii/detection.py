@@ -1,0 +1,300 @@
+"""Finds personal data in a string: presidio-analyzer's pattern recognizers on a blank spaCy pipeline.
+
+Why presidio and these settings:
+
+- Its recognizers carry the checks that make pattern matching precise: Luhn for payment cards, the IBAN
+  checksum per country, SSN area/group rules, the NHS, NIF, PESEL, Aadhaar and fiscal-code check digits, and
+  context words that raise a weak match (nine bare digits next to "ssn") over the threshold.
+- No NER model: the machine cannot download spaCy models, and names are found by field label instead (see
+  ``policies.masking``). ``spacy.blank("en")`` only tokenizes; a one-line component copies each token's lower
+  case into its lemma, so presidio's context enhancer sees the words around a match (a blank pipeline has no
+  lemmatizer and would leave them empty).
+- Offline: presidio's email recognizer validates the domain through ``tldextract``, whose default extractor
+  fetches the public-suffix list over the network on first use (and retries each process). Ours reads the
+  snapshot that ships in the tldextract wheel.
+- Phone numbers: presidio's ``PhoneRecognizer`` runs libphonenumber's matcher over the whole text once per
+  region (about 1-2.5 ms per short string with one to three regions on the development machine, most of a call).
+  Here a regular expression proposes candidates and libphonenumber validates only those: same validity rules,
+  one parse per candidate and region. Bare digit runs without separators or ``+`` score below the threshold
+  unless a context word ("phone", "mobile") is near, so order numbers stay unmasked.
+- Dates of birth: presidio's date patterns (plus written-out months) under their own entity with a score below
+  the threshold, so only a date next to "born", "birth" or "dob" (in the text or in the field's name) counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # presidio and spaCy take seconds to import: only a policy with PII loads them
+    from presidio_analyzer import EntityRecognizer
+
+#: Entities found in text by a recognizer. PERSON is found by field label (``policies.masking``), not here.
+TEXT_ENTITIES = (
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "US_ITIN",
+    "UK_NHS",
+    "UK_NINO",
+    "ES_NIF",
+    "IT_FISCAL_CODE",
+    "PL_PESEL",
+    "IN_AADHAAR",
+    "FI_PERSONAL_IDENTITY_CODE",
+    "DATE_OF_BIRTH",
+)
+#: Regions a number without an international prefix is tried in (the libphonenumber region codes).
+DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "CH", "AT", "BE", "IE")
+#: Presidio scores: 1.0 for a checksum-validated match, 0.4-0.5 for a good pattern, ~0.05 for a weak one; a
+#: context word lifts a match by 0.35 to at least 0.4. 0.4 keeps weak patterns out unless context backs them.
+DEFAULT_THRESHOLD = 0.4
+
+# Presidio logs the decision process at DEBUG, including context words from the text; never let a debug
+# configuration put payload text into the logs.
+logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    entity: str
+    start: int
+    end: int
+    score: float
+
+
+_BIRTH_CONTEXT = ["birth", "born", "dob", "birthday", "birthdate", "geburt", "naissance", "nacimiento"]
+_MONTHS = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|"
+    r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
+
+
+def _recognizers(regions: tuple[str, ...]) -> dict[str, Callable[[], EntityRecognizer]]:
+    from presidio_analyzer import Pattern, PatternRecognizer
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        DateRecognizer,
+        EmailRecognizer,
+        EsNifRecognizer,
+        FiPersonalIdentityCodeRecognizer,
+        IbanRecognizer,
+        InAadhaarRecognizer,
+        ItFiscalCodeRecognizer,
+        NhsRecognizer,
+        PlPeselRecognizer,
+        UkNinoRecognizer,
+        UsItinRecognizer,
+        UsSsnRecognizer,
+    )
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return bool(_suffixes()(pattern_text).fqdn)
+
+    class PhoneNumberRecognizer(PatternRecognizer):
+        def __init__(self) -> None:
+            super().__init__(
+                supported_entity="PHONE_NUMBER",
+                name="PhoneNumberRecognizer",
+                patterns=[
+                    # +CC and separators, or a parenthesised area code: looks like a phone number as written.
+                    Pattern("international", r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?!\w)", 0.4),
+                    Pattern(
+                        "formatted",
+                        r"(?<![\w+])(?:\(\d{2,5}\)[ .-]?|\d{2,5}[ .-])\d{2,5}(?:[ .-]\d{2,5}){0,3}(?![\w-])",
+                        0.4,
+                    ),
+                    Pattern("digits", r"(?<![\w+])\d{7,13}(?!\w)", 0.2),
+                ],
+                context=["phone", "tel", "telephone", "mobile", "fax"],
+            )
+
+        def invalidate_result(self, pattern_text: str) -> bool:
+            return not _valid_phone(pattern_text, regions)
+
+    class DateOfBirthRecognizer(PatternRecognizer):
+        def __init__(self) -> None:
+            patterns = [Pattern(p.name, p.regex, 0.1) for p in DateRecognizer.PATTERNS]
+            patterns += [
+                Pattern("d month yyyy", rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTHS}\.?,?\s+\d{{4}}\b", 0.1),
+                Pattern("month d, yyyy", rf"\b{_MONTHS}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", 0.1),
+            ]
+            super().__init__(
+                supported_entity="DATE_OF_BIRTH",
+                name="DateOfBirthRecognizer",
+                patterns=patterns,
+                context=_BIRTH_CONTEXT,
+                global_regex_flags=re.IGNORECASE | re.DOTALL | re.MULTILINE,
+            )
+
+    return {
+        "EMAIL_ADDRESS": OfflineEmailRecognizer,
+        "PHONE_NUMBER": PhoneNumberRecognizer,
+        "CREDIT_CARD": CreditCardRecognizer,
+        "IBAN_CODE": IbanRecognizer,
+        "US_SSN": UsSsnRecognizer,
+        "US_ITIN": UsItinRecognizer,
+        "UK_NHS": NhsRecognizer,
+        "UK_NINO": UkNinoRecognizer,
+        "ES_NIF": EsNifRecognizer,
+        "IT_FISCAL_CODE": ItFiscalCodeRecognizer,
+        "PL_PESEL": PlPeselRecognizer,
+        "IN_AADHAAR": InAadhaarRecognizer,
+        "FI_PERSONAL_IDENTITY_CODE": FiPersonalIdentityCodeRecognizer,
+        "DATE_OF_BIRTH": DateOfBirthRecognizer,
+    }
+
+
+@functools.cache
+def _suffixes() -> Any:
+    import tldextract
+
+    # The public-suffix snapshot bundled in the wheel: no fetch, no cache directory.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+
+_DATE_SHAPED = re.compile(r"\d{4}[./-]\d{1,2}[./-]\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_phone(text: str, regions: tuple[str, ...]) -> bool:
+    # Cheap refusals first: libphonenumber's parse costs ~50-100 us per region and an invalid candidate is tried in
+    # every region. E.164 has at most 15 digits; a date (1984-03-12) can pass as a national number somewhere.
+    digits = sum(c.isdigit() for c in text)
+    if not 7 <= digits <= 15 or _DATE_SHAPED.fullmatch(text.strip()):
+        return False
+    import phonenumbers
+
+    candidates = (None,) if text.startswith("+") else regions
+    for region in candidates:
+        try:
+            number = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return True
+    return False
+
+
+@functools.cache
+def _nlp_engine() -> Any:
+    import spacy
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from spacy.language import Language
+
+    if "aiplane_lower_lemma" not in Language.factories:
+
+        @Language.component("aiplane_lower_lemma")
+        def lower_lemma(doc: Any) -> Any:
+            for token in doc:
+                token.lemma_ = token.lower_
+            return doc
+
+    class BlankSpacyNlpEngine(SpacyNlpEngine):
+        """Tokenizer only: nothing to download, no NER (names come from field labels)."""
+
+        def load(self) -> None:
+            nlp = spacy.blank("en")
+            nlp.add_pipe("aiplane_lower_lemma")
+            self.nlp = {"en": nlp}  # type: ignore[assignment]  # presidio annotates it as None
+
+    engine = BlankSpacyNlpEngine(models=[{"lang_code": "en", "model_name": "blank:en"}])
+    engine.load()
+    return engine
+
+
+_build_lock = threading.Lock()
+
+
+class Detector:
+    """Finds ``entities`` in strings; one per entity set and settings (``detector()`` shares them).
+
+    Presidio's recognizers and context enhancer, without ``AnalyzerEngine.analyze``: that tokenizes every text
+    and deep-copies every result for the context pass, ~3x the recognizers' own cost on short strings. Here a text
+    is tokenized, and the enhancer run, only when a match is below the threshold and context could lift it.
+    """
+
+    def __init__(
+        self,
+        entities: Iterable[str],
+        *,
+        phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        wanted = sorted(set(entities) & set(TEXT_ENTITIES))
+        unknown = sorted(set(entities) - set(TEXT_ENTITIES) - {"PERSON"})
+        if unknown:
+            raise ValueError(f"unknown PII entities {unknown}; known: {[*TEXT_ENTITIES, 'PERSON']}")
+        self.entities = tuple(wanted)
+        self.threshold = threshold
+        self._needs_at = "EMAIL_ADDRESS" in wanted
+        self._needs_digit = any(e != "EMAIL_ADDRESS" for e in wanted)
+        self._regions = tuple(phone_regions)
+        self._built: tuple[list[EntityRecognizer], Any] | None = None
+
+    def _build(self) -> tuple[list[EntityRecognizer], Any]:
+        if self._built is None:
+            with _build_lock:
+                if self._built is None:
+                    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+                    factories = _recognizers(self._regions)
+                    recognizers = []
+                    for entity in self.entities:
+                        recognizer = factories[entity]()
+                        # Country recognizers default to their country's language; payloads are analyzed as "en".
+                        recognizer.supported_language = "en"
+                        recognizers.append(recognizer)
+                    self._built = (recognizers, LemmaContextAwareEnhancer())
+        return self._built
+
+    def warm_up(self) -> None:
+        """Import and build everything now rather than on the first payload."""
+        self.find("warm up a@example.com 4111 1111 1111 1111 born 1984-03-12")
+
+    def find(self, text: str, context: Sequence[str] = ()) -> list[Finding]:
+        """Non-overlapping findings in ``text``, in order; ``context``: words that describe it (its field name)."""
+        if not self.entities or not self._may_contain(text):
+            return []
+        recognizers, enhancer = self._build()
+        results = []
+        for recognizer in recognizers:
+            # Pattern recognizers do not read the NLP artifacts; the text is tokenized below only if needed.
+            results.extend(recognizer.analyze(text, recognizer.supported_entities, None))  # type: ignore[arg-type]
+        if any(r.score < self.threshold for r in results):
+            artifacts = _nlp_engine().process_text(text, "en")
+            results = enhancer.enhance_using_context(text, results, artifacts, recognizers, list(context))
+        return _without_overlaps(
+            Finding(r.entity_type, r.start, r.end, r.score) for r in results if r.score >= self.threshold
+        )
+
+    def _may_contain(self, text: str) -> bool:
+        # Every entity here needs a digit, except an email address, which needs an @: most prose has neither and
+        # skips the recognizers.
+        return (self._needs_digit and _DIGIT.search(text) is not None) or (self._needs_at and "@" in text)
+
+
+_DIGIT = re.compile(r"\d")
+
+
+def _without_overlaps(findings: Iterable[Finding]) -> list[Finding]:
+    """Best first (score, then length); a finding overlapping one already kept is dropped."""
+    kept: list[Finding] = []
+    for finding in sorted(findings, key=lambda f: (-f.score, -(f.end - f.start), f.start)):
+        if all(finding.end <= k.start or finding.start >= k.end for k in kept):
+            kept.append(finding)
+    return sorted(kept, key=lambda f: f.start)
+
+
+@functools.lru_cache(maxsize=64)
+def detector(entities: frozenset[str], phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> Detector:
+    """The shared detector for an entity set (building presidio's engine takes a while)."""
+    return Detector(entities, phone_regions=phone_regions)
