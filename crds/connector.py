@@ -28,7 +28,7 @@ KafkaTopic = Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[a-zA
 
 
 class KafkaAuth(K8sModel):
-    """SASL credentials for the Kafka cluster."""
+    """SASL credentials for the Kafka cluster, over TLS unless told otherwise."""
 
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
         default="SCRAM-SHA-512", description="SASL mechanism."
@@ -36,6 +36,11 @@ class KafkaAuth(K8sModel):
     username: SecretKeyRef = Field(description="Secret key holding the user name.")
     password: SecretKeyRef = Field(description="Secret key holding the password.")
     tls: bool = Field(default=True, description="Connect with TLS.")
+    ca: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the PEM certificates that sign the brokers' certificates (with tls); the "
+        "system's trusted CAs when omitted.",
+    )
 
 
 class KafkaSource(K8sModel):
