@@ -26,6 +26,15 @@ PIIEntity = Literal[
     "CREDIT_CARD",
     "IBAN_CODE",
     "US_SSN",
+    # Other national ids, each found with its check digit or letter (presidio's recognizers).
+    "US_ITIN",
+    "UK_NHS",
+    "UK_NINO",
+    "ES_NIF",
+    "IT_FISCAL_CODE",
+    "PL_PESEL",
+    "IN_AADHAAR",
+    "FI_PERSONAL_IDENTITY_CODE",
     "DATE_OF_BIRTH",
     "PERSON",
 ]
