@@ -3,12 +3,57 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from crds.base import SecretKeyRef
+from crds.connector import KafkaAuth
+from engine.executors.resolvers import SecretResolver
+
+
+class SecretMissingError(LookupError):
+    """A Secret key a Connector's auth names is not there (the Connector's Degraded reason SecretMissing)."""
+
+    def __init__(self, ref: SecretKeyRef, what: str) -> None:
+        super().__init__(f"{what} needs secret {ref.name}/{ref.key}, which is not available")
+        self.ref = ref
+
+
+def security_settings(auth: KafkaAuth | None, secrets: SecretResolver | None) -> dict[str, Any]:
+    """kafka-python settings for a Connector's ``auth``: SASL (PLAIN or SCRAM) over TLS or plaintext; none without.
+
+    Pass them to ``producer``, ``Producer``, ``consumer`` or ``KafkaAdminClient`` as overrides. The CA comes as PEM
+    text from its Secret into an ``ssl.SSLContext`` (kafka-python's ``ssl_cafile`` would need it written to a
+    file); the context checks the brokers' host names, as kafka-python does by default. Raises
+    ``SecretMissingError`` naming the Secret key that is not there.
+    """
+    if auth is None:
+        return {}
+
+    def secret(ref: SecretKeyRef, what: str) -> str:
+        value = secrets.secret(ref.name, ref.key) if secrets is not None else None
+        if value is None:
+            raise SecretMissingError(ref, what)
+        return value
+
+    settings: dict[str, Any] = {
+        "security_protocol": "SASL_SSL" if auth.tls else "SASL_PLAINTEXT",
+        "sasl_mechanism": auth.mechanism,
+        "sasl_plain_username": secret(auth.username, "auth.username"),
+        "sasl_plain_password": secret(auth.password, "auth.password"),
+    }
+    if auth.tls:
+        cadata = secret(auth.ca, "auth.ca") if auth.ca is not None else None
+        try:
+            settings["ssl_context"] = ssl.create_default_context(cadata=cadata)
+        except ssl.SSLError as exc:
+            raise ValueError(f"auth.ca ({auth.ca.name if auth.ca else ''}) is not PEM certificates: {exc}") from exc
+    return settings
 
 
 def producer(bootstrap_servers: str, *, client_id: str, ack_timeout: float, **overrides: Any) -> KafkaProducer:
