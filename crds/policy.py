@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -51,6 +52,10 @@ class Selector(LabelSelector):
         description="Kinds of resource the policy applies to.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+
+    def matches(self, kind: str, labels: Mapping[str, str]) -> bool:
+        """Whether a resource of ``kind`` with ``labels`` (in the policy's namespace) is selected."""
+        return kind in self.kinds and all(labels.get(key) == value for key, value in self.match_labels.items())
 
 
 class PII(K8sModel):

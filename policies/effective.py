@@ -107,12 +107,7 @@ def ref(policy: Policy) -> PolicyRef:
 
 def selects(policy: Policy, target: Target) -> bool:
     """Whether ``policy`` governs ``target``."""
-    selector = policy.spec.selector
-    return (
-        namespace_of(policy) == target.namespace
-        and target.kind in selector.kinds
-        and all(target.labels.get(key) == value for key, value in selector.match_labels.items())
-    )
+    return namespace_of(policy) == target.namespace and policy.spec.selector.matches(target.kind, target.labels)
 
 
 def applicable(policies: Iterable[Policy], target: Target) -> list[Policy]:

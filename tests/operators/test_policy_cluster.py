@@ -1,0 +1,106 @@
+"""The Policy operator on the real test cluster: status names what a Policy selects and follows the namespace's
+resources as they come, change labels and go; an approval rule that does not compile is Ready=False naming it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.polling import assert_eventually
+from tests.operators.conftest import Operator
+from tests.operators.kube import apply, condition, get
+
+API = "aiplane.io/v1alpha1"
+
+
+def policy(name: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "Policy",
+        "metadata": {"name": name},
+        "spec": {"selector": {"kinds": ["Workflow", "Connector"], "matchLabels": labels}, **spec},
+    }
+
+
+def workflow(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    step = {"name": "decide", "type": "rules", "rules": {"set": {"big": "input.n > 5"}}}
+    return {
+        "apiVersion": API,
+        "kind": "Workflow",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"steps": [step]},
+    }
+
+
+def connector(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "Connector",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"type": "http", "http": {"url": "https://claims.example.com/{id}"}},
+    }
+
+
+def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    found = get(cluster, namespace, "policy", name)
+    return found
+
+
+def test_status_follows_what_the_policy_selects(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster, ns = crds_installed, k8s_namespace
+    claims = {"team": "claims"}
+    apply(cluster, ns, workflow("triage", claims))
+    apply(cluster, ns, workflow("fraud-check", {"team": "fraud"}))
+    apply(cluster, ns, connector("claims-sink", claims))
+    apply(cluster, ns, policy("claims-governance", claims, residency={"regions": ["eu-west"]}))
+
+    def selecting(workflows: list[str], connectors: list[str]) -> None:
+        found = status_of(cluster, ns, "claims-governance")
+        ready = condition(found, "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "Selecting"), ready
+        selection = found["status"]["selection"]
+        assert (selection.get("workflows", []), selection.get("connectors", [])) == (workflows, connectors)
+        assert found["status"]["selected"] == len(workflows) + len(connectors)
+        count = f"{len(workflows)} Workflow{'' if len(workflows) == 1 else 's'}"
+        assert ready["message"].startswith(f"selects {count}, 0 Models, ")
+
+    assert_eventually(lambda: selecting(["triage"], ["claims-sink"]), timeout=60)
+    printed = cluster.kubectl("get", "aip", "claims-governance", "-n", ns).stdout.splitlines()[1].split()
+    assert printed[1:3] == ["2", "True"]
+
+    # A resource that comes, and one whose labels change, are (de)selected with no change to the Policy.
+    apply(cluster, ns, workflow("intake", claims))
+    apply(cluster, ns, workflow("fraud-check", claims))
+    assert_eventually(lambda: selecting(["fraud-check", "intake", "triage"], ["claims-sink"]), timeout=60)
+    cluster.kubectl("delete", "-n", ns, "connector", "claims-sink")
+    cluster.kubectl("label", "-n", ns, "workflow", "fraud-check", "team=fraud", "--overwrite")
+    assert_eventually(lambda: selecting(["intake", "triage"], []), timeout=60)
+
+
+def test_an_approval_rule_that_does_not_compile_is_reported(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster, ns = crds_installed, k8s_namespace
+    rules = [{"name": "large-claim", "when": "input.amount > 10000 ||", "roles": ["approver"], "quorum": 2}]
+    apply(cluster, ns, policy("strict", {"team": "claims"}, approvals=rules))
+
+    def broken() -> None:
+        found = status_of(cluster, ns, "strict")
+        ready = condition(found, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "CelCompileError"), ready
+        assert (
+            "approval rule 'large-claim': cannot compile CEL expression 'input.amount > 10000 ||'" in ready["message"]
+        )
+        assert found["status"]["observedGeneration"] == found["metadata"]["generation"]
+
+    assert_eventually(broken, timeout=60)
+    rules[0]["when"] = "input.amount > 10000"
+    apply(cluster, ns, policy("strict", {"team": "claims"}, approvals=rules))
+
+    def fixed() -> None:
+        ready = condition(status_of(cluster, ns, "strict"), "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "NothingSelected"), ready
+
+    assert_eventually(fixed, timeout=60)

@@ -1,0 +1,60 @@
+"""The Policy operator's pure part: what a Policy selects, what is wrong with it, and the status it gets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from crds.policy import PolicySpec
+from operators.policy.evaluation import Seen, fold, problems, select
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+NAMESPACE = [
+    Seen("Workflow", "triage", {"team": "claims"}),
+    Seen("Workflow", "fraud", {"team": "fraud"}),
+    Seen("Model", "extractor", {"team": "claims"}),
+    Seen("Connector", "sink", {"team": "claims", "tier": "gold"}),
+    Seen("Connector", "audit", {"team": "claims"}),
+]
+
+
+def spec(**fields: object) -> PolicySpec:
+    return PolicySpec.model_validate(fields)
+
+
+def test_selection_by_kind_and_labels() -> None:
+    everything = spec(selector={"kinds": ["Workflow", "Model", "Connector"], "matchLabels": {"team": "claims"}})
+    assert select(everything, NAMESPACE) == {
+        "Workflow": ["triage"],
+        "Model": ["extractor"],
+        "Connector": ["audit", "sink"],
+    }
+    assert select(spec(), NAMESPACE) == {"Workflow": ["fraud", "triage"], "Model": [], "Connector": []}
+
+
+def test_a_selecting_policy_is_ready_with_counts_and_names() -> None:
+    chosen = select(spec(selector={"kinds": ["Workflow", "Connector"], "matchLabels": {"team": "claims"}}), NAMESPACE)
+    status = fold(None, generation=3, selected=chosen, problems=[], now=NOW)
+    [ready] = status.conditions
+    assert (ready.type, ready.status, ready.reason) == ("Ready", "True", "Selecting")
+    assert ready.message == "selects 1 Workflow, 0 Models, 2 Connectors"
+    assert (status.selected, status.observed_generation) == (3, 3)
+    assert status.selection is not None
+    assert (status.selection.workflows, status.selection.connectors) == (["triage"], ["audit", "sink"])
+    nothing = fold(status, generation=4, selected=select(spec(selector={"kinds": ["Model"], "matchLabels": {"x": "y"}}),
+                                                          NAMESPACE), problems=[], now=NOW)  # fmt: skip
+    assert (nothing.conditions[0].reason, nothing.selected) == ("NothingSelected", 0)
+    assert nothing.conditions[0].last_transition_time == NOW  # status stayed True
+
+
+def test_an_approval_rule_that_does_not_compile_is_ready_false_naming_it() -> None:
+    broken = spec(
+        approvals=[{"name": "ok", "when": "input.amount > 10000"}, {"name": "large", "when": "input.amount >"}]
+    )
+    found = problems(broken)
+    assert [(p.field, p.reason) for p in found] == [("spec.approvals[1].when", "CelCompileError")]
+    assert found[0].message.startswith("approval rule 'large': cannot compile CEL expression 'input.amount >': ")
+    status = fold(None, generation=1, selected=select(broken, NAMESPACE), problems=found, now=NOW)
+    [ready] = status.conditions
+    assert (ready.status, ready.reason) == ("False", "CelCompileError")
+    assert "approval rule 'large'" in ready.message
+    assert status.selected == 2  # what it would govern is still shown
