@@ -25,6 +25,8 @@ from operators.model.config import Config
 from operators.model.kube import Kube, new_api_client
 from operators.model.reconciler import Reconciler
 from operators.model.rollout import Event
+from operators.policy import handlers as policy_handlers
+from operators.policy.reconciler import Reconciler as PolicyReconciler
 from operators.workflow import handlers as workflow_handlers
 from operators.workflow.reconciler import Reconciler as WorkflowReconciler
 
@@ -92,11 +94,17 @@ def run(
     reconciler = Reconciler(kube=Kube(client), config=config, post_event=_post_event, analyzer=analyzer)
     workflows = WorkflowReconciler(custom=kubernetes.client.CustomObjectsApi(client))
     connectors = ConnectorReconciler(kube=Kube(client), config=ConnectorConfig.from_env())
-    handlers = [model_handlers.__name__, workflow_handlers.__name__, connector_handlers.__name__]
+    policies = PolicyReconciler(custom=kubernetes.client.CustomObjectsApi(client))
+    handlers = [
+        model_handlers.__name__,
+        workflow_handlers.__name__,
+        connector_handlers.__name__,
+        policy_handlers.__name__,
+    ]
     log.info(
         "operator starting",
         extra={
-            "operators": ["model", "workflow", "connector"],
+            "operators": ["model", "workflow", "connector", "policy"],
             "handlers": handlers,
             "prometheus": config.prometheus_url,
         },
@@ -110,7 +118,12 @@ def run(
         peering_name=peering.PEERING_NAME,
         priority=peering.start_priority(),
         settings=settings(peering_lifetime_s),
-        memo=kopf.Memo(model_reconciler=reconciler, workflow_reconciler=workflows, connector_reconciler=connectors),
+        memo=kopf.Memo(
+            model_reconciler=reconciler,
+            workflow_reconciler=workflows,
+            connector_reconciler=connectors,
+            policy_reconciler=policies,
+        ),
         liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         loop=loop,
