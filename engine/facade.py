@@ -62,6 +62,7 @@ from engine.runtime.queue import PriorityPolicy
 from engine.runtime.transitions import StateMachine
 from engine.sinks import InMemorySink, RecordSink
 from engine.store import migrate, outbox
+from engine.store.audit import AuditLog
 from engine.store.database import Database
 from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore
 from engine.store.schema import approvals, dead_letters, step_runs, tasks
@@ -126,6 +127,8 @@ class Engine:
         self.priorities = priorities or PriorityPolicy()
         self.machine = StateMachine(self.codec, self.priorities, rng=rng)
         self.idempotency = IdempotencyStore(self.db, ttl=idempotency_ttl, clock=clock)
+        #: The hash-chained audit log of decisions; ``audit.append(kind, subject, decision, details)``.
+        self.audit = AuditLog(self.db, clock=clock)
         self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
         self.bus: Bus = bus or InMemoryBus()
         self.relay = OutboxRelay(self.db, self.bus, clock=clock)

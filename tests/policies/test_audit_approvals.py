@@ -9,7 +9,6 @@ import pytest
 
 from engine import ApprovalState, Engine, InvalidStateError, TaskState
 from engine.runtime.intake import Accepted, Submission
-from engine.store.audit import AuditLog
 from tests.fixtures.polling import assert_eventually
 
 GATED = {
@@ -37,7 +36,7 @@ def test_each_approval_decision_is_an_audit_record(db_url: str, tmp_path: Path) 
             assert decided.state == ApprovalState.APPROVED
             assert engine.wait("acme", task.id, 20).state == TaskState.SUCCEEDED
 
-        log = AuditLog(engine.db)
+        log = engine.audit
         records = log.records()
         # The refused second decision by alice rolled back with its transaction: no record of it.
         assert [(r.kind, r.decision, r.actor, r.tenant) for r in records] == [
