@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,24 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     except run.PeeringMissingError as error:
         print(f"aiplane operator: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_component(args: argparse.Namespace) -> int:
+    """``aiplane gateway`` and ``aiplane worker``: one component against a shared store (the chart's pods)."""
+    from aiplane import components
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        db_url = components.database_url(args.db)
+    except components.MissingDatabaseError as error:
+        print(f"aiplane {args.command}: {error}", file=sys.stderr)
+        return 2
+    if args.command == "gateway":
+        components.serve_gateway(db_url, settings.data_dir, args.host, args.port or settings.port, args.public_base_url)
+    else:
+        components.run_worker(db_url, settings.data_dir, args.concurrency, args.metrics_port, args.metrics_host)
     return 0
 
 
@@ -163,6 +182,38 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     audit.set_defaults(func=_cmd_audit)
 
 
+def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``gateway``, ``worker`` and ``operator``: what the chart's pods run."""
+    operator = sub.add_parser("operator", help="run the operators against the current cluster (KUBECONFIG)")
+    operator.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds a replica's keep-alive lasts: how long a standby waits before taking over from a dead leader",
+    )
+    operator.add_argument("--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    operator.set_defaults(func=_cmd_operator)
+
+    store_help = "the store's URL, e.g. postgresql+psycopg://... (default: AIPLANE_DATABASE_URL)"
+    gateway = sub.add_parser("gateway", help="run the gateway against a shared store (a chart pod)")
+    gateway.add_argument("--db", default=None, help=store_help)
+    gateway.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    gateway.add_argument("--port", type=int, default=None, help="port (default 8080, or AIPLANE_PORT)")
+    gateway.add_argument(
+        "--public-base-url",
+        default=os.environ.get("AIPLANE_PUBLIC_BASE_URL", ""),
+        help="prefix of Location headers (AIPLANE_PUBLIC_BASE_URL)",
+    )
+    gateway.set_defaults(func=_cmd_component)
+
+    worker = sub.add_parser("worker", help="run an engine worker against a shared store (a chart pod)")
+    worker.add_argument("--db", default=None, help=store_help)
+    worker.add_argument("--concurrency", type=int, default=4, help="steps run at once")
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    worker.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics")
+    worker.set_defaults(func=_cmd_component)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiplane", description="A Kubernetes-native control plane for AI automation.")
     parser.add_argument("--version", action="version", version=f"aiplane {aiplane.__version__}")
@@ -220,15 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("task")
     replay.set_defaults(func=_cmd_replay)
 
-    operator = sub.add_parser("operator", help="run the operators against the current cluster (KUBECONFIG)")
-    operator.add_argument(
-        "--peering-lifetime",
-        type=int,
-        default=60,
-        help="seconds a replica's keep-alive lasts: how long a standby waits before taking over from a dead leader",
-    )
-    operator.add_argument("--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
-    operator.set_defaults(func=_cmd_operator)
+    _add_component_parsers(sub)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)

@@ -1,0 +1,75 @@
+"""The gateway and the worker as processes of their own: what the chart's Deployments run (``aiplane gateway``,
+``aiplane worker``), against a shared store (PostgreSQL) instead of ``aiplane dev``'s SQLite in one process.
+
+Both read the store's URL from ``--db`` or ``AIPLANE_DATABASE_URL`` (the chart sets it from a Secret, so it never
+shows in a pod spec), and stop cleanly on SIGTERM: the gateway lets uvicorn drain its requests, the worker finishes
+the steps it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger(__name__)
+DATABASE_URL_ENV = "AIPLANE_DATABASE_URL"
+
+
+class MissingDatabaseError(ValueError):
+    """No store URL was given; the message says how to give one."""
+
+
+def database_url(flag: str | None, environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    url = flag or env.get(DATABASE_URL_ENV, "")
+    if not url:
+        raise MissingDatabaseError(
+            f"no store given: pass --db postgresql+psycopg://USER:PASSWORD@HOST:5432/DB or set {DATABASE_URL_ENV}"
+        )
+    return url
+
+
+def serve_gateway(db_url: str, data_dir: Path, host: str, port: int, public_base_url: str = "") -> None:
+    """Run the gateway under uvicorn until SIGTERM/SIGINT. It and the workers migrate the store on start (under
+    an advisory lock on PostgreSQL, so replicas starting together take turns)."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import GatewaySettings
+    from engine import Engine
+
+    engine = Engine(db_url, data_dir=data_dir)
+    try:
+        app = create_app(engine, GatewaySettings(public_base_url=public_base_url))
+        log.info("gateway starting", extra={"host": host, "port": port})
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    finally:
+        engine.close()
+
+
+def run_worker(db_url: str, data_dir: Path, concurrency: int, metrics_port: int | None, metrics_host: str) -> None:
+    """Claim and run steps until SIGTERM/SIGINT, then finish the running ones. With ``metrics_port``, serve
+    Prometheus' /metrics (the engine's step metrics and the store gauges this worker refreshes)."""
+    from prometheus_client import start_http_server
+
+    from engine import Engine
+
+    engine = Engine(db_url, data_dir=data_dir)
+    worker = engine.worker(concurrency=concurrency)
+
+    def _terminate(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: finishing running steps, then exiting", signum)
+        worker.stop_soon()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=metrics_host)
+    log.info("worker ready", extra={"worker": worker.id, "concurrency": concurrency, "metrics_port": metrics_port})
+    try:
+        worker.run_forever()
+    finally:
+        engine.close()
