@@ -262,24 +262,70 @@ class Detector:
 
     def find(self, text: str, context: Sequence[str] = ()) -> list[Finding]:
         """Non-overlapping findings in ``text``, in order; ``context``: words that describe it (its field name)."""
-        if not self.entities or not self._may_contain(text):
+        if not self.entities:
             return []
+        digits = sum(c.isdigit() for c in text) if _DIGIT.search(text) else 0
         recognizers, enhancer = self._build()
         results = []
         for recognizer in recognizers:
+            entity = recognizer.supported_entities[0]
+            # Cheap necessary conditions first: most strings have too few digits for most recognizers.
+            if digits < _MIN_DIGITS.get(entity, 1) or (entity == "EMAIL_ADDRESS" and "@" not in text):
+                continue
             # Pattern recognizers do not read the NLP artifacts; the text is tokenized below only if needed.
-            results.extend(recognizer.analyze(text, recognizer.supported_entities, None))  # type: ignore[arg-type]
+            for result in recognizer.analyze(text, recognizer.supported_entities, None):  # type: ignore[arg-type]
+                if entity in _NEEDS_CONTEXT:
+                    result.score = min(result.score, _WEAK)
+                results.append(result)
+        if not results:
+            return []
         if any(r.score < self.threshold for r in results):
             artifacts = _nlp_engine().process_text(text, "en")
             results = enhancer.enhance_using_context(text, results, artifacts, recognizers, list(context))
         return _without_overlaps(
-            Finding(r.entity_type, r.start, r.end, r.score) for r in results if r.score >= self.threshold
+            Finding(r.entity_type, r.start, r.end, r.score)
+            for r in results
+            if r.score >= self.threshold and not _in_longer_code(text, r.start, r.end)
         )
 
-    def _may_contain(self, text: str) -> bool:
-        # Every entity here needs a digit, except an email address, which needs an @: most prose has neither and
-        # skips the recognizers.
-        return (self._needs_digit and _DIGIT.search(text) is not None) or (self._needs_at and "@" in text)
+
+#: Digits an entity's value has at least (ES NIE: X1234567L; UK NINO: AB123456C; a date: 1/2/84).
+_MIN_DIGITS = {
+    "EMAIL_ADDRESS": 0,
+    "PHONE_NUMBER": 7,
+    "CREDIT_CARD": 12,
+    "IBAN_CODE": 10,
+    "US_SSN": 9,
+    "US_ITIN": 9,
+    "UK_NHS": 10,
+    "UK_NINO": 6,
+    "ES_NIF": 7,
+    "IT_FISCAL_CODE": 6,
+    "PL_PESEL": 11,
+    "IN_AADHAAR": 12,
+    "FI_PERSONAL_IDENTITY_CODE": 6,
+    "DATE_OF_BIRTH": 3,
+}
+#: Plain digit runs whose only check is a mod-11/Verhoeff digit: 1 random number in ~10 passes it, so a match
+#: counts only with a context word near it (or in the field name): "NHS", "PESEL", "Aadhaar".
+_NEEDS_CONTEXT = frozenset({"UK_NHS", "PL_PESEL", "IN_AADHAAR"})
+_WEAK = 0.3
+# A 4-character group of capitals or digits, then a space: a block of a grouped code (an IBAN, a card) before.
+_GROUP_BEFORE = re.compile(r"(?:^|\s)([A-Z0-9]{4}) $")
+_GROUP_AFTER = re.compile(r"^[ -]\d")
+
+
+def _in_longer_code(text: str, start: int, end: int) -> bool:
+    """Whether the match is a piece of a longer grouped code: ``NL90 WOVX 2756 4235 95`` (an IBAN that failed its
+    check) holds a valid phone number, ``ES10 5457 9554 2178 1800 2580`` a Luhn-valid card; neither is one."""
+    if _GROUP_AFTER.match(text[end : end + 2]):
+        return True
+    position = start
+    while (group := _GROUP_BEFORE.search(text, max(0, position - 6), position)) is not None:
+        if any(c.isdigit() for c in group.group(1)):
+            return True
+        position = group.start(1)
+    return False
 
 
 _DIGIT = re.compile(r"\d")
