@@ -76,6 +76,7 @@ from engine.tracing import (
     tracer,
 )
 from engine.worker import Worker, WorkerConfig
+from policies.residency import Residency
 
 MAX_PAGE = 500
 
@@ -103,6 +104,7 @@ class Engine:
         migrate_on_start: bool = True,
         sqlite_synchronous: str = "FULL",
         callbacks_to_private_networks: bool = False,
+        residency: Residency | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -112,7 +114,10 @@ class Engine:
         ``callbacks_to_private_networks``: let tasks' callback URLs point at loopback and private addresses
         (refused by default, as for HTTP connectors: a submitter could otherwise make workers call internal
         services).
+        ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
+        steps outside them fail with a ResidencyDenied step error.
         """
+        self.residency = residency
         self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
         if migrate_on_start:
             migrate.upgrade(self.db)
@@ -440,9 +445,14 @@ class Engine:
     def executors(self) -> dict[str, StepExecutor]:
         """The step executors a worker of this engine uses, by step type."""
         return {
-            "model": ModelExecutor(self.model_resolver, self.http, self.rng),
+            "model": ModelExecutor(self.model_resolver, self.http, self.rng, residency=self.residency),
             "connector": ConnectorExecutor(
-                self.connector_resolver, self.http, self.secret_resolver, self.sink, postgres=self.postgres
+                self.connector_resolver,
+                self.http,
+                self.secret_resolver,
+                self.sink,
+                postgres=self.postgres,
+                residency=self.residency,
             ),
             "rules": RulesExecutor(),
         }

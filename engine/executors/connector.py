@@ -21,6 +21,7 @@ from engine.executors.resolvers import ConnectorResolver, SecretResolver
 from engine.flow import cel
 from engine.sinks import InMemorySink, Record, RecordSink
 from engine.tracing import ATTR_TASK_ID, SPAN_CONNECTOR_CALL, tracer
+from policies import residency as residency_rules
 
 CONNECTOR_NOT_FOUND = "ConnectorNotFound"
 UNSUPPORTED_CONNECTOR = "UnsupportedConnector"
@@ -53,8 +54,10 @@ class ConnectorExecutor:
         *,
         postgres: PostgresClient | None = None,
         resolve: Resolver = resolve_host,
+        residency: residency_rules.Residency | None = None,
     ) -> None:
         self.resolver = resolver
+        self.residency = residency
         self.http = http
         self.secrets = secrets
         self.sink: RecordSink = sink or InMemorySink()
@@ -67,6 +70,10 @@ class ConnectorExecutor:
         spec = self.resolver.connector(call.name)
         if spec is None:
             raise StepError(CONNECTOR_NOT_FOUND, f"connector {call.name!r} does not exist", retryable=True)
+        if self.residency is not None:
+            denied = self.residency.check(ctx.tenant, ctx.workflow, "connector", call.name, spec.region)
+            if denied is not None:
+                raise StepError(residency_rules.DENIED, denied, retryable=False)
         payload = request_body(ctx, call.input, f"step {ctx.step.name!r} connector.input")
         if spec.type == "http" and spec.http is not None:
             return StepOutcome(output=self._call_http(ctx, call.name, spec.http, payload))

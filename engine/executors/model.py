@@ -11,6 +11,7 @@ from engine.executors.http import HttpCaller
 from engine.executors.resolvers import ModelResolver, pick_endpoint
 from engine.flow import cel
 from engine.tracing import ATTR_TASK_ID, SPAN_MODEL_CALL, tracer
+from policies import residency as residency_rules
 
 MODEL_UNAVAILABLE = "ModelUnavailable"
 
@@ -23,14 +24,25 @@ def request_body(ctx: StepContext, expressions: dict[str, str], where: str) -> A
 
 
 class ModelExecutor:
-    def __init__(self, resolver: ModelResolver, http: HttpCaller, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        resolver: ModelResolver,
+        http: HttpCaller,
+        rng: random.Random | None = None,
+        *,
+        residency: residency_rules.Residency | None = None,
+    ) -> None:
         self.resolver = resolver
+        self.residency = residency
         self.http = http
         self.rng = rng or random.Random()
 
     def execute(self, ctx: StepContext) -> StepOutcome:
         call = ctx.step.model
         assert call is not None
+        denied = self.residency.check(ctx.tenant, ctx.workflow, "model", call.name) if self.residency else None
+        if denied is not None:  # not retried: the answer does not change by trying again
+            raise StepError(residency_rules.DENIED, denied, retryable=False)
         endpoint = pick_endpoint(self.resolver.endpoints(call.name), self.rng)
         if endpoint is None:
             # Retryable: a model that is rolling out or scaling from zero has no live endpoint for a moment.

@@ -1,0 +1,109 @@
+"""Data residency: a task whose workflow a Residency Policy pins to regions never reaches a model or connector
+outside them.
+
+A Policy with ``residency.regions`` pins the Workflows it selects (``selector.kinds`` names Workflow, the labels
+match, same namespace); several pins intersect (deny wins), and an empty intersection allows no region at all.
+A Model's region is ``spec.region``, a Connector's ``spec.region``. A system without a region is refused to a
+pinned task: where its data would go is not known, so it cannot be shown to stay in place.
+
+``Residency.check`` is what the engine's model and connector steps ask right before calling out; a refusal is a
+sentence that says which task, which system, which region and which regions were allowed (the step error's
+message, not retried: the answer does not change by trying again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from crds.policy import Policy
+
+DENIED = "ResidencyDenied"  # the step error kind of a refused call
+Kind = Literal["model", "connector"]
+DEFAULT_NAMESPACE = "default"
+
+
+def violation(pinned: frozenset[str] | None, kind: Kind, name: str, region: str | None, *, workflow: str) -> str | None:
+    """Why a task of ``workflow`` pinned to ``pinned`` may not call ``kind`` ``name`` in ``region``; None if it may.
+    ``pinned`` None: no pin, anything goes."""
+    if pinned is None:
+        return None
+    allowed = ", ".join(sorted(pinned)) or "none (its residency policies' regions do not overlap)"
+    if region is None:
+        return (
+            f"workflow {workflow!r} keeps its data in {allowed}, but {kind} {name!r} declares no region; set "
+            f"spec.region on the {kind.capitalize()} or call one in an allowed region"
+        )
+    if region not in pinned:
+        return (
+            f"workflow {workflow!r} keeps its data in {allowed}; {kind} {name!r} is in {region!r}, so it is not "
+            "called (data residency)"
+        )
+    return None
+
+
+def selects(policy: Policy, kind: str, namespace: str, labels: Mapping[str, str]) -> bool:
+    """Whether ``policy`` governs a resource of ``kind`` in ``namespace`` with ``labels``."""
+    selector = policy.spec.selector
+    return (
+        kind in selector.kinds
+        and (policy.metadata.get("namespace") or DEFAULT_NAMESPACE) == namespace
+        and all(labels.get(k) == v for k, v in selector.match_labels.items())
+    )
+
+
+def pinned_regions(
+    policies: Iterable[Policy], workflow_namespace: str, workflow_labels: Mapping[str, str]
+) -> frozenset[str] | None:
+    """The regions a workflow's data may go to: the intersection of its residency Policies' regions, or None."""
+    pins = [
+        frozenset(p.spec.residency.regions)
+        for p in policies
+        if p.spec.residency is not None and selects(p, "Workflow", workflow_namespace, workflow_labels)
+    ]
+    return frozenset.intersection(*pins) if pins else None
+
+
+@dataclass
+class Residency:
+    """What the engine asks before a model or connector call.
+
+    ``pins``: workflow name to its allowed regions (absent: not pinned), or a function of (tenant, workflow) for a
+    live policy source. ``model_regions``: Model name to ``spec.region``. Connector regions come with the
+    connector's spec, so the executor passes them in.
+    """
+
+    pins: Mapping[str, frozenset[str]] | Callable[[str, str], frozenset[str] | None] = field(default_factory=dict)
+    model_regions: Mapping[str, str | None] = field(default_factory=dict)
+
+    def pinned(self, tenant: str, workflow: str) -> frozenset[str] | None:
+        if callable(self.pins):
+            return self.pins(tenant, workflow)
+        return self.pins.get(workflow)
+
+    def check(self, tenant: str, workflow: str, kind: Kind, name: str, region: str | None = None) -> str | None:
+        """None when the call may go ahead; otherwise why not. A model's region is looked up by name."""
+        pinned = self.pinned(tenant, workflow)
+        if pinned is None:
+            return None
+        if kind == "model":
+            region = self.model_regions.get(name)
+        return violation(pinned, kind, name, region, workflow=workflow)
+
+    @classmethod
+    def from_manifests(
+        cls,
+        policies: Iterable[Policy],
+        workflows: Mapping[str, tuple[str, Mapping[str, str]]],
+        model_regions: Mapping[str, str | None],
+    ) -> Residency:
+        """From Policies, workflows (name to (namespace, labels)) and the Models' regions, as read from manifests
+        or the cluster."""
+        policies = list(policies)
+        pins = {}
+        for name, (namespace, labels) in workflows.items():
+            pinned = pinned_regions(policies, namespace, labels)
+            if pinned is not None:
+                pins[name] = pinned
+        return cls(pins=pins, model_regions=dict(model_regions))

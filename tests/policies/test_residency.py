@@ -1,0 +1,157 @@
+"""Data residency through the real engine: a pinned workflow's steps call models and connectors in its regions,
+and never one elsewhere (the step fails with ResidencyDenied, saying why, and the system sees no request)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crds.policy import Policy
+from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
+from policies.residency import DENIED, Residency, pinned_regions, violation
+from tests.fixtures.downstream import Downstream
+from tests.fixtures.polling import assert_eventually
+
+NO_RETRY = {"maxAttempts": 1}
+
+
+def _policy(name: str, regions: list[str], labels: dict[str, str] | None = None, namespace: str = "claims") -> Policy:
+    return Policy.model_validate(
+        {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"matchLabels": labels or {}}, "residency": {"regions": regions}},
+        }
+    )
+
+
+def test_pins_come_from_the_policies_selecting_the_workflow() -> None:
+    eu = _policy("eu", ["eu-west", "eu-central"], {"data": "pii"})
+    west = _policy("west", ["eu-west", "us-east"])
+    elsewhere = _policy("other-namespace", ["ap-south"], namespace="retail")
+    assert pinned_regions([eu, west, elsewhere], "claims", {"data": "pii"}) == frozenset({"eu-west"})  # intersection
+    assert pinned_regions([eu, elsewhere], "claims", {"data": "public"}) is None
+    assert pinned_regions([eu, _policy("us", ["us-east"])], "claims", {"data": "pii"}) == frozenset()
+
+
+def test_the_refusal_says_why() -> None:
+    assert violation(None, "model", "m", "us-east", workflow="w") is None
+    assert violation(frozenset({"eu-west"}), "model", "m", "eu-west", workflow="w") is None
+    why = violation(frozenset({"eu-west"}), "model", "triage", "us-east", workflow="claims")
+    assert why is not None
+    assert "'claims' keeps its data in eu-west" in why
+    assert "model 'triage' is in 'us-east'" in why
+    unknown = violation(frozenset({"eu-west"}), "connector", "crm", None, workflow="claims")
+    assert unknown is not None
+    assert "declares no region" in unknown
+    nowhere = violation(frozenset(), "model", "m", "eu-west", workflow="w")
+    assert nowhere is not None
+    assert "do not overlap" in nowhere
+
+
+@pytest.fixture
+def downstream() -> Iterator[Downstream]:
+    server = Downstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, downstream: Downstream) -> Iterator[Engine]:
+    def http(path: str, region: str | None) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "http": {"url": downstream.url(path), "allowPrivateNetworks": True},
+            **({"region": region} if region else {}),
+        }
+
+    workflows = {"claims-eu": ("claims", {"data": "pii"}), "open": ("claims", {"data": "public"})}
+    residency = Residency.from_manifests(
+        [_policy("eu-only", ["eu-west"], {"data": "pii"})],
+        workflows,
+        {"triage-eu": "eu-west", "triage-us": "us-east", "triage-anywhere": None},
+    )
+    engine = Engine(
+        f"sqlite:///{tmp_path / 'engine.db'}",
+        data_dir=tmp_path / "data",
+        model_resolver=StaticModelResolver(
+            {
+                name: [{"version": "v1", "url": downstream.url(f"/models/{name}"), "weight": 100}]
+                for name in ("triage-eu", "triage-us", "triage-anywhere")
+            }
+        ),
+        connector_resolver=StaticConnectorResolver(
+            {"crm-eu": http("/crm-eu", "eu-west"), "crm-us": http("/crm-us", "us-east"), "crm-x": http("/crm-x", None)}
+        ),
+        sqlite_synchronous="NORMAL",
+        residency=residency,
+    )
+    yield engine
+    engine.close()
+
+
+def _register(engine: Engine, name: str, step: dict[str, Any]) -> None:
+    engine.register_workflow(name, {"steps": [{"name": "call", "retry": NO_RETRY, **step}]})
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"type": "model", "model": {"name": name}}
+
+
+def _connector(name: str) -> dict[str, Any]:
+    return {"type": "connector", "connector": {"name": name, "input": {"x": "1"}}}
+
+
+def _run(engine: Engine, workflow: str) -> Task:
+    task = engine.submit("acme", workflow, {"claimId": "c-1"})
+
+    def finished() -> Task:
+        current = engine.get("acme", task.id)
+        assert current.done, current.state
+        return current
+
+    with engine.worker(WorkerConfig(poll_interval=0.02, lease=timedelta(seconds=10))):
+        result: Task = assert_eventually(finished, timeout=30, interval=0.02)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("step", "path"),
+    [
+        (_model("triage-us"), "/models/triage-us/predict"),
+        (_model("triage-anywhere"), "/models/triage-anywhere/predict"),
+        (_connector("crm-us"), "/crm-us"),
+        (_connector("crm-x"), "/crm-x"),
+    ],
+)
+def test_a_pinned_task_never_calls_out_of_its_region(
+    engine: Engine, downstream: Downstream, step: dict[str, Any], path: str
+) -> None:
+    _register(engine, "claims-eu", step)
+    task = _run(engine, "claims-eu")
+    assert task.state in {"failed", "dead_lettered"}, task.state
+    assert task.error is not None
+    assert task.error["kind"] == DENIED, task.error
+    assert "keeps its data in eu-west" in task.error["message"]
+    assert downstream.count(path) == 0
+
+
+@pytest.mark.parametrize(
+    ("workflow", "step", "path"),
+    [
+        ("claims-eu", _model("triage-eu"), "/models/triage-eu/predict"),
+        ("claims-eu", _connector("crm-eu"), "/crm-eu"),
+        ("open", _model("triage-us"), "/models/triage-us/predict"),  # not pinned: anything goes
+        ("open", _connector("crm-x"), "/crm-x"),
+    ],
+)
+def test_calls_within_the_region_or_unpinned_go_ahead(
+    engine: Engine, downstream: Downstream, workflow: str, step: dict[str, Any], path: str
+) -> None:
+    _register(engine, workflow, step)
+    task = _run(engine, workflow)
+    assert task.state == "succeeded", task.error
+    assert downstream.count(path) == 1
