@@ -40,8 +40,23 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
+    record = None
+    if url := os.environ.get("AIPLANE_DATABASE_URL"):
+        # Model promotions and rollbacks go to the audit log in the engine's database.
+        from engine.store import migrate
+        from engine.store.audit import AuditLog
+        from engine.store.database import Database
+
+        db = Database(url, pool_size=1)
+        migrate.upgrade(db)
+        record = AuditLog(db).append
     try:
-        run.run(Config.from_env(), peering_lifetime_s=args.peering_lifetime, liveness_endpoint=args.liveness)
+        run.run(
+            Config.from_env(),
+            peering_lifetime_s=args.peering_lifetime,
+            liveness_endpoint=args.liveness,
+            record_decision=record,
+        )
     except run.PeeringMissingError as error:
         print(f"aiplane operator: {error}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from operators.model.config import Config
 from operators.model.kube import Kube, new_api_client
 from operators.model.reconciler import Reconciler
 from operators.model.rollout import Event
+from operators.policy import decisions
 from operators.policy import handlers as policy_handlers
 from operators.policy.reconciler import Reconciler as PolicyReconciler
 from operators.workflow import handlers as workflow_handlers
@@ -84,14 +85,17 @@ def run(
     peering_lifetime_s: int = 60,
     liveness_endpoint: str | None = None,
     stop_flag: threading.Event | None = None,
+    record_decision: decisions.Recorder | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop_flag``); blocks."""
+    """Run until SIGINT/SIGTERM (or ``stop_flag``); blocks. ``record_decision``: where rollout decisions go (the
+    audit log), if anywhere."""
     # kopf logs every handler run at INFO; at a thousand Models that buries the operator's own log lines.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     client = new_api_client(pool_size=config.api_threads)
     ensure_peering(client)
     analyzer = PrometheusAnalyzer(config.prometheus_url) if config.prometheus_url else None
-    reconciler = Reconciler(kube=Kube(client), config=config, post_event=_post_event, analyzer=analyzer)
+    post = _post_event if record_decision is None else decisions.recording(_post_event, record_decision)
+    reconciler = Reconciler(kube=Kube(client), config=config, post_event=post, analyzer=analyzer)
     workflows = WorkflowReconciler(custom=kubernetes.client.CustomObjectsApi(client))
     connectors = ConnectorReconciler(kube=Kube(client), config=ConnectorConfig.from_env())
     policies = PolicyReconciler(custom=kubernetes.client.CustomObjectsApi(client))
