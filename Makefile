@@ -31,16 +31,18 @@ lint: ## ruff lint + format check, import-linter contracts, CRD drift
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m crds.generate --check
+	$(PY) helm/generate.py --check
 
 format: ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 typecheck: ## mypy --strict over every package, the tests and the examples
-	$(VENV)/bin/mypy $(PACKAGES) tests benchmarks examples/claims-triage/model
+	$(VENV)/bin/mypy $(PACKAGES) tests benchmarks examples/claims-triage/model helm/generate.py
 
-generate: ## regenerate crds/*.yaml from the pydantic models
+generate: ## regenerate crds/*.yaml from the pydantic models, and the chart's CRDs and dashboards
 	$(PY) -m crds.generate
+	$(PY) helm/generate.py
 
 check: lint typecheck test ## lint + typecheck + test
 

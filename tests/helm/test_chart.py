@@ -1,0 +1,258 @@
+"""The chart, rendered: lint, values schema, least privilege, Pod Security `restricted`, network policies,
+scrape config, dashboards and regions. No cluster needed (tests/helm/test_chart_cluster.py installs it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helm.chart import CHART, REPO_ROOT, TRY_OUT, base_values, helm, objects, pod_specs, render
+
+# Value sets the least-privilege and PSS checks run over: defaults, every optional part on, every one off.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "defaults": (),
+    "all-on": (
+        "--set",
+        "tracing.otlpEndpoint=http://otel:4318",
+        "--set",
+        "metrics.prometheusUrl=http://prometheus:9090",
+        "--set",
+        "postgresql.bundled.persistence.enabled=true",
+        "--set",
+        "metrics.serviceMonitor=true",
+        "--set",
+        "alerts.prometheusRule=true",
+    ),
+    "region": ("-f", str(REPO_ROOT / "helm" / "examples" / "region-eu-west-1.yaml")),
+    "tryout": ("-f", str(REPO_ROOT / "helm" / "examples" / "tryout.yaml")),
+}
+SECRET_READ_VERBS = {"get", "list", "watch", "*"}
+
+
+def test_generated_files_are_current() -> None:
+    command = [sys.executable, str(REPO_ROOT / "helm" / "generate.py"), "--check"]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_chart_crds_are_the_repos_crds() -> None:
+    """Not a copy: links into crds/, so the chart installs exactly what `make generate` wrote."""
+    for crd in (REPO_ROOT / "crds").glob("*.yaml"):
+        link = CHART / "crds" / crd.name
+        assert link.is_symlink(), f"{link} must link to {crd}"
+        assert link.resolve() == crd.resolve()
+    docs = [doc for path in sorted((CHART / "crds").glob("*.yaml")) for doc in objects(path.read_text())]
+    # The operators' leader election needs kopf's peering CRDs as well.
+    assert {"Model", "Workflow", "Connector", "Policy", "ClusterKopfPeering"} <= {
+        doc["spec"]["names"]["kind"] for doc in docs
+    }
+
+
+def test_packaged_chart_carries_the_crds(tmp_path: Path) -> None:
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("aiplane-*.tgz")
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("aiplane/crds/models.aiplane.io.yaml")
+        assert member is not None, "helm package must store the linked CRD's content"
+        assert member.read().decode() == (REPO_ROOT / "crds" / "models.aiplane.io.yaml").read_text()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_lint(variant: str) -> None:
+    helm("lint", "--strict", str(CHART), *base_values(VARIANTS[variant]), *VARIANTS[variant])
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        (("--set", "gatway.replicas=2"), "additional properties 'gatway' not allowed"),
+        (("--set", "worker.replicas=-1"), "/worker/replicas"),
+        (("--set", "postgresql.bundled.enabled=false"), "/postgresql/existingSecret/name"),
+        (("--set", "kafka.bootstrapServers=not a broker"), "/kafka/bootstrapServers"),
+        (("--set", "region=EU West"), "/region"),
+        (("--set", "gateway.resources.limits=null"), "/gateway/resources"),
+        (("--set", "alerts.prometheusRule=maybe"), "/alerts/prometheusRule"),
+        (("--set", "tracing.sampleRatio=2"), "/tracing/sampleRatio"),
+    ],
+)
+def test_bad_values_fail_with_the_path(values: Sequence[str], says: str) -> None:
+    proc = helm("template", "t", str(CHART), *TRY_OUT, *values, check=False)
+    assert proc.returncode != 0
+    assert says in proc.stderr, proc.stderr
+
+
+def rbac_violations(docs: Sequence[dict[str, Any]]) -> list[str]:
+    """Wildcards anywhere in a rule, and any right to read Secrets beyond one named Secret."""
+    found = []
+    for doc in docs:
+        if doc["kind"] not in {"Role", "ClusterRole"}:
+            continue
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc.get("aggregationRule"):
+            found.append(f"{name}: aggregated roles hide what they grant")
+        for rule in doc.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                if any("*" in item for item in rule.get(field, [])):
+                    found.append(f"{name}: wildcard in {field}: {rule}")
+            secrets = "" in rule.get("apiGroups", []) and "secrets" in rule.get("resources", [])
+            if secrets and SECRET_READ_VERBS & set(rule["verbs"]) and not rule.get("resourceNames"):
+                found.append(f"{name}: reads every Secret: {rule}")
+    return found
+
+
+def test_rbac_check_catches_wildcards_and_secret_lists() -> None:
+    bad = [
+        {
+            "kind": "Role",
+            "metadata": {"name": "a"},
+            "rules": [{"apiGroups": ["apps"], "resources": ["*"], "verbs": ["get"]}],
+        },
+        {
+            "kind": "ClusterRole",
+            "metadata": {"name": "b"},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+        },
+    ]
+    assert len(rbac_violations(bad)) == 2
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rbac_has_no_wildcards_or_secret_reads(variant: str) -> None:
+    docs = objects(render(*VARIANTS[variant]))
+    assert [doc for doc in docs if doc["kind"] in {"Role", "ClusterRole"}], "the operator's role is missing"
+    assert rbac_violations(docs) == []
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_pod_is_restricted_and_bounded(variant: str) -> None:
+    docs = objects(render(*VARIANTS[variant]))
+    specs = dict(pod_specs(docs))
+    assert len(specs) >= 3
+    for name, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert not any(spec.get(host) for host in ("hostNetwork", "hostPID", "hostIPC")), name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert not security["capabilities"].get("add"), name
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"])
+            assert {"cpu", "memory"} <= set(resources["limits"])
+
+
+def test_one_service_account_per_component_and_tokens_only_where_needed() -> None:
+    docs = objects(render())
+    specs = dict(pod_specs(docs))
+    accounts = [spec["serviceAccountName"] for spec in specs.values()]
+    assert len(set(accounts)) == len(accounts)
+    for name, spec in specs.items():
+        # Only the operator talks to the Kubernetes API.
+        assert spec.get("automountServiceAccountToken", True) is ("operator" in name), name
+    bindings = [doc for doc in docs if doc["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
+    assert [subject["name"] for doc in bindings for subject in doc["subjects"]] == ["test-aiplane-operator"]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def test_pdbs_topology_spread_and_operator_replicas() -> None:
+    docs = objects(render())
+    pdbs = [doc["spec"]["selector"]["matchLabels"] for doc in docs if doc["kind"] == "PodDisruptionBudget"]
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert any(_selects(pdb, labels) for pdb in pdbs), doc["metadata"]["name"]
+        keys = {c["topologyKey"] for c in doc["spec"]["template"]["spec"]["topologySpreadConstraints"]}
+        assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+        if labels["app.kubernetes.io/component"] == "operator":
+            assert doc["spec"]["replicas"] == 2
+            assert "--liveness=http://0.0.0.0:8080/healthz" in doc["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_network_policies_deny_by_default() -> None:
+    docs = objects(render())
+    policies = {doc["metadata"]["name"]: doc["spec"] for doc in docs if doc["kind"] == "NetworkPolicy"}
+    deny = policies["test-aiplane-default-deny"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in deny
+    assert "egress" not in deny
+    for name, spec in pod_specs(docs):
+        labels = next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name)["spec"]["template"]
+        assert _selects(deny["podSelector"]["matchLabels"], labels["metadata"]["labels"]), name
+        assert spec  # every workload is covered
+    # Kafka egress only on the configured ports.
+    gateway_egress = policies["test-aiplane-gateway-egress"]["egress"]
+    assert {"protocol": "TCP", "port": 9092} in [port for rule in gateway_egress for port in rule["ports"]]
+
+
+def test_scrape_config_follows_the_cluster() -> None:
+    plain = objects(render())
+    assert not [doc for doc in plain if doc["kind"] in {"ServiceMonitor", "PrometheusRule"}]
+    annotated = [name for name, spec in pod_specs(plain) if "gateway" in name or "worker" in name]
+    for doc in plain:
+        if doc["kind"] == "Deployment" and f"Deployment/{doc['metadata']['name']}" in annotated:
+            assert doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert any(doc["kind"] == "ConfigMap" and "aiplane.rules.yaml" in doc["data"] for doc in plain)
+
+    # "auto" looks at the cluster's API groups (helm template: --api-versions stands in for them).
+    capabilities = [f"--api-versions=monitoring.coreos.com/v1/{kind}" for kind in ("ServiceMonitor", "PrometheusRule")]
+    operator_cluster = objects(render(*capabilities))
+    kinds = [doc["kind"] for doc in operator_cluster]
+    assert kinds.count("ServiceMonitor") == 2
+    assert kinds.count("PrometheusRule") == 1
+    for doc in operator_cluster:
+        if doc["kind"] == "Deployment":
+            assert "prometheus.io/scrape" not in doc["spec"]["template"]["metadata"].get("annotations", {})
+    rule = next(doc for doc in operator_cluster if doc["kind"] == "PrometheusRule")
+    assert {group["name"] for group in rule["spec"]["groups"]} >= {"aiplane.slo", "aiplane.engine"}
+
+
+def test_dashboards_are_configmaps_for_grafanas_sidecar() -> None:
+    maps = [doc for doc in objects(render()) if doc["kind"] == "ConfigMap" and "dashboard" in doc["metadata"]["name"]]
+    assert {next(iter(doc["data"])) for doc in maps} == {
+        "overview.json",
+        "models.json",
+        "connectors.json",
+        "governance.json",
+    }
+    assert all(doc["metadata"]["labels"]["grafana_dashboard"] == "1" for doc in maps)
+
+
+def test_runbook_base_url_is_configurable() -> None:
+    docs = objects(render("--set", "alerts.runbookBaseUrl=https://wiki.example.com/aiplane/"))
+    rules = next(doc for doc in docs if doc["kind"] == "ConfigMap" and "aiplane.rules.yaml" in doc["data"])
+    text = rules["data"]["aiplane.rules.yaml"]
+    assert "https://wiki.example.com/aiplane/#aiplaneslabreaches" in text
+    assert "aiplane.github.io" not in text
+
+
+def test_region_values_label_pods_and_pin_the_store() -> None:
+    docs = objects(render(*VARIANTS["region"]))
+    for name, spec in pod_specs(docs):
+        workload = next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name)
+        assert workload["spec"]["template"]["metadata"]["labels"]["aiplane.io/region"] == "eu-west-1"
+        env = {item["name"]: item for item in spec["containers"][0]["env"]}
+        assert env["AIPLANE_REGION"]["value"] == "eu-west-1"
+        if "operator" not in name:
+            assert env["AIPLANE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "aiplane-store-eu-west-1"
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+
+
+def test_image_digest_wins_over_tag() -> None:
+    digest = "sha256:" + "a" * 64
+    for _, spec in pod_specs(objects(render("--set", f"image.digest={digest}"))):
+        image = spec["containers"][0]["image"]
+        assert image.endswith(digest) or image.startswith("docker.io/library/postgres")

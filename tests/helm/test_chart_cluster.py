@@ -1,0 +1,115 @@
+"""The chart on the real test cluster (kube-apiserver, kwok nodes): server-side dry run, install into a namespace
+that enforces Pod Security `restricted`, every pod Running, upgrade, and an uninstall that leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.fixtures.cluster import Cluster
+from tests.fixtures.polling import assert_eventually
+from tests.helm.chart import CHART, TRY_OUT, helm, render
+
+INSTALL_TIMEOUT_S = 240.0
+
+
+@pytest.fixture
+def restricted_namespace(cluster: Cluster) -> Iterator[str]:
+    """A namespace that enforces Pod Security `restricted` (and warns and audits at it)."""
+    name = cluster.create_namespace("helm-restricted")
+    labels = [f"pod-security.kubernetes.io/{mode}=restricted" for mode in ("enforce", "warn", "audit")]
+    cluster.kubectl("label", "namespace", name, *labels, "pod-security.kubernetes.io/enforce-version=latest")
+    try:
+        yield name
+    finally:
+        cluster.delete_namespace(name)
+
+
+def _release() -> str:
+    # Unique per test run: ClusterRoles are cluster-wide and the cluster is shared with other tests.
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def _pods(cluster: Cluster, namespace: str, release: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}", "-o", "json"
+    ).stdout
+    pods: list[dict[str, Any]] = json.loads(out)["items"]
+    return pods
+
+
+def _assert_running(cluster: Cluster, namespace: str, release: str, expected: int) -> None:
+    def check() -> None:
+        pods = _pods(cluster, namespace, release)
+        phases = {pod["metadata"]["name"]: pod["status"].get("phase") for pod in pods}
+        assert len(phases) == expected, phases
+        assert set(phases.values()) == {"Running"}, phases
+        nodes = {pod["spec"].get("nodeName", "") for pod in pods}
+        assert all(node.startswith("kwok-") for node in nodes), nodes
+
+    assert_eventually(check, timeout=INSTALL_TIMEOUT_S, interval=1.0)
+
+
+def _store_password(cluster: Cluster, namespace: str, release: str) -> str:
+    secret = cluster.kubectl("get", "secret", "-n", namespace, f"{release}-aiplane-postgresql", "-o", "json")
+    password: str = json.loads(secret.stdout)["data"]["password"]
+    assert password
+    return password
+
+
+def _leftovers(cluster: Cluster, namespace: str, release: str) -> list[str]:
+    """Every object labelled with the release, namespaced (in ``namespace``) or cluster-scoped."""
+    selector = f"app.kubernetes.io/instance={release}"
+    found: list[str] = []
+    for namespaced in ("true", "false"):
+        kinds = cluster.kubectl("api-resources", "--verbs=list", f"--namespaced={namespaced}", "-o", "name").stdout
+        scope = ("-n", namespace) if namespaced == "true" else ()
+        # Events carry no labels; aiplane.io kinds are the user's.
+        listed = ",".join(kind for kind in kinds.split() if not kind.startswith("events"))
+        out = cluster.kubectl("get", listed, *scope, "-l", selector, "-o", "name", "--ignore-not-found").stdout
+        found += out.split()
+    return found
+
+
+def test_template_passes_server_side_dry_run(cluster: Cluster, k8s_namespace: str) -> None:
+    release = _release()
+    manifest = render("--set", "metrics.prometheusUrl=http://prometheus:9090", release=release, namespace=k8s_namespace)
+    cluster.kubectl("apply", "--dry-run=server", "-n", k8s_namespace, "-f", "-", input=manifest)
+
+
+def test_install_upgrade_uninstall_in_a_restricted_namespace(cluster: Cluster, restricted_namespace: str) -> None:
+    namespace, release = restricted_namespace, _release()
+    env = cluster.env
+
+    # The namespace really enforces `restricted`: a pod without the security context is refused.
+    refused = cluster.kubectl("run", "unrestricted", "--image=x", "-n", namespace, "--dry-run=server", check=False)
+    assert refused.returncode != 0
+    assert "violates PodSecurity" in refused.stderr
+
+    try:
+        helm("install", release, str(CHART), "-n", namespace, *TRY_OUT, "--wait", "--timeout", "4m", env=env)
+        # Gateway 2, workers 2, operators 2 (leader and standby), PostgreSQL 1: all admitted and Running.
+        _assert_running(cluster, namespace, release, expected=7)
+        password = _store_password(cluster, namespace, release)
+
+        helm(
+            "upgrade", release, str(CHART), "-n", namespace, *TRY_OUT, "--reuse-values",
+            "--set", "worker.replicas=3", "--wait", "--timeout", "4m", env=env,
+        )  # fmt: skip
+        _assert_running(cluster, namespace, release, expected=8)
+        status = json.loads(helm("status", release, "-n", namespace, "-o", "json", env=env).stdout)
+        assert status["version"] == 2
+        assert status["info"]["status"] == "deployed"
+        # The bundled store's password survives the upgrade (a new one would lock the engine out).
+        assert _store_password(cluster, namespace, release) == password
+    finally:
+        helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "4m", env=env, check=False)
+
+    def nothing_left() -> None:
+        assert _leftovers(cluster, namespace, release) == []
+
+    assert_eventually(nothing_left, timeout=INSTALL_TIMEOUT_S, interval=1.0)
