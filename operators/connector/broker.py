@@ -4,6 +4,7 @@ broker is reachable and the topic exists. Blocking (kafka-python); the reconcile
 from __future__ import annotations
 
 import contextlib
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +28,13 @@ class Probe:
 
 @dataclass(frozen=True)
 class Credentials:
-    """SASL credentials read from the Connector's Secret refs."""
+    """SASL credentials read from the Connector's Secret refs; ``ca``: PEM certificates (with ``tls``)."""
 
     mechanism: str
     username: str
     password: str
     tls: bool
+    ca: str | None = None
 
 
 def partitions(
@@ -46,6 +48,7 @@ def partitions(
         "bootstrap_timeout_ms": timeout_ms,
         "reconnect_backoff_max_ms": 1000,
     }
+    # As the consumers connect (connectors.kafka.clients.security_settings), so the probe sees what they will.
     if credentials is not None:
         config.update(
             security_protocol="SASL_SSL" if credentials.tls else "SASL_PLAINTEXT",
@@ -54,8 +57,10 @@ def partitions(
             sasl_plain_password=credentials.password,
         )
     try:
+        if credentials is not None and credentials.tls:
+            config["ssl_context"] = ssl.create_default_context(cadata=credentials.ca)
         admin = KafkaAdminClient(**config)
-    except (KafkaError, OSError, ValueError) as error:
+    except (KafkaError, OSError, ValueError) as error:  # ssl.SSLError is an OSError: a CA that is not PEM
         return Probe(error=f"cannot reach a broker at {bootstrap_servers}: {_describe(error)}")
     try:
         described = admin.describe_topics([topic])

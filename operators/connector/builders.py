@@ -1,8 +1,9 @@
 """Pure builders: a Connector in, what it needs out: the secret keys it reads, the consumer count a topic allows,
 and a kafkaSource's consumer Deployment (a plain dict, ready for server-side apply).
 
-The Deployment carries no secret value: the store URL and SASL credentials come from Secret refs as environment
-variables, and the ``kafkaSource`` block (which holds refs only) as JSON in another.
+The Deployment carries no secret value: the store URL comes from a Secret ref as an environment variable, the SASL
+credentials and CA as files of Secret volumes (``SECRETS_DIR/<secret>/<key>``), and the ``kafkaSource`` block
+(which holds refs only) as JSON in another variable.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ COMPONENT = "kafka-source"
 CHILD_SELECTOR = {LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_COMPONENT: COMPONENT}
 CONTAINER = "source"
 TENANT_ANNOTATION = "aiplane.io/tenant"
+# Where a consumer finds the Secret keys its Connector names, one file per key: <dir>/<secret>/<key>.
+SECRETS_DIR = "/var/run/secrets/aiplane"
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,7 @@ def secret_refs(connector: Connector, config: Config) -> list[tuple[str, SecretK
     kafka = spec.kafka_source or spec.kafka_sink
     if kafka is not None and kafka.auth is not None:
         block = "kafkaSource" if spec.kafka_source is not None else "kafkaSink"
-        refs += [(f"spec.{block}.auth.username", kafka.auth.username)]
-        refs += [(f"spec.{block}.auth.password", kafka.auth.password)]
+        refs += [(f"spec.{block}.auth.{where}", ref) for where, ref in auth_refs(kafka.auth)]
     if spec.kafka_source is not None:
         store = SecretKeyRef(name=config.store_secret, key=config.store_key)
         refs.append(("the engine store's URL (operator setting AIPLANE_STORE_SECRET)", store))
@@ -87,13 +89,25 @@ def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
-def _auth_env(auth: KafkaAuth | None) -> list[dict[str, Any]]:
-    if auth is None:
-        return []
-    return [
-        _secret_env("AIPLANE_KAFKA_SASL_USERNAME", auth.username),
-        _secret_env("AIPLANE_KAFKA_SASL_PASSWORD", auth.password),
-    ]
+def auth_refs(auth: KafkaAuth) -> list[tuple[str, SecretKeyRef]]:
+    refs = [("username", auth.username), ("password", auth.password)]
+    return refs + ([("ca", auth.ca)] if auth.ca is not None else [])
+
+
+def _secret_volumes(refs: list[SecretKeyRef]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts that put each Secret key at ``SECRETS_DIR/<secret>/<key>``, only the keys named."""
+    keys: dict[str, list[str]] = {}
+    for ref in refs:
+        keys.setdefault(ref.name, [])
+        if ref.key not in keys[ref.name]:
+            keys[ref.name].append(ref.key)
+    volumes, mounts = [], []
+    for index, (secret, names) in enumerate(sorted(keys.items())):
+        volume = f"secret-{index}"
+        items = [{"key": key, "path": key} for key in names]
+        volumes.append({"name": volume, "secret": {"secretName": secret, "items": items}})
+        mounts.append({"name": volume, "mountPath": f"{SECRETS_DIR}/{secret}", "readOnly": True})
+    return volumes, mounts
 
 
 def deployment(connector: Connector, owner: Owner, replicas: int, config: Config) -> dict[str, Any]:
@@ -105,8 +119,13 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
     env = [
         {"name": "AIPLANE_CONNECTOR_SPEC", "value": block},
         _secret_env("AIPLANE_STORE_URL", SecretKeyRef(name=config.store_secret, key=config.store_key)),
-        *_auth_env(source.auth),
     ]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if source.auth is not None:
+        # SASL credentials and the CA as files, where the runtime's secret resolver reads them.
+        volumes, mounts = _secret_volumes([ref for _, ref in auth_refs(source.auth)])
+        env.append({"name": "AIPLANE_SECRETS_DIR", "value": SECRETS_DIR})
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": config.image,
@@ -121,6 +140,10 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
         "env": env,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
     }
+    pod_volumes: dict[str, Any] = {}
+    if volumes:
+        container["volumeMounts"] = mounts
+        pod_volumes["volumes"] = volumes
     selector = {LABEL_CONNECTOR: owner.name, LABEL_COMPONENT: COMPONENT}
     return {
         "apiVersion": "apps/v1",
@@ -139,7 +162,7 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": labels(owner.name)},
-                "spec": {"containers": [container], "enableServiceLinks": False},
+                "spec": {"containers": [container], "enableServiceLinks": False, **pod_volumes},
             },
         },
     }

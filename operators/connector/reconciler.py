@@ -127,11 +127,13 @@ class Reconciler:
         auth = kafka.auth
         user = secrets[auth.username.name] or {}
         password = secrets[auth.password.name] or {}
+        ca = _decode((secrets[auth.ca.name] or {})[auth.ca.key]) if auth.ca is not None else None
         credentials = broker.Credentials(
             mechanism=auth.mechanism,
             username=_decode(user[auth.username.key]),
             password=_decode(password[auth.password.key]),
             tls=auth.tls,
+            ca=ca,
         )
         return missing, credentials
 

@@ -47,9 +47,20 @@ def test_the_consumer_deployment_runs_the_source_runtime_with_no_secret_in_it() 
     env = {e["name"]: e for e in container["env"]}
     assert json.loads(env["AIPLANE_CONNECTOR_SPEC"]["value"])["topic"] == "claims-in"
     assert env["AIPLANE_STORE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "aiplane-store", "key": "url"}}
-    assert env["AIPLANE_KAFKA_SASL_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "kafka-user", "key": "pass"}}
-    # Secret refs only: no env var of the Deployment carries a literal value other than the refs-only spec block.
-    assert [e["name"] for e in container["env"] if "value" in e] == ["AIPLANE_CONNECTOR_SPEC"]
+    assert env["AIPLANE_SECRETS_DIR"]["value"] == "/var/run/secrets/aiplane"
+    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    assert volume["secret"] == {
+        "secretName": "kafka-user",
+        "items": [{"key": "user", "path": "user"}, {"key": "pass", "path": "pass"}],
+    }
+    (mount,) = container["volumeMounts"]
+    assert (mount["name"], mount["mountPath"], mount["readOnly"]) == (
+        volume["name"],
+        "/var/run/secrets/aiplane/kafka-user",
+        True,
+    )
+    # Refs only: no env var carries a literal value other than the refs-only spec block and the directory.
+    assert [e["name"] for e in container["env"] if "value" in e] == ["AIPLANE_CONNECTOR_SPEC", "AIPLANE_SECRETS_DIR"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
