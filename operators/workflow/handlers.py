@@ -76,9 +76,12 @@ async def forget_deleted_workflow(
 
 
 async def _revalidate(memo: Any, namespace: str | None, kw: Mapping[str, Any]) -> None:
+    bodies = list(kw["workflow_bodies"].get(namespace, []))
+    if not bodies:
+        return  # most Model events (status moves of serving replicas) are in namespaces without Workflows
     reconciler: Reconciler = memo.workflow_reconciler
     world = _namespace(namespace, kw)
-    for body in list(kw["workflow_bodies"].get(namespace, [])):
+    for body in bodies:
         await reconciler.converge(body, world)
 
 

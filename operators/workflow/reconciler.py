@@ -24,6 +24,7 @@ from operators.workflow import validation
 log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "aiplane.io", "v1alpha1", "workflows"
 MERGE = "application/merge-patch+json"
+MAX_CHECKED = 4096
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Reconciler:
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     # Workflow uid -> the status this process last wrote: newer than any the watch may have delivered yet.
     _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Content version -> the spec's own problems (crds.checks), oldest first.
+    _checked: dict[str, list[checks.Problem]] = field(default_factory=dict)
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         self._locks.pop((namespace, name), None)
@@ -67,9 +70,15 @@ class Reconciler:
             )
             await self._write(where, name, uid, folded)
             return
-        problems = validation.problems(spec, namespace, where)
-        unready = [] if problems else validation.unready(spec, namespace)
         version = checks.version_of(spec)
+        # A spec's own problems depend on nothing else: checked once per version, not on every Model event.
+        own = self._checked.get(version)
+        if own is None:
+            own = self._checked[version] = checks.problems(spec)
+            if len(self._checked) > MAX_CHECKED:
+                self._checked.pop(next(iter(self._checked)))
+        problems = own + validation.references(spec, namespace, where)
+        unready = [] if problems else validation.unready(spec, namespace)
         folded = statuses.fold(
             previous, generation=generation, version=version, problems=problems, unready=unready, now=self.clock()
         )
