@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from aiplane import admission
-from crds import API_GROUP, RESOURCES, Resource
+from crds import API_GROUP, RESOURCES, Resource, Workflow, checks
 
 KINDS: dict[str, type[Resource]] = {resource.KIND: resource for resource in RESOURCES}
 
@@ -61,6 +61,9 @@ def parse(document: dict[str, Any], source: str) -> Resource | None:
     except ValidationError as error:
         raise ManifestError(source, _describe(error)) from None
     problems = admission.violations(parsed)
+    if isinstance(parsed, Workflow):
+        # What the Workflow operator would report as Valid=False (cycles, CEL that does not compile).
+        problems += [f"spec.{p.field}: {p.message}" for p in checks.problems(parsed.spec)]
     if problems:
         raise ManifestError(source, "; ".join(problems))
     return parsed
