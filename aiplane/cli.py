@@ -16,6 +16,7 @@ from aiplane.modelserver import ModelServerError
 from aiplane.settings import Settings
 from crds import RESOURCES
 from crds.generate import render
+from policies.audit import Head, Record, Verification, parse_anchor, verify
 
 EXAMPLE_DIR = Path("examples/claims-triage")
 
@@ -151,14 +152,27 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    """Verify or export the audit log straight from the engine's database (read-only)."""
-    import os
-
+    """Verify or export the audit log straight from the engine's database (read-only), or verify an export."""
     import sqlalchemy as sa
 
     from engine.store.audit import AuditLog
     from engine.store.database import Database
 
+    try:
+        anchors = [parse_anchor(text) for text in args.anchor]
+    except ValueError as error:
+        print(f"aiplane audit: {error}", file=sys.stderr)
+        return 2
+    if args.file is not None:
+        if args.action != "verify":
+            print("aiplane audit: --file is for verify (an export is already a file)", file=sys.stderr)
+            return 2
+        with args.file.open() as lines:
+            records = [Record.from_json(json.loads(line)) for line in lines if line.strip()]
+        # An export has no head row: its own last record stands in, so only the anchors catch a cut-off tail.
+        last = records[-1] if records else None
+        result: Verification = verify(records, None if last is None else Head(last.seq, last.hash), anchors=anchors)
+        return _report(result)
     url = args.database or os.environ.get("AIPLANE_DATABASE_URL")
     if url is None:
         url = f"sqlite:///{(args.data_dir or Settings.from_env().data_dir) / 'engine.db'}"
@@ -173,15 +187,19 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                     count = log.export(out, after_seq=args.after)
             print(f"exported {count} audit records", file=sys.stderr)
             return 0
-        result = log.verify()
+        result = log.verify(anchors=anchors)
     except sa.exc.SQLAlchemyError as error:
         print(f"aiplane audit: cannot read the audit log at {db.url!r}: {error.__class__.__name__}", file=sys.stderr)
         return 2
     finally:
         db.dispose()
+    return _report(result)
+
+
+def _report(result: Verification) -> int:
     for problem in result.problems:
         print(f"TAMPERED {problem}")
-    last = f"; head {result.last.seq} {result.last.hash}" if result.last is not None else ""
+    last = f"; head {result.last.seq}:{result.last.hash}" if result.last is not None else ""
     verdict = "intact" if result.ok else f"{len(result.problems)} problem(s)"
     print(f"audit log {verdict}: {result.records} records{last}")
     return 0 if result.ok else 1
@@ -194,6 +212,14 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     audit.add_argument("--data-dir", type=Path, default=None, help="the dev data dir, when no URL is given")
     audit.add_argument("--after", type=int, default=0, help="export: only records after this seq")
     audit.add_argument("--output", "-o", type=Path, default=None, help="export: write here instead of stdout")
+    audit.add_argument("--file", type=Path, default=None, help="verify: check this export instead of a database")
+    audit.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SEQ:HASH",
+        help="verify: a head printed by an earlier verify, kept outside the database; the log must still hold it",
+    )
     audit.set_defaults(func=_cmd_audit)
 
 

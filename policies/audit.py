@@ -218,17 +218,37 @@ def check(records: Iterable[Record], head: Head | None) -> Iterator[Problem]:
         yield Problem(previous.seq, "the last record is not the one the head commits to (replaced)")
 
 
-def verify(records: Iterable[Record], head: Head | None) -> Verification:
-    """``check`` collected, with a count of records and the last one."""
+def verify(records: Iterable[Record], head: Head | None, *, anchors: Iterable[Head] = ()) -> Verification:
+    """``check`` collected, with a count of records and the last one.
+
+    ``anchors``: (seq, hash) pairs noted earlier outside the database (what ``verify`` printed as the head then).
+    A chain rewritten consistently from scratch passes every other check but not these: the record at an anchor's
+    position must still carry the anchored hash.
+    """
     count = 0
     last: Head | None = None
+    pending = {anchor.seq: anchor.hash for anchor in anchors}
+    mismatched: list[Problem] = []
 
     def counted() -> Iterator[Record]:
         nonlocal count, last
         for record in records:
             count += 1
             last = Head(record.seq, record.hash)
+            expected = pending.pop(record.seq, None)
+            if expected is not None and expected != record.hash:
+                mismatched.append(Problem(record.seq, "differs from the anchored hash: the log was rewritten"))
             yield record
 
-    problems = tuple(check(counted(), head))
-    return Verification(records=count, last=last, problems=problems)
+    problems = list(check(counted(), head))
+    problems += mismatched
+    problems += [Problem(seq, "the anchored record is missing") for seq in sorted(pending)]
+    return Verification(records=count, last=last, problems=tuple(sorted(problems, key=lambda p: p.seq)))
+
+
+def parse_anchor(text: str) -> Head:
+    """``SEQ:HASH`` (as ``aiplane audit verify`` prints the head) as a Head; ValueError otherwise."""
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"an anchor is SEQ:HASH (a record number and its 64 hex digit hash), got {text!r}")
+    return Head(int(seq), digest)

@@ -9,7 +9,7 @@ one chain, and an append inside another write transaction (an approval decision)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import IO, Any
 
@@ -159,11 +159,11 @@ class AuditLog:
             )
             return [_record(row) for row in rows]
 
-    def verify(self) -> Verification:
-        """Check the whole chain against its head (see ``policies.audit.check`` for what is detected)."""
+    def verify(self, *, anchors: Iterable[Head] = ()) -> Verification:
+        """Check the whole chain against its head and ``anchors`` (see ``policies.audit`` for what is detected)."""
         with self._snapshot() as conn:
             head = self._head(conn)
-            return verify(self._records(conn), head)
+            return verify(self._records(conn), head, anchors=anchors)
 
     def export(self, out: IO[str], *, after_seq: int = 0) -> int:
         """Write the records after ``after_seq`` as JSON lines (each verifiable on its own); returns how many."""

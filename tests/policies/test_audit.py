@@ -5,11 +5,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from policies.audit import GENESIS, AuditEntryError, Entry, Head, Record, canonical_json, check, seal, verify
+from policies.audit import (
+    GENESIS,
+    AuditEntryError,
+    Entry,
+    Head,
+    Record,
+    canonical_json,
+    check,
+    parse_anchor,
+    seal,
+    verify,
+)
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -123,3 +135,20 @@ def test_entries_are_checked_before_they_are_recorded() -> None:
         Entry("policy", "s", "allow", {"score": float("nan")})
     with pytest.raises(AuditEntryError, match="timezone"):
         seal(Entry("policy", "s", "allow"), after=None, record_id="i", at=datetime(2026, 1, 1))
+
+
+def test_anchors_catch_a_chain_rewritten_from_scratch() -> None:
+    records = chain(4)
+    anchor = head_of(records[:3])
+    rewritten: list[Record] = []
+    for r in records:
+        entry = Entry(r.kind, r.subject, "deny" if r.seq == 2 else r.decision, json.loads(r.details))
+        after = head_of(rewritten) if rewritten else None
+        rewritten.append(seal(entry, after=after, record_id=r.id, at=r.at))
+    assert verify(rewritten, head_of(rewritten)).ok  # consistent: only an outside anchor can tell
+    result = verify(rewritten, head_of(rewritten), anchors=[anchor])
+    assert [str(p) for p in result.problems] == ["record 3: differs from the anchored hash: the log was rewritten"]
+    assert verify(records, head_of(records), anchors=[anchor]).ok
+    assert parse_anchor(f"3:{anchor.hash}") == anchor
+    with pytest.raises(ValueError, match="SEQ:HASH"):
+        parse_anchor("3")

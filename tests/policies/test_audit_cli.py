@@ -23,11 +23,15 @@ def test_verify_and_export_from_the_command_line(tmp_path: Path, capsys: pytest.
         log.append("approval", f"task/T{i}", "approve", {"i": i}, tenant="acme", actor="alice")
 
     assert main(["audit", "verify", "--data-dir", str(tmp_path)]) == 0
-    assert "audit log intact: 3 records; head 3 " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "audit log intact: 3 records; head 3:" in printed
+    anchor = printed.split("head ")[1].strip()
 
     out = tmp_path / "audit.jsonl"
     assert main(["audit", "export", "--data-dir", str(tmp_path), "-o", str(out)]) == 0
     assert [json.loads(line)["subject"] for line in out.read_text().splitlines()] == ["task/T0", "task/T1", "task/T2"]
+    assert main(["audit", "verify", "--file", str(out), "--anchor", anchor]) == 0
+    assert "audit log intact: 3 records" in capsys.readouterr().out
 
     with db.write() as conn:
         conn.execute(sa.update(audit_log).where(audit_log.c.seq == 2).values(actor="mallory"))
@@ -36,6 +40,20 @@ def test_verify_and_export_from_the_command_line(tmp_path: Path, capsys: pytest.
     printed = capsys.readouterr().out
     assert "TAMPERED record 2: edited" in printed
     assert "1 problem(s)" in printed
+
+    # An export edited by hand, and one cut short (only the anchor can tell).
+    lines = out.read_text().splitlines()
+    edited = json.loads(lines[0]) | {"decision": "reject"}
+    (tmp_path / "edited.jsonl").write_text("\n".join([json.dumps(edited), *lines[1:]]) + "\n")
+    assert main(["audit", "verify", "--file", str(tmp_path / "edited.jsonl")]) == 1
+    assert "TAMPERED record 1: edited" in capsys.readouterr().out
+    (tmp_path / "short.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    assert main(["audit", "verify", "--file", str(tmp_path / "short.jsonl")]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", "--file", str(tmp_path / "short.jsonl"), "--anchor", anchor]) == 1
+    assert "TAMPERED record 3: the anchored record is missing" in capsys.readouterr().out
+    assert main(["audit", "verify", "--anchor", "3:nothex"]) == 2
+    assert "an anchor is SEQ:HASH" in capsys.readouterr().err
 
 
 def test_verify_says_when_there_is_no_audit_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
