@@ -28,8 +28,9 @@ idempotent.
 from __future__ import annotations
 
 import functools
+import logging
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,6 +80,8 @@ NAME_LABELS = frozenset(
         "spousename",
     }
 )
+log = logging.getLogger(__name__)
+
 #: Entity type of a value masked because a Policy's ``fields`` names it.
 FIELD = "FIELD"
 PERSON = "PERSON"
@@ -311,6 +314,77 @@ def _detokenize(value: Any, tenant: str, keys: MaskingKeys) -> Any:
     return MASK.sub(clear, value)
 
 
+@dataclass(frozen=True)
+class _Redact:
+    entities: frozenset[str]
+    fields: tuple[str, ...]
+    action: str = "redact"
+    unmask_roles: frozenset[str] = frozenset()
+
+
+class WorkflowMasking:
+    """What the engine calls where data is kept or sent: each workflow's PII policy and the keys, bound once.
+
+    ``policy_for(workflow)`` gives the effective ``pii`` part for a workflow (None: not governed), e.g.
+    ``lambda name: policy_set.effective(Target("Workflow", name)).pii``; the engine holds no WorkflowMasking at
+    all when no Policy has a ``pii`` part, so that path costs nothing. ``on_masked(tenant, workflow, summary)``
+    receives what was masked where (for the audit log), never the values.
+    """
+
+    def __init__(
+        self,
+        policy_for: Callable[[str], PIIPolicy | None],
+        keys: MaskingKeys | None = None,
+        *,
+        on_masked: Callable[[str, str, MaskSummary], None] | None = None,
+    ) -> None:
+        self.policy_for = policy_for
+        self.keys = keys
+        self.on_masked = on_masked
+        self._warned: set[str] = set()
+
+    def _policy(self, workflow: str) -> PIIPolicy | None:
+        pii = self.policy_for(workflow)
+        if pii is not None and pii.action != "redact" and self.keys is None:
+            # Fail closed: without a key a hash or token cannot be made, and the data must not pass in clear nor
+            # stop the service; redaction needs no key. Said once per workflow.
+            if workflow not in self._warned:
+                self._warned.add(workflow)
+                log.warning(
+                    "PII policy of workflow %s asks to %s but no key is configured (AIPLANE_PII_KEY); redacting",
+                    workflow,
+                    pii.action,
+                )
+            return _Redact(frozenset(pii.entities), tuple(pii.fields))
+        return pii
+
+    def _mask(self, tenant: str, workflow: str, value: Any, root: str) -> Any:
+        pii = self._policy(workflow)
+        if pii is None:
+            return value
+        masked = mask(value, pii, tenant, self.keys, root=root)
+        if masked.summary and self.on_masked is not None:
+            self.on_masked(tenant, workflow, masked.summary)
+        return masked.value
+
+    def input(self, tenant: str, workflow: str, value: Any) -> Any:
+        """A task input, before it is stored (and before any step, model or connector sees it)."""
+        return self._mask(tenant, workflow, value, "input")
+
+    def output(self, tenant: str, workflow: str, step: str, value: Any) -> Any:
+        """A step's output (and the vars it sets), before it is stored."""
+        return self._mask(tenant, workflow, value, f"steps.{step}")
+
+    def variables(self, tenant: str, workflow: str, value: Any) -> Any:
+        """Task variables a rules step sets, before they are stored."""
+        return self._mask(tenant, workflow, value, "vars")
+
+    def text(self, tenant: str, workflow: str, text: str) -> str:
+        """An error message or other free text bound for the store, a log line or a span."""
+        pii = self._policy(workflow)
+        return text if pii is None else mask_text(text, pii, tenant, self.keys)
+
+
 def masks_in(value: Any) -> Iterator[str]:
     """Every mask in a payload (for tests and audits: what a stored value holds instead of personal data)."""
     if isinstance(value, dict):
@@ -332,6 +406,7 @@ __all__ = [
     "Masked",
     "MaskedItem",
     "PIIPolicy",
+    "WorkflowMasking",
     "detokenize",
     "mask",
     "mask_text",

@@ -12,7 +12,7 @@ import pytest
 
 from crds.policy import PII
 from policies.effective import EffectivePII
-from policies.masking import detokenize, mask, mask_text, masks_in
+from policies.masking import WorkflowMasking, detokenize, mask, mask_text, masks_in
 from policies.tokens import InvalidTokenError, MaskingKeyError, MaskingKeys, UnmaskDeniedError
 
 ALL = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "DATE_OF_BIRTH", "PERSON"]
@@ -196,3 +196,20 @@ def test_masks_in_lists_what_a_payload_holds(keys: MaskingKeys) -> None:
         "<PHONE_NUMBER>",
         "<US_SSN>",
     ]
+
+
+def test_workflow_masking_redacts_when_a_key_is_missing_rather_than_pass_data_in_clear(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    summaries: list[dict[str, Any]] = []
+    masking = WorkflowMasking(
+        lambda workflow: policy("tokenize") if workflow == "claims" else None,
+        None,
+        on_masked=lambda tenant, workflow, summary: summaries.append(summary.to_dict()),
+    )
+    assert masking.input("t", "claims", {"email": "x@example.com"}) == {"email": "<EMAIL_ADDRESS>"}
+    assert masking.input("t", "other", {"email": "x@example.com"}) == {"email": "x@example.com"}
+    assert masking.output("t", "claims", "score", {"to": "x@example.com"}) == {"to": "<EMAIL_ADDRESS>"}
+    assert masking.text("t", "claims", "no x@example.com") == "no <EMAIL_ADDRESS>"
+    assert "no key is configured" in caplog.text
+    assert [s["paths"] for s in summaries] == [["input.email"], ["steps.score.to"]]
