@@ -118,7 +118,7 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
     block = json.dumps(source.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
     env = [
         {"name": "AIPLANE_CONNECTOR_SPEC", "value": block},
-        _secret_env("AIPLANE_STORE_URL", SecretKeyRef(name=config.store_secret, key=config.store_key)),
+        _secret_env("AIPLANE_DATABASE_URL", SecretKeyRef(name=config.store_secret, key=config.store_key)),
     ]
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -135,7 +135,7 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
             *("--connector", owner.name),
             *("--tenant", tenant(connector)),
             *("--spec", "$(AIPLANE_CONNECTOR_SPEC)"),
-            *("--db-url", "$(AIPLANE_STORE_URL)"),
+            *("--db-url", "$(AIPLANE_DATABASE_URL)"),
         ],
         "env": env,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},

@@ -42,11 +42,11 @@ def test_the_consumer_deployment_runs_the_source_runtime_with_no_secret_in_it() 
     assert container["args"][:4] == ["python", "-m", "connectors.kafka", "source"]
     assert container["args"][4:] == [
         "--connector", "intake", "--tenant", "ns",
-        "--spec", "$(AIPLANE_CONNECTOR_SPEC)", "--db-url", "$(AIPLANE_STORE_URL)",
+        "--spec", "$(AIPLANE_CONNECTOR_SPEC)", "--db-url", "$(AIPLANE_DATABASE_URL)",
     ]  # fmt: skip
     env = {e["name"]: e for e in container["env"]}
     assert json.loads(env["AIPLANE_CONNECTOR_SPEC"]["value"])["topic"] == "claims-in"
-    assert env["AIPLANE_STORE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "aiplane-store", "key": "url"}}
+    assert env["AIPLANE_DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "aiplane-store", "key": "url"}}
     assert env["AIPLANE_SECRETS_DIR"]["value"] == "/var/run/secrets/aiplane"
     (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
     assert volume["secret"] == {

@@ -109,7 +109,7 @@ def test_a_source_gets_consumers_capped_at_partitions_running_on_kwok_and_deleti
     assert container["args"][:4] == ["python", "-m", "connectors.kafka", "source"]
     assert "s3cret" not in str(deployment), "the store URL's password is in the Deployment"
     env = {e["name"]: e for e in container["env"]}
-    assert env["AIPLANE_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "aiplane-store", "key": "url"}
+    assert env["AIPLANE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "aiplane-store", "key": "url"}
 
     pods = get(cluster, k8s_namespace, "pods", "-l", "aiplane.io/connector=intake")["items"]
     assert len(pods) == 2
