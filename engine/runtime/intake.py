@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -42,6 +42,9 @@ from engine.store import outbox
 from engine.store.database import Database, dialect_insert
 from engine.store.idempotency import Claim, IdempotencyStore, check_key, request_hash
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
+
+if TYPE_CHECKING:
+    from policies.masking import WorkflowMasking
 
 _INSERT_TASK = sa.insert(tasks)
 _KEY_ROW = sa.select(idempotency_keys).where(
@@ -144,6 +147,9 @@ class _Plan:
 
 
 class Intake:
+    #: Masks task inputs before they are stored or run (``policies.masking``); None when no Policy masks PII.
+    pii: WorkflowMasking | None = None
+
     def __init__(
         self,
         db: Database,
@@ -162,6 +168,8 @@ class Intake:
         """One outcome per submission, in order: ``Accepted``, ``Replayed``, or the error that refused it
         (``EngineError``, or whatever ``validate`` raised). Database errors fail the whole batch (raised)."""
         now = self.clock()
+        if self.pii is not None:  # before the write transaction: detection takes milliseconds per input
+            batch = [dataclasses.replace(s, input=self.pii.input(s.tenant, s.workflow, s.input)) for s in batch]
         outcomes: list[Outcome | None] = [None] * len(batch)
         with self.db.write() as conn:
             heads: dict[str, str] = {}
