@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -78,6 +78,9 @@ from engine.tracing import (
 from engine.worker import Worker, WorkerConfig
 from policies.residency import Residency
 
+if TYPE_CHECKING:
+    from policies.masking import WorkflowMasking
+
 MAX_PAGE = 500
 
 
@@ -105,6 +108,7 @@ class Engine:
         sqlite_synchronous: str = "FULL",
         callbacks_to_private_networks: bool = False,
         residency: Residency | None = None,
+        pii: WorkflowMasking | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -114,6 +118,8 @@ class Engine:
         ``callbacks_to_private_networks``: let tasks' callback URLs point at loopback and private addresses
         (refused by default, as for HTTP connectors: a submitter could otherwise make workers call internal
         services).
+        ``pii``: masks personal data in task inputs and step outputs before they are stored (``policies.masking``);
+        None (no Policy masks PII) costs nothing.
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
         """
@@ -135,6 +141,7 @@ class Engine:
         #: The hash-chained audit log of decisions; ``audit.append(kind, subject, decision, details)``.
         self.audit = AuditLog(self.db, clock=clock)
         self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
+        self.pii = self.intake.pii = pii
         self.bus: Bus = bus or InMemoryBus()
         self.relay = OutboxRelay(self.db, self.bus, clock=clock)
         self.model_resolver: ModelResolver = model_resolver or StaticModelResolver()
@@ -476,6 +483,7 @@ class Engine:
             callbacks=self.callback_sender,
             clock=self.clock,
         )
+        worker.pii = self.pii
         self._workers.append(worker)
         return worker
 

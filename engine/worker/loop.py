@@ -12,6 +12,7 @@ reach a worker at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import sqlalchemy as sa
 from opentelemetry.trace import Status, StatusCode
@@ -52,6 +53,9 @@ from engine.tracing import (
     context_from_traceparent,
     tracer,
 )
+
+if TYPE_CHECKING:
+    from policies.masking import WorkflowMasking
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,10 @@ class WorkerConfig:
 
 
 class Worker:
+    #: Masks step outputs and error messages before they are stored or traced (``policies.masking``); None when no
+    #: Policy masks PII.
+    pii: WorkflowMasking | None = None
+
     def __init__(
         self,
         db: Database,
@@ -256,6 +264,8 @@ class Worker:
         parent = context_from_traceparent(claimed.trace_context)
         with tracer().start_as_current_span(SPAN_STEP, context=parent, attributes=attributes) as span:
             result = self._execute(ctx)
+            if self.pii is not None:
+                result = _masked(self.pii, claimed, result)
             if isinstance(result, StepError):
                 span.set_status(Status(StatusCode.ERROR, str(result)))
                 span.set_attribute("error.type", result.kind)
@@ -446,3 +456,21 @@ class Worker:
             return
         self._last_gauges = time.monotonic()
         gauges.refresh(self.db)
+
+
+def _masked(
+    pii: WorkflowMasking, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError
+) -> StepOutcome | StepError | StepDeferredError:
+    """The attempt's result with personal data masked: what the store, the trace and the log then see."""
+    tenant, workflow = claimed.tenant, claimed.workflow
+    if isinstance(result, StepOutcome):
+        output = pii.output(tenant, workflow, claimed.step, result.output)
+        variables = pii.variables(tenant, workflow, dict(result.vars)) if result.vars else result.vars
+        return dataclasses.replace(result, output=output, vars=variables)
+    if isinstance(result, StepError):
+        message = pii.text(tenant, workflow, result.message)
+        if message != result.message:
+            return StepError(
+                result.kind, message, retryable=result.retryable, status=result.status, retry_after=result.retry_after
+            )
+    return result

@@ -1,0 +1,233 @@
+"""PII masking through the real engine: personal data in a task's input and in a model's answer never reaches
+the store (the SQLite file and its blobs searched byte for byte, every PostgreSQL table as text), the model, the
+Kafka sink's records, the spans or the logs, when a Policy masks it; tokens open again for an unmask role."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from crds.policy import PII
+from engine import Engine, InMemorySink, StaticConnectorResolver, StaticModelResolver, TaskState
+from engine.tracing import TaskSpanStore
+from policies.masking import WorkflowMasking, detokenize, masks_in
+from policies.tokens import MaskingKeys
+from tests.engine.conftest import fast_worker, wait_done
+from tests.fixtures.downstream import Downstream, Reply
+
+KEYS = MaskingKeys(bytes(range(100, 132)))
+POLICY = PII.model_validate(
+    {
+        "entities": ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "DATE_OF_BIRTH", "PERSON"],
+        "fields": ["input.claimant.policyRef"],
+        "action": "tokenize",
+        "unmaskRoles": ["auditor"],
+    }
+)
+CLAIM: dict[str, Any] = {
+    "claimId": "CLM-0000042",
+    "claimant": {
+        "name": "Jane Roe",
+        "email": "jane.roe@example.com",
+        "phone": "+1 415-555-0132",
+        "dob": "1984-03-12",
+        "ssn": "219-09-9999",
+        "policyRef": "PR-7781-XK",
+    },
+    "description": "Refund to card 4111 1111 1111 1111 or IBAN DE89 3704 0044 0532 0130 00.",
+    "amount": 12000,
+}
+ANSWER = {"label": "fraud", "adjuster": {"name": "Ann Adjuster", "email": "ann.adjuster@insurer-mail.com"}}
+SECRETS = [
+    "Jane Roe",
+    "jane.roe@example.com",
+    "415-555-0132",
+    "1984-03-12",
+    "219-09-9999",
+    "PR-7781-XK",
+    "4111 1111 1111 1111",
+    "DE89 3704 0044 0532 0130 00",
+    "Ann Adjuster",
+    "ann.adjuster@insurer-mail.com",
+]
+WORKFLOW = {
+    "steps": [
+        {
+            "name": "extract",
+            "type": "model",
+            "model": {
+                "name": "m",
+                "api": "extract",
+                "input": {"text": "input.description", "claimant": "input.claimant"},
+            },
+        },
+        {
+            "name": "publish",
+            "type": "connector",
+            "connector": {"name": "decisions"},
+        },
+    ]
+}
+SINK = {
+    "decisions": {
+        "type": "kafkaSink",
+        "kafkaSink": {
+            "bootstrapServers": "unused:9092",
+            "topic": "claims-out",
+            "key": "input.claimId",
+            "value": {
+                "claimant": "input.claimant",
+                "label": "steps.extract.output.label",
+                "adjuster": "steps.extract.output.adjuster",
+            },
+        },
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def spans() -> TaskSpanStore:
+    store = TaskSpanStore()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(store)
+    return store
+
+
+@pytest.fixture
+def downstream() -> Iterator[Downstream]:
+    server = Downstream()
+    server.script("/models/m/extract", Reply(body=ANSWER))
+    yield server
+    server.close()
+
+
+def models(downstream: Downstream) -> StaticModelResolver:
+    return StaticModelResolver({"m": [{"version": "v1", "url": downstream.url("/models/m"), "weight": 100}]})
+
+
+def run_claim(db_url: str, data_dir: Path, downstream: Downstream, sink: InMemorySink) -> tuple[Engine, str]:
+    audits: list[dict[str, Any]] = []
+    engine = Engine(
+        db_url,
+        data_dir=data_dir,
+        model_resolver=StaticModelResolver(
+            {"m": [{"version": "v1", "url": downstream.url("/models/m"), "weight": 100}]}
+        ),
+        connector_resolver=StaticConnectorResolver(SINK),
+        sink=sink,
+        sqlite_synchronous="NORMAL",
+        pii=WorkflowMasking(
+            lambda workflow: POLICY if workflow == "claims" else None,
+            KEYS,
+            on_masked=lambda tenant, workflow, summary: audits.append(summary.to_dict()),
+        ),
+    )
+    engine.register_workflow("claims", WORKFLOW)
+    with fast_worker(engine):
+        task = wait_done(engine, "acme", engine.submit("acme", "claims", CLAIM).id)
+    assert task.state == TaskState.SUCCEEDED, task.error
+    # The audit trail says what was masked where, without a value.
+    assert {"input.claimant.email", "input.claimant.policyRef", "input.description"} <= set(audits[0]["paths"])
+    assert all(secret not in str(audits) for secret in SECRETS)
+    return engine, task.id
+
+
+def stored_text(engine: Engine, db_url: str, data_dir: Path) -> str:
+    """Everything the store holds, as text: the SQLite file (and its WAL) byte for byte, or every PostgreSQL
+    table row by row; and every blob."""
+    parts: list[str] = []
+    if db_url.startswith("sqlite"):
+        path = Path(db_url.removeprefix("sqlite:///"))
+        for file in path.parent.glob(path.name + "*"):
+            parts.append(file.read_bytes().decode("utf-8", errors="replace"))
+    else:
+        with engine.db.read() as conn:
+            for table in sa.inspect(conn).get_table_names():
+                rows = conn.execute(sa.text(f'SELECT to_jsonb(t)::text FROM "{table}" t')).scalars()
+                parts.extend(rows)
+    parts.extend(p.read_text(errors="replace") for p in data_dir.rglob("*") if p.is_file())
+    return "\n".join(parts)
+
+
+def test_personal_data_never_reaches_the_store_the_model_the_sink_the_spans_or_the_logs(
+    db_url: str,
+    tmp_path: Path,
+    downstream: Downstream,
+    spans: TaskSpanStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sink = InMemorySink()
+    data_dir = tmp_path / "data"
+    engine, task_id = run_claim(db_url, data_dir, downstream, sink)
+    try:
+        task = engine.get("acme", task_id)
+        steps = engine.steps("acme", task_id)
+        text = stored_text(engine, db_url, data_dir)
+    finally:
+        engine.close()
+    if db_url.startswith("sqlite"):  # after close, the WAL is checkpointed into the file: search it again
+        text += stored_text(engine, db_url, data_dir)
+
+    assert "CLM-0000042" in text  # the search does see the stored input
+    for secret in SECRETS:
+        assert secret not in text, f"{secret!r} is in the store"
+
+    # What the engine hands back is masked, structure and the rest kept.
+    assert task.input["claimId"] == "CLM-0000042"
+    assert task.input["amount"] == 12000
+    assert task.input["claimant"]["email"].startswith("<EMAIL_ADDRESS:t:")
+    assert task.input["description"].startswith("Refund to card <CREDIT_CARD:t:")
+    assert steps[0].output is not None
+
+    # The model saw the masked input only.
+    (call,) = downstream.calls["/models/m/extract"]
+    assert call.body["claimant"] == task.input["claimant"]
+    # The sink record carries masks, and an auditor can open them.
+    (record,) = sink.records("claims-out")
+    assert record.key == "CLM-0000042"
+    for secret in SECRETS:
+        assert secret not in str(record.value)
+    assert set(masks_in(record.value))
+    opened = detokenize(record.value, POLICY, "acme", KEYS, roles=["auditor"])
+    assert opened["claimant"] == CLAIM["claimant"]
+    assert opened["adjuster"] == ANSWER["adjuster"]
+
+    # Spans and logs.
+    for span in spans.spans(task_id):
+        described = f"{span.name} {dict(span.attributes or {})} {span.status.description}"
+        for secret in SECRETS:
+            assert secret not in described
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for secret in SECRETS:
+        assert secret not in logged
+
+
+def test_without_a_pii_policy_nothing_is_masked(tmp_path: Path, downstream: Downstream) -> None:
+    sink = InMemorySink()
+    with Engine(
+        f"sqlite:///{tmp_path / 'engine.db'}",
+        model_resolver=StaticModelResolver(
+            {"m": [{"version": "v1", "url": downstream.url("/models/m"), "weight": 100}]}
+        ),
+        connector_resolver=StaticConnectorResolver(SINK),
+        sink=sink,
+        sqlite_synchronous="NORMAL",
+        pii=WorkflowMasking(lambda workflow: None, KEYS),
+    ) as engine:
+        engine.register_workflow("claims", WORKFLOW)
+        with fast_worker(engine):
+            task = wait_done(engine, "acme", engine.submit("acme", "claims", CLAIM).id)
+        assert task.input == CLAIM
+        (record,) = sink.records("claims-out")
+        assert record.value["claimant"] == CLAIM["claimant"]
