@@ -75,23 +75,29 @@ async def _converge(
     await reconciler.converge((str(namespace), name), read)
 
 
-@kopf.on.resume(*MODELS)
-@kopf.on.create(*MODELS)
-@kopf.on.update(*MODELS)
-async def reconcile_model(*, memo: Any, body: kopf.Body, namespace: str | None, name: str, **kw: Any) -> None:
+@kopf.on.event(*MODELS)
+async def model_changed(
+    *, memo: Any, type: str | None, body: kopf.Body, namespace: str | None, name: str, uid: str, **kw: Any
+) -> None:
+    """Every Model event, the initial listing (``type`` None) included, so a restarted operator resumes them all.
+
+    An event handler, not kopf's create/update/resume ones: those write the last handled spec and their progress
+    into the Model's annotations after every run, a write (and a watch event back) per Model per change that a
+    level-based reconcile does not need. Retries are the reconciler's own (see ``Reconciler.converge``).
+    """
+    reconciler: Reconciler = memo.model_reconciler
+    if type == "DELETED":
+        reconciler.forget(str(namespace), name, uid)
+        return
+    # The echo of the operator's own status write changes nothing a reconcile reads.
+    if reconciler.is_own_write(uid, body):
+        return
     await _converge(memo, body, namespace, name, kw)
 
 
 @kopf.timer(*MODELS, interval=ROLLOUT_TICK_S, when=lambda spec, **_: spec.get("canary") is not None)
 async def rollout_tick(*, memo: Any, body: kopf.Body, namespace: str | None, name: str, **kw: Any) -> None:
     await _converge(memo, body, namespace, name, kw)
-
-
-@kopf.on.event(*MODELS)
-async def forget_deleted_model(*, memo: Any, type: str, namespace: str | None, name: str, uid: str, **_: Any) -> None:
-    if type == "DELETED":
-        reconciler: Reconciler = memo.model_reconciler
-        reconciler.forget(str(namespace), name, uid)
 
 
 async def _child_changed(memo: Any, namespace: str | None, labels: Mapping[str, str], kw: dict[str, Any]) -> None:

@@ -79,8 +79,9 @@ class Kube:
         quotas = self._items(self.core.list_namespaced_resource_quota, namespace)
         return gpus.Room(free=gpus.free_gpus(nodes, pods, gpu_type), quota_left=gpus.quota_left(quotas))
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> str:
+        """Merge ``status`` into the Model's; returns the Model's resourceVersion after the write."""
+        response: Any = self.custom.patch_namespaced_custom_object_status(
             naming.GROUP,
             naming.VERSION,
             namespace,
@@ -90,6 +91,7 @@ class Kube:
             _content_type=MERGE,
             _preload_content=False,
         )
+        return str(json.loads(response.data)["metadata"]["resourceVersion"])
 
 
 def new_api_client(pool_size: int = 16) -> kubernetes.client.ApiClient:

@@ -2,7 +2,8 @@
 
 Every trigger (the Model changed, a child changed, the rollout clock ticked) runs the same ``converge``, so the
 outcome never depends on which event came first. Runs of the same Model are serialised by a lock; applies whose
-object is unchanged since this process last applied it are skipped, which keeps a quiet cluster quiet.
+object is unchanged since this process last applied it are skipped, which keeps a quiet cluster quiet; a run that
+fails is run again after a backoff.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ Analyzer = Callable[[Model, str, str], Awaitable[rollouts.Verdict]]
 # autoscalers' names; None: the Model is gone.
 State = tuple[Mapping[str, Any], list["DeploymentSeen"], list[tuple[str, str]], list[str]]
 EventPoster = Callable[[dict[str, Any], rollouts.Event], None]
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0
+SERVICE_APPLIES = 4
+# Answers that say "not now" rather than "never": overload, timeouts, a restarting apiserver, a lost race.
+TRANSIENT_STATUS = frozenset({0, 409, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -134,11 +139,32 @@ class Reconciler:
     _applied: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
     # Model uid -> the status this process last wrote: newer than any the watch may have delivered yet.
     _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Model uid -> resourceVersion of the Model after this process's last status write: its watch echo.
+    _own_writes: dict[str, str] = field(default_factory=dict)
+    # Models whose last run failed: how many times in a row, and the timer of the next try.
+    _failures: dict[Key, int] = field(default_factory=dict)
+    _retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    _retrying: set[asyncio.Task[None]] = field(default_factory=set)
+    # kube-apiserver allocates ClusterIPs one at a time (its allocator holds a lock across the IPAddress create),
+    # so a burst of new Services only queues there, each holding one of the API threads for as long as it waits
+    # (tens of seconds under a burst of Models, up to the apiserver's 60 s timeout), and the Deployments and
+    # status writes of other Models wait for a thread behind them. A few at a time keeps the rest moving.
+    _service_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(SERVICE_APPLIES))
+
+    def is_own_write(self, uid: str, body: Mapping[str, Any]) -> bool:
+        """The Model as this process's last status write left it: nothing a reconcile reads has changed."""
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        return version is not None and self._own_writes.get(uid) == version
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         self._locks.pop((namespace, name), None)
         self._pending.discard((namespace, name))
+        self._failures.pop((namespace, name), None)
+        retry = self._retries.pop((namespace, name), None)
+        if retry is not None:
+            retry.cancel()
         self._written.pop(uid or "", None)
+        self._own_writes.pop(uid or "", None)
         for key in [k for k in self._applied if k[0] == namespace and (k[2] == name or k[2].startswith(f"{name}-"))]:
             del self._applied[key]
 
@@ -155,8 +181,41 @@ class Reconciler:
         async with lock:
             self._pending.discard(key)
             state = read()
-            if state is not None:
+            if state is None:
+                return
+            try:
                 await self._converge(*state)
+            except Exception as error:  # any failure is retried, with its reason in the log
+                self._retry_later(key, read, error)
+            else:
+                self._failures.pop(key, None)
+
+    def _retry_later(self, key: Key, read: Callable[[], State | None], error: Exception) -> None:
+        """Run ``key`` again after a backoff that doubles per failure in a row (0.5 s up to a minute).
+
+        The reconciler's own retries, not kopf's: a handler's failure would wait kopf's fixed backoff (a minute
+        by default), and an apiserver that timed out one call under a burst is usually fine a second later.
+        """
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(RETRY_FIRST_S * 2 ** (failures - 1), RETRY_MAX_S)
+        transient = isinstance(error, kubernetes.client.ApiException) and (error.status or 0) in TRANSIENT_STATUS
+        log.warning(
+            "reconcile failed; retrying",
+            exc_info=None if transient else error,
+            extra={"model": "/".join(key), "error": f"{type(error).__name__}: {error}"[:500], "retry_in_s": delay},
+        )
+        old = self._retries.pop(key, None)
+        if old is not None:
+            old.cancel()
+
+        def again() -> None:
+            self._retries.pop(key, None)
+            task = asyncio.ensure_future(self.converge(key, read))
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
+
+        self._retries[key] = asyncio.get_running_loop().call_later(delay, again)
 
     async def _converge(
         self,
@@ -277,9 +336,20 @@ class Reconciler:
         changed = [obj for obj in wanted if self._applied.get(_ident(obj), ("", 0))[0] != _digest(obj)]
         if not changed:
             return
-        stored = await asyncio.gather(*(asyncio.to_thread(self.kube.apply, obj) for obj in changed))
-        for obj, result in zip(changed, stored, strict=True):
-            self._applied[_ident(obj)] = (_digest(obj), int(result.get("metadata", {}).get("generation") or 0))
+
+        async def apply(obj: dict[str, Any]) -> None:
+            if obj["kind"] == "Service":
+                async with self._service_slots:
+                    stored = await asyncio.to_thread(self.kube.apply, obj)
+            else:
+                stored = await asyncio.to_thread(self.kube.apply, obj)
+            # Each as it lands: a retry after a sibling failed re-applies only what is still missing.
+            self._applied[_ident(obj)] = (_digest(obj), int(stored.get("metadata", {}).get("generation") or 0))
+
+        results = await asyncio.gather(*(apply(obj) for obj in changed), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         log.info(
             "applied",
             extra={
@@ -312,7 +382,7 @@ class Reconciler:
         body = statuses.to_patch(status)
         if self._written.get(uid) == body:
             return
-        await asyncio.to_thread(self.kube.patch_status, namespace, name, body)
+        self._own_writes[uid] = await asyncio.to_thread(self.kube.patch_status, namespace, name, body)
         self._written[uid] = body
 
 
