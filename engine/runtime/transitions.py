@@ -42,6 +42,7 @@ from engine.payloads import Encoded, PayloadCodec
 from engine.retry import is_retryable, retry_delay
 from engine.runtime.queue import PriorityPolicy
 from engine.store import audit, outbox
+from engine.store.prepared import Prepared
 from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
 
 # Reasons a task is dead-lettered.
@@ -58,21 +59,25 @@ RELEASED_LEASE: dict[str, Any] = {"lease_owner": None, "lease_token": None, "lea
 # prebuilt one and was most of a step's CPU time (benchmarks/bench_engine). UPDATEs take their SET columns from the
 # parameters' keys; WHERE parameters start with "_" so they never clash with a column.
 _LOCK_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("_task_id")).with_for_update()
-_UPDATE_TASK = sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id"))
-_UPDATE_HELD_RUN = sa.update(step_runs).where(
-    step_runs.c.id == sa.bindparam("_run_id"),
-    step_runs.c.lease_token == sa.bindparam("_token"),
-    step_runs.c.state == StepState.RUNNING,
+_UPDATE_TASK = Prepared(sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id")))
+_UPDATE_HELD_RUN = Prepared(
+    sa.update(step_runs).where(
+        step_runs.c.id == sa.bindparam("_run_id"),
+        step_runs.c.lease_token == sa.bindparam("_token"),
+        step_runs.c.state == StepState.RUNNING,
+    )
 )
-_FINISH_ATTEMPT = sa.update(attempts).where(
-    attempts.c.step_run_id == sa.bindparam("_run_id"),
-    attempts.c.number == sa.bindparam("_number"),
-    attempts.c.outcome == "running",
+_FINISH_ATTEMPT = Prepared(
+    sa.update(attempts).where(
+        attempts.c.step_run_id == sa.bindparam("_run_id"),
+        attempts.c.number == sa.bindparam("_number"),
+        attempts.c.outcome == "running",
+    )
 )
-_INSERT_RUN = sa.insert(step_runs)
-_INSERT_ATTEMPT = sa.insert(attempts)
-_INSERT_APPROVAL = sa.insert(approvals)
-_QUEUED_AHEAD = (
+_INSERT_RUN = Prepared(sa.insert(step_runs))
+_INSERT_ATTEMPT = Prepared(sa.insert(attempts))
+_INSERT_APPROVAL = Prepared(sa.insert(approvals))
+_QUEUED_AHEAD = Prepared(
     sa.select(step_runs.c.id)
     .where(
         step_runs.c.state == StepState.RUNNABLE,
@@ -340,8 +345,8 @@ class StateMachine:
         """Record a successful attempt and move the task on; None if this worker no longer holds the lease."""
         task = self._lock_task(conn, claimed.task_id)
         encoded = self.codec.encode(outcome.output)
-        done = conn.execute(
-            _UPDATE_HELD_RUN,
+        done = _UPDATE_HELD_RUN.execute(
+            conn,
             {
                 "_run_id": claimed.step_run_id,
                 "_token": claimed.lease_token,
@@ -733,8 +738,8 @@ class StateMachine:
     def _finish_attempt(
         conn: sa.Connection, run_id: str, number: int, outcome: str, *, error: dict[str, Any] | None, now: datetime
     ) -> None:
-        conn.execute(
-            _FINISH_ATTEMPT,
+        _FINISH_ATTEMPT.execute(
+            conn,
             {"_run_id": run_id, "_number": number, "outcome": outcome, "error": error, "finished_at": now},
         )
 
@@ -770,12 +775,12 @@ class StateMachine:
             if not self._queued_ahead(conn, sort_at, now):
                 worker = chain
         entered = self.entry(task, step, now, lease=worker)
-        conn.execute(_INSERT_RUN, entered.run)
-        conn.execute(_UPDATE_TASK, {"_task_id": task.id, **entered.task, **(task_values or {})})
+        _INSERT_RUN.execute(conn, entered.run)
+        _UPDATE_TASK.execute(conn, {"_task_id": task.id, **entered.task, **(task_values or {})})
         if entered.approval is not None:
-            conn.execute(_INSERT_APPROVAL, entered.approval)
+            _INSERT_APPROVAL.execute(conn, entered.approval)
         if entered.attempt is not None:
-            conn.execute(_INSERT_ATTEMPT, entered.attempt)
+            _INSERT_ATTEMPT.execute(conn, entered.attempt)
         outbox.insert(conn, [*(events or ()), *entered.events])
         return entered.claimed(task)
 
@@ -876,7 +881,7 @@ class StateMachine:
     @staticmethod
     def _queued_ahead(conn: sa.Connection, sort_at: datetime, now: datetime) -> bool:
         """Whether a due runnable step of any task goes before one entered now with ``sort_at``."""
-        return conn.execute(_QUEUED_AHEAD, {"_sort_at": sort_at, "_now": now}).first() is not None
+        return _QUEUED_AHEAD.execute(conn, {"_sort_at": sort_at, "_now": now}).fetchone() is not None
 
     def _advance(
         self,
@@ -990,7 +995,7 @@ class StateMachine:
             # ``result`` arrives already encoded (the last step's output), so a large result is not stored twice.
             values["result"] = result.inline if result is not None else None
             values["result_ref"] = result.ref if result is not None else None
-        conn.execute(_UPDATE_TASK, {"_task_id": task.id, **values})
+        _UPDATE_TASK.execute(conn, {"_task_id": task.id, **values})
         event = {
             TaskState.SUCCEEDED: outbox.TASK_COMPLETED,
             TaskState.CANCELLED: outbox.TASK_CANCELLED,

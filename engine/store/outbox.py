@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from engine.clock import new_id
 from engine.models import Event
+from engine.store.prepared import Prepared
 from engine.store.schema import events
 
 # Event types, as named in the design brief.
@@ -34,7 +35,7 @@ SLA_BREACHED = "sla.breached"
 
 
 # Built once: this insert is on every state change's path, where building it per call showed in profiles.
-_INSERT = sa.insert(events)
+_INSERT = Prepared(sa.insert(events))
 
 
 def event(
@@ -47,7 +48,7 @@ def event(
 def insert(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Insert outbox rows (one statement for all of them)."""
     if rows:
-        conn.execute(_INSERT, list(rows) if len(rows) > 1 else rows[0])
+        _INSERT.executemany(conn, rows)
 
 
 def append(

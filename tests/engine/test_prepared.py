@@ -1,0 +1,96 @@
+"""``Prepared`` statements store exactly what SQLAlchemy would, on both databases, and fail like SQLAlchemy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from engine.store.database import Database
+from engine.store.migrate import upgrade
+from engine.store.prepared import Prepared
+from engine.store.schema import events, step_runs
+
+NOW = datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    upgrade(database)
+    yield database
+    database.dispose()
+
+
+def _event(event_id: str, payload: Any, created_at: datetime = NOW) -> dict[str, Any]:
+    return {"id": event_id, "task_id": None, "tenant": "t", "type": "x", "payload": payload, "created_at": created_at}
+
+
+def _raw(db: Database, table: sa.Table, order: sa.ColumnElement[Any]) -> list[tuple[Any, ...]]:
+    """Rows as the database holds them (no result processing), minus the autoincrement key."""
+    columns = [column for column in table.c if not column.autoincrement or not column.primary_key]
+    with db.read() as conn:
+        query = sa.select(*(sa.type_coerce(column, sa.String) for column in columns)).order_by(order)
+        return [tuple(row) for row in conn.execute(query)]
+
+
+def test_rows_are_stored_exactly_as_sqlalchemy_stores_them(db: Database) -> None:
+    later = NOW + timedelta(seconds=1)
+    rows = [
+        _event("a1", {"z": 1, "a": [1, 2], "é": "ü"}),
+        _event("a2", "text"),
+        _event("a3", {"n": 1.5}, later),
+    ]
+    twins = [{**row, "id": "b" + row["id"][1:]} for row in rows]
+    with db.write() as conn:
+        assert Prepared(sa.insert(events)).executemany(conn, rows) == 3
+        conn.execute(sa.insert(events), twins)
+    stored = _raw(db, events, events.c.id)
+    assert [row[1:] for row in stored[:3]] == [row[1:] for row in stored[3:]]
+    with db.read() as conn:
+        read = conn.execute(sa.select(events.c.payload, events.c.created_at).order_by(events.c.id)).all()
+    assert [tuple(row) for row in read[:3]] == [(r["payload"], r["created_at"]) for r in rows]
+
+
+def test_a_single_row_and_returning(db: Database) -> None:
+    statement = Prepared(sa.insert(events).returning(events.c.id, events.c.type))
+    with db.write() as conn:
+        assert statement.execute(conn, _event("r1", {"k": "v"})).fetchall() == [("r1", "x")]
+
+
+def test_update_with_varying_columns_and_values_the_statement_carries(db: Database) -> None:
+    with db.write() as conn:
+        Prepared(sa.insert(events)).executemany(conn, [_event("u1", 1), _event("u2", 2)])
+    update = Prepared(sa.update(events).where(events.c.id == sa.bindparam("_id"), events.c.type == "x"))
+    with db.write() as conn:
+        assert update.execute(conn, {"_id": "u1", "payload": {"new": True}}).rowcount == 1
+        assert update.execute(conn, {"_id": "u2", "payload": [], "published_at": NOW}).rowcount == 1
+        assert update.execute(conn, {"_id": "nobody", "payload": 0}).rowcount == 0
+    with db.read() as conn:
+        rows = conn.execute(sa.select(events.c.id, events.c.payload, events.c.published_at).order_by(events.c.id)).all()
+    assert [tuple(row) for row in rows] == [("u1", {"new": True}, None), ("u2", [], NOW)]
+
+
+def test_database_errors_are_sqlalchemy_errors_and_roll_back(db: Database) -> None:
+    statement = Prepared(sa.insert(events))
+
+    def write_twice() -> None:
+        with db.write() as conn:
+            statement.executemany(conn, [_event("d1", 1), _event("d2", 2)])
+            statement.execute(conn, _event("d1", 3))  # the same unique id again
+
+    with pytest.raises(sa.exc.IntegrityError):
+        write_twice()
+    assert _raw(db, events, events.c.id) == []
+
+
+def test_statements_it_cannot_run_faithfully_are_refused(db: Database) -> None:
+    expanding = Prepared(sa.select(step_runs.c.id).where(step_runs.c.id.in_(sa.bindparam("ids", expanding=True))))
+    with pytest.raises(ValueError, match="not plain enough"), db.read() as conn:
+        expanding.execute(conn, {"ids": ["a"]})
+    missing = Prepared(sa.select(step_runs.c.id).where(step_runs.c.id == sa.bindparam("_id")))
+    with pytest.raises(KeyError, match="_id"), db.read() as conn:
+        missing.execute(conn, {})
