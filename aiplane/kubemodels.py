@@ -29,6 +29,7 @@ class KubeModelResolver:
         self.namespace = namespace
         self.watch_timeout_s = watch_timeout_s
         self._endpoints: dict[str, list[Endpoint]] = {}
+        self._prediction_fields: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -38,6 +39,10 @@ class KubeModelResolver:
     def endpoints(self, model: str) -> Sequence[Endpoint]:
         with self._lock:
             return self._endpoints.get(model, [])
+
+    def prediction_field(self, model: str) -> str | None:
+        """The answer field holding the predicted class, while the Model's canary asks for drift analysis."""
+        return self._prediction_fields.get(model)
 
     def start(self, synced_timeout_s: float = 30.0) -> KubeModelResolver:
         self._thread.start()
@@ -59,8 +64,14 @@ class KubeModelResolver:
         except pydantic.ValidationError:
             log.warning("ignoring malformed status.endpoints", extra={"model": name})
             return
+        canary = (body.get("spec") or {}).get("canary") or {}
+        field = (canary.get("analysis") or {}).get("predictionField")
         with self._lock:
             self._endpoints[name] = endpoints
+            if isinstance(field, str) and field:
+                self._prediction_fields[name] = field
+            else:
+                self._prediction_fields.pop(name, None)
 
     def _run(self) -> None:
         lister: Callable[..., Any] = self.api.list_namespaced_custom_object
@@ -69,6 +80,7 @@ class KubeModelResolver:
                 listing = lister(GROUP, VERSION, self.namespace, PLURAL)
                 with self._lock:
                     self._endpoints.clear()
+                    self._prediction_fields.clear()
                 for item in listing.get("items", []):
                     self._set(item)
                 self._synced.set()
@@ -84,6 +96,7 @@ class KubeModelResolver:
                     if event["type"] == "DELETED":
                         with self._lock:
                             self._endpoints.pop(body["metadata"]["name"], None)
+                            self._prediction_fields.pop(body["metadata"]["name"], None)
                     elif event["type"] in ("ADDED", "MODIFIED"):
                         self._set(body)
                     if self._stop.is_set():

@@ -36,10 +36,17 @@ REQUEST_DURATION = Histogram(
 )
 MODEL_CALL_DURATION = Histogram(
     "aiplane_gateway_model_call_duration_seconds",
-    "Duration of synchronous model calls (POST /v1/models/{name}/predict) at the upstream, by model, version "
-    "and outcome (ok, rejected, error, timeout, unreachable).",
-    ["model", "version", "outcome"],
+    "Duration of synchronous model calls (POST /v1/models/{name}/predict) at the upstream, by the Model's "
+    "namespace, model, version and outcome (ok, rejected, error, timeout, unreachable).",
+    ["namespace", "model", "version", "outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+MODEL_PREDICTIONS = Counter(
+    "aiplane_gateway_model_predictions_total",
+    "Successful model answers by the Model's namespace, model, version and predicted class (the value of the "
+    "answer's field named by the Model's spec.canary.analysis.predictionField); the canary analysis measures "
+    "drift as the PSI of the canary's classes against the stable version's.",
+    ["namespace", "model", "version", "class"],
 )
 IDEMPOTENT_REPLAYS = Counter(
     "aiplane_gateway_idempotent_replays_total",

@@ -80,6 +80,14 @@ class Analysis(K8sModel):
         le=1_000_000,
         description="Requests the canary must have served at a step before the analysis may judge it.",
     )
+    prediction_field: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="Top-level field of the model's JSON answer that holds the predicted class (e.g. claim_type). "
+        "While the canary runs, the gateway counts each version's classes, and drift is their population "
+        "stability index, canary against stable. Omit to leave drift unmeasured.",
+    )
 
 
 class Canary(K8sModel):

@@ -48,3 +48,11 @@ CALLBACKS = Counter(
     "Attempts to POST a finished task to its callback URL, by outcome (delivered, retrying, failed).",
     ["outcome"],
 )
+MODEL_CALL_DURATION = Histogram(
+    "aiplane_engine_model_call_duration_seconds",
+    "Duration of model steps' calls to a Model's version, by the Model's namespace, model, version and outcome "
+    "(ok, rejected, error, timeout, unreachable): the gateway's aiplane_gateway_model_call_duration_seconds for "
+    "the engine's path, with the same labels and buckets, so a canary's analysis adds the two.",
+    ["namespace", "model", "version", "outcome"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)

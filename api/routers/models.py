@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from opentelemetry import propagate
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import predictions
 from api.asgi import ClientGoneError, handled, read_body, route_path
 from api.auth import SUBMITTERS, authorize, check_rate
 from api.problems import FieldError, ProblemError, field_error, problem_responses
@@ -180,7 +181,8 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
     check_rate(gw, principal.tenant, None)
     with gateway_span(request, "predict", tenant=principal.tenant) as span:
         span.set_attribute("aiplane.model.name", name)
-        endpoints = gw.engine.model_resolver.endpoints(name)
+        resolver = gw.engine.model_resolver
+        endpoints = resolver.endpoints(name)
         endpoint = pick_endpoint(endpoints, _rng)
         if endpoint is None:
             if endpoints:
@@ -203,11 +205,14 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
         headers = _forwarded_headers(request.scope["headers"])
         propagate.inject(headers)
         body = await read_body()
+        namespace = predictions.namespace_of(resolver)
         start = time.perf_counter()
         try:
             answer = await gw.model_client().post(endpoint.url, api, body, headers)
         except UpstreamTimeoutError as exc:
-            MODEL_CALL_DURATION.labels(name, endpoint.version, "timeout").observe(time.perf_counter() - start)
+            MODEL_CALL_DURATION.labels(namespace, name, endpoint.version, "timeout").observe(
+                time.perf_counter() - start
+            )
             mark_error(span, "upstream timeout")
             raise ProblemError(
                 504,
@@ -218,7 +223,9 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
                 version=endpoint.version,
             ) from exc
         except UpstreamUnreachableError as exc:
-            MODEL_CALL_DURATION.labels(name, endpoint.version, "unreachable").observe(time.perf_counter() - start)
+            MODEL_CALL_DURATION.labels(namespace, name, endpoint.version, "unreachable").observe(
+                time.perf_counter() - start
+            )
             mark_error(span, "upstream unreachable")
             raise ProblemError(
                 502,
@@ -229,9 +236,12 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
             ) from exc
         status = answer.status
         outcome = "ok" if status < 400 else "rejected" if status in _CLIENT_ERRORS or status == 429 else "error"
-        MODEL_CALL_DURATION.labels(name, endpoint.version, outcome).observe(time.perf_counter() - start)
+        MODEL_CALL_DURATION.labels(namespace, name, endpoint.version, outcome).observe(time.perf_counter() - start)
         span.set_attribute("http.response.status_code", status)
         if status < 400:
+            field = predictions.prediction_field(resolver, name)
+            if field is not None:  # only while a canary's drift is measured
+                predictions.count(namespace, name, endpoint.version, answer.content, field)
             return answer
         excerpt = answer.content[:1024].decode("utf-8", "replace")
         if status in _CLIENT_ERRORS or status == 429:

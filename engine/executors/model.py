@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
-from engine.errors import StepError
+from engine.errors import StepDeferredError, StepError
 from engine.executors.base import StepContext, StepOutcome
-from engine.executors.http import HttpCaller
+from engine.executors.http import CONNECTION_ERROR, TIMEOUT, HttpCaller
 from engine.executors.resolvers import ModelResolver, pick_endpoint
 from engine.flow import cel
+from engine.metrics import MODEL_CALL_DURATION
 from engine.tracing import ATTR_TASK_ID, SPAN_MODEL_CALL, tracer
 from policies import residency as residency_rules
 
@@ -36,6 +38,8 @@ class ModelExecutor:
         self.residency = residency
         self.http = http
         self.rng = rng or random.Random()
+        # The namespace of the resolver's Models (a cluster's resolver knows it; the static ones do not).
+        self.namespace = str(getattr(resolver, "namespace", "") or "")
 
     def execute(self, ctx: StepContext) -> StepOutcome:
         call = ctx.step.model
@@ -59,7 +63,32 @@ class ModelExecutor:
                 "url.full": url,
             },
         ):
-            output = self.http.call(
-                ctx, downstream=f"model/{call.name}", method="POST", url=url, body=body, timeout=ctx.timeout
-            )
+            start = time.perf_counter()
+            outcome = "error"
+            try:
+                output = self.http.call(
+                    ctx, downstream=f"model/{call.name}", method="POST", url=url, body=body, timeout=ctx.timeout
+                )
+                outcome = "ok"
+            except StepDeferredError:
+                outcome = ""  # held back before anything was sent: not a call
+                raise
+            except StepError as error:
+                outcome = _outcome(error)
+                raise
+            finally:
+                if outcome:
+                    MODEL_CALL_DURATION.labels(self.namespace, call.name, endpoint.version, outcome).observe(
+                        time.perf_counter() - start
+                    )
         return StepOutcome(output=output)
+
+
+def _outcome(error: StepError) -> str:
+    """The gateway's outcome words for a failed call, so the two histograms add up."""
+    if error.kind == TIMEOUT:
+        return "timeout"
+    if error.kind == CONNECTION_ERROR:
+        return "unreachable"
+    status = error.status or 0
+    return "rejected" if 400 <= status < 500 else "error"

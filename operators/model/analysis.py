@@ -1,9 +1,11 @@
 """Canary analysis from live metrics: error rate, p99 latency and prediction drift (PSI) of the canary, read from
 Prometheus' HTTP API, judged against the Model's thresholds.
 
-The metrics are the gateway's: ``aiplane_gateway_model_call_duration_seconds`` (a histogram by model, version
-and outcome) for traffic, errors and latency, and ``aiplane_gateway_model_predictions_total`` (by model, version
-and predicted class) for drift. The window is the canary's step interval.
+Traffic, errors and latency come from the model-call histograms (by namespace, model, version and outcome) of
+both paths to a model: the gateway's synchronous predict calls (``aiplane_gateway_model_call_duration_seconds``)
+and the engine's model steps (``aiplane_engine_model_call_duration_seconds``), with the same buckets, so their
+sum is one histogram. Drift comes from the gateway's ``aiplane_gateway_model_predictions_total`` (by namespace,
+model, version and predicted class). The window is the canary's step interval.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from crds.model import Analysis, Model
 from operators.model.rollout import Verdict, parse_duration
 
 CALLS = "aiplane_gateway_model_call_duration_seconds"
+ENGINE_CALLS = "aiplane_engine_model_call_duration_seconds"
 PREDICTIONS = "aiplane_gateway_model_predictions_total"
 FAILED_OUTCOMES = "error|timeout|unreachable"
 # Smoothing for classes one side never predicted, so PSI stays finite (the usual choice in credit scoring).
@@ -98,18 +101,20 @@ class PrometheusAnalyzer:
         values = await self._vector(client, query)
         return values[0][1] if values else None
 
-    async def measure(self, model: str, stable: str, canary: str, interval: str) -> Measurements:
+    async def measure(self, namespace: str, model: str, stable: str, canary: str, interval: str) -> Measurements:
         w = _window(interval)
-        sel = f'model="{_quote(model)}",version="{_quote(canary)}"'
+        owner = f'namespace="{_quote(namespace)}",model="{_quote(model)}"'
+        sel = f'{owner},version="{_quote(canary)}"'
+
+        # Both histograms in one selector: their series add up (same labels, same buckets).
+        counts = f'__name__=~"{CALLS}_count|{ENGINE_CALLS}_count",{sel}'
+        buckets = f'__name__=~"{CALLS}_bucket|{ENGINE_CALLS}_bucket",{sel}'
+        failed = f'{counts},outcome=~"{FAILED_OUTCOMES}"'
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-            requests = await self._scalar(client, f"sum(increase({CALLS}_count{{{sel}}}[{w}]))") or 0.0
-            errors = await self._scalar(
-                client, f'sum(increase({CALLS}_count{{{sel},outcome=~"{FAILED_OUTCOMES}"}}[{w}]))'
-            )
-            p99_s = await self._scalar(
-                client, f"histogram_quantile(0.99, sum by (le) (rate({CALLS}_bucket{{{sel}}}[{w}])))"
-            )
-            by_class = f'sum by (class) (increase({PREDICTIONS}{{model="{_quote(model)}",version="%s"}}[{w}]))'
+            requests = await self._scalar(client, f"sum(increase({{{counts}}}[{w}]))") or 0.0
+            errors = await self._scalar(client, f"sum(increase({{{failed}}}[{w}]))")
+            p99_s = await self._scalar(client, f"histogram_quantile(0.99, sum by (le) (rate({{{buckets}}}[{w}])))")
+            by_class = f'sum by (class) (increase({PREDICTIONS}{{{owner},version="%s"}}[{w}]))'
             canary_classes = await self._vector(client, by_class % _quote(canary))
             stable_classes = await self._vector(client, by_class % _quote(stable))
         drift = None
@@ -125,7 +130,13 @@ class PrometheusAnalyzer:
         spec = model.spec
         assert spec.canary is not None
         try:
-            measured = await self.measure(str(model.metadata.get("name")), stable, canary, spec.canary.interval)
+            measured = await self.measure(
+                str(model.metadata.get("namespace") or ""),
+                str(model.metadata.get("name")),
+                stable,
+                canary,
+                spec.canary.interval,
+            )
         except (httpx.HTTPError, ValueError, KeyError) as error:
             # An unreachable Prometheus holds the rollout where it is: never promote, never roll back, blind.
             return Verdict(None, detail=f"analysis unavailable: Prometheus at {self.url}: {error}")

@@ -150,7 +150,7 @@ def test_the_body_goes_through_byte_for_byte(client: TestClient, keys: Keys, ups
 
 def test_calls_are_measured_by_model_version_and_outcome(client: TestClient, keys: Keys, upstream: Upstream) -> None:
     def calls(outcome: str) -> float:
-        labels = {"model": "echo", "version": "v1", "outcome": outcome}
+        labels = {"namespace": "", "model": "echo", "version": "v1", "outcome": outcome}
         return REGISTRY.get_sample_value("aiplane_gateway_model_call_duration_seconds_count", labels) or 0.0
 
     def requests(status: str) -> float:
