@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from crds.policy import Policy
+from crds.workflow import WorkflowSpec
 
 DENIED = "ResidencyDenied"  # the step error kind of a refused call
 Kind = Literal["model", "connector"]
@@ -90,6 +91,31 @@ class Residency:
         if kind == "model":
             region = self.model_regions.get(name)
         return violation(pinned, kind, name, region, workflow=workflow)
+
+    def plan_violations(
+        self,
+        tenant: str,
+        workflow: str,
+        spec: WorkflowSpec,
+        connector_region: Callable[[str], str | None],
+    ) -> list[str]:
+        """Every model or connector step of ``spec`` that residency would refuse (``step: why``), so that a
+        submission can be refused before the task exists rather than fail half-way."""
+        if self.pinned(tenant, workflow) is None:
+            return []
+        out = []
+        for step in spec.steps:
+            if step.model is not None:
+                why = self.check(tenant, workflow, "model", step.model.name)
+            elif step.connector is not None:
+                why = self.check(
+                    tenant, workflow, "connector", step.connector.name, connector_region(step.connector.name)
+                )
+            else:
+                continue
+            if why is not None:
+                out.append(f"step {step.name!r}: {why}")
+        return out
 
     @classmethod
     def from_manifests(

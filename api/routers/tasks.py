@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry.trace import Span
 
-from api.auth import Reader, Submitter, check_rate
+from api.auth import Reader, Submitter, check_rate, check_residency
 from api.problems import ProblemError, field_error, problem_responses
 from api.schemas import (
     ULID_PATTERN,
@@ -32,6 +32,7 @@ from api.schemas import (
 from api.state import Gateway, gateway
 from api.store import Principal
 from api.telemetry import IDEMPOTENT_REPLAYS, gateway_span
+from crds.workflow import WorkflowSpec
 from engine import (
     ATTR_TASK_ID,
     Replayed,
@@ -151,6 +152,11 @@ async def accept(
                 fingerprint=request_hash(body.model_dump(mode="json", by_alias=True)),
                 respond=None if sync else respond,
             )
+
+        def validate(version: str, spec: WorkflowSpec) -> None:
+            check_residency(gw, tenant, body.workflow.name, spec)
+            gw.validators.check(body.workflow.name, version, spec.input_schema, body.input)
+
         outcome = await gw.submissions.submit(
             Submission(
                 tenant=tenant,
@@ -166,9 +172,7 @@ async def accept(
                 callback_url=str(body.callback_url) if body.callback_url is not None else None,
                 submitted_by=principal.name,
                 trace_context=current_traceparent(),
-                validate=lambda version, spec: gw.validators.check(
-                    body.workflow.name, version, spec.input_schema, body.input
-                ),
+                validate=validate,
             )
         )
         if isinstance(outcome, Replayed):

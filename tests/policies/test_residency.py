@@ -3,6 +3,7 @@ and never one elsewhere (the step fails with ResidencyDenied, saying why, and th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -10,11 +11,18 @@ from typing import Any
 
 import pytest
 
+from api import create_api_key, create_app
+from api.fast_submit import SubmitFastPath
 from crds.policy import Policy
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
 from policies.residency import DENIED, Residency, pinned_regions, violation
 from tests.fixtures.downstream import Downstream
 from tests.fixtures.polling import assert_eventually
+
+with warnings.catch_warnings():
+    # As in tests/api/conftest: Starlette would rather its test client ran on httpx2; httpx works.
+    warnings.filterwarnings("ignore", message=".*httpx2.*")
+    from fastapi.testclient import TestClient
 
 NO_RETRY = {"maxAttempts": 1}
 
@@ -155,3 +163,33 @@ def test_calls_within_the_region_or_unpinned_go_ahead(
     task = _run(engine, workflow)
     assert task.state == "succeeded", task.error
     assert downstream.count(path) == 1
+
+
+def test_the_gateway_refuses_such_a_submission_with_a_problem(engine: Engine, downstream: Downstream) -> None:
+    engine.register_workflow("claims-eu", {"steps": [{"name": "call", **_model("triage-us")}]})
+    engine.register_workflow("open", {"steps": [{"name": "call", **_model("triage-us")}]})
+    key = create_api_key(engine, "acme", "alice", ["submitter"])
+    body = {"workflow": {"name": "claims-eu"}, "input": {"claimId": "c-1"}}
+    answers = []
+    for app in (create_app(engine), _routed(engine)):  # the submission fast path and the FastAPI route
+        with TestClient(app) as client:
+            response = client.post("/v1/tasks", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 403, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            problem = response.json()
+            assert problem["type"] == "https://aiplane.io/problems/residency-denied"
+            assert "step 'call': workflow 'claims-eu' keeps its data in eu-west" in problem["detail"]
+            assert problem["allowedRegions"] == "eu-west"
+            answers.append(problem)
+            unpinned = {**body, "workflow": {"name": "open"}}
+            assert (
+                client.post("/v1/tasks", json=unpinned, headers={"Authorization": f"Bearer {key}"}).status_code == 202
+            )
+    assert answers[0] == answers[1]
+    assert [t.workflow for t in engine.list("acme").items] == ["open", "open"]  # the refused ones were not written
+
+
+def _routed(engine: Engine) -> Any:
+    app = create_app(engine)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not SubmitFastPath]  # type: ignore[comparison-overlap]
+    return app
