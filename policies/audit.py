@@ -176,17 +176,46 @@ class Verification:
         return not self.problems
 
 
-def check(records: Iterable[Record], head: Head | None) -> Iterator[Problem]:
+#: Kind and decision of the record that says records were pruned (retention); its details name the new base.
+PRUNE_KIND, PRUNE_DECISION = "audit", "prune"
+
+
+def prune_entry(base: Head, *, reason: str) -> Entry:
+    """The record a retention purge appends: records up to ``base.seq`` were deleted on purpose."""
+    return Entry(PRUNE_KIND, "audit-log", PRUNE_DECISION, {"throughSeq": base.seq, "throughHash": base.hash,
+                                                            "reason": reason})  # fmt: skip
+
+
+def _is_prune_of(record: Record, base: Head) -> bool:
+    if (record.kind, record.decision) != (PRUNE_KIND, PRUNE_DECISION):
+        return False
+    try:
+        details = json.loads(record.details)
+    except ValueError:
+        return False
+    return isinstance(details, dict) and (details.get("throughSeq"), details.get("throughHash")) == (
+        base.seq,
+        base.hash,
+    )
+
+
+def check(records: Iterable[Record], head: Head | None, *, base: Head | None = None) -> Iterator[Problem]:
     """Every problem in ``records`` (read in ``seq`` order) against the stored ``head``.
 
     A record whose own hash does not match its fields was edited. A record whose ``prev_hash`` is not its
     predecessor's hash follows something other than what it was written after: a record before it was deleted,
     inserted, replaced or moved. A gap in ``seq`` names deleted records. A head that is ahead of the last record
     means the newest records were deleted.
+
+    ``base``: the last record a retention purge deleted on purpose; the log then starts right after it, and a
+    prune record naming that base must be in the chain (a base row nobody recorded is a cover-up).
     """
     previous: Record | None = None
+    first_seq = 1 if base is None else base.seq + 1
+    first_prev = GENESIS if base is None else base.hash
+    pruned_recorded = base is None
     for record in records:
-        expected_seq = 1 if previous is None else previous.seq + 1
+        expected_seq = first_seq if previous is None else previous.seq + 1
         if record.seq > expected_seq:
             missing = f"{expected_seq}" if record.seq == expected_seq + 1 else f"{expected_seq}-{record.seq - 1}"
             yield Problem(record.seq, f"records {missing} are missing (deleted)")
@@ -198,17 +227,21 @@ def check(records: Iterable[Record], head: Head | None) -> Iterator[Problem]:
             intact = False
         if not intact:
             yield Problem(record.seq, "edited: its fields do not match its hash")
-        expected_prev = GENESIS if previous is None else previous.hash
+        expected_prev = first_prev if previous is None else previous.hash
         if record.prev_hash != expected_prev:
             before = "the start of the log" if previous is None else f"record {previous.seq}"
             yield Problem(record.seq, f"does not follow {before}: a record before it was deleted, inserted or replaced")
+        if not pruned_recorded and base is not None and _is_prune_of(record, base):
+            pruned_recorded = True
         previous = record
+    if not pruned_recorded and base is not None:
+        yield Problem(base.seq, "records up to here were removed, but no prune record in the log says so")
     if head is None:
         if previous is not None:
             yield Problem(previous.seq, "the chain head is missing (it was deleted)")
         return
     if previous is None:
-        if head.seq > 0:
+        if head.seq > (0 if base is None else base.seq):
             yield Problem(head.seq, f"the log is empty but its head is at record {head.seq}: records were deleted")
     elif head.seq > previous.seq:
         yield Problem(head.seq, f"the log ends at record {previous.seq} but its head is at {head.seq}: deleted")
@@ -218,7 +251,9 @@ def check(records: Iterable[Record], head: Head | None) -> Iterator[Problem]:
         yield Problem(previous.seq, "the last record is not the one the head commits to (replaced)")
 
 
-def verify(records: Iterable[Record], head: Head | None, *, anchors: Iterable[Head] = ()) -> Verification:
+def verify(
+    records: Iterable[Record], head: Head | None, *, base: Head | None = None, anchors: Iterable[Head] = ()
+) -> Verification:
     """``check`` collected, with a count of records and the last one.
 
     ``anchors``: (seq, hash) pairs noted earlier outside the database (what ``verify`` printed as the head then).
@@ -229,6 +264,11 @@ def verify(records: Iterable[Record], head: Head | None, *, anchors: Iterable[He
     last: Head | None = None
     pending = {anchor.seq: anchor.hash for anchor in anchors}
     mismatched: list[Problem] = []
+    if base is not None:
+        # Anchors from before a purge: the base must be the anchored record, earlier ones cannot be checked any more.
+        if pending.get(base.seq, base.hash) != base.hash:
+            mismatched.append(Problem(base.seq, "differs from the anchored hash: the log was rewritten"))
+        pending = {seq: digest for seq, digest in pending.items() if seq > base.seq}
 
     def counted() -> Iterator[Record]:
         nonlocal count, last
@@ -240,7 +280,7 @@ def verify(records: Iterable[Record], head: Head | None, *, anchors: Iterable[He
                 mismatched.append(Problem(record.seq, "differs from the anchored hash: the log was rewritten"))
             yield record
 
-    problems = list(check(counted(), head))
+    problems = list(check(counted(), head, base=base))
     problems += mismatched
     problems += [Problem(seq, "the anchored record is missing") for seq in sorted(pending)]
     return Verification(records=count, last=last, problems=tuple(sorted(problems, key=lambda p: p.seq)))

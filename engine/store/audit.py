@@ -18,21 +18,28 @@ import sqlalchemy as sa
 from engine.clock import Clock, new_id, utcnow
 from engine.store.database import Database, dialect_insert
 from engine.store.schema import audit_head, audit_log
-from policies.audit import GENESIS, Entry, Head, Record, Verification, canonical_json, seal, verify
+from policies.audit import GENESIS, Entry, Head, Record, Verification, canonical_json, prune_entry, seal, verify
 
 _HEAD_ID = 1
+# A second row of the head table: the last record a retention purge deleted, where the remaining chain starts.
+_BASE_ID = 2
 _INSERT = sa.insert(audit_log)
 _LOCK_HEAD = sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
 
 
-def append(conn: sa.Connection, entry: Entry, *, now: datetime) -> Record:
-    """Append ``entry`` inside the caller's write transaction (the chain head stays locked until it ends)."""
+def _lock_head(conn: sa.Connection, now: datetime) -> Head:
     conn.execute(
         dialect_insert(conn, audit_head)
         .values(id=_HEAD_ID, seq=0, hash=GENESIS, updated_at=now)
         .on_conflict_do_nothing(index_elements=["id"])
     )
-    head = conn.execute(_LOCK_HEAD).one()
+    row = conn.execute(_LOCK_HEAD).one()
+    return Head(row.seq, row.hash)
+
+
+def append(conn: sa.Connection, entry: Entry, *, now: datetime) -> Record:
+    """Append ``entry`` inside the caller's write transaction (the chain head stays locked until it ends)."""
+    head = _lock_head(conn, now)
     record = seal(entry, after=Head(head.seq, head.hash) if head.seq else None, record_id=new_id(), at=now)
     conn.execute(_INSERT, _row(record))
     conn.execute(
@@ -136,8 +143,8 @@ class AuditLog:
                 yield conn
 
     @staticmethod
-    def _head(conn: sa.Connection) -> Head | None:
-        row = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID)).first()
+    def _head(conn: sa.Connection, row_id: int = _HEAD_ID) -> Head | None:
+        row = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == row_id)).first()
         return None if row is None else Head(row.seq, row.hash)
 
     @staticmethod
@@ -162,8 +169,31 @@ class AuditLog:
     def verify(self, *, anchors: Iterable[Head] = ()) -> Verification:
         """Check the whole chain against its head and ``anchors`` (see ``policies.audit`` for what is detected)."""
         with self._snapshot() as conn:
-            head = self._head(conn)
-            return verify(self._records(conn), head, anchors=anchors)
+            head, base = self._head(conn), self._head(conn, _BASE_ID)
+            return verify(self._records(conn), head, base=base, anchors=anchors)
+
+    def prune(self, *, before: datetime, reason: str = "retention") -> int:
+        """Delete the records written before ``before`` (retention), keeping what remains verifiable.
+
+        The last deleted record becomes the chain's base (where verification starts), and a prune record naming
+        it is appended in the same transaction, so the deletion is itself on the record. Returns how many
+        records were deleted.
+        """
+        with self.db.write() as conn:
+            now = self.clock()
+            _lock_head(conn, now)  # no append interleaves with the purge
+            through = conn.execute(sa.select(sa.func.max(audit_log.c.seq)).where(audit_log.c.at < before)).scalar()
+            if through is None:
+                return 0
+            digest = conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == through)).scalar_one()
+            deleted = conn.execute(sa.delete(audit_log).where(audit_log.c.seq <= through)).rowcount
+            conn.execute(
+                dialect_insert(conn, audit_head)
+                .values(id=_BASE_ID, seq=through, hash=digest, updated_at=now)
+                .on_conflict_do_update(index_elements=["id"], set_={"seq": through, "hash": digest, "updated_at": now})
+            )
+            append(conn, prune_entry(Head(through, digest), reason=reason), now=now)
+            return int(deleted)
 
     def export(self, out: IO[str], *, after_seq: int = 0) -> int:
         """Write the records after ``after_seq`` as JSON lines (each verifiable on its own); returns how many."""

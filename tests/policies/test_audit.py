@@ -19,6 +19,7 @@ from policies.audit import (
     canonical_json,
     check,
     parse_anchor,
+    prune_entry,
     seal,
     verify,
 )
@@ -152,3 +153,18 @@ def test_anchors_catch_a_chain_rewritten_from_scratch() -> None:
     assert parse_anchor(f"3:{anchor.hash}") == anchor
     with pytest.raises(ValueError, match="SEQ:HASH"):
         parse_anchor("3")
+
+
+def test_a_pruned_chain_starts_at_its_base() -> None:
+    records = chain(5)
+    base = head_of(records[:2])
+    kept = records[2:]
+    # Without a prune record naming the base, the missing start is a cover-up.
+    assert [str(p) for p in check(kept, head_of(records), base=base)] == [
+        "record 2: records up to here were removed, but no prune record in the log says so"
+    ]
+    pruned = seal(prune_entry(base, reason="retention"), after=head_of(records), record_id="p", at=T0)
+    assert verify([*kept, pruned], head_of([pruned]), base=base, anchors=[base, head_of(records)]).ok
+    assert verify([*kept, pruned], head_of([pruned]), base=base, anchors=[Head(1, "0" * 64)]).ok  # pruned away
+    wrong = verify([*kept, pruned], head_of([pruned]), base=base, anchors=[Head(2, "f" * 64)])
+    assert [str(p) for p in wrong.problems] == ["record 2: differs from the anchored hash: the log was rewritten"]

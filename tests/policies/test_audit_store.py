@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -136,3 +137,30 @@ def test_export_writes_verifiable_json_lines(db: Database) -> None:
     assert json.loads(lines[0])["details"] == {"i": 0, "policy": "p", "score": 0.75}
     tail = io.StringIO()
     assert log.export(tail, after_seq=2) == 2
+
+
+def test_a_retention_purge_keeps_the_rest_verifiable(db: Database) -> None:
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+    log = AuditLog(db, clock=lambda: clock[0])
+    for i in range(6):
+        clock[0] += timedelta(days=1)
+        log.append("policy", f"task/T{i}", "allow", {"i": i})
+    anchor = log.head()
+    assert anchor is not None
+    clock[0] += timedelta(days=1)
+    assert log.prune(before=datetime(2026, 1, 4, 12, tzinfo=UTC)) == 3
+    assert log.prune(before=datetime(2026, 1, 1, tzinfo=UTC)) == 0
+    remaining = log.records()
+    assert [r.seq for r in remaining] == [4, 5, 6, 7]
+    prune = remaining[-1]
+    assert (prune.kind, prune.decision) == ("audit", "prune")
+    assert json.loads(prune.details)["throughSeq"] == 3
+    result = log.verify(anchors=[anchor])
+    assert result.ok, result.problems
+    assert result.records == 4
+
+    # Deleting more of the oldest records by hand, and moving the base to hide it, is still caught.
+    with db.write() as conn:
+        conn.execute(sa.delete(audit_log).where(audit_log.c.seq == 4))
+        conn.execute(sa.update(audit_head).where(audit_head.c.id == 2).values(seq=4, hash=remaining[0].hash))
+    assert problems(log) == ["record 4: records up to here were removed, but no prune record in the log says so"]
