@@ -169,9 +169,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             return 2
         with args.file.open() as lines:
             records = [Record.from_json(json.loads(line)) for line in lines if line.strip()]
-        # An export has no head row: its own last record stands in, so only the anchors catch a cut-off tail.
-        last = records[-1] if records else None
-        result: Verification = verify(records, None if last is None else Head(last.seq, last.hash), anchors=anchors)
+        # An export has no head row: its own last record stands in, so only the anchors catch a cut-off tail. An
+        # export of a pruned log starts after its base, which a prune record in it must name.
+        first, last = (records[0], records[-1]) if records else (None, None)
+        base = Head(first.seq - 1, first.prev_hash) if first is not None and first.seq > 1 else None
+        head = None if last is None else Head(last.seq, last.hash)
+        result: Verification = verify(records, head, base=base, anchors=anchors)
         return _report(result)
     url = args.database or os.environ.get("AIPLANE_DATABASE_URL")
     if url is None:

@@ -59,3 +59,22 @@ def test_verify_and_export_from_the_command_line(tmp_path: Path, capsys: pytest.
 def test_verify_says_when_there_is_no_audit_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", "--data-dir", str(tmp_path)]) == 2
     assert "cannot read the audit log" in capsys.readouterr().err
+
+
+def test_an_export_of_a_pruned_log_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'engine.db'}")
+    upgrade(db)
+    log = AuditLog(db)
+    for i in range(4):
+        log.append("policy", f"task/T{i}", "allow", {"i": i})
+    cutoff = log.records()[1].at + (log.records()[2].at - log.records()[1].at) / 2
+    assert log.prune(before=cutoff) == 2
+    out = tmp_path / "audit.jsonl"
+    assert main(["audit", "export", "--data-dir", str(tmp_path), "-o", str(out)]) == 0
+    db.dispose()
+    assert main(["audit", "verify", "--file", str(out)]) == 0
+    assert "audit log intact: 3 records" in capsys.readouterr().out
+    lines = out.read_text().splitlines()
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[1:]) + "\n")  # the first kept record removed too
+    assert main(["audit", "verify", "--file", str(tmp_path / "cut.jsonl")]) == 1
+    assert "no prune record in the log says so" in capsys.readouterr().out
