@@ -18,6 +18,8 @@ class Record:
     key: str
     value: Any
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: The kafkaSink Connector the record is for: a sink serving several clusters routes by it.
+    connector: str | None = None
 
 
 class RecordSink(Protocol):

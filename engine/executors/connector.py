@@ -98,7 +98,7 @@ class ConnectorExecutor:
             attributes={ATTR_TASK_ID: ctx.task_id, "aiplane.connector.name": name, "messaging.destination": sink.topic},
         ):
             try:
-                self.sink.send(Record(topic=sink.topic, key=key, value=value, headers=headers))
+                self.sink.send(Record(topic=sink.topic, key=key, value=value, headers=headers, connector=name))
             except Exception as exc:  # the sink is a downstream like any other: its failure is a retryable attempt
                 raise StepError("SinkUnavailable", f"connector {name!r}: {exc}", retryable=True) from exc
         return {"topic": sink.topic, "key": key}
