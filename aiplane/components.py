@@ -40,10 +40,16 @@ def serve_gateway(db_url: str, data_dir: Path, host: str, port: int, public_base
     from api.app import create_app
     from api.settings import GatewaySettings
     from engine import Engine
+    from policies.access_oidc import OIDCConfig, OIDCVerifier
 
+    oidc = OIDCConfig.from_env(os.environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
     engine = Engine(db_url, data_dir=data_dir)
     try:
-        app = create_app(engine, GatewaySettings(public_base_url=public_base_url))
+        app = create_app(
+            engine,
+            GatewaySettings(public_base_url=public_base_url),
+            oidc=OIDCVerifier(oidc) if oidc is not None else None,
+        )
         log.info("gateway starting", extra={"host": host, "port": port})
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:

@@ -29,6 +29,7 @@ from crds.policy import RoleBinding
 from policies.access import ROLES, granted_roles
 
 DEFAULT_ALGORITHMS = ("RS256", "ES256")
+ENV_PREFIX = "AIPLANE_OIDC_"
 
 
 class TokenError(Exception):
@@ -61,6 +62,29 @@ class OIDCConfig:
     fetch_timeout: float = 5.0
     #: Role grants per tenant (``*`` for every tenant), by subject or group, as Policies' ``access.roles`` say.
     bindings: Mapping[str, Sequence[RoleBinding]] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OIDCConfig | None:
+        """From ``AIPLANE_OIDC_*`` variables (ISSUER, AUDIENCE and JWKS_URL required together; TENANT_CLAIM,
+        ROLES_CLAIM, GROUPS_CLAIM, SUBJECT_CLAIM and ALGORITHMS, comma-separated, optional); None without an
+        issuer."""
+        issuer = environ.get(ENV_PREFIX + "ISSUER", "")
+        if not issuer:
+            return None
+        missing = [n for n in ("AUDIENCE", "JWKS_URL") if not environ.get(ENV_PREFIX + n)]
+        if missing:
+            raise ValueError(f"{ENV_PREFIX}ISSUER is set; set {', '.join(ENV_PREFIX + n for n in missing)} too")
+        algorithms = environ.get(ENV_PREFIX + "ALGORITHMS", "")
+        return cls(
+            issuer=issuer,
+            audience=environ[ENV_PREFIX + "AUDIENCE"],
+            jwks_url=environ[ENV_PREFIX + "JWKS_URL"],
+            algorithms=tuple(a.strip() for a in algorithms.split(",") if a.strip()) or DEFAULT_ALGORITHMS,
+            tenant_claim=environ.get(ENV_PREFIX + "TENANT_CLAIM") or "tenant",
+            roles_claim=environ.get(ENV_PREFIX + "ROLES_CLAIM") or "roles",
+            groups_claim=environ.get(ENV_PREFIX + "GROUPS_CLAIM") or "groups",
+            subject_claim=environ.get(ENV_PREFIX + "SUBJECT_CLAIM") or "sub",
+        )
 
     def __post_init__(self) -> None:
         unsupported = [a for a in self.algorithms if a not in ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")]

@@ -265,3 +265,20 @@ def test_an_unreachable_identity_provider_is_503(engine: Engine, rsa_key: Signer
         assert_problem(response, 503, "identity-provider-unavailable")
         assert response.headers["retry-after"] == "5"
         assert client.get("/v1/tasks", headers=auth(keys.alice)).status_code == 200  # API keys still work
+
+
+def test_the_config_comes_from_the_environment() -> None:
+    assert OIDCConfig.from_env({}) is None
+    config = OIDCConfig.from_env(
+        {
+            "AIPLANE_OIDC_ISSUER": ISSUER,
+            "AIPLANE_OIDC_AUDIENCE": AUDIENCE,
+            "AIPLANE_OIDC_JWKS_URL": "https://idp.example.test/jwks",
+            "AIPLANE_OIDC_TENANT_CLAIM": "org",
+            "AIPLANE_OIDC_ALGORITHMS": "ES256",
+        }
+    )
+    assert config is not None
+    assert (config.tenant_claim, config.roles_claim, tuple(config.algorithms)) == ("org", "roles", ("ES256",))
+    with pytest.raises(ValueError, match="AIPLANE_OIDC_AUDIENCE"):
+        OIDCConfig.from_env({"AIPLANE_OIDC_ISSUER": ISSUER, "AIPLANE_OIDC_JWKS_URL": "https://x"})
