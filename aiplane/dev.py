@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,10 @@ from connectors.postgres import PostgresClient
 from crds import Connector, Model, Policy, Resource, Workflow
 from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
+from policies.effective import Target
+from policies.masking import WorkflowMasking, compile_policy
 from policies.sources import PolicySet
+from policies.tokens import MaskingKeys
 
 DEV_TENANT = "dev"
 DEV_PRINCIPAL = "dev"
@@ -91,6 +95,7 @@ class DevStack:
             postgres=self.postgres,
             # On one machine the callback receiver is usually a local process too.
             callbacks_to_private_networks=True,
+            pii=pii_masking(self.policies, self._of(Workflow), self.data_dir),
         )
         for workflow in self._of(Workflow):
             version = self.engine.register_workflow(workflow.metadata["name"], workflow.spec)
@@ -108,6 +113,38 @@ class DevStack:
         self.postgres.close()
         for server in self.servers:
             server.stop()
+
+
+def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Path) -> WorkflowMasking | None:
+    """The engine's PII masking, or None when no Policy has a ``pii`` part (then nothing runs per call).
+
+    The key: ``AIPLANE_PII_KEY``/``AIPLANE_PII_KEY_FILE``, else one made once under the data directory (``pii.key``,
+    owner-only), so tokens made by one ``aiplane dev`` still open after a restart.
+    """
+    if not any(policy.spec.pii is not None for policy in policies.policies()):
+        return None
+    keys = MaskingKeys.from_env()
+    if keys is None:
+        path = data_dir / "pii.key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_bytes(os.urandom(32))
+        keys = MaskingKeys(path.read_bytes())
+    targets = {
+        w.metadata["name"]: Target(
+            "Workflow", w.metadata["name"], w.metadata.get("namespace", "default"), w.metadata.get("labels") or {}
+        )
+        for w in workflows
+    }
+
+    def policy_for(workflow: str) -> Any:
+        return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).pii
+
+    for target in targets.values():  # load presidio now rather than on the first task (seconds)
+        pii = policies.effective(target).pii
+        if pii is not None:
+            compile_policy(pii).detector.warm_up()
+    return WorkflowMasking(policy_for, keys)
 
 
 def _log_record(record: Record) -> None:

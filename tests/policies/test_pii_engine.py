@@ -231,3 +231,29 @@ def test_without_a_pii_policy_nothing_is_masked(tmp_path: Path, downstream: Down
         assert task.input == CLAIM
         (record,) = sink.records("claims-out")
         assert record.value["claimant"] == CLAIM["claimant"]
+
+
+def test_aiplane_dev_masks_with_the_manifests_policies_and_keeps_its_key(tmp_path: Path) -> None:
+    from aiplane import manifests
+    from aiplane.dev import pii_masking
+    from crds import Policy, Workflow
+    from policies.sources import PolicySet
+
+    resources = manifests.load([Path(__file__).parents[2] / "examples" / "claims-triage"])
+    workflows = [r for r in resources if isinstance(r, Workflow)]
+    policies = PolicySet([r for r in resources if isinstance(r, Policy)])
+    masking = pii_masking(policies, workflows, tmp_path)
+    assert masking is not None
+    masked = masking.input(
+        "acme", "claims-triage", {"claimant": {"name": "Jane Roe"}, "document": "mail j@example.com"}
+    )
+    assert masked["claimant"]["name"].startswith("<FIELD:t:")  # the Policy names input.claimant.name
+    assert masked["document"].startswith("mail <EMAIL_ADDRESS:t:")
+    # The key made under the data directory is kept: a restarted dev stack opens the same tokens.
+    again = pii_masking(policies, workflows, tmp_path)
+    assert again is not None
+    assert again.input("acme", "claims-triage", {"claimant": {"name": "Jane Roe"}}) == {
+        "claimant": {"name": masked["claimant"]["name"]}
+    }
+    assert masking.input("acme", "ungoverned", {"e": "j@example.com"}) == {"e": "j@example.com"}
+    assert pii_masking(PolicySet(), workflows, tmp_path) is None
