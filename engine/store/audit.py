@@ -40,7 +40,7 @@ def _lock_head(conn: sa.Connection, now: datetime) -> Head:
 def append(conn: sa.Connection, entry: Entry, *, now: datetime) -> Record:
     """Append ``entry`` inside the caller's write transaction (the chain head stays locked until it ends)."""
     head = _lock_head(conn, now)
-    record = seal(entry, after=Head(head.seq, head.hash) if head.seq else None, record_id=new_id(), at=now)
+    record = seal(entry, after=head if head.seq else None, record_id=new_id(), at=now)
     conn.execute(_INSERT, _row(record))
     conn.execute(
         sa.update(audit_head)
