@@ -72,8 +72,8 @@ class PostgresClient:
             stale, pool = pool, _Pool(connector, dsn, size)
             self._pools[connector] = pool
         if stale is not None:
-            # Checked-out connections finish their statement and are closed on return.
-            stale.engine.dispose(close=False)
+            # Closes the idle connections to the old DSN; ones still running a statement finish it first.
+            stale.engine.dispose()
         return pool
 
     def run(

@@ -303,3 +303,17 @@ def test_values_come_back_json_safe(client: PostgresClient, schema_dsn: str) -> 
         "ip": "10.0.0.1",
         "echoed": "50% off :not_a_param",
     }
+
+
+def test_a_new_dsn_gets_a_new_pool(client: PostgresClient, schema_dsn: str, postgres: Postgres) -> None:
+    def sessions() -> list[tuple[Any, ...]]:
+        return rows(
+            postgres.libpq_dsn,
+            "SELECT backend_start FROM pg_stat_activity WHERE application_name = 'aiplane-connector-db'",
+        )
+
+    run_query(client, schema_dsn, "SELECT 1")
+    (before,) = sessions()
+    # The Secret was rotated: the old pool's connections close, the new DSN gets its own.
+    run_query(client, f"{schema_dsn}&connect_timeout=5", "SELECT 1")
+    assert_eventually(lambda: len(sessions()) == 1 and sessions()[0] != before, timeout=10)
