@@ -193,6 +193,17 @@ class VersionReplicas(K8sModel):
     ready: int = Field(ge=0, description="Replicas ready to serve.")
 
 
+class GPUQuota(K8sModel):
+    """The namespace's GPU ResourceQuota as it bears on this Model (the tightest one, when several limit GPUs)."""
+
+    quota: str = Field(max_length=253, description="Name of the ResourceQuota.")
+    hard: int = Field(ge=0, description="GPUs the quota allows in the namespace.")
+    used: int = Field(ge=0, description="GPUs the namespace's pods hold under the quota now.")
+    requested: int = Field(
+        ge=0, description="GPUs this Model's serving replicas ask for: replicas of every live version times GPUs each."
+    )
+
+
 RolloutPhase = Literal["Progressing", "Paused", "Promoted", "RolledBack", "Aborted"]
 
 
@@ -236,6 +247,11 @@ class ModelStatus(StatusBase):
         default_factory=list, max_length=4, description="Desired and ready replicas per live version."
     )
     rollout: Rollout | None = Field(default=None, description="The canary rollout, while one runs and after it ends.")
+    gpu_quota: GPUQuota | None = Field(
+        default=None,
+        description="The namespace's GPU quota, for a Model that asks for GPUs where a ResourceQuota limits them "
+        "(requests.nvidia.com/gpu or limits.nvidia.com/gpu); unset otherwise.",
+    )
 
 
 class Model(Resource):

@@ -117,3 +117,27 @@ def quota_left(quotas: Iterable[Mapping[str, Any]]) -> int | None:
                 remaining = _quantity(hard[key]) - _quantity(used.get(key, 0))
                 left = remaining if left is None else min(left, remaining)
     return None if left is None else max(0, left)
+
+
+@dataclass(frozen=True)
+class QuotaSeen:
+    """One ResourceQuota that limits GPUs, as the quota index keeps it."""
+
+    name: str
+    hard: int
+    used: int
+
+    @property
+    def left(self) -> int:
+        return max(0, self.hard - self.used)
+
+
+def gpu_quota_seen(name: str, status: Mapping[str, Any]) -> QuotaSeen | None:
+    """What a ResourceQuota says of GPUs (its tightest GPU key), or None if it does not limit them."""
+    hard, used = status.get("hard") or {}, status.get("used") or {}
+    seen = [QuotaSeen(name, _quantity(hard[key]), _quantity(used.get(key, 0))) for key in QUOTA_KEYS if key in hard]
+    return min(seen, key=lambda q: q.left) if seen else None
+
+
+def tightest(quotas: Iterable[QuotaSeen]) -> QuotaSeen | None:
+    return min(quotas, key=lambda q: (q.left, q.name), default=None)

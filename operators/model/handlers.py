@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from operators.model import naming
+from operators.model import gpus, naming
 from operators.model.config import Config
 from operators.model.reconciler import DeploymentSeen, Reconciler, State, deployment_seen, unschedulable_message
 
@@ -56,6 +56,12 @@ def model_unschedulable(
     return {(namespace, model): (version, message)}
 
 
+@kopf.index("", "v1", "resourcequotas")
+def model_gpu_quotas(*, namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any] | None:
+    seen = gpus.gpu_quota_seen(name, status)
+    return None if seen is None else {namespace: seen}
+
+
 async def _converge(
     memo: Any, body: Mapping[str, Any] | None, namespace: str | None, name: str, kw: dict[str, Any]
 ) -> None:
@@ -69,7 +75,8 @@ async def _converge(
         deployments: list[DeploymentSeen] = list(kw["model_deployments"].get(key, []))
         unschedulable: list[tuple[str, str]] = list(kw["model_unschedulable"].get(key, []))
         autoscalers: list[str] = list(kw["model_autoscalers"].get(key, []))
-        return latest, deployments, unschedulable, autoscalers
+        quotas: list[gpus.QuotaSeen] = list(kw["model_gpu_quotas"].get(namespace, []))
+        return latest, deployments, unschedulable, autoscalers, quotas
 
     reconciler: Reconciler = memo.model_reconciler
     await reconciler.converge((str(namespace), name), read)
@@ -124,3 +131,18 @@ async def pod_changed(
     # Pods matter here only while one cannot be scheduled; readiness comes from the Deployment's status.
     if unschedulable_message(status) is not None or type == "DELETED":
         await _child_changed(memo, namespace, labels, kw)
+
+
+@kopf.on.event("", "v1", "resourcequotas")
+async def quota_changed(
+    *, memo: Any, type: str | None, namespace: str | None, name: str, status: kopf.Status, **kw: Any
+) -> None:
+    """A GPU quota moved (its limit, or what the namespace's pods hold): the GPU Models there report it."""
+    if type != "DELETED" and gpus.gpu_quota_seen(name, status) is None:
+        return
+    models: Mapping[Any, Any] = kw["model_bodies"]
+    for ns, model in [key for key in models if key[0] == namespace]:
+        body = next(iter(models.get((ns, model), [])), None)
+        gpu = ((body or {}).get("spec") or {}).get("resources", {}).get("gpu") or {}
+        if gpu.get("count", 1):
+            await _converge(memo, None, ns, model, kw)

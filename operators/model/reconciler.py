@@ -20,8 +20,8 @@ from typing import Any
 import kubernetes
 import pydantic
 
-from crds.model import Model, ModelSpec, ModelStatus
-from operators.model import builders, naming, validation
+from crds.model import GPUQuota, Model, ModelSpec, ModelStatus
+from operators.model import builders, gpus, naming, validation
 from operators.model import plan as plans
 from operators.model import rollout as rollouts
 from operators.model import status as statuses
@@ -36,8 +36,8 @@ ABORT_ANNOTATION = "aiplane.io/rollout-abort"
 Key = tuple[str, str]
 Analyzer = Callable[[Model, str, str], Awaitable[rollouts.Verdict]]
 # What a reconcile reads when it starts: the Model as last seen, its Deployments, its stuck pods, its
-# autoscalers' names; None: the Model is gone.
-State = tuple[Mapping[str, Any], list["DeploymentSeen"], list[tuple[str, str]], list[str]]
+# autoscalers' names, its namespace's GPU quotas; None: the Model is gone.
+State = tuple[Mapping[str, Any], list["DeploymentSeen"], list[tuple[str, str]], list[str], list[gpus.QuotaSeen]]
 EventPoster = Callable[[dict[str, Any], rollouts.Event], None]
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0
 SERVICE_APPLIES = 4
@@ -223,6 +223,7 @@ class Reconciler:
         deployments: list[DeploymentSeen],
         unschedulable: list[tuple[str, str]],
         autoscalers: list[str],
+        quotas: list[gpus.QuotaSeen],
     ) -> None:
         meta = dict(body.get("metadata") or {})
         if meta.get("deletionTimestamp"):
@@ -295,6 +296,7 @@ class Reconciler:
         await self._delete_superseded(namespace, name, plan, deployments)
         urls = endpoint_urls(model, owner, plan.live)
         folded = statuses.fold(model, generation=generation, plan=plan, observed=observed, urls=urls, now=now)
+        folded = folded.model_copy(update={"gpu_quota": gpu_quota(model, folded, quotas)})
         await self._write_status(namespace, name, uid, folded)
         if plan.event is not None:
             ref = {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "Model", "metadata": meta}
@@ -384,6 +386,17 @@ class Reconciler:
             return
         self._own_writes[uid] = await asyncio.to_thread(self.kube.patch_status, namespace, name, body)
         self._written[uid] = body
+
+
+def gpu_quota(model: Model, status: ModelStatus, quotas: list[gpus.QuotaSeen]) -> GPUQuota | None:
+    """The namespace's tightest GPU quota next to what this Model asks for; None for a Model without GPUs or a
+    namespace without a GPU quota."""
+    gpu = model.spec.resources.gpu
+    quota = gpus.tightest(quotas)
+    if gpu is None or gpu.count == 0 or quota is None:
+        return None
+    requested = sum(r.desired for r in status.replicas) * gpu.count
+    return GPUQuota(quota=quota.name, hard=quota.hard, used=quota.used, requested=requested)
 
 
 def _gpu_rollout(model: Model) -> bool:

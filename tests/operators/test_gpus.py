@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from crds.model import GPUQuota, ModelStatus, VersionReplicas
 from operators.model import gpus
 from operators.model import plan as plans
 from operators.model.gpus import Room, Split, shift
 from operators.model.plan import Observed
+from operators.model.reconciler import gpu_quota
 from tests.operators.models import model
 
 A100 = "NVIDIA-A100-SXM4-80GB"
@@ -111,3 +113,31 @@ def test_plan_switches_to_moving_replicas_when_gpus_are_short_and_drops_the_auto
     assert tight.canary is not None
     assert tight.canary.replicas == 1
     assert "GPUs are short (0 GPUs free)" in tight.note
+
+
+def test_the_quota_reported_is_the_tightest_gpu_quota() -> None:
+    requests = gpus.gpu_quota_seen(
+        "team", {"hard": {"requests.nvidia.com/gpu": "8", "pods": "9"}, "used": {"requests.nvidia.com/gpu": "6"}}
+    )
+    limits = gpus.gpu_quota_seen("tight", {"hard": {"limits.nvidia.com/gpu": "4"}, "used": {}})
+    assert requests == gpus.QuotaSeen("team", hard=8, used=6)
+    assert limits == gpus.QuotaSeen("tight", hard=4, used=0)
+    assert gpus.gpu_quota_seen("pods", {"hard": {"pods": "10"}}) is None
+    assert gpus.gpu_quota_seen("new", {}) is None  # no status yet
+    assert gpus.tightest([limits, requests]) == requests  # 2 left against 4
+    assert gpus.tightest([]) is None
+
+
+def test_a_gpu_model_reports_its_namespace_quota_and_what_it_asks_for() -> None:
+    quota = [gpus.QuotaSeen("team", hard=8, used=3)]
+    status = ModelStatus(
+        replicas=[
+            VersionReplicas(version="1.0.0", desired=2, ready=2),
+            VersionReplicas(version="2.0.0", desired=1, ready=0),
+        ]
+    )
+    gpu_model = model(resources={"gpu": {"count": 2}})
+    assert gpu_quota(gpu_model, status, quota) == GPUQuota(quota="team", hard=8, used=3, requested=6)
+    assert gpu_quota(gpu_model, status, []) is None  # no GPU quota in the namespace
+    assert gpu_quota(model(), status, quota) is None  # a CPU model has nothing to report
+    assert gpu_quota(model(resources={"gpu": {"count": 0}}), status, quota) is None

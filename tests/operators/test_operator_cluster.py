@@ -267,8 +267,19 @@ def test_a_namespace_gpu_quota_is_respected_and_reported(
         assert (degraded["status"], degraded["reason"]) == ("True", "ReplicaFailure"), degraded
         assert "exceeded quota: gpus" in degraded["message"]
         assert condition(model, "Ready")["reason"] == "ReplicaFailure"
+        assert model["status"]["gpuQuota"] == {"quota": "gpus", "hard": 0, "used": 0, "requested": 1}
 
     assert_eventually(refused, timeout=90)
+
+    # Room in the quota: the replica starts, and the status says what it holds of it.
+    apply(cluster, k8s_namespace, {**quota, "spec": {"hard": {"requests.nvidia.com/gpu": "4"}}})
+
+    def admitted() -> None:
+        model = model_named(cluster, k8s_namespace, "claims-extractor")
+        assert condition(model, "Ready")["status"] == "True", condition(model, "Ready")
+        assert model["status"]["gpuQuota"] == {"quota": "gpus", "hard": 4, "used": 1, "requested": 1}
+
+    assert_eventually(admitted, timeout=120)
 
 
 def test_pause_and_abort_a_rollout_with_annotations(
