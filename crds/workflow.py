@@ -253,9 +253,13 @@ class WorkflowSpec(K8sModel):
 
 
 class WorkflowStatus(StatusBase):
-    """Observed state of a Workflow. Conditions: Valid, Ready."""
+    """Observed state of a Workflow. Conditions: Valid (reason Cycle, CelCompileError, ModelNotFound, ...), Ready."""
 
-    version: str | None = Field(default=None, max_length=128, description="Version of the definition new tasks run.")
+    version: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Content version of the last valid spec: what new tasks run (running tasks keep theirs).",
+    )
 
 
 class Workflow(Resource):
