@@ -234,9 +234,8 @@ class Engine:
             self._wake_workers()
         return outcomes
 
-    @staticmethod
     def _trace_submissions(
-        submissions: Sequence[Submission], outcomes: Sequence[Outcome], started: int, ended: int
+        self, submissions: Sequence[Submission], outcomes: Sequence[Outcome], started: int, ended: int
     ) -> None:
         """One ``aiplane.engine.submit`` span per submission, in its own request's trace, spanning the batch's
         transaction (a batch serves many requests, so one span could sit in only one of their traces)."""
@@ -255,7 +254,10 @@ class Engine:
                 start_time=started,
             )
             if isinstance(outcome, Exception):
-                span.set_status(Status(StatusCode.ERROR, str(outcome)))
+                text = str(outcome)  # an input check's message may quote the input: masked like the input
+                if self.pii is not None:
+                    text = self.pii.text(submission.tenant, submission.workflow, text)
+                span.set_status(Status(StatusCode.ERROR, text))
             span.end(end_time=ended)
 
     def get(self, tenant: str, task_id: str) -> Task:

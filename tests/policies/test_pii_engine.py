@@ -257,3 +257,32 @@ def test_aiplane_dev_masks_with_the_manifests_policies_and_keeps_its_key(tmp_pat
     }
     assert masking.input("acme", "ungoverned", {"e": "j@example.com"}) == {"e": "j@example.com"}
     assert pii_masking(PolicySet(), workflows, tmp_path) is None
+
+
+def test_a_refused_submission_s_span_carries_its_error_masked(tmp_path: Path, spans: TaskSpanStore) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine.errors import InvalidRequestError
+    from engine.runtime.intake import Submission
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def refuse(version: str, spec: Any) -> None:
+        raise InvalidRequestError("input.claimant.email: 'jane.roe@example.com' is not an integer", field="input")
+
+    with Engine(
+        f"sqlite:///{tmp_path / 'engine.db'}",
+        sqlite_synchronous="NORMAL",
+        pii=WorkflowMasking(lambda workflow: POLICY, KEYS),
+    ) as engine:
+        engine.register_workflow("claims", {"steps": [{"name": "r", "type": "rules", "rules": {"set": {"a": "1"}}}]})
+        [outcome] = engine.submit_many([Submission(tenant="acme", workflow="claims", input=CLAIM, validate=refuse)])
+    assert isinstance(outcome, InvalidRequestError)
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "aiplane.engine.submit"]
+    assert span.status.description is not None
+    assert "is not an integer" in span.status.description
+    assert "jane.roe@example.com" not in span.status.description
