@@ -32,3 +32,22 @@ def test_effective_policies_are_cached_until_a_change() -> None:
     assert policies.revision == 4
     policies.remove(("default", "absent"))
     assert policies.revision == 4
+
+
+def test_listeners_see_every_change() -> None:
+    policies = PolicySet([residency("eu", "eu-west")])
+    calls = [0]
+
+    def breaks_after_the_first_call(_: tuple[Policy, ...]) -> None:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise RuntimeError("consumer bug")
+
+    seen: list[list[str]] = []
+    policies.on_change(breaks_after_the_first_call)
+    policies.on_change(lambda current: seen.append([p.metadata["name"] for p in current]))
+    policies.put(residency("strict", "eu-west"))
+    policies.remove(("default", "absent"))  # no change, no call
+    policies.remove(("default", "eu"))
+    assert seen == [["eu"], ["eu", "strict"], ["strict"]]
+    assert calls[0] == 3
