@@ -39,9 +39,9 @@ from engine.runtime import records
 from engine.runtime.queue import parse_priority
 from engine.runtime.transitions import Entry, StateMachine
 from engine.store import outbox
-from engine.store.database import Database, dialect_insert
+from engine.store.database import Database
 from engine.store.idempotency import Claim, IdempotencyStore, check_key, request_hash
-from engine.store.prepared import Prepared
+from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
 
 if TYPE_CHECKING:
@@ -53,28 +53,9 @@ _INSERT_APPROVAL = Prepared(sa.insert(approvals))
 _KEY_ROW = sa.select(idempotency_keys).where(
     idempotency_keys.c.tenant == sa.bindparam("_tenant"), idempotency_keys.c.key == sa.bindparam("_key")
 )
-# INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING RETURNING, per dialect and row count (see _claim_keys).
-# Row counts are powers of two (a batch goes in chunks of those): compiling one for 128 rows costs ~0.1 s, so a
-# variant for every batch size would cost more than all the statements it saves.
-_claim_statements: dict[tuple[str, int], Prepared] = {}
-_CLAIM_CHUNKS = tuple(2**power for power in range(7, -1, -1))
-_KEY_COLUMNS = tuple(column.key for column in idempotency_keys.c)
-
-
-def _claim_keys_statement(conn: sa.Connection, rows: int) -> Prepared:
-    statement = _claim_statements.get((conn.dialect.name, rows))
-    if statement is None:
-        values = [
-            {name: sa.bindparam(f"{name}_{row}", type_=idempotency_keys.c[name].type) for name in _KEY_COLUMNS}
-            for row in range(rows)
-        ]
-        statement = _claim_statements[(conn.dialect.name, rows)] = Prepared(
-            dialect_insert(conn, idempotency_keys)
-            .values(values)
-            .on_conflict_do_nothing()
-            .returning(idempotency_keys.c.tenant, idempotency_keys.c.key)
-        )
-    return statement
+_CLAIM_KEYS = InsertIgnoringConflicts(idempotency_keys, [idempotency_keys.c.tenant, idempotency_keys.c.key])
+# A task-level idempotency key (a Kafka message's) finds the first task instead of failing or making a second.
+_INSERT_NEW_TASKS = InsertIgnoringConflicts(tasks, [tasks.c.id])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,14 +256,7 @@ class Intake:
             assert plan.record is not None
             first.setdefault((plan.record["tenant"], plan.record["key"]), plan)
         records = [plan.record for plan in first.values() if plan.record is not None]
-        inserted: set[tuple[str, str]] = set()
-        start = 0
-        for size in _CLAIM_CHUNKS:
-            while len(records) - start >= size:
-                chunk, start = records[start : start + size], start + size
-                params = {f"{name}_{row}": record[name] for row, record in enumerate(chunk) for name in _KEY_COLUMNS}
-                # RETURNING rather than a row count: drivers disagree on the count of an INSERT that did nothing.
-                inserted.update(map(tuple, _claim_keys_statement(conn, size).execute(conn, params).fetchall()))
+        inserted = set(_CLAIM_KEYS.execute(conn, records))
         owners = [p for p in plans if p.record is None]
         for plan in keyed:
             assert plan.record is not None
@@ -312,15 +286,7 @@ class Intake:
         if created:
             _INSERT_TASK.executemany(conn, [p.task for p in created])
         if deduplicated:
-            # ON CONFLICT DO NOTHING on (tenant, idempotency_key): a resubmission (a Kafka message delivered
-            # twice) finds the first task instead of failing or making a second one.
-            new_ids = {
-                row.id
-                for row in conn.execute(
-                    dialect_insert(conn, tasks).on_conflict_do_nothing().returning(tasks.c.id),
-                    [p.task for p in deduplicated],
-                )
-            }
+            new_ids = {task_id for (task_id,) in _INSERT_NEW_TASKS.execute(conn, [p.task for p in deduplicated])}
             for plan in deduplicated:
                 if plan.task["id"] in new_ids:
                     created.append(plan)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from engine.store.database import Database
 from engine.store.migrate import upgrade
-from engine.store.prepared import Prepared
+from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import events, step_runs
 
 NOW = datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC)
@@ -94,3 +94,18 @@ def test_statements_it_cannot_run_faithfully_are_refused(db: Database) -> None:
     missing = Prepared(sa.select(step_runs.c.id).where(step_runs.c.id == sa.bindparam("_id")))
     with pytest.raises(KeyError, match="_id"), db.read() as conn:
         missing.execute(conn, {})
+
+
+@pytest.mark.parametrize("count", [1, 13, 130])
+def test_insert_ignoring_conflicts_returns_exactly_the_rows_that_went_in(db: Database, count: int) -> None:
+    statement = InsertIgnoringConflicts(events, [events.c.id])
+    with db.write() as conn:
+        Prepared(sa.insert(events)).executemany(conn, [_event(f"e{i:03d}", i) for i in range(0, count, 3)])
+    rows = [_event(f"e{i:03d}", -i) for i in range(count)]
+    with db.write() as conn:
+        inserted = statement.execute(conn, [*rows, rows[-1]])  # a repeat within the batch goes in once
+    assert sorted(inserted) == [(f"e{i:03d}",) for i in range(count) if i % 3]
+    with db.read() as conn:
+        stored = dict(conn.execute(sa.select(events.c.id, events.c.payload)).all())
+    # Rows already there keep their values: nothing was updated.
+    assert stored == {f"e{i:03d}": i if i % 3 == 0 else -i for i in range(count)}
