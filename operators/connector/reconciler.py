@@ -31,6 +31,10 @@ MERGE = "application/merge-patch+json"
 Prober = Callable[..., broker.Probe]
 
 
+class SecretsForbiddenError(Exception):
+    """The operator's ServiceAccount may not read Secrets; the message says what to grant."""
+
+
 @dataclass
 class Reconciler:
     kube: Kube
@@ -84,7 +88,14 @@ class Reconciler:
             log.warning("connector spec does not parse", extra={"connector": f"{namespace}/{name}", "detail": problems})
             return
         connector = Connector(metadata=meta, spec=spec, status=previous)
-        missing, credentials = await asyncio.to_thread(self._resolve, connector)
+        try:
+            missing, credentials = await asyncio.to_thread(self._resolve, connector)
+        except SecretsForbiddenError as error:
+            # Without get on secrets (RBAC) nothing can be checked: say so rather than retry in silence.
+            found = statuses.Found(missing_secrets=[], forbidden=str(error))
+            folded = statuses.fold(connector, generation=generation, found=found, now=self.clock())
+            await self._write_status(namespace, name, uid, folded)
+            return
         kafka = spec.kafka_source or spec.kafka_sink
         probe: broker.Probe | None = None
         if kafka is not None and not missing:
@@ -143,6 +154,11 @@ class Reconciler:
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return None
+            if error.status == 403:
+                raise SecretsForbiddenError(
+                    f"the operator may not read Secret {name!r} in namespace {namespace} (403 Forbidden); "
+                    "grant its ServiceAccount get on secrets"
+                ) from error
             raise
         return {key: value if isinstance(value, str) else value.decode() for key, value in (secret.data or {}).items()}
 

@@ -31,11 +31,14 @@ class Found:
     probe: Probe | None = None  # Kafka types only
     consumers: Consumers | None = None  # kafkaSource only, once its Deployment exists
     desired: int | None = None  # kafkaSource: the spec's replicas capped at the partitions
+    forbidden: str | None = None  # the operator may not read Secrets: what to grant
 
 
 def _problem(connector: Connector, found: Found) -> tuple[str, str] | None:
     """The reason and message of what keeps the Connector from working, worst first."""
     namespace = connector.metadata.get("namespace", "")
+    if found.forbidden is not None:
+        return "SecretsForbidden", found.forbidden
     if found.missing_secrets:
         return "SecretMissing", f"{'; '.join(found.missing_secrets)}; create it in namespace {namespace}"
     kafka = connector.spec.kafka_source or connector.spec.kafka_sink

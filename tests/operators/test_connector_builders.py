@@ -109,6 +109,7 @@ def test_each_problem_is_a_reason_with_what_to_fix() -> None:
             "bootstrapServers",
         ),
         (status.Found([], Probe(partitions=None)), "TopicMissing", "topic 'claims-in' does not exist on kafka:9092"),
+        (status.Found([], forbidden="grant its ServiceAccount get on secrets"), "SecretsForbidden", "get on secrets"),
     ]
     for found, reason, says in cases:
         ready, degraded = status.fold(connector(), generation=1, found=found, now=NOW).conditions
