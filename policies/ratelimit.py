@@ -32,12 +32,6 @@ class _Bucket:
         self.tokens = float(burst)
         self.stamp = now
 
-    def refill(self, now: float) -> float:
-        tokens = self.tokens + (now - self.stamp) * self.rate
-        self.tokens = tokens if tokens < self.burst else self.burst
-        self.stamp = now
-        return self.tokens
-
 
 @dataclass(frozen=True)
 class Refusal:
@@ -129,7 +123,11 @@ class RateLimiter:
             return None
         now = self.clock()
         for key, limit, bucket in buckets:
-            tokens = bucket.refill(now)
+            # The refill, inline (and no min(): a builtin call costs more here): this runs on every request.
+            tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+            tokens = tokens if tokens < bucket.burst else bucket.burst
+            bucket.tokens = tokens
+            bucket.stamp = now
             if tokens < 1.0:
                 return Refusal(tenant, key, limit.requests_per_second, limit.burst, (1.0 - tokens) / bucket.rate)
         for _, _, bucket in buckets:
