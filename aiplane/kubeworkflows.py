@@ -10,18 +10,17 @@ leaves the last valid version in place, and a deleted Workflow's versions stay f
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import kubernetes
 import pydantic
 
+from aiplane.kubewatch import NamespaceWatch
 from crds import checks
 from crds.workflow import WorkflowSpec
 
 log = logging.getLogger(__name__)
-GROUP, VERSION, PLURAL = "aiplane.io", "v1alpha1", "workflows"
+PLURAL = "workflows"
 
 
 class Registry(Protocol):
@@ -53,28 +52,32 @@ class KubeWorkflowSync:
     def __init__(
         self, client: kubernetes.client.ApiClient, namespace: str, registry: Registry, watch_timeout_s: int = 60
     ) -> None:
-        self.api = kubernetes.client.CustomObjectsApi(client)
-        self.namespace = namespace
         self.registry = registry
-        self.watch_timeout_s = watch_timeout_s
         # name -> the version this process registered last, so a relist registers nothing again.
         self.registered: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._synced = threading.Event()
-        self._watch: Any = None
-        self._thread = threading.Thread(target=self._run, name=f"workflows-{namespace}", daemon=True)
+        self._watch = NamespaceWatch(
+            client,
+            namespace,
+            PLURAL,
+            on_list=self._listed,
+            on_event=self._changed,
+            watch_timeout_s=watch_timeout_s,
+        )
 
     def start(self, synced_timeout_s: float = 30.0) -> KubeWorkflowSync:
-        self._thread.start()
-        if not self._synced.wait(synced_timeout_s):
-            raise TimeoutError(f"could not list Workflows in {self.namespace} within {synced_timeout_s}s")
+        self._watch.start(synced_timeout_s)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        self._thread.join(self.watch_timeout_s + 5)
+        self._watch.stop()
+
+    def _listed(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self._seen(item)
+
+    def _changed(self, type_: str, body: dict[str, Any]) -> None:
+        if type_ != "DELETED":  # a deleted Workflow's versions stay for the tasks that run them
+            self._seen(body)
 
     def _seen(self, body: dict[str, Any]) -> None:
         name = str(body["metadata"]["name"])
@@ -89,28 +92,3 @@ class KubeWorkflowSync:
             return
         self.registered[name] = registered
         log.info("workflow registered", extra={"workflow": name, "version": registered})
-
-    def _run(self) -> None:
-        lister: Callable[..., Any] = self.api.list_namespaced_custom_object
-        while not self._stop.is_set():
-            try:
-                listing = lister(GROUP, VERSION, self.namespace, PLURAL)
-                for item in listing.get("items", []):
-                    self._seen(item)
-                self._synced.set()
-                # The watch helper is untyped upstream.
-                new_watch: Callable[[], Any] = kubernetes.watch.Watch
-                self._watch = new_watch()
-                for event in self._watch.stream(
-                    lister, GROUP, VERSION, self.namespace, PLURAL,
-                    resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=self.watch_timeout_s,
-                ):  # fmt: skip
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._seen(event["object"])
-                    if self._stop.is_set():
-                        break
-            except Exception:  # the watch must outlive any one failure (410 Gone, a restarting apiserver)
-                if self._stop.is_set():
-                    break
-                log.warning("workflow watch failed; listing again", exc_info=True)
-                self._stop.wait(1.0)
