@@ -44,6 +44,7 @@ from engine.runtime.queue import PriorityPolicy
 from engine.store import audit, outbox
 from engine.store.prepared import Prepared
 from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
+from engine.store.types import UTCDateTime
 
 # Reasons a task is dead-lettered.
 NON_RETRYABLE = "NonRetryable"
@@ -171,11 +172,45 @@ class Completed:
     next: Claimed | None = None
 
 
-def _claimable(now: datetime) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
-    """Runnable and due; or running with an expired lease (its worker died)."""
-    due = sa.and_(step_runs.c.state == StepState.RUNNABLE, step_runs.c.next_run_at <= now)
-    lost = sa.and_(step_runs.c.state == StepState.RUNNING, step_runs.c.lease_expires_at <= now)
-    return due, lost
+# The claim's and the idle poll's statements, built once: building them cost more than running them.
+_NOW = sa.bindparam("_now", type_=UTCDateTime())
+# Claimable: runnable and due; or running with an expired lease (its worker died).
+_DUE = sa.and_(step_runs.c.state == StepState.RUNNABLE, step_runs.c.next_run_at <= _NOW)
+_LOST = sa.and_(step_runs.c.state == StepState.RUNNING, step_runs.c.lease_expires_at <= _NOW)
+_CLAIM_CANDIDATES = (
+    sa.select(step_runs)
+    .join(tasks, tasks.c.id == step_runs.c.task_id)
+    .where(sa.or_(_DUE, _LOST))
+    .order_by(step_runs.c.sort_at, step_runs.c.id)
+    .limit(sa.bindparam("_limit"))
+    .with_for_update(skip_locked=True, of=[step_runs, tasks])
+)
+_LEASE_RUN = Prepared(
+    sa.update(step_runs)
+    .where(step_runs.c.id == sa.bindparam("_run_id"), sa.or_(_DUE, _LOST))
+    .values(
+        state=StepState.RUNNING,
+        lease_owner=sa.bindparam("_worker"),
+        lease_token=sa.bindparam("_token"),
+        lease_expires_at=sa.bindparam("_expires", type_=UTCDateTime()),
+        attempts=step_runs.c.attempts + 1,
+        started_at=sa.func.coalesce(step_runs.c.started_at, _NOW),
+        updated_at=_NOW,
+    )
+)
+_WORK_DUE = tuple(
+    Prepared(probe.limit(1))
+    for probe in (
+        sa.select(step_runs.c.id).where(sa.or_(_DUE, _LOST)),
+        sa.select(approvals.c.id).where(approvals.c.state == ApprovalState.PENDING, approvals.c.expires_at <= _NOW),
+        sa.select(tasks.c.id).where(
+            # Equalities rather than IN: an IN list is an expanding parameter, which a Prepared statement refuses.
+            sa.or_(*(tasks.c.state == state for state in ACTIVE_TASK_STATES)),
+            tasks.c.deadline <= _NOW,
+            tasks.c.sla_breached_at.is_(None),
+        ),
+    )
+)
 
 
 def step_idempotency_key(task_id: str, seq: int, step: str) -> str:
@@ -207,17 +242,9 @@ class StateMachine:
         candidates are locked ``FOR UPDATE SKIP LOCKED``, so concurrent workers take disjoint sets without
         waiting; SQLite renders no FOR UPDATE and relies on the write transaction being the only writer.
         """
-        due, lost = _claimable(now)
         # Lock the step run and its task together and skip rows anyone else holds: a claim never waits, so it
         # cannot deadlock with a completion or decision (those lock the task first, then the run).
-        candidates = conn.execute(
-            sa.select(step_runs)
-            .join(tasks, tasks.c.id == step_runs.c.task_id)
-            .where(sa.or_(due, lost))
-            .order_by(step_runs.c.sort_at, step_runs.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=[step_runs, tasks])
-        ).all()
+        candidates = conn.execute(_CLAIM_CANDIDATES, {"_now": now, "_limit": limit}).all()
         claimed: list[Claimed] = []
         for run in candidates:
             task = self._lock_task(conn, run.task_id)
@@ -250,37 +277,26 @@ class StateMachine:
                     now=now,
                 )
             token = new_id()
-            updated = conn.execute(
-                sa.update(step_runs)
-                .where(step_runs.c.id == run.id, sa.or_(due, lost))
-                .values(
-                    state=StepState.RUNNING,
-                    lease_owner=worker,
-                    lease_token=token,
-                    lease_expires_at=now + lease,
-                    attempts=step_runs.c.attempts + 1,
-                    started_at=sa.func.coalesce(step_runs.c.started_at, now),
-                    updated_at=now,
-                )
+            updated = _LEASE_RUN.execute(
+                conn, {"_run_id": run.id, "_worker": worker, "_token": token, "_expires": now + lease, "_now": now}
             )
             if updated.rowcount != 1:  # pragma: no cover - only reachable if the locking above were bypassed
                 continue
             attempt = run.attempts + 1
-            conn.execute(
-                sa.insert(attempts).values(
-                    id=new_id(),
-                    step_run_id=run.id,
-                    task_id=run.task_id,
-                    number=attempt,
-                    worker=worker,
-                    outcome="running",
-                    started_at=now,
-                )
+            _INSERT_ATTEMPT.execute(
+                conn,
+                {
+                    "id": new_id(),
+                    "step_run_id": run.id,
+                    "task_id": run.task_id,
+                    "number": attempt,
+                    "worker": worker,
+                    "outcome": "running",
+                    "started_at": now,
+                },
             )
             if task.state == TaskState.QUEUED:
-                conn.execute(
-                    sa.update(tasks).where(tasks.c.id == task.id).values(state=TaskState.RUNNING, updated_at=now)
-                )
+                _UPDATE_TASK.execute(conn, {"_task_id": task.id, "state": TaskState.RUNNING, "updated_at": now})
             outbox.append(
                 conn,
                 outbox.STEP_STARTED,
@@ -313,15 +329,7 @@ class StateMachine:
     def work_due(conn: sa.Connection, now: datetime) -> bool:
         """Whether anything is claimable, expirable or breached: a cheap read that lets an idle SQLite worker
         skip taking the database's single write lock on every poll."""
-        due, lost = _claimable(now)
-        probes = (
-            sa.select(step_runs.c.id).where(sa.or_(due, lost)),
-            sa.select(approvals.c.id).where(approvals.c.state == ApprovalState.PENDING, approvals.c.expires_at <= now),
-            sa.select(tasks.c.id).where(
-                tasks.c.state.in_(ACTIVE_TASK_STATES), tasks.c.deadline <= now, tasks.c.sla_breached_at.is_(None)
-            ),
-        )
-        return any(conn.execute(probe.limit(1)).first() is not None for probe in probes)
+        return any(probe.execute(conn, {"_now": now}).fetchone() is not None for probe in _WORK_DUE)
 
     @staticmethod
     def heartbeat(conn: sa.Connection, claimed: Claimed, *, lease: timedelta, now: datetime) -> bool:
