@@ -175,7 +175,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         base = Head(first.seq - 1, first.prev_hash) if first is not None and first.seq > 1 else None
         head = None if last is None else Head(last.seq, last.hash)
         result: Verification = verify(records, head, base=base, anchors=anchors)
-        return _report(result)
+        return _report(result, args.metrics_file)
     url = args.database or os.environ.get("AIPLANE_DATABASE_URL")
     if url is None:
         url = f"sqlite:///{(args.data_dir or Settings.from_env().data_dir) / 'engine.db'}"
@@ -196,10 +196,28 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return 2
     finally:
         db.dispose()
-    return _report(result)
+    return _report(result, args.metrics_file)
 
 
-def _report(result: Verification) -> int:
+def _write_metrics(result: Verification, path: Path) -> None:
+    """The verdict as a Prometheus text file (node-exporter's textfile collector), for a verify CronJob to alert on."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    gauges = (
+        ("aiplane_policy_audit_verify_status", "1 when the last verification found the audit log intact", result.ok),
+        ("aiplane_policy_audit_records", "Records the last verification read", result.records),
+        ("aiplane_policy_audit_problems", "Problems the last verification found", len(result.problems)),
+    )
+    for name, help_text, value in gauges:
+        Gauge(name, help_text, registry=registry).set(float(value))
+    Gauge("aiplane_policy_audit_verify_timestamp_seconds", "When it ran", registry=registry).set_to_current_time()
+    write_to_textfile(str(path), registry)
+
+
+def _report(result: Verification, metrics_file: Path | None = None) -> int:
+    if metrics_file is not None:
+        _write_metrics(result, metrics_file)
     for problem in result.problems:
         print(f"TAMPERED {problem}")
     last = f"; head {result.last.seq}:{result.last.hash}" if result.last is not None else ""
@@ -216,6 +234,12 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     audit.add_argument("--after", type=int, default=0, help="export: only records after this seq")
     audit.add_argument("--output", "-o", type=Path, default=None, help="export: write here instead of stdout")
     audit.add_argument("--file", type=Path, default=None, help="verify: check this export instead of a database")
+    audit.add_argument(
+        "--metrics-file",
+        type=Path,
+        default=None,
+        help="verify: also write the verdict as Prometheus metrics to this file (textfile collector)",
+    )
     audit.add_argument(
         "--anchor",
         action="append",

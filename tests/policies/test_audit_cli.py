@@ -36,7 +36,13 @@ def test_verify_and_export_from_the_command_line(tmp_path: Path, capsys: pytest.
     with db.write() as conn:
         conn.execute(sa.update(audit_log).where(audit_log.c.seq == 2).values(actor="mallory"))
     db.dispose()
-    assert main(["audit", "verify", "--database", f"sqlite:///{tmp_path / 'engine.db'}"]) == 1
+    metrics = tmp_path / "audit.prom"
+    assert (
+        main(["audit", "verify", "--database", f"sqlite:///{tmp_path / 'engine.db'}", "--metrics-file", str(metrics)])
+        == 1
+    )
+    assert "aiplane_policy_audit_verify_status 0.0" in metrics.read_text()
+    assert "aiplane_policy_audit_problems 1.0" in metrics.read_text()
     printed = capsys.readouterr().out
     assert "TAMPERED record 2: edited" in printed
     assert "1 problem(s)" in printed
