@@ -84,8 +84,11 @@ class Reconciler:
         try:
             spec = ConnectorSpec.model_validate(body.get("spec") or {})
         except pydantic.ValidationError as error:
+            # The apiserver's schema makes this rare (an older CRD, or a field the models tightened since).
             problems = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            log.warning("connector spec does not parse", extra={"connector": f"{namespace}/{name}", "detail": problems})
+            await self._write_status(
+                namespace, name, uid, statuses.invalid(previous, generation, problems, self.clock())
+            )
             return
         connector = Connector(metadata=meta, spec=spec, status=previous)
         try:
@@ -115,6 +118,11 @@ class Reconciler:
             desired = builders.consumers(source.replicas, probe.partitions)
             owner = builders.Owner(name=name, namespace=namespace, uid=uid)
             await self._apply(uid, builders.deployment(connector, owner, desired, self.config))
+        elif source is None and consumers is not None:
+            # No longer a kafkaSource: its consumers have nothing to do.
+            await asyncio.to_thread(self.kube.delete, "Deployment", namespace, builders.deployment_name(name))
+            self._applied.pop(uid, None)
+            consumers = None
         found = statuses.Found(missing_secrets=missing, probe=probe, consumers=consumers, desired=desired)
         folded = statuses.fold(connector, generation=generation, found=found, now=self.clock())
         await self._write_status(namespace, name, uid, folded)

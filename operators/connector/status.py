@@ -103,6 +103,18 @@ def fold(connector: Connector, *, generation: int, found: Found, now: datetime) 
     return previous.model_copy(update=update)
 
 
+def invalid(previous: ConnectorStatus | None, generation: int, problems: str, now: datetime) -> ConnectorStatus:
+    """Status of a Connector whose spec does not parse: nothing is applied."""
+    before = previous or ConnectorStatus()
+    make = Conditions(before.conditions, generation, now)
+    return before.model_copy(
+        update={
+            "observed_generation": generation,
+            "conditions": [make(READY, False, "InvalidSpec", problems), make(DEGRADED, True, "InvalidSpec", problems)],
+        }
+    )
+
+
 def to_patch(status: ConnectorStatus) -> dict[str, Any]:
     body: dict[str, Any] = status.model_dump(by_alias=True, mode="json")
     return body

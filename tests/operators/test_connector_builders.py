@@ -122,3 +122,16 @@ def test_call_time_connectors_are_ready_when_their_secrets_resolve() -> None:
     assert (ready.status, ready.reason, degraded.status) == ("True", "Resolved", "False")
     folded = status.fold(connector("postgres"), generation=1, found=status.Found([]), now=NOW)
     assert (folded.replicas, folded.ready_replicas) == (None, None)
+
+
+def test_a_spec_that_does_not_parse_is_degraded_with_the_fields() -> None:
+    folded = status.invalid(None, 4, "spec.http.url: String should match pattern", NOW)
+    ready, degraded = folded.conditions
+    assert (ready.status, ready.reason, degraded.status, degraded.reason) == (
+        "False",
+        "InvalidSpec",
+        "True",
+        "InvalidSpec",
+    )
+    assert degraded.message == "spec.http.url: String should match pattern"
+    assert folded.observed_generation == 4

@@ -144,6 +144,12 @@ def test_a_missing_secret_is_degraded_until_it_is_created(
     ready(cluster, k8s_namespace, "intake")
     assert len(consumers(cluster, k8s_namespace)) == 1
 
+    # No longer a source: its consumers go.
+    http = {"type": "http", "http": {"url": "https://crm.example.com/claims"}}
+    apply(cluster, k8s_namespace, {**source("intake", kafka.bootstrap_servers, topic), "spec": http})
+    assert_eventually(lambda: consumers(cluster, k8s_namespace) == [], timeout=60, message="consumers removed")
+    assert condition(ready(cluster, k8s_namespace, "intake"), "Ready")["reason"] == "Resolved"
+
 
 def test_a_missing_topic_and_an_unreachable_broker_say_so(
     crds_installed: Cluster, kafka: Kafka, k8s_namespace: str, connector_operator: Operator
