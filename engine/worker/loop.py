@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -324,7 +325,16 @@ class Worker:
             return exc
         except Exception as exc:
             # An executor bug: retried (it may be transient) and, if it persists, dead-lettered with the text.
-            log.exception("executor for step %s of task %s crashed", ctx.step.name, ctx.task_id)
+            if self.pii is None:
+                log.exception("executor for step %s of task %s crashed", ctx.step.name, ctx.task_id)
+            else:  # the exception's text may quote the payload: the frames, and the text masked
+                log.error(
+                    "executor for step %s of task %s crashed: %s\n%s",
+                    ctx.step.name,
+                    ctx.task_id,
+                    self.pii.text(ctx.tenant, ctx.workflow, f"{type(exc).__name__}: {exc}"),
+                    "".join(traceback.format_tb(exc.__traceback__)),
+                )
             return StepError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)
 
     def _report(

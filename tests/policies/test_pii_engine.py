@@ -286,3 +286,37 @@ def test_a_refused_submission_s_span_carries_its_error_masked(tmp_path: Path, sp
     assert span.status.description is not None
     assert "is not an integer" in span.status.description
     assert "jane.roe@example.com" not in span.status.description
+
+
+class _CrashingResolver:
+    """A model resolver with a bug whose message quotes the payload."""
+
+    def endpoints(self, model: str) -> Any:
+        raise RuntimeError(f"cannot route claim of {CLAIM['claimant']['email']}")
+
+
+def test_a_crashing_step_is_logged_stored_and_traced_masked(
+    tmp_path: Path, spans: TaskSpanStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    retry = {"maxAttempts": 1}
+    workflow = {"steps": [{"name": "extract", "type": "model", "model": {"name": "m"}, "retry": retry}]}
+    with Engine(
+        f"sqlite:///{tmp_path / 'engine.db'}",
+        model_resolver=_CrashingResolver(),
+        sqlite_synchronous="NORMAL",
+        pii=WorkflowMasking(lambda workflow: POLICY, KEYS),
+    ) as engine:
+        engine.register_workflow("claims", workflow)
+        with fast_worker(engine):
+            task = wait_done(engine, "acme", engine.submit("acme", "claims", CLAIM).id)
+        assert task.state == TaskState.DEAD_LETTERED
+        (step,) = engine.steps("acme", task.id)
+    assert "cannot route claim of <EMAIL_ADDRESS:t:" in str(task.error)
+    assert "jane.roe@example.com" not in str(step)
+    crashed = [r for r in caplog.records if "crashed" in r.getMessage()]
+    assert crashed
+    assert "cannot route claim of <EMAIL_ADDRESS:t:" in crashed[0].getMessage()
+    assert "jane.roe@example.com" not in "\n".join(f"{r.getMessage()} {r.exc_info}" for r in caplog.records)
+    for span in spans.spans(task.id):
+        assert "jane.roe@example.com" not in str(span.status.description)
