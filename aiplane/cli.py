@@ -75,10 +75,15 @@ def _cmd_component(args: argparse.Namespace) -> int:
     except components.MissingDatabaseError as error:
         print(f"aiplane {args.command}: {error}", file=sys.stderr)
         return 2
-    if args.command == "gateway":
-        components.serve_gateway(db_url, settings.data_dir, args.host, args.port or settings.port, args.public_base_url)
-    else:
-        components.run_worker(db_url, settings.data_dir, args.concurrency, args.metrics_port, args.metrics_host)
+    with components.cluster_models(components.models_namespace(args.models_from_cluster)) as models:
+        if args.command == "gateway":
+            port = args.port or settings.port
+            components.serve_gateway(
+                db_url, settings.data_dir, args.host, port, args.public_base_url, model_resolver=models
+            )
+        else:
+            metrics = (args.metrics_port, args.metrics_host)
+            components.run_worker(db_url, settings.data_dir, args.concurrency, *metrics, model_resolver=models)
     return 0
 
 
@@ -262,6 +267,7 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
     operator.add_argument("--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     operator.set_defaults(func=_cmd_operator)
 
+    models_help = "route model calls by this namespace's Models' status.endpoints (default: AIPLANE_MODELS_NAMESPACE)"
     store_help = "the store's URL, e.g. postgresql+psycopg://... (default: AIPLANE_DATABASE_URL)"
     gateway = sub.add_parser("gateway", help="run the gateway against a shared store (a chart pod)")
     gateway.add_argument("--db", default=None, help=store_help)
@@ -272,6 +278,7 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
         default=os.environ.get("AIPLANE_PUBLIC_BASE_URL", ""),
         help="prefix of Location headers (AIPLANE_PUBLIC_BASE_URL)",
     )
+    gateway.add_argument("--models-from-cluster", metavar="NAMESPACE", default=None, help=models_help)
     gateway.set_defaults(func=_cmd_component)
 
     worker = sub.add_parser("worker", help="run an engine worker against a shared store (a chart pod)")
@@ -279,6 +286,7 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
     worker.add_argument("--concurrency", type=int, default=4, help="steps run at once")
     worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     worker.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics")
+    worker.add_argument("--models-from-cluster", metavar="NAMESPACE", default=None, help=models_help)
     worker.set_defaults(func=_cmd_component)
 
 

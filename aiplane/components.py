@@ -8,14 +8,21 @@ the steps it runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine import ModelResolver
 
 log = logging.getLogger(__name__)
 DATABASE_URL_ENV = "AIPLANE_DATABASE_URL"
+MODELS_NAMESPACE_ENV = "AIPLANE_MODELS_NAMESPACE"
 
 
 class MissingDatabaseError(ValueError):
@@ -32,7 +39,15 @@ def database_url(flag: str | None, environ: dict[str, str] | None = None) -> str
     return url
 
 
-def serve_gateway(db_url: str, data_dir: Path, host: str, port: int, public_base_url: str = "") -> None:
+def serve_gateway(
+    db_url: str,
+    data_dir: Path,
+    host: str,
+    port: int,
+    public_base_url: str = "",
+    *,
+    model_resolver: ModelResolver | None = None,
+) -> None:
     """Run the gateway under uvicorn until SIGTERM/SIGINT. It and the workers migrate the store on start (under
     an advisory lock on PostgreSQL, so replicas starting together take turns)."""
     import uvicorn
@@ -43,7 +58,7 @@ def serve_gateway(db_url: str, data_dir: Path, host: str, port: int, public_base
     from policies.access_oidc import OIDCConfig, OIDCVerifier
 
     oidc = OIDCConfig.from_env(os.environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
-    engine = Engine(db_url, data_dir=data_dir)
+    engine = Engine(db_url, data_dir=data_dir, model_resolver=model_resolver)
     try:
         app = create_app(
             engine,
@@ -56,14 +71,22 @@ def serve_gateway(db_url: str, data_dir: Path, host: str, port: int, public_base
         engine.close()
 
 
-def run_worker(db_url: str, data_dir: Path, concurrency: int, metrics_port: int | None, metrics_host: str) -> None:
+def run_worker(
+    db_url: str,
+    data_dir: Path,
+    concurrency: int,
+    metrics_port: int | None,
+    metrics_host: str,
+    *,
+    model_resolver: ModelResolver | None = None,
+) -> None:
     """Claim and run steps until SIGTERM/SIGINT, then finish the running ones. With ``metrics_port``, serve
     Prometheus' /metrics (the engine's step metrics and the store gauges this worker refreshes)."""
     from prometheus_client import start_http_server
 
     from engine import Engine
 
-    engine = Engine(db_url, data_dir=data_dir)
+    engine = Engine(db_url, data_dir=data_dir, model_resolver=model_resolver)
     worker = engine.worker(concurrency=concurrency)
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -79,3 +102,29 @@ def run_worker(db_url: str, data_dir: Path, concurrency: int, metrics_port: int 
         worker.run_forever()
     finally:
         engine.close()
+
+
+def models_namespace(flag: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The namespace whose Models the gateway and workers route by (``--models-from-cluster`` or
+    ``AIPLANE_MODELS_NAMESPACE``), or None."""
+    env = os.environ if environ is None else environ
+    return flag or env.get(MODELS_NAMESPACE_ENV) or None
+
+
+@contextlib.contextmanager
+def cluster_models(namespace: str | None) -> Iterator[ModelResolver | None]:
+    """Model endpoints from the Models of ``namespace``: their ``status.endpoints``, the weights the operator
+    moves during a canary, watched through the in-cluster config (or KUBECONFIG) until the block ends. None
+    without a namespace: the engine's static resolver, with no models."""
+    if namespace is None:
+        yield None
+        return
+    from aiplane.kubemodels import KubeModelResolver
+    from operators.model.kube import new_api_client
+
+    resolver = KubeModelResolver(new_api_client(pool_size=2), namespace).start()
+    log.info("routing models by the cluster's Models", extra={"namespace": namespace})
+    try:
+        yield resolver
+    finally:
+        resolver.stop()
