@@ -67,23 +67,25 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 def _cmd_component(args: argparse.Namespace) -> int:
     """``aiplane gateway`` and ``aiplane worker``: one component against a shared store (the chart's pods)."""
     from aiplane import components
+    from aiplane.tracing import TracingConfigError
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     try:
         db_url = components.database_url(args.db)
-    except components.MissingDatabaseError as error:
+        with components.cluster_models(components.models_namespace(args.models_from_cluster)) as models:
+            if args.command == "gateway":
+                port = args.port or settings.port
+                components.serve_gateway(
+                    db_url, settings.data_dir, args.host, port, args.public_base_url, model_resolver=models
+                )
+            else:
+                metrics = (args.metrics_port, args.metrics_host)
+                components.run_worker(db_url, settings.data_dir, args.concurrency, *metrics, model_resolver=models)
+    except (components.MissingDatabaseError, TracingConfigError) as error:
+        # Both are raised before the process serves anything: a configuration to fix, not a crash.
         print(f"aiplane {args.command}: {error}", file=sys.stderr)
         return 2
-    with components.cluster_models(components.models_namespace(args.models_from_cluster)) as models:
-        if args.command == "gateway":
-            port = args.port or settings.port
-            components.serve_gateway(
-                db_url, settings.data_dir, args.host, port, args.public_base_url, model_resolver=models
-            )
-        else:
-            metrics = (args.metrics_port, args.metrics_host)
-            components.run_worker(db_url, settings.data_dir, args.concurrency, *metrics, model_resolver=models)
     return 0
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from aiplane import tracing
+
 if TYPE_CHECKING:
     from engine import ModelResolver
 
@@ -57,6 +59,7 @@ def serve_gateway(
     from engine import Engine
     from policies.access_oidc import OIDCConfig, OIDCVerifier
 
+    provider = tracing.configure_from_env("aiplane-gateway")
     oidc = OIDCConfig.from_env(os.environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
     engine = Engine(db_url, data_dir=data_dir, model_resolver=model_resolver)
     try:
@@ -69,6 +72,8 @@ def serve_gateway(
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         engine.close()
+        if provider is not None:
+            provider.shutdown()  # flushes the spans still batched
 
 
 def run_worker(
@@ -86,6 +91,7 @@ def run_worker(
 
     from engine import Engine
 
+    provider = tracing.configure_from_env("aiplane-worker")
     engine = Engine(db_url, data_dir=data_dir, model_resolver=model_resolver)
     worker = engine.worker(concurrency=concurrency)
 
@@ -102,6 +108,8 @@ def run_worker(
         worker.run_forever()
     finally:
         engine.close()
+        if provider is not None:
+            provider.shutdown()
 
 
 def models_namespace(flag: str | None, environ: dict[str, str] | None = None) -> str | None:
