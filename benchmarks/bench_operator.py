@@ -5,9 +5,12 @@ without the operator).
 Subject: a Model per tick (CPU-only, one replica: a fixed size, so no autoscaler, see ``builders.autoscaled``),
 with ``aiplane operator`` as a child process. Two figures per Model: queue latency, from the create call to the
 Model's Deployment appearing in a watch (the wait in the operator's queue plus one reconcile's applies), and time
-to Ready, from the create call to the Model's Ready condition turning True. Baseline: a Deployment with the same
-pod template per tick, timed from its create to its appearing, and to one replica ready. Both kinds are created
-in the same loop, so load spikes hit both; the rate the cluster actually took is reported with the one offered.
+to Ready, from the create call to the Model's Ready condition turning True. Baseline: the objects the operator
+makes for a Model (the Deployment with the same pod template, its Service and PodDisruptionBudget) created
+directly per tick, timed from the create to the Deployment appearing, and to one replica ready. The Service
+matters: kube-apiserver allocates ClusterIPs one at a time, which under a burst is slower than the rest. Both
+kinds are created in the same loop, so load spikes hit both; the rate the cluster actually took is reported with
+the one offered.
 Also reported: the operator's peak RSS. Issue targets: queue p99 <= 1 s, Ready p99 <= 5 s, RSS <= 300 MB, at
 1,000 Models created at 10/s (``AIPLANE_BENCH_SCALE=smoke``: 20).
 
@@ -188,20 +191,29 @@ def _model(name: str) -> dict[str, Any]:
     }
 
 
-def _bare_deployment(namespace: str, name: str) -> dict[str, Any]:
-    """The Deployment the operator would make for a Model, made directly (no owner, one replica)."""
+def _bare_objects(namespace: str, name: str) -> list[dict[str, Any]]:
+    """What the operator makes for a Model (Deployment, Service, PodDisruptionBudget), made directly: no owner,
+    outside the operator's label selector (so its watches never see the baseline), one replica."""
     from crds.model import Model
 
     model = Model.model_validate({**_model(name), "metadata": {"name": name, "namespace": namespace}})
     owner = builders.Owner(name=name, namespace=namespace, uid="none")
-    deployment = builders.deployment(model, owner, builders.LiveVersion(VERSION, "service:Bench", "img", 1))
-    del deployment["metadata"]["ownerReferences"]
-    deployment["metadata"]["name"] = f"{name}-bare"
-    # Outside the operator's label selector, so its watches never see the baseline.
-    deployment["metadata"]["labels"] = {"aiplane.io/bench": "baseline"}
-    deployment["spec"]["selector"] = {"matchLabels": {"aiplane.io/bench-pod": name}}
-    deployment["spec"]["template"]["metadata"]["labels"] = {"aiplane.io/bench-pod": name}
-    return deployment
+    objects = [
+        builders.deployment(model, owner, builders.LiveVersion(VERSION, "service:Bench", "img", 1)),
+        builders.service(model, owner, VERSION),
+        builders.pod_disruption_budget(owner, VERSION),
+    ]
+    pods = {"aiplane.io/bench-pod": name}
+    for obj in objects:
+        del obj["metadata"]["ownerReferences"]
+        obj["metadata"]["name"] = f"{name}-bare"
+        obj["metadata"]["labels"] = {"aiplane.io/bench": "baseline"}
+    deployment, service, budget = objects
+    deployment["spec"]["selector"] = {"matchLabels": pods}
+    deployment["spec"]["template"]["metadata"]["labels"] = pods
+    service["spec"]["selector"] = pods
+    budget["spec"]["selector"] = {"matchLabels": pods}
+    return objects
 
 
 def run() -> list[Comparison]:
@@ -227,6 +239,10 @@ class _Api:
         self.create_namespace: Callable[..., Any] = core.create_namespace
         self.delete_namespace: Callable[[str], Any] = core.delete_namespace
         self.create_deployment: Callable[..., Any] = apps.create_namespaced_deployment
+        self.create_service: Callable[..., Any] = core.create_namespaced_service
+        self.create_pdb: Callable[..., Any] = kubernetes.client.PolicyV1Api(
+            client
+        ).create_namespaced_pod_disruption_budget
         self.list_deployments: Callable[..., Any] = apps.list_namespaced_deployment
         self.custom = custom
 
@@ -284,8 +300,12 @@ def _create_at_rate(api: _Api, namespace: str, names: list[str], rate_per_s: flo
         # Stamped before the call: a watch can deliver the new object before the create call has returned.
         seen.mark(seen.created, f"model/{name}")
         api.create_model(namespace, _model(name))
+        deployment, service, budget = _bare_objects(namespace, name)
         seen.mark(seen.created, f"{name}-bare")
-        api.create_deployment(namespace, _bare_deployment(namespace, name))
+        # The Deployment first, like the operator's applies (which run side by side): the same measure point.
+        api.create_deployment(namespace, deployment)
+        api.create_service(namespace, service)
+        api.create_pdb(namespace, budget)
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:
