@@ -94,26 +94,8 @@ class PostgresClient:
         bound = {name: bind_value(params[name]) for name in names}
         pool = self._pool(connector, dsn, pool_size)
         try:
-            with pool.engine.begin() as conn:
-                # The step's timeout bounds the statement server-side too, so a slow query does not outlive the
-                # attempt; set_config(..., true) lasts for this transaction only.
-                conn.execute(
-                    sa.text("SELECT set_config('statement_timeout', :ms, true)"),
-                    {"ms": str(max(int(timeout * 1000), 1))},
-                )
-                result = conn.execute(clause, bound)
-                if not result.returns_rows:
-                    return {"rows": [], "rowCount": max(result.rowcount, 0)}
-                fetched = result.mappings().fetchmany(query.max_rows + 1)
-                if len(fetched) > query.max_rows:
-                    # Raising inside the block rolls the transaction back: nothing it wrote stays.
-                    raise StepError(
-                        TOO_MANY_ROWS,
-                        f"{where} returned more than its maxRows ({query.max_rows}); add a LIMIT or raise maxRows",
-                        retryable=False,
-                    )
-                rows = [{str(k): json_safe(v) for k, v in row.items()} for row in fetched]
-                return {"rows": rows, "rowCount": len(rows)}
+            with pool.engine.connect() as conn:
+                return _execute(conn, clause, bound, query=query, timeout=timeout, where=where)
         except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError, psycopg.Error) as exc:
             raise classify(exc, where) from exc
 
@@ -122,3 +104,46 @@ class PostgresClient:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.engine.dispose()
+
+
+def _execute(
+    conn: sa.Connection,
+    clause: sa.TextClause,
+    bound: Mapping[str, Any],
+    *,
+    query: PostgresQuery,
+    timeout: float,
+    where: str,
+) -> dict[str, Any]:
+    """One transaction: the statement and its rows (at most ``maxRows``)."""
+    # The step's timeout bounds the statement server-side too, so a slow query does not outlive the attempt. It is
+    # set on the session and remembered with the connection, so the usual case (the same timeout as last time on
+    # this connection) costs no extra round trip; a transaction that fails may have undone the setting, so the
+    # memory is dropped then.
+    info = conn.connection.info
+    milliseconds = str(max(int(timeout * 1000), 1))
+    try:
+        with conn.begin():
+            if info.get(_TIMEOUT_SET) != milliseconds:
+                conn.execute(_SET_TIMEOUT, {"ms": milliseconds})
+                info[_TIMEOUT_SET] = milliseconds
+            result = conn.execute(clause, bound)
+            if not result.returns_rows:
+                return {"rows": [], "rowCount": max(result.rowcount, 0)}
+            fetched = result.mappings().fetchmany(query.max_rows + 1)
+            if len(fetched) > query.max_rows:
+                # Raising inside the block rolls the transaction back: nothing it wrote stays.
+                raise StepError(
+                    TOO_MANY_ROWS,
+                    f"{where} returned more than its maxRows ({query.max_rows}); add a LIMIT or raise maxRows",
+                    retryable=False,
+                )
+            rows = [{str(k): json_safe(v) for k, v in row.items()} for row in fetched]
+            return {"rows": rows, "rowCount": len(rows)}
+    except BaseException:
+        info.pop(_TIMEOUT_SET, None)
+        raise
+
+
+_TIMEOUT_SET = "aiplane_statement_timeout"
+_SET_TIMEOUT = sa.text("SELECT set_config('statement_timeout', :ms, false)")

@@ -317,3 +317,15 @@ def test_a_new_dsn_gets_a_new_pool(client: PostgresClient, schema_dsn: str, post
     # The Secret was rotated: the old pool's connections close, the new DSN gets its own.
     run_query(client, f"{schema_dsn}&connect_timeout=5", "SELECT 1")
     assert_eventually(lambda: len(sessions()) == 1 and sessions()[0] != before, timeout=10)
+
+
+def test_each_statement_gets_its_steps_timeout(client: PostgresClient, schema_dsn: str) -> None:
+    # One pooled connection serves all three: the timeout it remembers must follow each step's.
+    assert run_query(client, schema_dsn, "SELECT 1 AS one", timeout=5)["rows"] == [{"one": 1}]
+    with pytest.raises(StepError) as failed:
+        run_query(client, schema_dsn, "SELECT pg_sleep(2)", timeout=0.2)
+    assert failed.value.kind == "Timeout"
+    assert run_query(client, schema_dsn, "SELECT 1 AS one FROM pg_sleep(0.5)", timeout=5)["rows"] == [{"one": 1}]
+    with pytest.raises(StepError) as failed:
+        run_query(client, schema_dsn, "SELECT pg_sleep(2)", timeout=0.2)
+    assert failed.value.kind == "Timeout"
