@@ -112,8 +112,8 @@ ssl.truststore.location={folder / "ca.crt"}
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker]:
     java = shutil.which("java")
-    if java is None or not (LIBS / ".complete").exists():
-        pytest.skip(f"needs java and the Kafka jars in {LIBS} (hack/kafka.sh fetch)")
+    if java is None or shutil.which("openssl") is None or not (LIBS / ".complete").exists():
+        pytest.skip(f"needs java, openssl and the Kafka jars in {LIBS} (hack/kafka.sh fetch)")
     folder = tmp_path_factory.mktemp("sasl-kafka")
     _certificates(folder)
     internal, sasl_ssl, sasl_plain, controller = _free_ports(4)
