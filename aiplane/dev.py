@@ -23,7 +23,7 @@ import uvicorn
 from aiplane import manifests
 from aiplane.modelserver import ModelServer, working_dir
 from api.app import create_app
-from api.auth import create_api_key
+from api.auth import create_api_key, follow_policies
 from api.settings import GatewaySettings
 from connectors.kafka.bus import DEFAULT_EVENTS_TOPIC
 from connectors.kafka.embedded import EmbeddedKafka
@@ -33,6 +33,7 @@ from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
 from policies.effective import Target
 from policies.masking import WorkflowMasking, compile_policy
+from policies.residency import Residency
 from policies.sources import PolicySet
 from policies.tokens import MaskingKeys
 
@@ -96,6 +97,9 @@ class DevStack:
             # On one machine the callback receiver is usually a local process too.
             callbacks_to_private_networks=True,
             pii=pii_masking(self.policies, self._of(Workflow), self.data_dir),
+            residency=Residency.from_policy_set(
+                self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}
+            ),
         )
         for workflow in self._of(Workflow):
             version = self.engine.register_workflow(workflow.metadata["name"], workflow.spec)
@@ -104,6 +108,15 @@ class DevStack:
             # After the workflows: a source's first batch would otherwise stall on a workflow not yet registered.
             self.embedded_kafka.start_sources(self.engine, DEV_TENANT)
         return self.engine
+
+    def workflow_targets(self) -> dict[str, Target]:
+        """Each workflow as Policies select it (namespace and labels)."""
+        return {
+            w.metadata["name"]: Target(
+                "Workflow", w.metadata["name"], w.metadata.get("namespace", "default"), w.metadata.get("labels") or {}
+            )
+            for w in self._of(Workflow)
+        }
 
     def stop(self) -> None:
         if self.embedded_kafka is not None:
@@ -192,5 +205,8 @@ def serve(manifests_dir: Path, data_dir: Path, host: str, port: int, kafka: str 
                 flush=True,
             )
         app = create_app(engine, GatewaySettings())
+        # The manifests' rate limits, at the gateway. Not separation of duties: dev has one principal holding every
+        # role, and the demo approves what it submitted.
+        follow_policies(app.state.gateway, stack.policies, stack.workflow_targets(), separation_of_duties=False)
         with engine.worker():
             uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

@@ -9,7 +9,7 @@ ids are simply not found (404, never 403, so ids do not leak across tenants).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Annotated
 
 import anyio.to_thread
@@ -19,9 +19,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.problems import ProblemError
 from api.state import Gateway, gateway
 from api.store import KEY_PREFIX, ApiKeyStore, Principal
+from crds.policy import Policy
 from crds.workflow import WorkflowSpec
 from engine import Engine
 from policies.access_oidc import Identity, JwksUnavailableError, TokenError
+from policies.effective import Target, applicable
+from policies.ratelimit import RateLimiter
+from policies.sources import PolicySet
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -121,6 +125,26 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return check
+
+
+def follow_policies(
+    gw: Gateway, policies: PolicySet, workflows: Mapping[str, Target], *, separation_of_duties: bool = True
+) -> None:
+    """Enforce ``policies`` in the gateway from now on, following their changes: the token buckets are rebuilt on
+    every change (so a change refills them) and separation of duties asks for the workflow's Policies per approval
+    (unless ``separation_of_duties`` is off). ``workflows`` maps a workflow name to its selection target
+    (namespace and labels)."""
+
+    def rebuild(current: tuple[Policy, ...]) -> None:
+        gw.limiter = RateLimiter.from_policies(current)  # one attribute swap: safe from the watch's thread
+
+    def governing(workflow: str) -> Sequence[Policy]:
+        target = workflows.get(workflow)
+        return applicable(policies.policies(), target) if target is not None else ()
+
+    if separation_of_duties:
+        gw.governing = governing
+    policies.on_change(rebuild)
 
 
 def check_rate(gw: Gateway, tenant: str, priority: str | None) -> None:

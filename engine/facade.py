@@ -80,6 +80,7 @@ from policies.residency import Residency
 
 if TYPE_CHECKING:
     from policies.masking import WorkflowMasking
+    from policies.payloads import PayloadLog
 
 MAX_PAGE = 500
 
@@ -109,6 +110,7 @@ class Engine:
         callbacks_to_private_networks: bool = False,
         residency: Residency | None = None,
         pii: WorkflowMasking | None = None,
+        payloads: PayloadLog | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -120,6 +122,7 @@ class Engine:
         services).
         ``pii``: masks personal data in task inputs and step outputs before they are stored (``policies.masking``);
         None (no Policy masks PII) costs nothing.
+        ``payloads``: logs a sampled share of tasks' step payloads, masked (``policies.payloads``).
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
         """
@@ -142,6 +145,7 @@ class Engine:
         self.audit = AuditLog(self.db, clock=clock)
         self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
         self.pii = self.intake.pii = pii
+        self.payloads = payloads
         self.bus: Bus = bus or InMemoryBus()
         self.relay = OutboxRelay(self.db, self.bus, clock=clock)
         self.model_resolver: ModelResolver = model_resolver or StaticModelResolver()
@@ -486,6 +490,7 @@ class Engine:
             clock=self.clock,
         )
         worker.pii = self.pii
+        worker.payloads = self.payloads
         self._workers.append(worker)
         return worker
 

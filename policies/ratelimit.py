@@ -112,6 +112,11 @@ class RateLimiter:
         self._buckets: dict[tuple[str, str | None], tuple[tuple[str, RateLimit, _Bucket], ...]] = {}
         self._shared: dict[tuple[str, str], _Bucket] = {}
 
+    @classmethod
+    def from_policies(cls, policies: Iterable[Policy]) -> RateLimiter:
+        everyone, named = limits_from_policies(policies)
+        return cls(everyone, named)
+
     def take(self, tenant: str, priority: str | None = None) -> Refusal | None:
         """Count one request of ``tenant`` (a submission of class ``priority``, or None for a model call)."""
         if not self.enabled:

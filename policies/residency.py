@@ -19,6 +19,8 @@ from typing import Literal
 
 from crds.policy import Policy
 from crds.workflow import WorkflowSpec
+from policies.effective import Target
+from policies.sources import PolicySet
 
 DENIED = "ResidencyDenied"  # the step error kind of a refused call
 Kind = Literal["model", "connector"]
@@ -116,6 +118,19 @@ class Residency:
             if why is not None:
                 out.append(f"step {step.name!r}: {why}")
         return out
+
+    @classmethod
+    def from_policy_set(
+        cls, policies: PolicySet, workflows: Mapping[str, Target], model_regions: Mapping[str, str | None]
+    ) -> Residency:
+        """Pins that follow ``policies`` as they change (each call asks the set's cached effective policy of the
+        workflow); ``workflows`` maps a workflow name to its selection target (namespace and labels)."""
+
+        def pins(tenant: str, workflow: str) -> frozenset[str] | None:
+            target = workflows.get(workflow)
+            return policies.effective(target).regions if target is not None else None
+
+        return cls(pins=pins, model_regions=dict(model_regions))
 
     @classmethod
     def from_manifests(

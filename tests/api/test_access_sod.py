@@ -9,9 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import create_api_key
+from api.auth import follow_policies
 from crds.policy import Policy
 from engine import Engine, Worker
 from policies.access import separation_required, separation_violation
+from policies.effective import Target
+from policies.sources import PolicySet
 from tests.api.conftest import Keys, assert_problem, auth, done, in_state, wait_task
 
 
@@ -81,3 +84,24 @@ def test_without_such_a_rule_self_approval_is_allowed(client: TestClient, keys: 
     task_id, approval_id = _gated(client, sam)
     assert client.post(f"/v1/approvals/{approval_id}/approve", headers=auth(sam)).status_code == 200
     assert wait_task(client, sam, task_id, done)["state"] == "succeeded"
+
+
+def test_the_rule_comes_from_the_policies_the_gateway_follows(
+    client: TestClient, keys: Keys, sam: str, worker: Worker
+) -> None:
+    labelled = Policy.model_validate(
+        {
+            "metadata": {"name": "four-eyes", "namespace": "claims"},
+            "spec": {
+                "selector": {"matchLabels": {"review": "4-eyes"}},
+                "approvals": [{"name": "all", "when": "true", "separationOfDuties": True}],
+            },
+        }
+    )
+    policies = PolicySet([labelled])
+    targets = {"gated": Target("Workflow", "gated", "claims", {"review": "4-eyes"})}
+    follow_policies(client.app.state.gateway, policies, targets)  # type: ignore[attr-defined]
+    _, approval_id = _gated(client, sam)
+    assert_problem(client.post(f"/v1/approvals/{approval_id}/approve", headers=auth(sam)), 403, "separation-of-duties")
+    policies.replace([])  # the rule is gone: the next call sees it
+    assert client.post(f"/v1/approvals/{approval_id}/approve", headers=auth(sam)).status_code == 200

@@ -10,10 +10,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api import create_app
+from api.auth import follow_policies
 from api.fast_submit import SubmitFastPath
 from crds.policy import Policy, RateLimit
 from engine import Engine
+from policies.effective import Target
 from policies.ratelimit import RateLimiter, limits_from_policies, strictest
+from policies.sources import PolicySet
 from tests.api.conftest import SETTINGS, Keys, Upstream, app_without, assert_problem, auth
 
 
@@ -184,3 +187,19 @@ def test_the_fast_path_and_the_route_limit_alike(engine: Engine, keys: Keys, ups
                     problems.setdefault(name, []).append(response.json())
         assert answers["fast"] == answers["route"] == [(202, None), (429, "2"), (202, None), (429, "4"), (429, "4")]
         assert problems["fast"] == problems["route"]
+
+
+def test_limits_follow_the_policies_as_they_change(engine: Engine, keys: Keys, upstream: Upstream) -> None:
+    def limits(rate: float, burst: int) -> Policy:
+        return _policy("limits", {"rateLimits": [{"requestsPerSecond": rate, "burst": burst}]})
+
+    policies = PolicySet([limits(0.001, 1)])
+    app = create_app(engine, SETTINGS)
+    follow_policies(app.state.gateway, policies, {"echo": Target("Workflow", "echo")})
+    with TestClient(app) as client:
+        assert client.post("/v1/tasks", json=BODY, headers=auth(keys.alice)).status_code == 202
+        assert_problem(client.post("/v1/tasks", json=BODY, headers=auth(keys.alice)), 429, "rate-limited")
+        policies.replace([limits(1000, 1000)])  # applies to the next call
+        assert client.post("/v1/tasks", json=BODY, headers=auth(keys.alice)).status_code == 202
+        policies.replace([])
+        assert all(client.post("/v1/tasks", json=BODY, headers=auth(keys.alice)).status_code == 202 for _ in range(3))

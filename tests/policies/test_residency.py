@@ -15,7 +15,9 @@ from api import create_api_key, create_app
 from api.fast_submit import SubmitFastPath
 from crds.policy import Policy
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
+from policies.effective import Target
 from policies.residency import DENIED, Residency, pinned_regions, violation
+from policies.sources import PolicySet
 from tests.fixtures.downstream import Downstream
 from tests.fixtures.polling import assert_eventually
 
@@ -193,3 +195,16 @@ def _routed(engine: Engine) -> Any:
     app = create_app(engine)
     app.user_middleware = [m for m in app.user_middleware if m.cls is not SubmitFastPath]  # type: ignore[comparison-overlap]
     return app
+
+
+def test_pins_follow_a_policy_set_as_it_changes() -> None:
+    policies = PolicySet([_policy("eu-only", ["eu-west"], {"data": "pii"})])
+    residency = Residency.from_policy_set(
+        policies,
+        {"claims-eu": Target("Workflow", "claims-eu", "claims", {"data": "pii"})},
+        {"triage-us": "us-east"},
+    )
+    assert residency.check("acme", "claims-eu", "model", "triage-us") is not None
+    assert residency.check("acme", "unknown-workflow", "model", "triage-us") is None
+    policies.replace([_policy("us-too", ["eu-west", "us-east"], {"data": "pii"})])
+    assert residency.check("acme", "claims-eu", "model", "triage-us") is None
