@@ -33,6 +33,7 @@ from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
 from policies.effective import Target
 from policies.masking import WorkflowMasking, compile_policy
+from policies.payloads import PayloadLog
 from policies.residency import Residency
 from policies.sources import PolicySet
 from policies.tokens import MaskingKeys
@@ -97,6 +98,7 @@ class DevStack:
             # On one machine the callback receiver is usually a local process too.
             callbacks_to_private_networks=True,
             pii=pii_masking(self.policies, self._of(Workflow), self.data_dir),
+            payloads=payload_log(self.policies, self._of(Workflow)),
             residency=Residency.from_policy_set(
                 self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}
             ),
@@ -143,12 +145,7 @@ def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Pa
             path.touch(mode=0o600)
             path.write_bytes(os.urandom(32))
         keys = MaskingKeys(path.read_bytes())
-    targets = {
-        w.metadata["name"]: Target(
-            "Workflow", w.metadata["name"], w.metadata.get("namespace", "default"), w.metadata.get("labels") or {}
-        )
-        for w in workflows
-    }
+    targets = _targets(workflows)
 
     def policy_for(workflow: str) -> Any:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).pii
@@ -158,6 +155,27 @@ def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Pa
         if pii is not None:
             compile_policy(pii).detector.warm_up()
     return WorkflowMasking(policy_for, keys)
+
+
+def _targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
+    return {
+        w.metadata["name"]: Target(
+            "Workflow", w.metadata["name"], w.metadata.get("namespace", "default"), w.metadata.get("labels") or {}
+        )
+        for w in workflows
+    }
+
+
+def payload_log(policies: PolicySet, workflows: Sequence[Workflow]) -> PayloadLog | None:
+    """Sampled step payload logs (``aiplane.payloads`` logger), or None when no Policy asks for them."""
+    if not any(p.spec.payload_logging is not None for p in policies.policies()):
+        return None
+    targets = _targets(workflows)
+
+    def rate_for(workflow: str) -> float | None:
+        return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).payload_sample_rate
+
+    return PayloadLog(rate_for)
 
 
 def _log_record(record: Record) -> None:

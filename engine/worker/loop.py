@@ -57,6 +57,7 @@ from engine.tracing import (
 
 if TYPE_CHECKING:
     from policies.masking import WorkflowMasking
+    from policies.payloads import PayloadLog
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class Worker:
     #: Masks step outputs and error messages before they are stored or traced (``policies.masking``); None when no
     #: Policy masks PII.
     pii: WorkflowMasking | None = None
+    #: Logs a sampled share of tasks' step payloads, after masking (``policies.payloads``); None: no payload logs.
+    payloads: PayloadLog | None = None
 
     def __init__(
         self,
@@ -267,6 +270,15 @@ class Worker:
             result = self._execute(ctx)
             if self.pii is not None:
                 result = _masked(self.pii, claimed, result)
+            if self.payloads is not None and isinstance(result, StepOutcome):
+                self.payloads.step(
+                    tenant=claimed.tenant,
+                    workflow=claimed.workflow,
+                    task_id=claimed.task_id,
+                    step=claimed.step,
+                    input=ctx.input,
+                    output=result.output,
+                )
             if isinstance(result, StepError):
                 span.set_status(Status(StatusCode.ERROR, str(result)))
                 span.set_attribute("error.type", result.kind)
