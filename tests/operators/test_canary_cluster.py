@@ -92,7 +92,14 @@ def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -
             "version": canary,
             "steps": [50, 100],
             "interval": "4s",
-            "analysis": {"minRequests": 5, "maxErrorRate": 0.1, "maxP99LatencyMs": 5000},
+            "analysis": {
+                "minRequests": 5,
+                "maxErrorRate": 0.1,
+                "maxP99LatencyMs": 5000,
+                # The same model in every version: the class mix holds, so drift stays under the threshold.
+                "predictionField": "claim_type",
+                "maxDrift": 1.0,
+            },
         },
     )
     urls = {version: server.url for version, server in servers.items()}
@@ -127,8 +134,14 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
         # The canary comes up and takes its first step of traffic.
         assert_eventually(lambda: rollout(cluster, ns).get("step") == 0, timeout=120, message="canary at 50%")
         before = rollout(cluster, ns)
-        model = model_named(cluster, ns, MODEL)
-        assert {e["version"]: e["weight"] for e in model["status"]["endpoints"]} == {"1.0.0": 50, "2.0.0": 50}
+
+        def split() -> None:
+            # Both versions start together here, and the first step waits for the canary only: the stable
+            # version's endpoint joins once its own replica is ready, which may come a moment later.
+            endpoints = model_named(cluster, ns, MODEL)["status"]["endpoints"]
+            assert {e["version"]: e["weight"] for e in endpoints} == {"1.0.0": 50, "2.0.0": 50}
+
+        assert_eventually(split, timeout=60, message="traffic split 50/50")
 
         # Killed mid-rollout: the restarted operator goes on from the step it was at.
         operator.kill9()
@@ -181,3 +194,9 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
     )
     assert failed
     assert float(failed[0]["value"][1]) > 0
+    # And the predicted classes of both versions of the first rollout, for the drift check.
+    classes = prometheus.query(
+        f'sum by (version, class) (aiplane_gateway_model_predictions_total{{model="{MODEL}",namespace="{ns}"}})'
+    )
+    assert {c["metric"]["version"] for c in classes} >= {"1.0.0", "2.0.0"}, classes
+    assert all(c["metric"]["class"] for c in classes)
