@@ -81,7 +81,6 @@ from policies.residency import Residency
 if TYPE_CHECKING:
     from policies.masking import WorkflowMasking
     from policies.payloads import PayloadLog
-    from policies.payloads import PayloadLog
 
 MAX_PAGE = 500
 
@@ -112,7 +111,6 @@ class Engine:
         residency: Residency | None = None,
         pii: WorkflowMasking | None = None,
         payloads: PayloadLog | None = None,
-        payloads: PayloadLog | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -124,7 +122,6 @@ class Engine:
         services).
         ``pii``: masks personal data in task inputs and step outputs before they are stored (``policies.masking``);
         None (no Policy masks PII) costs nothing.
-        ``payloads``: logs a sampled share of tasks' step payloads, masked (``policies.payloads``).
         ``payloads``: logs a sampled share of tasks' step payloads, masked (``policies.payloads``).
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
@@ -148,7 +145,6 @@ class Engine:
         self.audit = AuditLog(self.db, clock=clock)
         self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
         self.pii = self.intake.pii = pii
-        self.payloads = payloads
         self.payloads = payloads
         self.bus: Bus = bus or InMemoryBus()
         self.relay = OutboxRelay(self.db, self.bus, clock=clock)
@@ -494,7 +490,6 @@ class Engine:
             clock=self.clock,
         )
         worker.pii = self.pii
-        worker.payloads = self.payloads
         worker.payloads = self.payloads
         self._workers.append(worker)
         return worker
