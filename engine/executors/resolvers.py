@@ -67,6 +67,23 @@ class StaticSecretResolver:
         return self.secrets.get(name, {}).get(key)
 
 
+class DirectorySecretResolver:
+    """Secret keys mounted as files, ``<root>/<secret>/<key>`` (how the Connector operator gives a consumer pod the
+    keys its Connector names, under ``AIPLANE_SECRETS_DIR``). Read on every call, so a rotated Secret that the
+    kubelet has updated is seen without a restart."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def secret(self, name: str, key: str) -> str | None:
+        if not name or not key or "/" in name + key or name in (".", "..") or key in (".", ".."):
+            return None  # never a path outside the root
+        try:
+            return (self.root / name / key).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+
 def load_static_config(path: str | Path) -> tuple[StaticModelResolver, StaticConnectorResolver, StaticSecretResolver]:
     """Resolvers from a JSON file ``{"models": {name: [endpoint]}, "connectors": {name: spec}, "secrets": {...}}``.
 

@@ -15,6 +15,7 @@ from kafka import KafkaConsumer
 from connectors.kafka.clients import SecretMissingError, security_settings
 from crds.connector import KafkaAuth
 from engine import StaticSecretResolver
+from engine.executors.resolvers import DirectorySecretResolver
 
 CREDENTIALS = {"kafka-user": {"username": "claims-app", "password": "pw"}}
 
@@ -108,3 +109,20 @@ def test_kafka_python_accepts_the_settings(mechanism: str, ca_pem: str) -> None:
     # api_version given: the client does not contact the (absent) broker to construct itself.
     consumer = KafkaConsumer(bootstrap_servers="127.0.0.1:9", api_version=(3, 0), **settings)
     consumer.close()
+
+
+def test_secrets_mounted_as_files(tmp_path: Path, ca_pem: str) -> None:
+    # The Connector operator mounts each named key at <AIPLANE_SECRETS_DIR>/<secret>/<key>.
+    for secret, key, value in [
+        ("kafka-user", "username", "claims-app"),
+        ("kafka-user", "password", "pw"),
+        ("kafka-ca", "ca.crt", ca_pem),
+    ]:
+        (tmp_path / secret).mkdir(exist_ok=True)
+        (tmp_path / secret / key).write_text(value)
+    secrets = DirectorySecretResolver(tmp_path)
+    settings = security_settings(auth(ca={"name": "kafka-ca", "key": "ca.crt"}), secrets)
+    assert (settings["sasl_plain_username"], settings["sasl_plain_password"]) == ("claims-app", "pw")
+    assert len(settings["ssl_context"].get_ca_certs()) == 1
+    assert secrets.secret("kafka-user", "missing") is None
+    assert secrets.secret("..", "kafka-user") is None
