@@ -22,6 +22,7 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import HTTPConnection
 
 from engine import ATTR_TASK_ID, TaskSpanStore
+from engine.tracing import context_from_traceparent
 
 TRACER_NAME = "aiplane.gateway"
 ATTR_TENANT = "aiplane.tenant"
@@ -128,7 +129,15 @@ def _parent(conn: HTTPConnection) -> Any:
         value = headers.get(name)
         if value is not None:
             carrier[name] = value
+    if len(carrier) == 1 and _w3c_only(propagate.get_global_textmap()):
+        # What the W3C propagators would make of a lone traceparent, without their per-request context look-ups.
+        return context_from_traceparent(traceparent)
     return propagate.extract(carrier)
+
+
+def _w3c_only(textmap: Any) -> bool:
+    """Whether the process propagates W3C trace context and baggage only (the default)."""
+    return set(textmap.fields) <= set(_PROPAGATED)
 
 
 def mark_error(span: Span, description: str) -> None:

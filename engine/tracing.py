@@ -8,6 +8,7 @@ Without a configured TracerProvider (the app sets one up) spans are no-ops and n
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 TRACER_NAME = "aiplane.engine"
 SPAN_SUBMIT = "aiplane.engine.submit"
@@ -44,10 +46,15 @@ def tracer() -> trace.Tracer:
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the active span, or None when no span is recording."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent")
+    """The W3C traceparent of the active span, or None when no span is recording.
+
+    Formatted here rather than through the global propagators: what is stored with a task is always a W3C
+    traceparent (whatever propagators the process has for HTTP), and this runs on every submission, where the
+    composite propagator's context look-ups cost as much as the rest of the trace bookkeeping."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 def inject_headers(headers: dict[str, str]) -> None:
@@ -55,10 +62,22 @@ def inject_headers(headers: dict[str, str]) -> None:
     propagate.inject(headers)
 
 
+# W3C Trace Context, version 00: trace id, parent span id and flags, lowercase hex.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
 def context_from_traceparent(traceparent: str | None) -> otel_context.Context | None:
+    """The remote parent a stored traceparent names (None: none, or not a valid W3C traceparent)."""
     if not traceparent:
         return None
-    return propagate.extract({"traceparent": traceparent})
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None:
+        return None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return None
+    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))
+    return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
 class TaskSpanStore(SpanProcessor):
