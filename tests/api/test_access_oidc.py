@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 
 from api import create_app
+from api.fast_submit import SubmitFastPath
 from crds.policy import RoleBinding
 from engine import Engine
 from policies.access_oidc import JwksUnavailableError, OIDCConfig, OIDCVerifier, TokenError
@@ -282,3 +283,25 @@ def test_the_config_comes_from_the_environment() -> None:
     assert (config.tenant_claim, config.roles_claim, tuple(config.algorithms)) == ("org", "roles", ("ES256",))
     with pytest.raises(ValueError, match="AIPLANE_OIDC_AUDIENCE"):
         OIDCConfig.from_env({"AIPLANE_OIDC_ISSUER": ISSUER, "AIPLANE_OIDC_JWKS_URL": "https://x"})
+
+
+def test_the_fast_path_and_the_route_answer_tokens_alike(engine: Engine, jwks: JwksServer, rsa_key: Signer) -> None:
+    fast_app = create_app(engine, SETTINGS, oidc=verifier(jwks))
+    routed_app = create_app(engine, SETTINGS, oidc=verifier(jwks))
+    routed_app.user_middleware = [m for m in routed_app.user_middleware if m.cls is not SubmitFastPath]  # type: ignore[comparison-overlap]
+    tokens = {
+        "valid": rsa_key.token(),
+        "auditor": rsa_key.token(roles=["auditor"]),
+        "expired": rsa_key.token(exp=int(time.time()) - 120),
+        "other audience": rsa_key.token(aud="other"),
+        "no tenant": rsa_key.token(tenant=None),
+    }
+    with TestClient(fast_app) as fast, TestClient(routed_app) as routed:
+        for name, token in tokens.items():
+            answers = [client.post("/v1/tasks?mode=async", json=BODY, headers=auth(token)) for client in (fast, routed)]
+            assert answers[0].status_code == answers[1].status_code, name
+            if answers[0].status_code == 202:
+                assert answers[0].json()["workflow"] == answers[1].json()["workflow"]
+            else:
+                assert answers[0].json() == answers[1].json(), name
+                assert answers[0].headers.get("www-authenticate") == answers[1].headers.get("www-authenticate")
