@@ -40,11 +40,15 @@ from engine.flow import definitions, graph
 from engine.models import TERMINAL_TASK_STATES, ApprovalState, StepState, TaskState
 from engine.payloads import Encoded, PayloadCodec
 from engine.retry import is_retryable, retry_delay
+from engine.runtime import gate as policy_gate
 from engine.runtime.queue import PriorityPolicy
 from engine.store import audit, outbox
 from engine.store.prepared import Prepared
 from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
 from engine.store.types import UTCDateTime
+
+# A task refused at a Policy approval keeps no result (it was held there only for the approvers).
+_NO_RESULT: dict[str, Any] = {"result": None, "result_ref": None}
 
 # Reasons a task is dead-lettered.
 NON_RETRYABLE = "NonRetryable"
@@ -232,6 +236,8 @@ class StateMachine:
         self.rng = rng or random.Random()
         #: Guards against workflows that loop forever (a rules branch back to an earlier step).
         self.max_step_runs = max_step_runs
+        #: Policies' approval rules, checked where a task would succeed; None (no Policy has any) costs nothing.
+        self.gate: policy_gate.ApprovalGate | None = None
 
     # ---------------------------------------------------------------- claim / heartbeat
 
@@ -385,6 +391,17 @@ class StateMachine:
         task_values = {"vars": {**task.vars, **outcome.vars}} if outcome.vars else {}
         next_step = graph.following(spec, step, outcome.next_step)
         if next_step is None:
+            if self.gate is not None and self._gated(
+                conn,
+                task,
+                result=encoded,
+                output=outcome.output,
+                vars={**task.vars, **outcome.vars},
+                now=now,
+                task_values=task_values,
+                events=[completed],
+            ):
+                return Completed()
             self._finish_task(
                 conn, task, TaskState.SUCCEEDED, now, result=encoded, task_values=task_values, events=[completed]
             )
@@ -557,6 +574,11 @@ class StateMachine:
         if state == ApprovalState.PENDING:
             return
         spec = definitions.load(conn, task.workflow, task.workflow_version)
+        if policy_gate.is_policy_approval(approval.step, spec):
+            self._decide_policy_approval(
+                conn, task, approval, state=state, decisions=decisions, approver=approver, reason=reason, now=now
+            )
+            return
         step = graph.step_named(spec, approval.step)
         assert step.approval is not None
         output = {"decision": state.value, "decisions": decisions}
@@ -597,6 +619,9 @@ class StateMachine:
                 .values(state=ApprovalState.EXPIRED, decided_at=now)
             )
             spec = definitions.load(conn, task.workflow, task.workflow_version)
+            if policy_gate.is_policy_approval(approval.step, spec):
+                self._expire_policy_approval(conn, task, approval, now)
+                continue
             step = graph.step_named(spec, approval.step)
             assert step.approval is not None
             outbox.append(
@@ -902,9 +927,105 @@ class StateMachine:
         now: datetime,
     ) -> None:
         if next_step is None:
+            if self.gate is not None:
+                output = self.codec.decode(last_output.inline, last_output.ref)
+                if self._gated(
+                    conn, task, result=last_output, output=output, vars=task.vars, now=now, task_values={}, events=[]
+                ):
+                    return
             self._finish_task(conn, task, TaskState.SUCCEEDED, now, result=last_output)
         else:
             self._enter_step(conn, task, spec, graph.step_named(spec, next_step), now)
+
+    def _gated(
+        self,
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        *,
+        result: Encoded,
+        output: Any,
+        vars: dict[str, Any],
+        now: datetime,
+        task_values: dict[str, Any],
+        events: list[dict[str, Any]],
+    ) -> bool:
+        """Where ``task`` would succeed with ``output``: park it on a Policy approval, or refuse it when the
+        approval it needs cannot be given. False (nothing written) when no approval rule triggers."""
+        assert self.gate is not None
+        required = self.gate.check(conn, self.codec, task, result=output, vars=vars)
+        if required is None:
+            return False
+        if not required.satisfiable:
+            error = {
+                "kind": "ApprovalUnsatisfiable",
+                "message": f"approval rules {', '.join(required.rules)} triggered but share no role that could "
+                "approve the task; fix the Policies' roles",
+                "rules": list(required.rules),
+            }
+            policy_gate.record(conn, task, required, "unsatisfiable", now)
+            self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values, events=events)
+            return True
+        parked = self.gate.park(task, required, now)
+        _INSERT_RUN.execute(conn, parked.run)
+        # The business result waits on the task row; approval turns it into the task's result.
+        held = {"result": result.inline, "result_ref": result.ref}
+        _UPDATE_TASK.execute(conn, {"_task_id": task.id, **parked.task, **task_values, **held})
+        _INSERT_APPROVAL.execute(conn, parked.approval)
+        outbox.insert(conn, [*events, *parked.events])
+        policy_gate.record(conn, task, required, "required", now)
+        return True
+
+    def _decide_policy_approval(
+        self,
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        approval: sa.Row[Any],
+        *,
+        state: ApprovalState,
+        decisions: list[dict[str, Any]],
+        approver: str,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """A Policy approval reached its quorum or a rejection: finish with the held result, or reject."""
+        self._succeed_waiting_run(conn, approval.step_run_id, {"decision": state.value, "decisions": decisions}, now)
+        self._event_step_completed(conn, task, approval.step, now)
+        if state == ApprovalState.APPROVED:
+            self._finish_task(conn, task, TaskState.SUCCEEDED, now, result=Encoded(task.result, task.result_ref))
+        else:
+            error = {"kind": "Rejected", "message": reason or "rejected", "approver": approver, "step": approval.step}
+            self._finish_task(conn, task, TaskState.REJECTED, now, error=error, task_values=_NO_RESULT)
+
+    def _expire_policy_approval(
+        self, conn: sa.Connection, task: sa.Row[Any], approval: sa.Row[Any], now: datetime
+    ) -> None:
+        """Nobody decided a Policy approval in time: the task fails (a Policy names no escalation step)."""
+        outbox.append(
+            conn,
+            outbox.APPROVAL_EXPIRED,
+            task_id=task.id,
+            tenant=task.tenant,
+            payload={"approvalId": approval.id, "step": approval.step, "escalateTo": None},
+            now=now,
+        )
+        audit.append_approval(
+            conn,
+            task,
+            approval,
+            approver="engine",
+            decision="expire",
+            reason=f"nobody decided before {approval.expires_at.isoformat()}",
+            state=ApprovalState.EXPIRED,
+            approvals=sum(1 for d in approval.decisions if d["decision"] == "approve"),
+            now=now,
+        )
+        error = {
+            "kind": "ApprovalExpired",
+            "message": "the approval the Policies require expired",
+            "step": approval.step,
+        }
+        self._fail_run(conn, task, self._run(conn, approval.step_run_id), error, now)
+        self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=_NO_RESULT)
 
     def _succeed_waiting_run(self, conn: sa.Connection, step_run_id: str, output: Any, now: datetime) -> Encoded:
         encoded = self.codec.encode(output)

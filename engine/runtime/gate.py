@@ -1,0 +1,166 @@
+"""The approval gate: Policies' approval rules, checked where a task would succeed, park it on a human approval.
+
+``StateMachine`` holds a gate only when some Policy has approval rules (``StateMachine.gate`` None costs one
+attribute test per finished task, nothing per step). Where a task would finish successfully the machine asks
+``ApprovalGate.check``; when a rule triggers it keeps the task's result on the task row, enters the synthetic
+step ``policy-approval`` (a waiting step run and a pending approval with the requirement's roles and quorum) and
+finishes the task only when that approval is approved. A requirement nobody can satisfy (the triggered rules
+share no role) fails the task with ``ApprovalUnsatisfiable`` instead of parking it forever.
+
+Which rules apply to a workflow is the wiring's business, as for PII masking and residency: ``rules_for(name)``
+gives the effective approval rules of the workflow of that name, e.g.
+``lambda name: policy_set.effective(targets.get(name) or Target("Workflow", name)).approvals`` where ``targets``
+maps each workflow to its namespace and labels (from the manifests embedded, from the Workflow resources in a
+cluster; a workflow nobody described is taken to be in ``default`` with no labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from crds.workflow import WorkflowSpec
+from engine.clock import new_id
+from engine.models import ApprovalState, StepState, TaskState
+from engine.payloads import PayloadCodec
+from engine.store import audit, outbox
+from engine.store.schema import step_runs
+from policies.approvals import Requirement, requirement, triggered, variables
+from policies.audit import Entry
+from policies.effective import EffectiveApproval
+
+#: The name of the step a Policy approval waits in (the approval's ``step``, the step run's name).
+POLICY_APPROVAL_STEP = "policy-approval"
+#: Policies' approval rules carry no expiry; a week, after which the task fails as an unanswered approval does.
+DEFAULT_EXPIRY = timedelta(days=7)
+
+RulesFor = Callable[[str], Sequence[EffectiveApproval]]
+
+
+@dataclass(frozen=True)
+class Parked:
+    """What parking a task on a Policy approval writes: the step run, the approval, the task row's new values."""
+
+    run: dict[str, Any]
+    approval: dict[str, Any]
+    task: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+class ApprovalGate:
+    def __init__(self, rules_for: RulesFor, *, expiry: timedelta = DEFAULT_EXPIRY) -> None:
+        self.rules_for = rules_for
+        self.expiry = expiry
+
+    def check(
+        self,
+        conn: sa.Connection,
+        codec: PayloadCodec,
+        task: sa.Row[Any],
+        *,
+        result: Any,
+        vars: dict[str, Any],
+    ) -> Requirement | None:
+        """The approval this task needs before it may succeed with ``result``; None when no rule triggers."""
+        rules = self.rules_for(task.workflow)
+        if not rules:
+            return None
+        expressions = " ".join(expression for rule in rules for expression in rule.when)
+        outputs = _step_outputs(conn, codec, task.id) if "steps" in expressions else {}
+        task_input = codec.decode(task.input, task.input_ref) if "input" in expressions else None
+        activation = variables(task_input, result=result, steps=outputs, vars=vars)
+        return requirement(triggered(rules, activation))
+
+    def park(self, task: sa.Row[Any], required: Requirement, now: datetime) -> Parked:
+        """The rows that put ``task`` on a pending Policy approval (the caller writes them and the result)."""
+        seq = task.step_seq + 1
+        run_id, approval_id = new_id(), new_id()
+        expires_at = now + self.expiry
+        run = {
+            "id": run_id,
+            "task_id": task.id,
+            "seq": seq,
+            "name": POLICY_APPROVAL_STEP,
+            "type": "approval",
+            "state": StepState.WAITING,
+            "priority": task.priority,
+            "attempts": 0,
+            "attempt_base": 0,
+            "idempotency_key": f"{task.id}-{seq}-{POLICY_APPROVAL_STEP}",
+            "next_run_at": None,
+            "sort_at": None,
+            "started_at": now,
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "output": None,
+            "output_ref": None,
+            "error": None,
+            "finished_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        approval = {
+            "id": approval_id,
+            "task_id": task.id,
+            "step_run_id": run_id,
+            "tenant": task.tenant,
+            "step": POLICY_APPROVAL_STEP,
+            "state": ApprovalState.PENDING,
+            "roles": sorted(required.roles),
+            "users": [],
+            "quorum": required.quorum,
+            "prompt": "; ".join(required.reasons),
+            "decisions": [],
+            "expires_at": expires_at,
+            "created_at": now,
+        }
+        payload = {
+            "approvalId": approval_id,
+            "step": POLICY_APPROVAL_STEP,
+            "quorum": required.quorum,
+            "expiresAt": expires_at.isoformat(),
+            "rules": list(required.rules),
+            "policies": [str(p) for p in required.policies],
+        }
+        events = [
+            outbox.event(outbox.APPROVAL_REQUESTED, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
+        ]
+        values = {"step_seq": seq, "current_step": POLICY_APPROVAL_STEP, "state": TaskState.WAITING, "updated_at": now}
+        return Parked(run=run, approval=approval, task=values, events=events)
+
+
+def is_policy_approval(step: str, spec: WorkflowSpec) -> bool:
+    """Whether an approval at ``step`` is a Policy's (a workflow may name a step of its own ``policy-approval``)."""
+    return step == POLICY_APPROVAL_STEP and all(s.name != step for s in spec.steps)
+
+
+def record(conn: sa.Connection, task: sa.Row[Any], required: Requirement, decision: str, now: datetime) -> None:
+    """The audit record of the gate's verdict on a task: ``required`` (parked) or ``unsatisfiable`` (refused)."""
+    details = {
+        "task": task.id,
+        "workflow": task.workflow,
+        "workflowVersion": task.workflow_version,
+        "rules": list(required.rules),
+        "roles": sorted(required.roles),
+        "quorum": required.quorum,
+        "separationOfDuties": required.separation_of_duties,
+        "reasons": list(required.reasons),
+        "policies": [str(p) for p in required.policies],
+    }
+    entry = Entry("approval-rule", f"task/{task.id}", decision, details, tenant=task.tenant, actor="engine")
+    audit.append(conn, entry, now=now)
+
+
+def _step_outputs(conn: sa.Connection, codec: PayloadCodec, task_id: str) -> dict[str, Any]:
+    """Each succeeded step's output by name (the latest visit's, when a step ran more than once)."""
+    rows = conn.execute(
+        sa.select(step_runs.c.name, step_runs.c.output, step_runs.c.output_ref)
+        .where(step_runs.c.task_id == task_id, step_runs.c.state == StepState.SUCCEEDED)
+        .order_by(step_runs.c.seq)
+    ).all()
+    return {row.name: codec.decode(row.output, row.output_ref) for row in rows}
