@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ class DevStack:
             # On one machine the callback receiver is usually a local process too.
             callbacks_to_private_networks=True,
             pii=pii_masking(self.policies, self._of(Workflow), self.data_dir),
+            approval_rules=approval_rules(self.policies, self._of(Workflow)),
             payloads=payload_log(self.policies, self._of(Workflow)),
             residency=Residency.from_policy_set(
                 self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}
@@ -176,6 +177,18 @@ def payload_log(policies: PolicySet, workflows: Sequence[Workflow]) -> PayloadLo
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).payload_sample_rate
 
     return PayloadLog(rate_for)
+
+
+def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any] | None:
+    """Each workflow's Policy approval rules for the engine's gate, or None (no gate) when no Policy has any."""
+    if not any(p.spec.approvals for p in policies.policies()):
+        return None
+    targets = _targets(workflows)
+
+    def rules_for(workflow: str) -> Any:
+        return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).approvals
+
+    return rules_for
 
 
 def _log_record(record: Record) -> None:

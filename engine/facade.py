@@ -57,6 +57,7 @@ from engine.models import (
 from engine.payloads import DEFAULT_INLINE_LIMIT, BlobStore, FileBlobStore, PayloadCodec
 from engine.resilience import Resilience
 from engine.runtime import records
+from engine.runtime.gate import ApprovalGate, RulesFor
 from engine.runtime.intake import Accepted, Intake, Outcome, Submission
 from engine.runtime.queue import PriorityPolicy
 from engine.runtime.transitions import StateMachine
@@ -111,6 +112,7 @@ class Engine:
         residency: Residency | None = None,
         pii: WorkflowMasking | None = None,
         payloads: PayloadLog | None = None,
+        approval_rules: RulesFor | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -123,6 +125,8 @@ class Engine:
         ``pii``: masks personal data in task inputs and step outputs before they are stored (``policies.masking``);
         None (no Policy masks PII) costs nothing.
         ``payloads``: logs a sampled share of tasks' step payloads, masked (``policies.payloads``).
+        ``approval_rules``: a workflow's effective Policy approval rules by workflow name; a task a rule triggers
+        for waits in a ``policy-approval`` step before it succeeds (``engine.runtime.gate``). None: no gate at all.
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
         """
@@ -140,6 +144,8 @@ class Engine:
         self.clock = clock
         self.priorities = priorities or PriorityPolicy()
         self.machine = StateMachine(self.codec, self.priorities, rng=rng)
+        if approval_rules is not None:
+            self.machine.gate = ApprovalGate(approval_rules)
         self.idempotency = IdempotencyStore(self.db, ttl=idempotency_ttl, clock=clock)
         #: The hash-chained audit log of decisions; ``audit.append(kind, subject, decision, details)``.
         self.audit = AuditLog(self.db, clock=clock)

@@ -63,8 +63,7 @@ LARGE = {
 
 @pytest.fixture
 def gated(make_engine: EngineFactory, db_url: str) -> Engine:
-    engine = make_engine(db_url)
-    engine.machine.gate = gate_of(policy("large-claims", LARGE))
+    engine = make_engine(db_url, approval_rules=gate_of(policy("large-claims", LARGE)).rules_for)
     engine.register_workflow("claims", CLAIMS_SPEC)
     engine.register_workflow("other", CLAIMS_SPEC)
     return engine
