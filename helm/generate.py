@@ -196,37 +196,70 @@ def overview() -> gd.Dashboard:
     )
 
 
+def _per_version(expr: str, path: str) -> gp.Dataquery:
+    return _query(expr, f"{{{{model}}}} {{{{version}}}} {path}")
+
+
 def models() -> gd.Dashboard:
-    calls = "aiplane_gateway_model_call_duration_seconds"
+    # Two paths reach a model: synchronous predict through the gateway, and workflows' model steps in the workers.
+    paths = (
+        ("aiplane_gateway_model_call_duration_seconds", "predict"),
+        ("aiplane_engine_model_call_duration_seconds", "steps"),
+    )
+    failed = f'outcome=~"{FAILED_MODEL_OUTCOMES}"'
+    predictions = "aiplane_gateway_model_predictions_total"
     return (
-        _dashboard("aiplane-models", "aiplane / Models", "Model calls through the gateway, per model and version.")
+        _dashboard(
+            "aiplane-models", "aiplane / Models", "Model calls per model and version: predict and workflow steps."
+        )
         .with_panel(
             _timeseries(
                 "Requests / s per model and version",
                 "reqps",
-                _query(f"sum by (model, version) (rate({calls}_count[{WINDOW}]))", "{{model}} {{version}}"),
+                *(_per_version(f"sum by (model, version) (rate({m}_count[{WINDOW}]))", path) for m, path in paths),
             )
         )
         .with_panel(
             _timeseries(
                 "Error ratio per model and version",
                 "percentunit",
-                _query(
-                    f'sum by (model, version) (rate({calls}_count{{outcome=~"{FAILED_MODEL_OUTCOMES}"}}[{WINDOW}])) '
-                    f"/ sum by (model, version) (rate({calls}_count[{WINDOW}]))",
-                    "{{model}} {{version}}",
+                *(
+                    _per_version(
+                        f"sum by (model, version) (rate({m}_count{{{failed}}}[{WINDOW}])) "
+                        f"/ sum by (model, version) (rate({m}_count[{WINDOW}]))",
+                        path,
+                    )
+                    for m, path in paths
                 ),
                 description="Errors, timeouts and unreachable upstreams over all calls.",
             )
         )
         .with_panel(
-            _timeseries("Latency per model and version", "s", *_quantiles(calls, "model, version")),
+            _timeseries("Predict latency per model and version", "s", *_quantiles(paths[0][0], "model, version")),
+        )
+        .with_panel(
+            _timeseries("Model step latency per model and version", "s", *_quantiles(paths[1][0], "model, version")),
+        )
+        .with_panel(
+            _timeseries(
+                "Predicted class share per version (drift)",
+                "percentunit",
+                _query(
+                    f"sum by (model, version, class) (rate({predictions}[{WINDOW}])) / ignoring (class) group_left "
+                    f"sum by (model, version) (rate({predictions}[{WINDOW}]))",
+                    "{{model}} {{version}} {{class}}",
+                ),
+                description="What the canary analysis compares (PSI of the canary's classes against the stable's).",
+            )
         )
         .with_panel(
             _timeseries(
                 "Calls by outcome",
                 "reqps",
-                _query(f"sum by (outcome) (rate({calls}_count[{WINDOW}]))", "{{outcome}}"),
+                *(
+                    _query(f"sum by (outcome) (rate({m}_count[{WINDOW}]))", f"{{{{outcome}}}} {path}")
+                    for m, path in paths
+                ),
             )
         )
     )
@@ -286,12 +319,36 @@ def connectors() -> gd.Dashboard:
 
 
 def governance() -> gd.Dashboard:
-    # Policy denies, masks and audit verification have no metrics yet; approvals are what the engine exports.
-    return _dashboard("aiplane-governance", "aiplane / Governance", "Approvals and human gates.").with_panel(
-        _timeseries(
-            "Pending approvals",
-            "short",
-            _query("max(aiplane_engine_pending_approvals_count)", "pending"),
+    # The audit verdict comes from `aiplane audit verify --metrics-file` (a scheduled verify, through node-exporter's
+    # textfile collector or a Pushgateway). Policy denies and masks, and approvals by outcome, have no metrics yet.
+    return (
+        _dashboard("aiplane-governance", "aiplane / Governance", "Human gates and the audit log's integrity.")
+        .with_panel(
+            _stat(
+                "Audit log intact",
+                "bool_yes_no",
+                "min(aiplane_policy_audit_verify_status)",
+                "1 when the last `aiplane audit verify` found the hash chain intact.",
+            )
+        )
+        .with_panel(
+            _stat("Audit problems", "short", "max(aiplane_policy_audit_problems)", "Tampered or missing records found.")
+        )
+        .with_panel(_stat("Audit records verified", "short", "max(aiplane_policy_audit_records)"))
+        .with_panel(
+            _stat(
+                "Since the last verification",
+                "s",
+                "time() - max(aiplane_policy_audit_verify_timestamp_seconds)",
+                "A verification that stopped running is no verification.",
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Pending approvals",
+                "short",
+                _query("max(aiplane_engine_pending_approvals_count)", "pending"),
+            )
         )
     )
 

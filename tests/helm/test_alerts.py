@@ -56,8 +56,8 @@ def test_every_alert_fires_in_a_unit_test() -> None:
 
 def test_the_issues_alerts_are_there() -> None:
     names = {rule["alert"] for rule in _alerts()}
-    # SLA breach rate, multi-window error budget burn, retry storm, circuit open, consumer lag, DLQ growth.
-    # (Canary rollback and audit chain have no metric yet: see docs/runbooks.md.)
+    # SLA breach rate, multi-window error budget burn, retry storm, circuit open, consumer lag, DLQ growth, audit
+    # chain broken. (Canary rollback has no metric yet: see docs/runbooks.md.)
     assert {
         "AiplaneSLABreaches",
         "AiplaneErrorBudgetFastBurn",
@@ -66,6 +66,7 @@ def test_the_issues_alerts_are_there() -> None:
         "AiplaneCircuitOpen",
         "AiplaneConsumerLag",
         "AiplaneDeadLetterQueueGrowing",
+        "AiplaneAuditChainBroken",
     } <= names
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from engine import Engine
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.postgres import Postgres
 from tests.fixtures.prometheus import Prometheus
@@ -38,6 +39,7 @@ SUFFIXES = {
     "info": ("_info",),
 }
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "inf", "nan"}
+PROMQL_WORDS |= {"group_left", "group_right"}
 
 
 def dashboard_expressions() -> dict[str, str]:
@@ -80,6 +82,7 @@ def test_name_extraction() -> None:
     expr = 'sum by (model, le) (rate(aiplane_x_bucket{outcome=~"a|b"}[5m])) / on (model) aiplane_y > bool 0.5'
     assert metric_names(expr) == {"aiplane_x_bucket", "aiplane_y"}
     assert metric_names("max(delta(aiplane_z[30m])) > 0 and max(aiplane_z) > 10") == {"aiplane_z"}
+    assert metric_names("sum by (c) (aiplane_p) / ignoring (c) group_left sum(aiplane_p)") == {"aiplane_p"}
 
 
 def test_every_panel_and_alert_selects_a_metric() -> None:
@@ -144,7 +147,7 @@ def running(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
                 assert process.poll() is None, (tmp_path / "processes.log").read_text()
                 httpx.get(f"http://{address}/metrics", timeout=2).raise_for_status()
 
-        assert_eventually(up, timeout=120, retry_on=(AssertionError, httpx.HTTPError))
+        assert_eventually(up, timeout=240, retry_on=(AssertionError, httpx.HTTPError))
         yield addresses
     finally:
         for process in processes:
@@ -160,8 +163,26 @@ def _connector_series() -> set[str]:
     return exported_series(out.stdout)
 
 
-def test_expressions_parse_and_name_only_exported_metrics(running: tuple[str, str], prometheus: Prometheus) -> None:
-    exported = _connector_series()
+def _audit_series(tmp_path: Path) -> set[str]:
+    """What `aiplane audit verify --metrics-file` writes (a scheduled verify's verdict, via a textfile collector)."""
+    db = f"sqlite:///{tmp_path / 'audit.db'}"
+    Engine(db, data_dir=tmp_path).close()  # a migrated store, with an empty audit log
+    metrics = tmp_path / "audit.prom"
+    proc = subprocess.run(
+        [str(AIPLANE), "audit", "verify", "--database", db, "--metrics-file", str(metrics)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return exported_series(metrics.read_text())
+
+
+def test_expressions_parse_and_name_only_exported_metrics(
+    running: tuple[str, str], prometheus: Prometheus, tmp_path: Path
+) -> None:
+    exported = _connector_series() | _audit_series(tmp_path)
     for address in running:
         exported |= exported_series(httpx.get(f"http://{address}/metrics", timeout=10).text)
     assert "aiplane_gateway_request_duration_seconds_count" in exported
