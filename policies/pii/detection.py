@@ -173,7 +173,7 @@ def _valid_phone(text: str, regions: tuple[str, ...]) -> bool:
         return False
     import phonenumbers
 
-    candidates = (None,) if text.startswith("+") else regions
+    candidates = (None,) if text.startswith("+") else tuple(r for r in regions if digits in _region_lengths(r))
     for region in candidates:
         try:
             number = phonenumbers.parse(text, region)
@@ -182,6 +182,19 @@ def _valid_phone(text: str, regions: tuple[str, ...]) -> bool:
         if phonenumbers.is_valid_number(number):
             return True
     return False
+
+
+@functools.cache
+def _region_lengths(region: str) -> frozenset[int]:
+    """Digit counts a national number of ``region`` can have as written (with its trunk prefix or without)."""
+    import phonenumbers
+
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None or metadata.general_desc is None:
+        return frozenset(range(7, 16))
+    lengths = set(metadata.general_desc.possible_length or range(7, 16))
+    prefix = len(metadata.national_prefix or "")
+    return frozenset(lengths | {n + prefix for n in lengths})
 
 
 @functools.cache
