@@ -2,6 +2,8 @@
 
 The command a kafkaSource's consumer Deployment runs. The Connector's ``kafkaSource`` block comes as JSON (the
 operator writes it from the resource; camelCase as in the manifest), the store's URL and the tenant as arguments.
+The Secret keys its ``auth`` names are files under ``AIPLANE_SECRETS_DIR`` (``<dir>/<secret>/<key>``, where the
+operator mounts them); the consumer and its dead-letter producer authenticate with them.
 """
 
 from __future__ import annotations
@@ -9,13 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
+from connectors.kafka.clients import SecretMissingError
 from connectors.kafka.source import KafkaSource, SourceSettings
 from crds.connector import KafkaSource as KafkaSourceSpec
+from engine.executors.resolvers import DirectorySecretResolver
 from engine.facade import Engine
+
+SECRETS_DIR_ENV = "AIPLANE_SECRETS_DIR"
 
 
 def main(argv: list[str]) -> int:
@@ -48,9 +55,18 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         session_timeout=args.session_timeout,
     )
+    secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+    secrets = DirectorySecretResolver(secrets_dir) if secrets_dir else None
     # The gateway or an operator migrates the store; a consumer only writes tasks into it.
     engine = Engine(args.db_url, data_dir=args.data_dir, migrate_on_start=False)
-    runner = KafkaSource(engine, settings)
+    try:
+        runner = KafkaSource(engine, settings, secrets=secrets)
+    except (SecretMissingError, ValueError) as error:
+        # A configuration to fix (a Secret key not mounted, a CA that is not PEM), not a crash to retry at once.
+        where = f"under {secrets_dir}" if secrets_dir else f"{SECRETS_DIR_ENV} is not set"
+        print(f"kafka source {args.connector}: {error} ({where})", file=sys.stderr)
+        engine.close()
+        return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())
     try:

@@ -29,6 +29,7 @@ from connectors.kafka.validation import InputInvalidError, InputSchemas
 from crds.connector import KafkaSource as KafkaSourceSpec
 from crds.workflow import WorkflowSpec
 from engine.errors import IdempotencyMismatchError, InvalidRequestError, WorkflowNotFoundError
+from engine.executors.resolvers import SecretResolver
 from engine.facade import Engine
 from engine.flow import cel
 from engine.runtime.intake import Accepted, Outcome, Submission
@@ -90,14 +91,25 @@ class _MalformedError(Exception):
 
 
 class KafkaSource:
-    def __init__(self, engine: Engine, settings: SourceSettings, *, validate: Validate | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: SourceSettings,
+        *,
+        validate: Validate | None = None,
+        secrets: SecretResolver | None = None,
+    ) -> None:
         """``validate``: called with the workflow version and spec before a task is written; raising refuses
-        the message, which then goes to the dead-letter topic (how policies reject input)."""
+        the message, which then goes to the dead-letter topic (how policies reject input).
+        ``secrets``: where the Secret keys of the spec's ``auth`` are read (a consumer pod: the files the Connector
+        operator mounts, ``DirectorySecretResolver``); the consumer and the dead-letter producer both use it.
+        Raises ``clients.SecretMissingError`` naming a key that is not there."""
         self.engine = engine
         self.settings = settings
         self.validate = validate
         self.schemas = InputSchemas()
         spec = settings.spec
+        auth = clients.security_settings(spec.auth, secrets)
         self.consumer = clients.consumer(
             spec.bootstrap_servers,
             client_id=f"aiplane-source-{settings.connector}",
@@ -106,6 +118,7 @@ class KafkaSource:
             max_poll_records=settings.batch_size,
             session_timeout_ms=int(settings.session_timeout * 1000),
             heartbeat_interval_ms=max(int(settings.session_timeout * 1000) // 3, 100),
+            **auth,
         )
         # Metadata first: a group leader that assigns before it knows the topic's partitions assigns none (and
         # kafka-python was seen not to rebalance when they became known).
@@ -115,6 +128,7 @@ class KafkaSource:
             spec.bootstrap_servers,
             client_id=f"aiplane-source-{settings.connector}-dlq",
             ack_timeout=settings.ack_timeout,
+            **auth,
         )
         self.dead_letters = deadletter.DeadLetters(
             producer, settings.dead_letter_topic, settings.connector, settings.ack_timeout
