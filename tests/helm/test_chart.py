@@ -151,16 +151,38 @@ def test_every_pod_is_restricted_and_bounded(variant: str) -> None:
             assert {"cpu", "memory"} <= set(resources["limits"])
 
 
-def test_one_service_account_per_component_and_tokens_only_where_needed() -> None:
-    docs = objects(render())
+@pytest.mark.parametrize("models_from_cluster", [True, False])
+def test_one_service_account_per_component_and_tokens_only_where_needed(models_from_cluster: bool) -> None:
+    docs = objects(render("--set", f"models.fromCluster={str(models_from_cluster).lower()}"))
     specs = dict(pod_specs(docs))
     accounts = [spec["serviceAccountName"] for spec in specs.values()]
     assert len(set(accounts)) == len(accounts)
+    # The operator talks to the Kubernetes API; the gateway and workers only to read Models.
+    talks = {"operator"} | ({"gateway", "worker"} if models_from_cluster else set())
     for name, spec in specs.items():
-        # Only the operator talks to the Kubernetes API.
-        assert spec.get("automountServiceAccountToken", True) is ("operator" in name), name
-    bindings = [doc for doc in docs if doc["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
-    assert [subject["name"] for doc in bindings for subject in doc["subjects"]] == ["test-aiplane-operator"]
+        component = name.rsplit("-", 1)[-1]
+        assert spec.get("automountServiceAccountToken", True) is (component in talks), name
+    bound = {
+        (doc["kind"], subject["name"])
+        for doc in docs
+        if doc["kind"] in {"RoleBinding", "ClusterRoleBinding"}
+        for subject in doc["subjects"]
+    }
+    expected = {("ClusterRoleBinding", "test-aiplane-operator")}
+    if models_from_cluster:
+        expected |= {("RoleBinding", "test-aiplane-gateway"), ("RoleBinding", "test-aiplane-worker")}
+    assert bound == expected
+
+
+def test_the_model_reader_reads_models_in_one_namespace() -> None:
+    docs = objects(render("--set", "models.namespace=ml-models"))
+    (role,) = [doc for doc in docs if doc["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "ml-models"
+    assert role["rules"] == [{"apiGroups": ["aiplane.io"], "resources": ["models"], "verbs": ["get", "list", "watch"]}]
+    for name, spec in pod_specs(docs):
+        if name.endswith(("gateway", "worker")):
+            env = {item["name"]: item.get("value") for item in spec["containers"][0]["env"]}
+            assert env["AIPLANE_MODELS_NAMESPACE"] == "ml-models"
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:

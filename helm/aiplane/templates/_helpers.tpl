@@ -98,6 +98,10 @@ seccompProfile:
 - name: AIPLANE_REGION
   value: {{ . | quote }}
 {{- end }}
+{{- if .root.Values.models.fromCluster }}
+- name: AIPLANE_MODELS_NAMESPACE
+  value: {{ include "aiplane.modelsNamespace" .root | quote }}
+{{- end }}
 {{ include "aiplane.tracingEnv" . }}
 {{- end -}}
 
@@ -161,4 +165,14 @@ imagePullSecrets:
 {{- if eq $v "auto" -}}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule" -}}true{{- end -}}
 {{- else if eq $v "true" -}}true{{- end -}}
+{{- end -}}
+
+{{/* The namespace whose Models the gateway and workers route by. */}}
+{{- define "aiplane.modelsNamespace" -}}
+{{- .Values.models.namespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{/* Whether a component talks to the Kubernetes API (and so gets a token). */}}
+{{- define "aiplane.needsToken" -}}
+{{- if or (eq .component "operator") (and .root.Values.models.fromCluster (has .component (list "gateway" "worker"))) -}}true{{- end -}}
 {{- end -}}
