@@ -57,6 +57,16 @@ class FileBlobStore:
                 raise
         return _PREFIX + digest
 
+    def delete(self, ref: str) -> bool:
+        """Remove a blob (retention, erasure); False if it was not there. The caller checks no row refers to it."""
+        if not ref.startswith(_PREFIX):
+            raise ValueError(f"not a blob reference: {ref!r}")
+        try:
+            self._path(ref.removeprefix(_PREFIX)).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def get(self, ref: str) -> bytes:
         if not ref.startswith(_PREFIX):
             raise ValueError(f"not a blob reference: {ref!r}")

@@ -1,0 +1,250 @@
+"""Retention purges and GDPR erasures in the store: what ``policies.retention`` and ``policies.erasure`` decide,
+applied to the engine's tables and blobs.
+
+``purge`` deletes, per workflow and data class, what finished tasks keep past their Policy's period (see
+``policies.retention`` for what each class covers) and prunes the audit log to the longest audit period.
+``erase`` removes every task of one data subject with everything that hangs off it (step runs and their
+outputs, attempts, approvals, callbacks, dead letters, events, the request's idempotency record, blobs no other
+row refers to) and records the erasure in the audit log, in the same transaction.
+
+On SQLite an erasure also zeroes the freed pages (``secure_delete``) and truncates the write-ahead log, so the
+subject's bytes are gone from the files, not only from the tables. On PostgreSQL deleted rows stay in the heap
+until VACUUM reclaims them (autovacuum does, or run ``VACUUM`` on the tables after an erasure).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.payloads import PayloadCodec
+from engine.store import audit
+from engine.store.audit import AuditLog
+from engine.store.database import Database
+from engine.store.schema import (
+    approvals,
+    attempts,
+    callbacks,
+    dead_letters,
+    events,
+    idempotency_keys,
+    step_runs,
+    tasks,
+    workflow_heads,
+)
+from policies.audit import Entry
+from policies.erasure import belongs, check_subject, parse_fields, subject_digest
+from policies.retention import RetentionFor, cutoffs
+
+log = logging.getLogger(__name__)
+_CHUNK = 500
+
+
+@dataclass
+class Purged:
+    """What one purge removed, by data class (rows), plus blob files and audit records."""
+
+    inputs: int = 0
+    results: int = 0
+    events: int = 0
+    blobs: int = 0
+    audit: int = 0
+    workflows: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": self.inputs,
+            "results": self.results,
+            "events": self.events,
+            "blobs": self.blobs,
+            "audit": self.audit,
+            "workflows": self.workflows,
+        }
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What one erasure removed; ``record`` is the audit record's seq."""
+
+    subject_digest: str
+    tasks: tuple[str, ...]
+    events: int
+    blobs: int
+    record: int
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _finished(workflow: str, before: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(tasks.c.workflow == workflow, tasks.c.finished_at.is_not(None), tasks.c.finished_at < before)
+
+
+def purge(
+    db: Database,
+    codec: PayloadCodec,
+    retention_for: RetentionFor,
+    *,
+    now: datetime,
+    audit_period: timedelta | None = None,
+    audit_log: AuditLog | None = None,
+) -> Purged:
+    """Delete what retention says is expired at ``now`` (one transaction per workflow, then the audit prune)."""
+    purged = Purged()
+    with db.read() as conn:
+        names = [row.name for row in conn.execute(sa.select(workflow_heads.c.name).order_by(workflow_heads.c.name))]
+    for workflow in names:
+        cut = cutoffs(retention_for(workflow), now)
+        if not cut.any:
+            continue
+        refs: set[str] = set()
+        with db.write() as conn:
+            if cut.inputs is not None:
+                where = sa.and_(
+                    _finished(workflow, cut.inputs), sa.or_(tasks.c.input.is_not(None), tasks.c.input_ref.is_not(None))
+                )
+                refs.update(r for (r,) in conn.execute(sa.select(tasks.c.input_ref).where(where)) if r)
+                purged.inputs += conn.execute(sa.update(tasks).where(where).values(input=None, input_ref=None)).rowcount
+            if cut.results is not None:
+                done = sa.select(tasks.c.id).where(_finished(workflow, cut.results)).scalar_subquery()
+                where = sa.and_(
+                    _finished(workflow, cut.results),
+                    sa.or_(tasks.c.result.is_not(None), tasks.c.result_ref.is_not(None), tasks.c.vars != {}),
+                )
+                refs.update(r for (r,) in conn.execute(sa.select(tasks.c.result_ref).where(where)) if r)
+                purged.results += conn.execute(
+                    sa.update(tasks).where(where).values(result=None, result_ref=None, vars={})
+                ).rowcount
+                outputs = sa.and_(
+                    step_runs.c.task_id.in_(done),
+                    sa.or_(step_runs.c.output.is_not(None), step_runs.c.output_ref.is_not(None)),
+                )
+                refs.update(r for (r,) in conn.execute(sa.select(step_runs.c.output_ref).where(outputs)) if r)
+                conn.execute(sa.update(step_runs).where(outputs).values(output=None, output_ref=None))
+                conn.execute(sa.delete(callbacks).where(callbacks.c.task_id.in_(done), callbacks.c.state != "pending"))
+            if cut.events is not None:
+                done = sa.select(tasks.c.id).where(_finished(workflow, cut.events)).scalar_subquery()
+                # Only published events: an unpublished one is still owed to the bus.
+                purged.events += conn.execute(
+                    sa.delete(events).where(events.c.task_id.in_(done), events.c.published_at.is_not(None))
+                ).rowcount
+            purged.blobs += _drop_unreferenced(conn, codec, refs)
+        purged.workflows.append(workflow)
+    if audit_period is not None and audit_log is not None:
+        purged.audit = audit_log.prune(before=now - audit_period, reason="retention")
+    return purged
+
+
+def _drop_unreferenced(conn: sa.Connection, codec: PayloadCodec, refs: Iterable[str]) -> int:
+    """Delete the blobs among ``refs`` no row refers to any more (blobs are shared by content)."""
+    delete = getattr(codec.blobs, "delete", None)
+    if delete is None:
+        return 0
+    dropped = 0
+    for ref in sorted(set(refs)):
+        used = conn.execute(
+            sa.select(tasks.c.id)
+            .where(sa.or_(tasks.c.input_ref == ref, tasks.c.result_ref == ref))
+            .union_all(sa.select(step_runs.c.id).where(step_runs.c.output_ref == ref))
+            .limit(1)
+        ).first()
+        if used is None and delete(ref):
+            dropped += 1
+    return dropped
+
+
+def _subject_tasks(
+    conn: sa.Connection, codec: PayloadCodec, subject: str, fields: tuple[tuple[str, ...], ...]
+) -> list[Any]:
+    query = sa.select(
+        tasks.c.id, tasks.c.tenant, tasks.c.annotations, tasks.c.input, tasks.c.input_ref, tasks.c.request_key
+    )
+    if not fields:
+        # Only the annotation can match: skip rows that have none.
+        query = query.where(tasks.c.annotations.is_not(None))
+    found = []
+    for row in conn.execute(query.execution_options(yield_per=_CHUNK)):
+        needs_input = bool(fields) and not (row.annotations and belongs(subject, row.annotations, None, ()))
+        value = codec.decode(row.input, row.input_ref) if needs_input else None
+        if belongs(subject, row.annotations, value, fields):
+            found.append(row)
+    return found
+
+
+def erase(
+    db: Database,
+    codec: PayloadCodec,
+    subject: str,
+    *,
+    fields: Iterable[str] = (),
+    actor: str,
+    now: datetime,
+) -> Erased:
+    """Remove every task of ``subject`` and what hangs off it, and audit the erasure (see the module docstring)."""
+    check_subject(subject)
+    paths = parse_fields(fields)
+    digest = subject_digest(subject)
+    with db.write() as conn:
+        if db.is_sqlite:
+            conn.exec_driver_sql("PRAGMA secure_delete=ON")
+        rows = _subject_tasks(conn, codec, subject, paths)
+        ids = [row.id for row in rows]
+        refs = {r for row in rows for r in (row.input_ref,) if r}
+        removed_events = 0
+        for chunk in _chunks(ids):
+            refs.update(
+                r for (r,) in conn.execute(sa.select(tasks.c.result_ref).where(tasks.c.id.in_(chunk))) if r is not None
+            )
+            refs.update(
+                r
+                for (r,) in conn.execute(sa.select(step_runs.c.output_ref).where(step_runs.c.task_id.in_(chunk)))
+                if r is not None
+            )
+            conn.execute(sa.delete(attempts).where(attempts.c.task_id.in_(chunk)))
+            for table in (approvals, callbacks, dead_letters, step_runs):
+                conn.execute(sa.delete(table).where(table.c.task_id.in_(chunk)))
+            removed_events += conn.execute(sa.delete(events).where(events.c.task_id.in_(chunk))).rowcount
+            conn.execute(sa.delete(tasks).where(tasks.c.id.in_(chunk)))
+        for row in rows:
+            if row.request_key is not None:
+                conn.execute(
+                    sa.delete(idempotency_keys).where(
+                        idempotency_keys.c.tenant == row.tenant, idempotency_keys.c.key == row.request_key
+                    )
+                )
+        blobs = _drop_unreferenced(conn, codec, refs)
+        details = {
+            "subjectDigest": digest,
+            "tasks": ids,
+            "fields": [".".join(p) for p in paths],
+            "events": removed_events,
+            "blobs": blobs,
+        }
+        record = audit.append(conn, Entry("erasure", f"subject/{digest}", "erased", details, actor=actor), now=now)
+        if db.is_sqlite:
+            conn.exec_driver_sql("PRAGMA secure_delete=OFF")
+    if db.is_sqlite:
+        _checkpoint(db)
+    log.info("erased %d tasks of a subject", len(ids), extra={"subject_digest": digest, "audit_seq": record.seq})
+    return Erased(digest, tuple(ids), removed_events, blobs, record.seq)
+
+
+def _checkpoint(db: Database) -> None:
+    """Copy the write-ahead log into the database and truncate it: the erased rows' old pages live there too."""
+    raw = db.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy = cursor.fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    if busy and busy[0]:
+        log.warning("the write-ahead log could not be truncated after an erasure (readers were active); retry it")
