@@ -278,3 +278,23 @@ def _look_alikes(rng: random.Random, rec: dict[str, Any], index: int) -> None:
 def generate(n: int = 300, seed: int = 20261125) -> list[Sample]:
     rng = random.Random(seed)
     return [one(rng, i) for i in range(n)]
+
+
+def hard(n: int = 100, seed: int = 7) -> list[Sample]:
+    """Personal data where this detector is known to miss it, for an honest report (not a floor): names in free
+    text (no NER model), phone numbers as bare digits with no phone word near, birth dates with no birth word."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        sample = Sample({})
+        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        sample.record["note"] = f"Spoke with {name} about the claim."
+        sample.labels.append(("$.note", "PERSON", name))
+        digits = "".join(c for c in phone(rng) if c.isdigit())[-10:]
+        sample.record["remark"] = f"reach {digits} after 5pm"
+        sample.labels.append(("$.remark", "PHONE_NUMBER", digits))
+        born, _ = date(rng, 1940, 2005)
+        sample.record["details"] = f"claimant, {born}, resident since 2010"
+        sample.labels.append(("$.details", "DATE_OF_BIRTH", born))
+        out.append(sample)
+    return out

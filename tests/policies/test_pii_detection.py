@@ -26,7 +26,7 @@ import pytest
 from crds.policy import PII
 from policies.masking import MASK, mask
 from policies.tokens import MaskingKeys
-from tests.policies.pii_dataset import ENTITIES, Sample, generate
+from tests.policies.pii_dataset import ENTITIES, Sample, generate, hard
 
 RECALL_FLOOR = 0.95
 PRECISION_FLOOR = 0.95
@@ -109,6 +109,17 @@ def test_recall_and_precision_per_entity_on_the_labelled_set(tmp_path_factory: p
         if row["recall"] < RECALL_FLOOR or row["precision"] < PRECISION_FLOOR
     }
     assert not low, f"below recall {RECALL_FLOOR} or precision {PRECISION_FLOOR}:\n{report}"
+
+
+def test_known_misses_are_reported(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Not a floor: where the detector is known to miss (names in prose, bare-digit phones, unlabelled birth
+    dates), measured so the report says how much."""
+    samples = hard(100)
+    table, elapsed, size = score(samples)
+    report = render(table, len(samples), elapsed, size)
+    print("\nPII detection, known misses (no floor)\n" + report)
+    (tmp_path_factory.mktemp("pii") / "pii-known-misses.txt").write_text(report + "\n")
+    assert all(row["precision"] == 1.0 for row in table.values() if row["found"]), report
 
 
 def test_the_set_is_deterministic_and_has_look_alikes() -> None:
