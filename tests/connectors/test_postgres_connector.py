@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -20,6 +19,7 @@ from engine.errors import StepError
 from engine.store.schema import attempts
 from tests.connectors.conftest import EngineFactory
 from tests.engine.conftest import QUICK_RETRY, fast_worker, wait_done
+from tests.fixtures import postgres as pg_fixture
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.postgres import Postgres
 
@@ -64,14 +64,11 @@ QUERIES: list[dict[str, Any]] = [
 @pytest.fixture
 def schema_dsn(postgres: Postgres) -> Iterator[str]:
     """A libpq DSN whose sessions work in a fresh schema holding the test's tables."""
-    schema = f"conn_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        conn.execute(f'SET search_path TO "{schema}"')
-        conn.execute(SETUP)
-    yield f"{postgres.libpq_dsn}?options={quote(f'-csearch_path={schema}')}"
-    with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pg_fixture.fresh_schema(postgres, "conn") as schema:
+        dsn = pg_fixture.schema_dsn(postgres, schema)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SETUP)
+        yield dsn
 
 
 @pytest.fixture

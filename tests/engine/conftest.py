@@ -3,15 +3,12 @@ downstream HTTP server on 127.0.0.1, and engines whose workers poll fast."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
 from tests.fixtures.downstream import Call, Downstream, Reply
@@ -27,19 +24,6 @@ QUICK_RETRY = {"maxAttempts": 3, "backoff": {"initial": "10ms", "max": "50ms", "
 
 
 # ---------------------------------------------------------------- databases
-
-
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh schema in the session's PostgreSQL, selected through the connection's search_path."""
-    postgres = request.getfixturevalue("postgres")
-    schema = f"engine_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = make_url(postgres.dsn).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture
