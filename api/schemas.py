@@ -148,6 +148,11 @@ class PolicyAnnotations(ApiModel):
         description="policy: as the policies decide (default); required: ask a human in any case; "
         "skip-if-allowed: skip approvals where the policies allow it.",
     )
+    subject: Annotated[str, Field(min_length=1, max_length=253)] | None = Field(
+        default=None,
+        description="The data subject the task's data is about (e.g. a customer id): an erasure request for this id "
+        "(aiplane erase --subject) removes the task and everything kept from it.",
+    )
 
 
 class SubmitTaskRequest(RequestModel):

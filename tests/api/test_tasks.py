@@ -138,7 +138,7 @@ def test_deadline_sla_and_policy_annotations_are_kept(client: TestClient, keys: 
     )
     assert response.status_code == 202, response.text
     task = client.get(response.headers["location"], headers=auth(keys.carol)).json()
-    assert task["policy"] == {"privacy": "pii", "retention": "30d", "approval": "required"}
+    assert task["policy"] == {"privacy": "pii", "retention": "30d", "approval": "required", "subject": None}
     assert task["callbackUrl"] == "https://hooks.example.com/done"
     deadline = datetime.fromisoformat(task["deadline"])
     created = datetime.fromisoformat(task["createdAt"])
