@@ -66,25 +66,32 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 def _cmd_component(args: argparse.Namespace) -> int:
     """``aiplane gateway`` and ``aiplane worker``: one component against a shared store (the chart's pods)."""
+    from kubernetes.config import ConfigException
+
     from aiplane import components
+    from aiplane.incluster import cluster_sources
     from aiplane.tracing import TracingConfigError
+    from policies.tokens import MaskingKeyError
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     try:
         db_url = components.database_url(args.db)
-        with components.cluster_models(components.models_namespace(args.models_from_cluster)) as models:
+        with cluster_sources(components.cluster_namespace(args.from_cluster)) as sources:
             if args.command == "gateway":
                 port = args.port or settings.port
                 components.serve_gateway(
-                    db_url, settings.data_dir, args.host, port, args.public_base_url, model_resolver=models
+                    db_url, settings.data_dir, args.host, port, args.public_base_url, sources=sources
                 )
             else:
                 metrics = (args.metrics_port, args.metrics_host)
-                components.run_worker(db_url, settings.data_dir, args.concurrency, *metrics, model_resolver=models)
-    except (components.MissingDatabaseError, TracingConfigError) as error:
-        # Both are raised before the process serves anything: a configuration to fix, not a crash.
+                components.run_worker(db_url, settings.data_dir, args.concurrency, *metrics, sources=sources)
+    except (components.MissingDatabaseError, TracingConfigError, MaskingKeyError, ConfigException) as error:
+        # Raised before the process serves anything: a configuration to fix, not a crash.
         print(f"aiplane {args.command}: {error}", file=sys.stderr)
+        return 2
+    except TimeoutError as error:  # a watch could not list its kind: no apiserver, or RBAC refuses
+        print(f"aiplane {args.command}: {error} (is the apiserver reachable, may it list them?)", file=sys.stderr)
         return 2
     return 0
 
@@ -269,7 +276,10 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
     operator.add_argument("--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     operator.set_defaults(func=_cmd_operator)
 
-    models_help = "route model calls by this namespace's Models' status.endpoints (default: AIPLANE_MODELS_NAMESPACE)"
+    cluster_help = (
+        "follow this namespace: register its valid Workflows, route by its Models, use its Connectors and Secrets, "
+        "enforce its Policies (default: AIPLANE_NAMESPACE; --models-from-cluster is its former name)"
+    )
     store_help = "the store's URL, e.g. postgresql+psycopg://... (default: AIPLANE_DATABASE_URL)"
     gateway = sub.add_parser("gateway", help="run the gateway against a shared store (a chart pod)")
     gateway.add_argument("--db", default=None, help=store_help)
@@ -280,7 +290,9 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
         default=os.environ.get("AIPLANE_PUBLIC_BASE_URL", ""),
         help="prefix of Location headers (AIPLANE_PUBLIC_BASE_URL)",
     )
-    gateway.add_argument("--models-from-cluster", metavar="NAMESPACE", default=None, help=models_help)
+    gateway.add_argument(
+        "--from-cluster", "--models-from-cluster", dest="from_cluster", metavar="NAMESPACE", help=cluster_help
+    )
     gateway.set_defaults(func=_cmd_component)
 
     worker = sub.add_parser("worker", help="run an engine worker against a shared store (a chart pod)")
@@ -288,7 +300,9 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
     worker.add_argument("--concurrency", type=int, default=4, help="steps run at once")
     worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     worker.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics")
-    worker.add_argument("--models-from-cluster", metavar="NAMESPACE", default=None, help=models_help)
+    worker.add_argument(
+        "--from-cluster", "--models-from-cluster", dest="from_cluster", metavar="NAMESPACE", help=cluster_help
+    )
     worker.set_defaults(func=_cmd_component)
 
 

@@ -4,6 +4,12 @@
 Both read the store's URL from ``--db`` or ``AIPLANE_DATABASE_URL`` (the chart sets it from a Secret, so it never
 shows in a pod spec), and stop cleanly on SIGTERM: the gateway lets uvicorn drain its requests, the worker finishes
 the steps it runs.
+
+With ``--from-cluster NAMESPACE`` (or ``AIPLANE_NAMESPACE``) both follow that namespace (``aiplane.incluster``):
+its valid Workflows are registered into the store, model calls go by the Models' ``status.endpoints``, connector
+steps use its Connectors and Secrets, and its Policies govern (PII masking, residency, approval rules, payload
+logs; at the gateway also rate limits and separation of duties). Without it, a worker has no models and no
+connectors: only rules steps run.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -20,11 +25,15 @@ from typing import TYPE_CHECKING
 from aiplane import tracing
 
 if TYPE_CHECKING:
-    from engine import ModelResolver
+    from aiplane.incluster import ClusterSources
+    from engine import Engine
 
 log = logging.getLogger(__name__)
 DATABASE_URL_ENV = "AIPLANE_DATABASE_URL"
+NAMESPACE_ENV = "AIPLANE_NAMESPACE"
+#: The former name of ``AIPLANE_NAMESPACE``, from when only Models were read from the cluster.
 MODELS_NAMESPACE_ENV = "AIPLANE_MODELS_NAMESPACE"
+SECRETS_DIR_ENV = "AIPLANE_SECRETS_DIR"
 
 
 class MissingDatabaseError(ValueError):
@@ -48,28 +57,35 @@ def serve_gateway(
     port: int,
     public_base_url: str = "",
     *,
-    model_resolver: ModelResolver | None = None,
+    sources: ClusterSources | None = None,
 ) -> None:
     """Run the gateway under uvicorn until SIGTERM/SIGINT. It and the workers migrate the store on start (under
-    an advisory lock on PostgreSQL, so replicas starting together take turns)."""
+    an advisory lock on PostgreSQL, so replicas starting together take turns). With ``sources``, it registers the
+    namespace's Workflows too (a submission right after ``kubectl apply`` need not wait for a worker) and enforces
+    its Policies."""
     import uvicorn
 
     from api.app import create_app
+    from api.auth import follow_policies
     from api.settings import GatewaySettings
     from engine import Engine
     from policies.access_oidc import OIDCConfig, OIDCVerifier
 
     provider = tracing.configure_from_env("aiplane-gateway")
     oidc = OIDCConfig.from_env(os.environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
-    engine = Engine(db_url, data_dir=data_dir, model_resolver=model_resolver)
+    options = sources.engine_options() if sources is not None else {}
+    engine = Engine(db_url, data_dir=data_dir, **options)
     try:
-        app = create_app(
-            engine,
-            GatewaySettings(public_base_url=public_base_url),
-            oidc=OIDCVerifier(oidc) if oidc is not None else None,
-        )
-        log.info("gateway starting", extra={"host": host, "port": port})
-        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+        with sources.registering(engine) if sources is not None else contextlib.nullcontext():
+            app = create_app(
+                engine,
+                GatewaySettings(public_base_url=public_base_url),
+                oidc=OIDCVerifier(oidc) if oidc is not None else None,
+            )
+            if sources is not None:
+                follow_policies(app.state.gateway, sources.policies, sources.workflows)
+            log.info("gateway starting", extra={"host": host, "port": port})
+            uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         engine.close()
         if provider is not None:
@@ -83,16 +99,46 @@ def run_worker(
     metrics_port: int | None,
     metrics_host: str,
     *,
-    model_resolver: ModelResolver | None = None,
+    sources: ClusterSources | None = None,
 ) -> None:
     """Claim and run steps until SIGTERM/SIGINT, then finish the running ones. With ``metrics_port``, serve
-    Prometheus' /metrics (the engine's step metrics and the store gauges this worker refreshes)."""
-    from prometheus_client import start_http_server
+    Prometheus' /metrics (the engine's step metrics and the store gauges this worker refreshes).
 
-    from engine import Engine
+    Connector steps: kafkaSink records go to their Connector's cluster with its auth (``ConnectorRecordSink``),
+    postgres statements through a pool per Connector; both are closed on the way out."""
+    from connectors.kafka.routing import ConnectorRecordSink
+    from connectors.postgres import PostgresClient
+    from engine import Engine, StaticConnectorResolver
+    from engine.executors.resolvers import DirectorySecretResolver
 
     provider = tracing.configure_from_env("aiplane-worker")
-    engine = Engine(db_url, data_dir=data_dir, model_resolver=model_resolver)
+    # kafka-python narrates every connection at INFO; its warnings are what an operator needs.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    options = sources.engine_options() if sources is not None else {}
+    if sources is None:
+        # Outside a cluster: no Connectors; Secrets, if any, as files (as a consumer pod gets them).
+        options["connector_resolver"] = StaticConnectorResolver()
+        secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+        options["secret_resolver"] = DirectorySecretResolver(secrets_dir) if secrets_dir else None
+    sink = ConnectorRecordSink(options["connector_resolver"], options["secret_resolver"])
+    postgres = PostgresClient()
+    try:
+        engine = Engine(db_url, data_dir=data_dir, sink=sink, postgres=postgres, **options)
+        try:
+            with sources.registering(engine) if sources is not None else contextlib.nullcontext():
+                _work(engine, concurrency, metrics_port, metrics_host)
+        finally:
+            engine.close()
+    finally:
+        sink.close()
+        postgres.close()
+        if provider is not None:
+            provider.shutdown()
+
+
+def _work(engine: Engine, concurrency: int, metrics_port: int | None, metrics_host: str) -> None:
+    from prometheus_client import start_http_server
+
     worker = engine.worker(concurrency=concurrency)
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -104,35 +150,11 @@ def run_worker(
     if metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_host)
     log.info("worker ready", extra={"worker": worker.id, "concurrency": concurrency, "metrics_port": metrics_port})
-    try:
-        worker.run_forever()
-    finally:
-        engine.close()
-        if provider is not None:
-            provider.shutdown()
+    worker.run_forever()
 
 
-def models_namespace(flag: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """The namespace whose Models the gateway and workers route by (``--models-from-cluster`` or
-    ``AIPLANE_MODELS_NAMESPACE``), or None."""
+def cluster_namespace(flag: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The namespace the gateway and workers follow (``--from-cluster``, else ``AIPLANE_NAMESPACE``, else the
+    former ``AIPLANE_MODELS_NAMESPACE``), or None: not in a cluster."""
     env = os.environ if environ is None else environ
-    return flag or env.get(MODELS_NAMESPACE_ENV) or None
-
-
-@contextlib.contextmanager
-def cluster_models(namespace: str | None) -> Iterator[ModelResolver | None]:
-    """Model endpoints from the Models of ``namespace``: their ``status.endpoints``, the weights the operator
-    moves during a canary, watched through the in-cluster config (or KUBECONFIG) until the block ends. None
-    without a namespace: the engine's static resolver, with no models."""
-    if namespace is None:
-        yield None
-        return
-    from aiplane.kubemodels import KubeModelResolver
-    from operators.model.kube import new_api_client
-
-    resolver = KubeModelResolver(new_api_client(pool_size=2), namespace).start()
-    log.info("routing models by the cluster's Models", extra={"namespace": namespace})
-    try:
-        yield resolver
-    finally:
-        resolver.stop()
+    return flag or env.get(NAMESPACE_ENV) or env.get(MODELS_NAMESPACE_ENV) or None

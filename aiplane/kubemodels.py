@@ -30,6 +30,8 @@ class KubeModelResolver:
         self.watch_timeout_s = watch_timeout_s
         self._endpoints: dict[str, list[Endpoint]] = {}
         self._prediction_fields: dict[str, str] = {}
+        #: Model name -> ``spec.region`` (None: none declared), what residency checks a model call against.
+        self.regions: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -66,8 +68,10 @@ class KubeModelResolver:
             return
         canary = (body.get("spec") or {}).get("canary") or {}
         field = (canary.get("analysis") or {}).get("predictionField")
+        region = (body.get("spec") or {}).get("region")
         with self._lock:
             self._endpoints[name] = endpoints
+            self.regions[name] = str(region) if region else None
             if isinstance(field, str) and field:
                 self._prediction_fields[name] = field
             else:
@@ -81,6 +85,10 @@ class KubeModelResolver:
                 with self._lock:
                     self._endpoints.clear()
                     self._prediction_fields.clear()
+                    # Only the Models gone since: a region missing for a moment would refuse a pinned task's call.
+                    listed = {item["metadata"]["name"] for item in listing.get("items", [])}
+                    for gone in self.regions.keys() - listed:
+                        self.regions.pop(gone, None)
                 for item in listing.get("items", []):
                     self._set(item)
                 self._synced.set()
@@ -96,6 +104,7 @@ class KubeModelResolver:
                     if event["type"] == "DELETED":
                         with self._lock:
                             self._endpoints.pop(body["metadata"]["name"], None)
+                            self.regions.pop(body["metadata"]["name"], None)
                             self._prediction_fields.pop(body["metadata"]["name"], None)
                     elif event["type"] in ("ADDED", "MODIFIED"):
                         self._set(body)

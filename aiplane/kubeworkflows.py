@@ -55,6 +55,9 @@ class KubeWorkflowSync:
         self.registry = registry
         # name -> the version this process registered last, so a relist registers nothing again.
         self.registered: dict[str, str] = {}
+        #: name -> the Workflow's labels as last seen (kept after a delete: its running tasks are still governed),
+        #: what Policies select workflows by.
+        self.labels: dict[str, dict[str, str]] = {}
         self._watch = NamespaceWatch(
             client,
             namespace,
@@ -81,6 +84,7 @@ class KubeWorkflowSync:
 
     def _seen(self, body: dict[str, Any]) -> None:
         name = str(body["metadata"]["name"])
+        self.labels[name] = {str(k): str(v) for k, v in ((body["metadata"].get("labels") or {}).items())}
         found = publishable(body)
         if found is None or self.registered.get(name) == found[0]:
             return
