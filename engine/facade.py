@@ -62,10 +62,11 @@ from engine.runtime.intake import Accepted, Intake, Outcome, Submission
 from engine.runtime.queue import PriorityPolicy
 from engine.runtime.transitions import StateMachine
 from engine.sinks import InMemorySink, RecordSink
-from engine.store import migrate, outbox
+from engine.store import migrate, outbox, purge
 from engine.store.audit import AuditLog
 from engine.store.database import Database
 from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore
+from engine.store.purge import Erased, Purged, Retention
 from engine.store.schema import approvals, dead_letters, step_runs, tasks
 from engine.tracing import (
     ATTR_TASK_ID,
@@ -113,6 +114,7 @@ class Engine:
         pii: WorkflowMasking | None = None,
         payloads: PayloadLog | None = None,
         approval_rules: RulesFor | None = None,
+        retention: Retention | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -127,6 +129,8 @@ class Engine:
         ``payloads``: logs a sampled share of tasks' step payloads, masked (``policies.payloads``).
         ``approval_rules``: a workflow's effective Policy approval rules by workflow name; a task a rule triggers
         for waits in a ``policy-approval`` step before it succeeds (``engine.runtime.gate``). None: no gate at all.
+        ``retention``: the Policies' retention periods; workers then purge expired data every
+        ``WorkerConfig.retention_interval`` (``Engine.purge``). None: nothing is purged.
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
         """
@@ -152,6 +156,7 @@ class Engine:
         self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
         self.pii = self.intake.pii = pii
         self.payloads = payloads
+        self.retention = retention
         self.bus: Bus = bus or InMemoryBus()
         self.relay = OutboxRelay(self.db, self.bus, clock=clock)
         self.model_resolver: ModelResolver = model_resolver or StaticModelResolver()
@@ -497,6 +502,7 @@ class Engine:
         )
         worker.pii = self.pii
         worker.payloads = self.payloads
+        worker.retention = self.purge if self.retention is not None else None
         self._workers.append(worker)
         return worker
 
@@ -509,6 +515,28 @@ class Engine:
         Worker(
             self.db, self.machine, self.codec, {}, relay=self.relay, callbacks=self.callback_sender, clock=self.clock
         ).maintain()
+
+    # ---------------------------------------------------------------- retention and erasure
+
+    def purge(self) -> Purged:
+        """Delete what the retention periods say is expired now (``engine.store.purge.purge``)."""
+        if self.retention is None:
+            return Purged()
+        purged = purge.purge(
+            self.db,
+            self.codec,
+            self.retention.periods,
+            now=self.clock(),
+            audit_period=self.retention.audit(),
+            audit_log=self.audit,
+        )
+        if self.retention.after is not None:
+            self.retention.after(purged)
+        return purged
+
+    def erase(self, subject: str, *, fields: Sequence[str] = (), actor: str) -> Erased:
+        """Remove every task of a data subject and audit it (``engine.store.purge.erase``)."""
+        return purge.erase(self.db, self.codec, subject, fields=fields, actor=actor, now=self.clock())
 
     def _wake_workers(self) -> None:
         for worker in self._workers:

@@ -15,7 +15,7 @@ until VACUUM reclaims them (autovacuum does, or run ``VACUUM`` on the tables aft
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,6 +65,20 @@ class Purged:
             "audit": self.audit,
             "workflows": self.workflows,
         }
+
+
+def _kept() -> timedelta | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What an engine purges by: each workflow's periods, the audit log's period (asked at every purge, so a Policy
+    change applies to the next one), and what to do after a purge (set a Kafka topic's retention)."""
+
+    periods: RetentionFor
+    audit: Callable[[], timedelta | None] = _kept
+    after: Callable[[Purged], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ class WorkerConfig:
     gauges_interval: float = 15.0
     #: Run the maintenance sweeps in this worker (every worker may; the sweeps are safe to run concurrently).
     maintenance: bool = True
+    #: Seconds between retention purges (``engine.store.purge``), when the engine has a retention policy: periods
+    #: are days, so a purge every ten minutes deletes expired data promptly without scanning the store often.
+    retention_interval: float = 600.0
     #: Take a task's next step along with the completion of its current one when nothing is queued ahead of it
     #: (one transaction per step instead of two; see ``engine.runtime.transitions.Chain``).
     chain_steps: bool = True
@@ -99,6 +102,8 @@ class Worker:
     pii: WorkflowMasking | None = None
     #: Logs a sampled share of tasks' step payloads, after masking (``policies.payloads``); None: no payload logs.
     payloads: PayloadLog | None = None
+    #: Runs one retention purge (``Engine.purge``); None when no Policy sets a retention.
+    retention: Callable[[], object] | None = None
 
     def __init__(
         self,
@@ -130,6 +135,7 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._last_gauges = float("-inf")
         self._last_purge = float("-inf")
+        self._last_retention = float("-inf")
         self._chain = (
             Chain(self.config.worker_id, self.config.lease, frozenset(self.executors))
             if self.config.chain_steps
@@ -434,6 +440,7 @@ class Worker:
             ("callbacks", self._send_callbacks),
             ("gauges", self.refresh_gauges),
             ("idempotency purge", self._purge_expired_keys),
+            ("retention purge", self._purge_retention),
         ):
             try:
                 sweep()
@@ -472,6 +479,12 @@ class Worker:
         self._last_purge = time.monotonic()
         with self.db.write() as conn:
             conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.expires_at <= self.clock()))
+
+    def _purge_retention(self) -> None:
+        if self.retention is None or time.monotonic() - self._last_retention < self.config.retention_interval:
+            return
+        self._last_retention = time.monotonic()
+        self.retention()
 
     def refresh_gauges(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_gauges < self.config.gauges_interval:

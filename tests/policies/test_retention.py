@@ -14,12 +14,13 @@ import sqlalchemy as sa
 
 from crds.policy import Policy
 from engine import Engine, TaskState
-from engine.store.purge import purge
+from engine.store.purge import Purged, Retention, purge
 from engine.store.schema import events, step_runs, tasks
 from policies.effective import Target
 from policies.retention import audit_period, retention_for, shared_period
 from policies.sources import PolicySet
 from tests.engine.conftest import fast_worker, wait_done
+from tests.fixtures.polling import assert_eventually
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = {"steps": [{"name": "r", "type": "rules", "rules": {"set": {"seen": "input.name"}}}]}
@@ -153,3 +154,27 @@ def test_running_tasks_keep_their_data(setup: tuple[Engine, Clock]) -> None:
     clock.now = START + timedelta(days=400)
     purge(engine.db, engine.codec, retention_for(PolicySet(POLICIES).effective, TARGETS), now=clock.now)
     assert engine.get("acme", task.id).input == {"name": "waiting"}
+
+
+def test_workers_purge_periodically(tmp_path: Path) -> None:
+    clock = Clock()
+    seen: list[Purged] = []
+    periods = retention_for(PolicySet(POLICIES).effective, TARGETS)
+    with Engine(
+        f"sqlite:///{tmp_path / 'engine.db'}",
+        data_dir=tmp_path / "data",
+        clock=clock,
+        sqlite_synchronous="NORMAL",
+        retention=Retention(periods, audit=lambda: audit_period(POLICIES), after=seen.append),
+    ) as engine:
+        engine.register_workflow("claims", RULES)
+        task_id = run(engine, "claims", {"name": "old"})
+        clock.now = START + timedelta(days=10)
+        with fast_worker(engine, retention_interval=0.05):
+
+            def purged() -> None:
+                assert engine.get("acme", task_id).input is None
+
+            assert_eventually(purged, timeout=10)
+        assert seen
+        assert seen[0].inputs == 1
