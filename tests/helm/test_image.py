@@ -177,7 +177,7 @@ def test_gateway_and_worker_start_from_the_wheel(
         assert started[0].poll() is None, (tmp_path / "processes.log").read_text()
         assert httpx.get(f"http://127.0.0.1:{gateway_port}/readyz", timeout=2).status_code == 200
 
-    assert_eventually(gateway_ready, timeout=90, retry_on=(AssertionError, httpx.TransportError))
+    assert_eventually(gateway_ready, timeout=240, retry_on=(AssertionError, httpx.TransportError))
     started.append(
         subprocess.Popen(
             [aiplane, "worker", "--metrics-host", "127.0.0.1", f"--metrics-port={metrics_port}"],
@@ -193,4 +193,4 @@ def test_gateway_and_worker_start_from_the_wheel(
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
         assert "aiplane_engine_queue_length_steps" in text
 
-    assert_eventually(worker_metrics, timeout=90, retry_on=(AssertionError, httpx.TransportError))
+    assert_eventually(worker_metrics, timeout=240, retry_on=(AssertionError, httpx.TransportError))

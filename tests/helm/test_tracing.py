@@ -126,7 +126,7 @@ def test_one_trace_from_gateway_to_worker(collector: Collector, tmp_path: Path) 
             assert all(p.poll() is None for p in processes), (tmp_path / "processes.log").read_text()
             httpx.get(f"{url}/readyz", timeout=2).raise_for_status()
 
-        assert_eventually(ready, timeout=90, retry_on=(AssertionError, httpx.HTTPError))
+        assert_eventually(ready, timeout=240, retry_on=(AssertionError, httpx.HTTPError))
         response = httpx.post(
             f"{url}/v1/tasks?mode=sync&wait=30",
             json={"workflow": {"name": "triage"}, "input": {"amount": 5000}},
