@@ -82,13 +82,13 @@ class KubeModelResolver:
         while not self._stop.is_set():
             try:
                 listing = lister(GROUP, VERSION, self.namespace, PLURAL)
+                # Only the Models gone since are dropped, the others overwritten: emptied for the moment of a
+                # relist (every watch timeout), a call would find no endpoint, or no region for residency.
+                listed = {item["metadata"]["name"] for item in listing.get("items", [])}
                 with self._lock:
-                    self._endpoints.clear()
-                    self._prediction_fields.clear()
-                    # Only the Models gone since: a region missing for a moment would refuse a pinned task's call.
-                    listed = {item["metadata"]["name"] for item in listing.get("items", [])}
-                    for gone in self.regions.keys() - listed:
-                        self.regions.pop(gone, None)
+                    for known in (self._endpoints, self._prediction_fields, self.regions):
+                        for gone in known.keys() - listed:
+                            known.pop(gone, None)
                 for item in listing.get("items", []):
                     self._set(item)
                 self._synced.set()
