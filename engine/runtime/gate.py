@@ -28,7 +28,7 @@ from engine.clock import new_id
 from engine.models import ApprovalState, StepState, TaskState
 from engine.payloads import PayloadCodec
 from engine.store import audit, outbox
-from engine.store.schema import step_runs
+from engine.store.schema import approvals, step_runs
 from policies.approvals import Requirement, requirement, triggered, variables
 from policies.audit import Entry
 from policies.effective import EffectiveApproval
@@ -64,8 +64,10 @@ class ApprovalGate:
         *,
         result: Any,
         vars: dict[str, Any],
+        now: datetime,
     ) -> Requirement | None:
-        """The approval this task needs before it may succeed with ``result``; None when no rule triggers."""
+        """The approval this task needs before it may succeed with ``result``; None when no rule triggers, or when
+        an approval step of the workflow already gave what the rules require (``satisfied_by``)."""
         rules = self.rules_for(task.workflow)
         if not rules:
             return None
@@ -73,7 +75,14 @@ class ApprovalGate:
         outputs = _step_outputs(conn, codec, task.id) if "steps" in expressions else {}
         task_input = codec.decode(task.input, task.input_ref) if "input" in expressions else None
         activation = variables(task_input, result=result, steps=outputs, vars=vars)
-        return requirement(triggered(rules, activation))
+        required = requirement(triggered(rules, activation))
+        if required is None or not required.satisfiable:
+            return required
+        by = satisfied_by(conn, task.id, required)
+        if by is None:
+            return required
+        record(conn, task, required, "satisfied", now, by=by)
+        return None
 
     def park(self, task: sa.Row[Any], required: Requirement, now: datetime) -> Parked:
         """The rows that put ``task`` on a pending Policy approval (the caller writes them and the result)."""
@@ -139,9 +148,36 @@ def is_policy_approval(step: str, spec: WorkflowSpec) -> bool:
     return step == POLICY_APPROVAL_STEP and all(s.name != step for s in spec.steps)
 
 
-def record(conn: sa.Connection, task: sa.Row[Any], required: Requirement, decision: str, now: datetime) -> None:
-    """The audit record of the gate's verdict on a task: ``required`` (parked) or ``unsatisfiable`` (refused)."""
-    details = {
+def satisfied_by(conn: sa.Connection, task_id: str, required: Requirement) -> str | None:
+    """The task's own approval step that already meets ``required``, if any: approved by at least the quorum of
+    distinct approvers, open to no named users and to no role the rules do not accept (so whoever approved it
+    held a role the Policies accept). Then the Policies' safety net is already met and nobody is asked twice."""
+    rows = conn.execute(
+        sa.select(approvals.c.step, approvals.c.roles, approvals.c.users, approvals.c.decisions).where(
+            approvals.c.task_id == task_id,
+            approvals.c.state == ApprovalState.APPROVED,
+            approvals.c.step != POLICY_APPROVAL_STEP,
+        )
+    ).all()
+    for row in rows:
+        approvers = {d["approver"] for d in row.decisions if d["decision"] == "approve"}
+        if row.roles and not row.users and set(row.roles) <= required.roles and len(approvers) >= required.quorum:
+            return str(row.step)
+    return None
+
+
+def record(
+    conn: sa.Connection,
+    task: sa.Row[Any],
+    required: Requirement,
+    decision: str,
+    now: datetime,
+    *,
+    by: str | None = None,
+) -> None:
+    """The audit record of the gate's verdict on a task: ``required`` (parked), ``unsatisfiable`` (refused) or
+    ``satisfied`` (``by`` the workflow's own approval step)."""
+    details: dict[str, Any] = {
         "task": task.id,
         "workflow": task.workflow,
         "workflowVersion": task.workflow_version,
@@ -152,6 +188,8 @@ def record(conn: sa.Connection, task: sa.Row[Any], required: Requirement, decisi
         "reasons": list(required.reasons),
         "policies": [str(p) for p in required.policies],
     }
+    if by is not None:
+        details["satisfiedBy"] = by
     entry = Entry("approval-rule", f"task/{task.id}", decision, details, tenant=task.tenant, actor="engine")
     audit.append(conn, entry, now=now)
 

@@ -952,7 +952,7 @@ class StateMachine:
         """Where ``task`` would succeed with ``output``: park it on a Policy approval, or refuse it when the
         approval it needs cannot be given. False (nothing written) when no approval rule triggers."""
         assert self.gate is not None
-        required = self.gate.check(conn, self.codec, task, result=output, vars=vars)
+        required = self.gate.check(conn, self.codec, task, result=output, vars=vars, now=now)
         if required is None:
             return False
         if not required.satisfiable:

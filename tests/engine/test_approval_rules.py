@@ -185,7 +185,10 @@ def test_expired_policy_approval_fails_the_task(make_engine: EngineFactory, sqli
 def test_rule_over_steps_and_after_a_human_approval_step(make_engine: EngineFactory, sqlite_url: str) -> None:
     """The gate also stands where a workflow's own approval step ends the task, and reads step outputs."""
     engine = make_engine(sqlite_url)
-    engine.machine.gate = gate_of(policy("p", {"name": "big", "when": "steps.score.output.received.amount > 100"}))
+    # Only admins may meet the rule: the review step (approvers) does not.
+    engine.machine.gate = gate_of(
+        policy("p", {"name": "big", "when": "steps.score.output.received.amount > 100", "roles": ["admin"]})
+    )
     engine.register_workflow(
         "claims",
         {
@@ -209,3 +212,25 @@ def test_rule_over_steps_and_after_a_human_approval_step(make_engine: EngineFact
     assert done.state == TaskState.SUCCEEDED
     assert done.result is not None
     assert done.result["decision"] == "approved"
+
+
+def test_the_workflows_own_approval_meets_the_rule(make_engine: EngineFactory, sqlite_url: str) -> None:
+    """An approval step approved by enough people holding roles the rule accepts already meets it: nobody is asked
+    twice, and the audit log says which step met it. One the rule does not accept (a lower quorum) does not."""
+    engine = make_engine(sqlite_url)
+    engine.machine.gate = gate_of(
+        policy("p", {"name": "big", "when": "steps.score.output.received.amount > 100", "roles": ["approver", "admin"]})
+    )
+    review = {"name": "review", "type": "approval", "approval": {"approvers": {"roles": ["approver"]}}}
+    engine.register_workflow("claims", {"steps": [*CLAIMS_SPEC["steps"], review]})
+    with fast_worker(engine):
+        task = engine.submit("acme", "claims", {"amount": 500, "confidence": 1})
+        wait_state(engine, "acme", task.id, TaskState.WAITING)
+        [approval] = engine.approvals("acme").items
+        engine.approve(approval.id, "alice", "fine", tenant="acme", roles={"approver"})
+        done = wait_done(engine, "acme", task.id)
+    assert done.state == TaskState.SUCCEEDED
+    assert [s.name for s in engine.steps("acme", task.id)] == ["score", "review"]
+    [met] = [r for r in engine.audit.records() if r.kind == "approval-rule"]
+    assert met.decision == "satisfied"
+    assert json.loads(met.details)["satisfiedBy"] == "review"
