@@ -24,10 +24,10 @@ from operators.connector import broker, builders
 from operators.connector import status as statuses
 from operators.connector.config import Config
 from operators.model.kube import Kube
+from operators.statusbook import StatusBook
 
 log = logging.getLogger(__name__)
 PLURAL = "connectors"
-MERGE = "application/merge-patch+json"
 Prober = Callable[..., broker.Probe]
 
 
@@ -41,16 +41,19 @@ class Reconciler:
     config: Config
     prober: Prober = broker.partitions
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
-    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    # Connector uid -> the broker's last answer, and the status this process last wrote.
+    # Connector uid -> the broker's last answer.
     _probes: dict[str, broker.Probe] = field(default_factory=dict)
-    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Connector uid -> digest of the Deployment this process last applied, and the generation that made.
     _applied: dict[str, tuple[str, int]] = field(default_factory=dict)
 
+    book: StatusBook = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.book = StatusBook(self.kube.custom, PLURAL)
+
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
-        self._locks.pop((namespace, name), None)
-        for cache in (self._probes, self._written, self._applied):
+        self.book.forget(namespace, name, uid)
+        for cache in (self._probes, self._applied):
             cache.pop(uid or "", None)
 
     def invalidate(self, uid: str, generation: int | None) -> None:
@@ -67,7 +70,7 @@ class Reconciler:
         if meta.get("deletionTimestamp"):
             return
         key = (str(meta["namespace"]), str(meta["name"]))
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self.book.lock(*key):
             await self._converge(body, consumers, ask_broker=ask_broker)
 
     async def _converge(
@@ -76,11 +79,7 @@ class Reconciler:
         meta = dict(body["metadata"])
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
-        raw_status = self._written.get(uid) or dict(body.get("status") or {})
-        try:
-            previous = ConnectorStatus.model_validate(raw_status) if raw_status else None
-        except pydantic.ValidationError:
-            previous = None
+        previous = self.book.previous(body, ConnectorStatus)
         try:
             spec = ConnectorSpec.model_validate(body.get("spec") or {})
         except pydantic.ValidationError as error:
@@ -187,26 +186,7 @@ class Reconciler:
         )
 
     async def _write_status(self, namespace: str, name: str, uid: str, status: ConnectorStatus) -> None:
-        body = statuses.to_patch(status)
-        if self._written.get(uid) == body:
-            return
-        try:
-            await asyncio.to_thread(
-                self.kube.custom.patch_namespaced_custom_object_status,
-                builders.GROUP,
-                builders.VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": body},
-                _content_type=MERGE,
-                _preload_content=False,
-            )
-        except kubernetes.client.ApiException as error:
-            if error.status == 404:
-                return
-            raise
-        self._written[uid] = body
+        await self.book.write(namespace, name, uid, statuses.to_patch(status))
 
 
 def _decode(value: str) -> str:

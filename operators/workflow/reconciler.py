@@ -6,7 +6,6 @@ readiness) runs the same ``converge``, so the outcome never depends on which eve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,12 +17,12 @@ import pydantic
 
 from crds import checks
 from crds.workflow import WorkflowSpec, WorkflowStatus
+from operators.statusbook import StatusBook
 from operators.workflow import status as statuses
 from operators.workflow import validation
 
 log = logging.getLogger(__name__)
-GROUP, VERSION, PLURAL = "aiplane.io", "v1alpha1", "workflows"
-MERGE = "application/merge-patch+json"
+PLURAL = "workflows"
 MAX_CHECKED = 4096
 
 
@@ -32,33 +31,30 @@ class Reconciler:
     custom: kubernetes.client.CustomObjectsApi
     # Whole seconds, as Kubernetes writes condition times.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
-    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    # Workflow uid -> the status this process last wrote: newer than any the watch may have delivered yet.
-    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Content version -> the spec's own problems (crds.checks), oldest first.
     _checked: dict[str, list[checks.Problem]] = field(default_factory=dict)
 
+    book: StatusBook = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.book = StatusBook(self.custom, PLURAL)
+
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
-        self._locks.pop((namespace, name), None)
-        self._written.pop(uid or "", None)
+        self.book.forget(namespace, name, uid)
 
     async def converge(self, body: Mapping[str, Any], namespace: validation.Namespace) -> None:
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
         key = (str(meta["namespace"]), str(meta["name"]))
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self.book.lock(*key):
             await self._converge(body, namespace)
 
     async def _converge(self, body: Mapping[str, Any], namespace: validation.Namespace) -> None:
         meta = body["metadata"]
         where, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
-        raw_status = self._written.get(uid) or dict(body.get("status") or {})
-        try:
-            previous = WorkflowStatus.model_validate(raw_status) if raw_status else None
-        except pydantic.ValidationError:
-            previous = None  # written by an older operator: start over rather than stop
+        previous = self.book.previous(body, WorkflowStatus)
         try:
             spec = WorkflowSpec.model_validate(body.get("spec") or {})
         except pydantic.ValidationError as error:
@@ -90,24 +86,4 @@ class Reconciler:
             )
 
     async def _write(self, namespace: str, name: str, uid: str, status: WorkflowStatus) -> bool:
-        body = statuses.to_patch(status)
-        if self._written.get(uid) == body:
-            return False
-        try:
-            await asyncio.to_thread(
-                self.custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": body},
-                _content_type=MERGE,
-                _preload_content=False,
-            )
-        except kubernetes.client.ApiException as error:
-            if error.status == 404:
-                return False  # deleted meanwhile
-            raise
-        self._written[uid] = body
-        return True
+        return await self.book.write(namespace, name, uid, statuses.to_patch(status))
