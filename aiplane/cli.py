@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiplane
-from aiplane import dataflow, logs, manifests
+from aiplane import dataflow, logs, manifests, retention_cli
 from aiplane.client import DEFAULT_URL, Client, GatewayError, dumps
 from aiplane.modelserver import ModelServerError
 from aiplane.settings import Settings
@@ -370,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_audit(sub)
     dataflow.add_parser(sub)
+    retention_cli.add_parsers(sub)
 
     validate = sub.add_parser("validate", help="check manifests against the aiplane.io schemas")
     validate.add_argument("paths", type=Path, nargs="+", help="YAML files or folders")

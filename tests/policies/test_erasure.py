@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from aiplane.cli import main
 from engine import Engine, TaskNotFoundError, TaskState
 from engine.runtime.intake import RequestKey, Submission
 from engine.store.purge import erase
@@ -102,3 +103,28 @@ def test_erasure_request_errors() -> None:
         erase(None, None, " ", actor="dpo", now=None)  # type: ignore[arg-type]
     with pytest.raises(ErasureRequestError):
         erase(None, None, "x", fields=["a..b"], actor="dpo", now=None)  # type: ignore[arg-type]
+
+
+def test_aiplane_erase_command(engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with fast_worker(engine):
+        task_id = submit(engine, {"email": EMAIL}, subject=SUBJECT)
+        wait_done(engine, "acme", task_id)
+    engine.close()
+    code = main(
+        [
+            "erase",
+            "--subject",
+            SUBJECT,
+            "--actor",
+            "dpo",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--database",
+            f"sqlite:///{tmp_path / 'engine.db'}",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["tasks"], report["subjectDigest"]) == (1, subject_digest(SUBJECT))
+    assert files_holding(tmp_path, EMAIL) == []
+    assert main(["erase", "--subject", "", "--data-dir", str(tmp_path / "data")]) == 2

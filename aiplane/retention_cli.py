@@ -1,0 +1,141 @@
+"""``aiplane purge`` and ``aiplane erase``: retention and GDPR erasure on the engine's store, from a shell or a
+CronJob; and ``engine_retention``, the engine's periodic purge as ``aiplane dev`` wires it from manifests.
+
+Both commands work on the store directly (like ``aiplane audit``): ``--database`` (or ``AIPLANE_DATABASE_URL``,
+else the dev data directory's SQLite file) and ``--data-dir`` for the blobs. ``purge`` reads Policies and
+Workflows from manifest files or folders, so it applies exactly the retention those Policies declare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from aiplane import manifests
+from aiplane.settings import Settings
+from crds.policy import Policy
+from crds.workflow import Workflow
+from engine.payloads import FileBlobStore, PayloadCodec
+from engine.store.audit import AuditLog
+from engine.store.database import Database
+from engine.store.purge import Purged, Retention, erase, purge
+from policies.effective import DEFAULT_NAMESPACE, Target
+from policies.erasure import ErasureRequestError
+from policies.retention import audit_period, retention_for, shared_period
+from policies.sources import PolicySet
+
+#: The engine's events topic on Kafka (connectors.kafka.DEFAULT_EVENTS_TOPIC; not imported: no Kafka client
+#: needed to purge a store).
+EVENTS_TOPIC = "aiplane.events"
+
+
+def workflow_targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
+    return {
+        w.metadata["name"]: Target(
+            "Workflow",
+            w.metadata["name"],
+            w.metadata.get("namespace", DEFAULT_NAMESPACE),
+            w.metadata.get("labels") or {},
+        )
+        for w in workflows
+    }
+
+
+def engine_retention(policies: PolicySet, workflows: Sequence[Workflow]) -> Retention | None:
+    """The engine's retention from these Policies; None (no purge at all) when none sets a retention."""
+    if not any(p.spec.retention is not None for p in policies.policies()):
+        return None
+    return Retention(
+        retention_for(policies.effective, workflow_targets(workflows)), audit=lambda: audit_period(policies.policies())
+    )
+
+
+def _store(args: argparse.Namespace) -> tuple[Database, PayloadCodec]:
+    data_dir: Path = args.data_dir or Settings.from_env().data_dir
+    url = args.database or os.environ.get("AIPLANE_DATABASE_URL") or f"sqlite:///{data_dir / 'engine.db'}"
+    return Database(url, pool_size=1), PayloadCodec(FileBlobStore(data_dir / "blobs"))
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    resources = manifests.load(args.paths)
+    policies = [r for r in resources if isinstance(r, Policy)]
+    workflows = [r for r in resources if isinstance(r, Workflow)]
+    periods = retention_for(PolicySet(policies).effective, workflow_targets(workflows))
+    db, codec = _store(args)
+    try:
+        purged: Purged = purge(
+            db, codec, periods, now=_now(), audit_period=audit_period(policies), audit_log=AuditLog(db)
+        )
+    except sa.exc.SQLAlchemyError as error:
+        print(f"aiplane purge: cannot purge the store at {db.url!r}: {error.__class__.__name__}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    report = purged.as_dict()
+    events = shared_period(policies, "events")
+    if args.kafka and events is not None:
+        from policies.retention_kafka import TopicRetentionError, set_topic_retention
+
+        try:
+            report["topics"] = set_topic_retention(args.kafka, {args.events_topic: events})
+        except TopicRetentionError as error:
+            print(f"aiplane purge: {error}", file=sys.stderr)
+            return 1
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    db, codec = _store(args)
+    try:
+        erased = erase(db, codec, args.subject, fields=args.field, actor=args.actor, now=_now())
+    except ErasureRequestError as error:
+        print(f"aiplane erase: {error}", file=sys.stderr)
+        return 2
+    except sa.exc.SQLAlchemyError as error:
+        print(f"aiplane erase: cannot erase in the store at {db.url!r}: {error.__class__.__name__}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    report = {
+        "subjectDigest": erased.subject_digest,
+        "tasks": len(erased.tasks),
+        "events": erased.events,
+        "blobs": erased.blobs,
+        "auditRecord": erased.record,
+    }
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def store_args(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--database", default=None, help="engine database URL (AIPLANE_DATABASE_URL)")
+        parser.add_argument("--data-dir", type=Path, default=None, help="data dir with the blobs (and dev SQLite)")
+
+    purge_parser = sub.add_parser("purge", help="delete data past the retention its Policies set")
+    purge_parser.add_argument("paths", nargs="+", type=Path, help="manifest files or folders (Policies, Workflows)")
+    store_args(purge_parser)
+    purge_parser.add_argument("--kafka", default=None, help="bootstrap servers: also set the events topic retention")
+    purge_parser.add_argument("--events-topic", default=EVENTS_TOPIC, help="the engine's events topic")
+    purge_parser.set_defaults(func=_cmd_purge)
+
+    erase_parser = sub.add_parser("erase", help="GDPR erasure: remove every task of a data subject, audited")
+    erase_parser.add_argument("--subject", required=True, help="the subject id (the tasks' policy.subject)")
+    erase_parser.add_argument(
+        "--field", action="append", default=[], help="also match tasks whose input field (dotted path) holds the id"
+    )
+    erase_parser.add_argument("--actor", default=os.environ.get("USER", "cli"), help="who asks (audit record)")
+    store_args(erase_parser)
+    erase_parser.set_defaults(func=_cmd_erase)
