@@ -22,6 +22,7 @@ import uvicorn
 
 from aiplane import manifests
 from aiplane.modelserver import ModelServer, working_dir
+from aiplane.retention_cli import engine_retention
 from api.app import create_app
 from api.auth import create_api_key, follow_policies
 from api.settings import GatewaySettings
@@ -99,6 +100,7 @@ class DevStack:
             callbacks_to_private_networks=True,
             pii=pii_masking(self.policies, self._of(Workflow), self.data_dir),
             approval_rules=approval_rules(self.policies, self._of(Workflow)),
+            retention=engine_retention(self.policies, self._of(Workflow)),
             payloads=payload_log(self.policies, self._of(Workflow)),
             residency=Residency.from_policy_set(
                 self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}
