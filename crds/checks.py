@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -171,12 +172,39 @@ def expressions(step: Step) -> dict[str, str]:
     return found
 
 
+class CelCompileError(ValueError):
+    """A CEL expression that does not compile; the message is the compiler's, on one line."""
+
+
+_programs_lock = threading.Lock()
+_programs: dict[str, cel.Program] = {}
+_MAX_PROGRAMS = 4096
+
+
+def program(expression: str) -> cel.Program:
+    """``expression`` compiled, cached by its text (the engine, the gateway's policies and the operators all
+    evaluate the same few expressions over and over); raises ``CelCompileError``."""
+    with _programs_lock:
+        compiled = _programs.get(expression)
+    if compiled is not None:
+        return compiled
+    try:
+        compiled = cel.compile(expression)
+    except (ValueError, RuntimeError) as exc:
+        raise CelCompileError(" ".join(str(exc).split())) from None
+    with _programs_lock:
+        if len(_programs) >= _MAX_PROGRAMS:
+            _programs.clear()
+        _programs[expression] = compiled
+    return compiled
+
+
 def compile_error(expression: str) -> str | None:
     """Why ``expression`` does not compile as CEL, or None when it does."""
     try:
-        cel.compile(expression)
-    except (ValueError, RuntimeError) as exc:
-        return " ".join(str(exc).split())
+        program(expression)
+    except CelCompileError as exc:
+        return str(exc)
     return None
 
 

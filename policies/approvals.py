@@ -13,18 +13,14 @@ if anything triggered, parks the task on an approval with that requirement inste
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import cel
 
+from crds import checks
 from policies.effective import EffectiveApproval, PolicyRef
-
-_lock = threading.Lock()
-_programs: dict[str, cel.Program] = {}
-_MAX_CACHED = 1024
 
 
 class ApprovalRuleError(ValueError):
@@ -57,21 +53,10 @@ class Requirement:
 
 
 def _program(expression: str) -> cel.Program:
-    with _lock:
-        program = _programs.get(expression)
-    if program is not None:
-        return program
     try:
-        program = cel.compile(expression)
-    except (ValueError, RuntimeError) as error:
-        raise ApprovalRuleError(
-            f"cannot compile CEL expression {expression!r}: {' '.join(str(error).split())}"
-        ) from None
-    with _lock:
-        if len(_programs) >= _MAX_CACHED:
-            _programs.clear()
-        _programs[expression] = program
-    return program
+        return checks.program(expression)
+    except checks.CelCompileError as error:
+        raise ApprovalRuleError(f"cannot compile CEL expression {expression!r}: {error}") from None
 
 
 def variables(

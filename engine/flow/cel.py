@@ -12,41 +12,26 @@ same way every time, so retrying would only delay the dead letter.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import cel
 
+from crds import checks
 from engine.errors import StepError
 
 CEL_COMPILE_ERROR = "CelCompileError"
 CEL_EVALUATION_ERROR = "CelEvaluationError"
 
-_lock = threading.Lock()
-_programs: dict[str, cel.Program] = {}
-_MAX_CACHED = 4096
-
 
 def compile_expression(expression: str, *, where: str) -> cel.Program:
     """Compile (cached by text). ``where`` names the step and field for the error, e.g. ``step 'route' set.tier``."""
-    with _lock:
-        program = _programs.get(expression)
-    if program is not None:
-        return program
     try:
-        program = cel.compile(expression)
-    except (ValueError, RuntimeError) as exc:
+        return checks.program(expression)
+    except checks.CelCompileError as exc:
         raise StepError(
-            CEL_COMPILE_ERROR,
-            f"{where}: cannot compile CEL expression {expression!r}: {' '.join(str(exc).split())}",
-            retryable=False,
+            CEL_COMPILE_ERROR, f"{where}: cannot compile CEL expression {expression!r}: {exc}", retryable=False
         ) from exc
-    with _lock:
-        if len(_programs) >= _MAX_CACHED:
-            _programs.clear()
-        _programs[expression] = program
-    return program
 
 
 def activation(input: Any, steps: Mapping[str, Any], vars: Mapping[str, Any]) -> dict[str, Any]:
