@@ -32,6 +32,7 @@ lint: ## ruff lint + format check, import-linter contracts, CRD drift
 	$(VENV)/bin/lint-imports
 	$(PY) -m crds.generate --check
 	$(PY) helm/generate.py --check
+	$(PY) -m aiplane.apidocs --check
 
 format: ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
@@ -40,9 +41,10 @@ format: ## apply ruff formatting and safe fixes
 typecheck: ## mypy --strict over every package, the tests and the examples
 	$(VENV)/bin/mypy $(PACKAGES) tests benchmarks examples/claims-triage/model helm/generate.py
 
-generate: ## regenerate crds/*.yaml from the pydantic models, and the chart's CRDs and dashboards
+generate: ## regenerate crds/*.yaml from the pydantic models, the chart's CRDs and dashboards, the HTTP API reference
 	$(PY) -m crds.generate
 	$(PY) helm/generate.py
+	$(PY) -m aiplane.apidocs
 
 check: lint typecheck test ## lint + typecheck + test
 

@@ -40,3 +40,10 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "site" / "runbooks" / "index.html").exists()
+
+
+def test_http_api_reference_is_current() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiplane.apidocs", "--check"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
