@@ -129,9 +129,10 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": config.image,
+        # The image's entrypoint is ``aiplane``: the source runtime replaces it rather than becoming its argument.
+        "command": ["python", "-m", "connectors.kafka", "source"],
         # $(VAR) is expanded by the kubelet from the container's env, so the values stay out of the spec.
         "args": [
-            *("python", "-m", "connectors.kafka", "source"),
             *("--connector", owner.name),
             *("--tenant", tenant(connector)),
             *("--spec", "$(AIPLANE_CONNECTOR_SPEC)"),

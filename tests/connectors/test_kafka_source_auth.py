@@ -1,11 +1,13 @@
-"""``python -m connectors.kafka source``, as a kafkaSource's consumer pod runs it, against a broker that requires
-SASL over TLS: the Connector's ``auth`` is read from the files the Connector operator mounts under
+"""``python -m connectors.kafka source``, as a kafkaSource's consumer pod runs it (the container the Connector
+operator builds, its command and arguments expanded from its env as the kubelet does), against a broker that
+requires SASL over TLS: the Connector's ``auth`` is read from the files the operator mounts under
 ``AIPLANE_SECRETS_DIR``, and both the consumer and the dead-letter producer authenticate with it."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +19,11 @@ from kafka import KafkaConsumer
 
 from connectors.kafka import clients
 from connectors.kafka.clients import security_settings
-from crds.connector import KafkaAuth
+from crds.connector import Connector, KafkaAuth
 from engine import Engine
 from engine.executors.resolvers import DirectorySecretResolver
+from operators.connector import builders
+from operators.connector.config import Config
 from tests.connectors.test_kafka_sasl import PASSWORD, USER, SaslBroker, sasl_broker
 from tests.fixtures.polling import assert_eventually
 
@@ -50,11 +54,17 @@ def mount_secrets(root: Path, ca_pem: str) -> Path:
 
 
 def source_command(connector: str, spec: dict[str, Any], db_url: str, data_dir: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "connectors.kafka", "source",
-        "--connector", connector, "--tenant", "acme", "--spec", json.dumps(spec),
-        "--db-url", db_url, "--data-dir", str(data_dir), "--session-timeout", "6",
-    ]  # fmt: skip
+    """The consumer container's command line, as the kubelet runs it in the aiplane image."""
+    resource = Connector.model_validate(
+        {"metadata": {"name": connector, "namespace": "acme"}, "spec": {"type": "kafkaSource", "kafkaSource": spec}}
+    )
+    deployment = builders.deployment(resource, builders.Owner(connector, "acme", "u-1"), 1, Config())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    # The image's entrypoint is `aiplane` (Containerfile): the container must replace it, not hand it arguments.
+    assert container["command"][0] == "python"
+    env = {e["name"]: e.get("value") for e in container["env"]} | {"AIPLANE_DATABASE_URL": db_url}
+    argv = [re.sub(r"\$\((\w+)\)", lambda m: str(env[m.group(1)]), arg) for arg in container["args"]]
+    return [sys.executable, *container["command"][1:], *argv, "--data-dir", str(data_dir), "--session-timeout", "6"]
 
 
 def test_the_consumer_pod_authenticates_its_consumer_and_dead_letter_producer(

@@ -39,8 +39,8 @@ def test_the_consumer_deployment_runs_the_source_runtime_with_no_secret_in_it() 
     assert deployment["spec"]["replicas"] == 2
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "aiplane/aiplane:test"
-    assert container["args"][:4] == ["python", "-m", "connectors.kafka", "source"]
-    assert container["args"][4:] == [
+    assert container["command"] == ["python", "-m", "connectors.kafka", "source"]
+    assert container["args"] == [
         "--connector", "intake", "--tenant", "ns",
         "--spec", "$(AIPLANE_CONNECTOR_SPEC)", "--db-url", "$(AIPLANE_DATABASE_URL)",
     ]  # fmt: skip

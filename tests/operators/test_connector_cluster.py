@@ -106,7 +106,7 @@ def test_a_source_gets_consumers_capped_at_partitions_running_on_kwok_and_deleti
         True,
     )
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["args"][:4] == ["python", "-m", "connectors.kafka", "source"]
+    assert container["command"] == ["python", "-m", "connectors.kafka", "source"]
     assert "s3cret" not in str(deployment), "the store URL's password is in the Deployment"
     env = {e["name"]: e for e in container["env"]}
     assert env["AIPLANE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "aiplane-store", "key": "url"}
