@@ -29,28 +29,15 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
+
+from crds.policy import PIIEntity
 
 if TYPE_CHECKING:  # presidio and spaCy take seconds to import: only a policy with PII loads them
     from presidio_analyzer import EntityRecognizer
 
 #: Entities found in text by a recognizer. PERSON is found by field label (``policies.masking``), not here.
-TEXT_ENTITIES = (
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "CREDIT_CARD",
-    "IBAN_CODE",
-    "US_SSN",
-    "US_ITIN",
-    "UK_NHS",
-    "UK_NINO",
-    "ES_NIF",
-    "IT_FISCAL_CODE",
-    "PL_PESEL",
-    "IN_AADHAAR",
-    "FI_PERSONAL_IDENTITY_CODE",
-    "DATE_OF_BIRTH",
-)
+TEXT_ENTITIES: tuple[str, ...] = tuple(entity for entity in get_args(PIIEntity) if entity != "PERSON")
 #: Regions a number without an international prefix is tried in (the libphonenumber region codes).
 DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "CH", "AT", "BE", "IE")
 #: Presidio scores: 1.0 for a checksum-validated match, 0.4-0.5 for a good pattern, ~0.05 for a weak one; a
