@@ -17,6 +17,7 @@ import yaml
 from aiplane.cli import main
 from crds.policy import Policy
 from engine import Engine, TaskState
+from engine.runtime.intake import Submission
 from engine.store.purge import Purged, Retention, purge
 from engine.store.schema import events, step_runs, tasks
 from policies.effective import Target
@@ -220,3 +221,25 @@ def test_aiplane_purge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert json.loads(capsys.readouterr().out)["inputs"] == 1
     with Engine(f"sqlite:///{tmp_path / 'engine.db'}", data_dir=tmp_path / "data") as engine:
         assert engine.get("acme", task_id).input is None
+
+
+@pytest.mark.integration
+def test_purge_and_erase_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    clock = Clock()
+    periods = retention_for(PolicySet(POLICIES).effective, TARGETS)
+    with Engine(pg_url, data_dir=tmp_path / "data", clock=clock, inline_limit=1024) as engine:
+        engine.register_workflow("claims", RULES)
+        old = run(engine, "claims", {"name": "old", "blob": BIG})
+        [erasable] = engine.submit_many(
+            [Submission(tenant="acme", workflow="claims", input={"name": "e"}, annotations={"subject": "s-1"})]
+        )
+        clock.now = START + timedelta(days=61)
+        purged = purge(
+            engine.db, engine.codec, periods, now=clock.now, audit_period=audit_period(POLICIES), audit_log=engine.audit
+        )
+        assert (purged.inputs, purged.results, purged.blobs) == (1, 1, 1)
+        task = engine.get("acme", old)
+        assert (task.input, task.result, task.vars) == (None, None, {})
+        erased = engine.erase("s-1", actor="dpo")
+        assert erased.tasks == (erasable.task.id,)  # type: ignore[union-attr]
+        assert engine.audit.verify().ok
