@@ -3,10 +3,10 @@ NAMESPACE``): the Workflows the operator found valid (registered into the store)
 regions, the Connectors and the Secrets they name, and the Policies, each kept current by a watch.
 
 The Policies reach the same enforcement points as in ``aiplane dev``, but follow the cluster as it changes: PII
-masking (inputs, step outputs, error texts), payload logging, residency, the approval rules' gate, and at the
-gateway the rate limits and separation of duties. A Policy selects workflows by namespace and labels, which come
-from the Workflow watch. Every hook is installed even while no Policy asks for it, since one may be applied later;
-an ungoverned workflow costs a cached lookup per call.
+masking (inputs, step outputs, error texts), payload logging, residency, the approval rules' gate, the workers'
+retention purge, and at the gateway the rate limits and separation of duties. A Policy selects workflows by
+namespace and labels, which come from the Workflow watch. Every hook is installed even while no Policy asks for
+it, since one may be applied later; an ungoverned workflow costs a cached lookup per call.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.store.purge import Retention
 from policies.effective import EffectiveApproval, Target
 from policies.masking import WorkflowMasking, compile_policy
 from policies.payloads import PayloadLog
 from policies.residency import Residency
+from policies.retention import audit_period, retention_for
 from policies.sources import PolicySet
 from policies.tokens import MaskingKeys
 
@@ -107,6 +109,12 @@ class ClusterSources:
             "payloads": PayloadLog(rate_for),
             "approval_rules": rules_for,
             "residency": Residency(pins=pins, model_regions=self.models.regions),
+            # The workers' periodic purge; periods asked per workflow at each purge, so a Policy change applies to
+            # the next one, and a workflow this process has not seen is not purged by a namespace's Policy.
+            "retention": Retention(
+                retention_for(self.policies.effective, self.workflows),
+                audit=lambda: audit_period(self.policies.policies()),
+            ),
         }
 
     @contextlib.contextmanager
