@@ -98,9 +98,9 @@ seccompProfile:
 - name: AIPLANE_REGION
   value: {{ . | quote }}
 {{- end }}
-{{- if .root.Values.models.fromCluster }}
-- name: AIPLANE_MODELS_NAMESPACE
-  value: {{ include "aiplane.modelsNamespace" .root | quote }}
+{{- if .root.Values.fromCluster.enabled }}
+- name: AIPLANE_NAMESPACE
+  value: {{ include "aiplane.followedNamespace" .root | quote }}
 {{- end }}
 {{ include "aiplane.tracingEnv" . }}
 {{- end -}}
@@ -167,12 +167,12 @@ imagePullSecrets:
 {{- else if eq $v "true" -}}true{{- end -}}
 {{- end -}}
 
-{{/* The namespace whose Models the gateway and workers route by. */}}
-{{- define "aiplane.modelsNamespace" -}}
-{{- .Values.models.namespace | default .Release.Namespace -}}
+{{/* The namespace the gateway and workers follow (Workflows, Models, Connectors, Policies). */}}
+{{- define "aiplane.followedNamespace" -}}
+{{- .Values.fromCluster.namespace | default .Release.Namespace -}}
 {{- end -}}
 
 {{/* Whether a component talks to the Kubernetes API (and so gets a token). */}}
 {{- define "aiplane.needsToken" -}}
-{{- if or (eq .component "operator") (and .root.Values.models.fromCluster (has .component (list "gateway" "worker"))) -}}true{{- end -}}
+{{- if or (eq .component "operator") (and .root.Values.fromCluster.enabled (has .component (list "gateway" "worker"))) -}}true{{- end -}}
 {{- end -}}
