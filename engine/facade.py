@@ -534,9 +534,10 @@ class Engine:
             self.retention.after(purged)
         return purged
 
-    def erase(self, subject: str, *, fields: Sequence[str] = (), actor: str) -> Erased:
-        """Remove every task of a data subject and audit it (``engine.store.purge.erase``)."""
-        return purge.erase(self.db, self.codec, subject, fields=fields, actor=actor, now=self.clock())
+    def erase(self, subject: str, *, fields: Sequence[str] = (), actor: str, tenant: str | None = None) -> Erased:
+        """Remove every task of a data subject (in ``tenant`` only, when given) and audit it
+        (``engine.store.purge.erase``)."""
+        return purge.erase(self.db, self.codec, subject, fields=fields, actor=actor, now=self.clock(), tenant=tenant)
 
     def _wake_workers(self) -> None:
         for worker in self._workers:

@@ -175,11 +175,13 @@ def _drop_unreferenced(conn: sa.Connection, codec: PayloadCodec, refs: Iterable[
 
 
 def _subject_tasks(
-    conn: sa.Connection, codec: PayloadCodec, subject: str, fields: tuple[tuple[str, ...], ...]
+    conn: sa.Connection, codec: PayloadCodec, subject: str, fields: tuple[tuple[str, ...], ...], tenant: str | None
 ) -> list[Any]:
     query = sa.select(
         tasks.c.id, tasks.c.tenant, tasks.c.annotations, tasks.c.input, tasks.c.input_ref, tasks.c.request_key
     )
+    if tenant is not None:
+        query = query.where(tasks.c.tenant == tenant)
     if not fields:
         # Only the annotation can match: skip rows that have none.
         query = query.where(tasks.c.annotations.is_not(None))
@@ -200,15 +202,17 @@ def erase(
     fields: Iterable[str] = (),
     actor: str,
     now: datetime,
+    tenant: str | None = None,
 ) -> Erased:
-    """Remove every task of ``subject`` and what hangs off it, and audit the erasure (see the module docstring)."""
+    """Remove every task of ``subject`` (in ``tenant`` only, when given: a tenant admin's request) and what hangs
+    off it, and audit the erasure (see the module docstring)."""
     check_subject(subject)
     paths = parse_fields(fields)
     digest = subject_digest(subject)
     with db.write() as conn:
         if db.is_sqlite:
             conn.exec_driver_sql("PRAGMA secure_delete=ON")
-        rows = _subject_tasks(conn, codec, subject, paths)
+        rows = _subject_tasks(conn, codec, subject, paths, tenant)
         ids = [row.id for row in rows]
         refs = {r for row in rows for r in (row.input_ref,) if r}
         removed_events = 0
@@ -241,7 +245,7 @@ def erase(
             "events": removed_events,
             "blobs": blobs,
         }
-        record = audit.append(conn, Entry("erasure", f"subject/{digest}", "erased", details, actor=actor), now=now)
+        record = audit.append(conn, Entry("erasure", f"subject/{digest}", "erased", details, tenant=tenant, actor=actor), now=now)
         if db.is_sqlite:
             conn.exec_driver_sql("PRAGMA secure_delete=OFF")
     if db.is_sqlite:

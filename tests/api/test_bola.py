@@ -38,6 +38,7 @@ OTHER_ROUTES = {
     ("post", "/v1/tasks"),
     ("get", "/v1/approvals"),
     ("get", "/v1/dead-letters"),
+    ("post", "/v1/erasures"),
     ("post", "/v1/models/{name}/predict"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -49,6 +50,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/v1/approvals/{approvalId}/approve"): {"reason": "b approves"},
     ("post", "/v1/approvals/{approvalId}/reject"): {"reason": "b rejects"},
     ("post", "/v1/models/{name}/predict"): {"claimId": "b-1"},
+    # B's admin asks to erase the subject of A's tasks (their note holds SECRET): only B's tenant is searched.
+    ("post", "/v1/erasures"): {"subject": "acme-private-7f3a", "fields": ["note"]},
 }
 
 
