@@ -245,7 +245,9 @@ def erase(
             "events": removed_events,
             "blobs": blobs,
         }
-        record = audit.append(conn, Entry("erasure", f"subject/{digest}", "erased", details, tenant=tenant, actor=actor), now=now)
+        record = audit.append(
+            conn, Entry("erasure", f"subject/{digest}", "erased", details, tenant=tenant, actor=actor), now=now
+        )
         if db.is_sqlite:
             conn.exec_driver_sql("PRAGMA secure_delete=OFF")
     if db.is_sqlite:
