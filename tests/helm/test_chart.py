@@ -3,6 +3,7 @@ scrape config, dashboards and regions. No cluster needed (tests/helm/test_chart_
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import tarfile
@@ -286,3 +287,21 @@ def test_image_digest_wins_over_tag() -> None:
     for _, spec in pod_specs(objects(render("--set", f"image.digest={digest}"))):
         image = spec["containers"][0]["image"]
         assert image.endswith(digest) or image.startswith("docker.io/library/postgres")
+
+
+@pytest.mark.parametrize("existing", ["", "my-pii-key"])
+def test_gateway_and_workers_share_one_pii_key(existing: str) -> None:
+    docs = objects(render("--set", f"pii.existingSecret.name={existing}"))
+    refs = set()
+    for name, spec in pod_specs(docs):
+        if name.endswith(("gateway", "worker")):
+            env = {item["name"]: item for item in spec["containers"][0]["env"]}
+            ref = env["AIPLANE_PII_KEY"]["valueFrom"]["secretKeyRef"]
+            refs.add((ref["name"], ref["key"]))
+    made = [doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("-pii")]
+    if existing:
+        assert refs == {(existing, "key")}
+        assert made == []
+    else:
+        assert refs == {("test-aiplane-pii", "key")}
+        assert len(base64.b64decode(made[0]["stringData"]["key"], validate=True)) == 32

@@ -54,11 +54,11 @@ def _assert_running(cluster: Cluster, namespace: str, release: str, expected: in
     assert_eventually(check, timeout=INSTALL_TIMEOUT_S, interval=1.0)
 
 
-def _store_password(cluster: Cluster, namespace: str, release: str) -> str:
-    secret = cluster.kubectl("get", "secret", "-n", namespace, f"{release}-aiplane-postgresql", "-o", "json")
-    password: str = json.loads(secret.stdout)["data"]["password"]
-    assert password
-    return password
+def _secret_value(cluster: Cluster, namespace: str, name: str, key: str) -> str:
+    secret = cluster.kubectl("get", "secret", "-n", namespace, name, "-o", "json")
+    value: str = json.loads(secret.stdout)["data"][key]
+    assert value
+    return value
 
 
 def _leftovers(cluster: Cluster, namespace: str, release: str) -> list[str]:
@@ -94,7 +94,8 @@ def test_install_upgrade_uninstall_in_a_restricted_namespace(cluster: Cluster, r
         helm("install", release, str(CHART), "-n", namespace, *TRY_OUT, "--wait", "--timeout", "4m", env=env)
         # Gateway 2, workers 2, operators 2 (leader and standby), PostgreSQL 1: all admitted and Running.
         _assert_running(cluster, namespace, release, expected=7)
-        password = _store_password(cluster, namespace, release)
+        password = _secret_value(cluster, namespace, f"{release}-aiplane-postgresql", "password")
+        pii_key = _secret_value(cluster, namespace, f"{release}-aiplane-pii", "key")
 
         helm(
             "upgrade", release, str(CHART), "-n", namespace, *TRY_OUT, "--reuse-values",
@@ -104,8 +105,10 @@ def test_install_upgrade_uninstall_in_a_restricted_namespace(cluster: Cluster, r
         status = json.loads(helm("status", release, "-n", namespace, "-o", "json", env=env).stdout)
         assert status["version"] == 2
         assert status["info"]["status"] == "deployed"
-        # The bundled store's password survives the upgrade (a new one would lock the engine out).
-        assert _store_password(cluster, namespace, release) == password
+        # The bundled store's password and the PII key survive the upgrade (new ones would lock the engine out of
+        # its store, and strand every PII token made so far).
+        assert _secret_value(cluster, namespace, f"{release}-aiplane-postgresql", "password") == password
+        assert _secret_value(cluster, namespace, f"{release}-aiplane-pii", "key") == pii_key
     finally:
         helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "4m", env=env, check=False)
 

@@ -90,6 +90,11 @@ seccompProfile:
       key: {{ include "aiplane.dsnSecretKey" .root }}
 - name: AIPLANE_LOG_FORMAT
   value: json
+- name: AIPLANE_PII_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.pii.existingSecret.name | default (include "aiplane.componentName" (dict "root" .root "component" "pii")) }}
+      key: {{ if .root.Values.pii.existingSecret.name }}{{ .root.Values.pii.existingSecret.key }}{{ else }}key{{ end }}
 {{- with .root.Values.kafka.bootstrapServers }}
 - name: AIPLANE_KAFKA_BOOTSTRAP_SERVERS
   value: {{ . | quote }}
