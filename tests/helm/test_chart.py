@@ -305,3 +305,13 @@ def test_gateway_and_workers_share_one_pii_key(existing: str) -> None:
     else:
         assert refs == {("test-aiplane-pii", "key")}
         assert len(base64.b64decode(made[0]["stringData"]["key"], validate=True)) == 32
+
+
+def test_operator_gives_consumers_this_image_and_the_store_secret() -> None:
+    digest = "sha256:" + "b" * 64
+    docs = objects(render("--set", f"image.digest={digest}"))
+    (operator,) = [spec for name, spec in pod_specs(docs) if name.endswith("operator")]
+    env = {item["name"]: item.get("value") for item in operator["containers"][0]["env"]}
+    assert env["AIPLANE_CONNECTOR_IMAGE"] == operator["containers"][0]["image"]
+    assert env["AIPLANE_CONNECTOR_IMAGE"].endswith(digest)
+    assert (env["AIPLANE_STORE_SECRET"], env["AIPLANE_STORE_SECRET_KEY"]) == ("test-aiplane-postgresql", "url")
