@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -67,7 +68,7 @@ from engine.store.audit import AuditLog
 from engine.store.database import Database
 from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore
 from engine.store.purge import Erased, Purged, Retention
-from engine.store.schema import approvals, dead_letters, step_runs, tasks
+from engine.store.schema import approvals, audit_log, dead_letters, step_runs, tasks
 from engine.tracing import (
     ATTR_TASK_ID,
     ATTR_TENANT,
@@ -78,6 +79,7 @@ from engine.tracing import (
     tracer,
 )
 from engine.worker import Worker, WorkerConfig
+from policies import lineage
 from policies.residency import Residency
 
 if TYPE_CHECKING:
@@ -515,6 +517,31 @@ class Engine:
         Worker(
             self.db, self.machine, self.codec, {}, relay=self.relay, callbacks=self.callback_sender, clock=self.clock
         ).maintain()
+
+    def lineage(self, tenant: str, task_id: str) -> dict[str, Any]:
+        """What produced the task's result: workflow version, input hash, Policy versions, a decision record per
+        step (``policies.lineage``)."""
+        task = self.get(tenant, task_id)
+        steps = self.steps(tenant, task_id)
+        completions = [e.payload for e in self.events(task_id) if e.type == outbox.STEP_COMPLETED]
+        with self.db.read() as conn:
+            details = conn.execute(
+                sa.select(audit_log.c.details).where(
+                    audit_log.c.kind == "approval-rule", audit_log.c.subject == f"task/{task_id}"
+                )
+            ).scalars()
+            policies = [p for text in details for p in json.loads(text).get("policies", [])]
+        return lineage.record(
+            task_id=task.id,
+            workflow=task.workflow,
+            workflow_version=task.workflow_version,
+            input=task.input,
+            steps=[
+                {"name": s.name, "type": s.type, "seq": s.seq, "state": str(s.state), "output": s.output} for s in steps
+            ],
+            completions=completions,
+            policies=policies,
+        )
 
     # ---------------------------------------------------------------- retention and erasure
 

@@ -45,6 +45,9 @@ class StepOutcome:
     vars: Mapping[str, Any] = field(default_factory=dict)
     #: The step to continue with instead of the usual order (a rules branch or default).
     next_step: str | None = None
+    #: What produced the output, for the task's lineage (model name, version, endpoint; connector): recorded with
+    #: the step's completion event (``policies.lineage``).
+    lineage: Mapping[str, Any] | None = None
 
 
 class StepExecutor(Protocol):

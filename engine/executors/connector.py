@@ -76,11 +76,17 @@ class ConnectorExecutor:
                 raise StepError(residency_rules.DENIED, denied, retryable=False)
         payload = request_body(ctx, call.input, f"step {ctx.step.name!r} connector.input")
         if spec.type == "http" and spec.http is not None:
-            return StepOutcome(output=self._call_http(ctx, call.name, spec.http, payload))
+            return StepOutcome(
+                output=self._call_http(ctx, call.name, spec.http, payload), lineage={"connector": call.name}
+            )
         if spec.type == "kafkaSink" and spec.kafka_sink is not None:
-            return StepOutcome(output=self._send_record(ctx, call.name, spec.kafka_sink, payload))
+            return StepOutcome(
+                output=self._send_record(ctx, call.name, spec.kafka_sink, payload), lineage={"connector": call.name}
+            )
         if spec.type == "postgres" and spec.postgres is not None:
-            return StepOutcome(output=self._run_query(ctx, call, spec.postgres, payload))
+            return StepOutcome(
+                output=self._run_query(ctx, call, spec.postgres, payload), lineage={"connector": call.name}
+            )
         raise StepError(
             UNSUPPORTED_CONNECTOR,
             f"connector {call.name!r} is of type {spec.type}; connector steps support http, postgres and kafkaSink",

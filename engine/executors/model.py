@@ -81,7 +81,8 @@ class ModelExecutor:
                     MODEL_CALL_DURATION.labels(self.namespace, call.name, endpoint.version, outcome).observe(
                         time.perf_counter() - start
                     )
-        return StepOutcome(output=output)
+        lineage = {"model": call.name, "version": endpoint.version, "endpoint": url}
+        return StepOutcome(output=output, lineage=lineage)
 
 
 def _outcome(error: StepError) -> str:

@@ -378,13 +378,10 @@ class StateMachine:
         # The held lease pins the run's attempt count to the claim's, so the claim tells which attempt to close.
         self._finish_attempt(conn, claimed.step_run_id, claimed.attempt, "succeeded", error=None, now=now)
         # Written with the next step's events in one INSERT.
-        completed = outbox.event(
-            outbox.STEP_COMPLETED,
-            task_id=task.id,
-            tenant=task.tenant,
-            payload={"step": claimed.step, "type": claimed.step_type, "attempt": claimed.attempt},
-            now=now,
-        )
+        payload: dict[str, Any] = {"step": claimed.step, "type": claimed.step_type, "attempt": claimed.attempt}
+        if outcome.lineage is not None:
+            payload["lineage"] = outcome.lineage
+        completed = outbox.event(outbox.STEP_COMPLETED, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
         spec = definitions.load(conn, task.workflow, task.workflow_version)
         step = graph.step_named(spec, claimed.step)
         # The vars go into the same UPDATE of the task row that enters the next step or finishes the task.

@@ -106,6 +106,9 @@ def test_triggered_rule_waits_for_quorum_and_approval_completes_with_the_result(
     ]
     [required] = [r for r in engine.audit.records() if r.kind == "approval-rule"]
     assert json.loads(required.details)["policies"] == ["default/large-claims@3"]
+    lineage = engine.lineage("acme", task.id)
+    assert lineage["policies"] == ["default/large-claims@3"]
+    assert lineage["steps"][1]["decision"] == {"decision": "approved", "approvers": ["alice", "bob"]}
     assert engine.audit.verify().ok
 
 
