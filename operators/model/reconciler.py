@@ -40,7 +40,7 @@ Analyzer = Callable[[Model, str, str], Awaitable[rollouts.Verdict]]
 State = tuple[Mapping[str, Any], list["DeploymentSeen"], list[tuple[str, str]], list[str], list[gpus.QuotaSeen]]
 EventPoster = Callable[[dict[str, Any], rollouts.Event], None]
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0
-SERVICE_APPLIES = 4
+SERVICE_APPLIES = 8
 # Answers that say "not now" rather than "never": overload, timeouts, a restarting apiserver, a lost race.
 TRANSIENT_STATUS = frozenset({0, 409, 429, 500, 502, 503, 504})
 
