@@ -7,7 +7,13 @@ without every test having to remember a marker.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from engine.store.database import Database
+from engine.store.migrate import upgrade
 
 pytest_plugins = [
     "tests.fixtures.cluster",
@@ -24,3 +30,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Parametrises a test over both stores: a SQLite file, and a fresh schema of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'engine.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated store on ``db_url``."""
+    database = Database(db_url)
+    upgrade(database)
+    yield database
+    database.dispose()

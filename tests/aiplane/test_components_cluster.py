@@ -16,17 +16,14 @@ import os
 import signal
 import socket
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import yaml
-from sqlalchemy.engine import make_url
 
 from api import create_api_key
 from engine import Engine
@@ -35,7 +32,6 @@ from tests.fixtures.cluster import Cluster
 from tests.fixtures.downstream import Downstream, Reply
 from tests.fixtures.kafka import Kafka
 from tests.fixtures.polling import assert_eventually
-from tests.fixtures.postgres import Postgres
 from tests.operators.conftest import AIPLANE, Operator, crds_installed, wait_leading
 
 __all__ = ["crds_installed"]  # the CRDs fixture of the operator tests
@@ -62,19 +58,6 @@ def example(name: str, kind: str, metadata_name: str) -> dict[str, Any]:
 
 def apply(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest))
-
-
-@pytest.fixture
-def pg_url(postgres: Postgres) -> Iterator[str]:
-    """The store, in a schema of its own in the shared test database."""
-    schema = f"components_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_url(postgres.dsn).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    finally:
-        with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @dataclass

@@ -31,15 +31,6 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'engine.db'}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Parametrises a test over both stores."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'engine.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.fixture
 def downstream() -> Iterator[Downstream]:
     server = Downstream()

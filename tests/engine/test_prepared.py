@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,19 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from engine.store.database import Database
-from engine.store.migrate import upgrade
 from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import events, step_runs
 
 NOW = datetime(2026, 11, 25, 12, 30, 15, 123456, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    upgrade(database)
-    yield database
-    database.dispose()
 
 
 def _event(event_id: str, payload: Any, created_at: datetime = NOW) -> dict[str, Any]:

@@ -11,19 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import yaml
-from sqlalchemy.engine import make_url
 
 from engine import Engine
 from tests.fixtures.polling import assert_eventually
-from tests.fixtures.postgres import Postgres
 from tests.fixtures.prometheus import Prometheus
 from tests.helm.chart import CHART
 
@@ -107,18 +103,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-@pytest.fixture
-def pg_url(postgres: Postgres) -> Iterator[str]:
-    schema = f"obs_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_url(postgres.dsn).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    finally:
-        with psycopg.connect(postgres.libpq_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture
