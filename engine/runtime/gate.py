@@ -17,17 +17,16 @@ cluster; a workflow nobody described is taken to be in ``default`` with no label
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
-from crds.workflow import WorkflowSpec
-from engine.clock import new_id
-from engine.models import ApprovalState, StepState, TaskState
+from crds.base import Role
+from crds.workflow import Approval, Approvers, Step, WorkflowSpec
+from engine.models import ApprovalState, StepState
 from engine.payloads import PayloadCodec
-from engine.store import audit, outbox
+from engine.store import audit
 from engine.store.schema import approvals, step_runs
 from policies.approvals import Requirement, requirement, triggered, variables
 from policies.audit import Entry
@@ -39,16 +38,6 @@ POLICY_APPROVAL_STEP = "policy-approval"
 DEFAULT_EXPIRY = timedelta(days=7)
 
 RulesFor = Callable[[str], Sequence[EffectiveApproval]]
-
-
-@dataclass(frozen=True)
-class Parked:
-    """What parking a task on a Policy approval writes: the step run, the approval, the task row's new values."""
-
-    run: dict[str, Any]
-    approval: dict[str, Any]
-    task: dict[str, Any]
-    events: list[dict[str, Any]]
 
 
 class ApprovalGate:
@@ -84,63 +73,24 @@ class ApprovalGate:
         record(conn, task, required, "satisfied", now, by=by)
         return None
 
-    def park(self, task: sa.Row[Any], required: Requirement, now: datetime) -> Parked:
-        """The rows that put ``task`` on a pending Policy approval (the caller writes them and the result)."""
-        seq = task.step_seq + 1
-        run_id, approval_id = new_id(), new_id()
-        expires_at = now + self.expiry
-        run = {
-            "id": run_id,
-            "task_id": task.id,
-            "seq": seq,
-            "name": POLICY_APPROVAL_STEP,
-            "type": "approval",
-            "state": StepState.WAITING,
-            "priority": task.priority,
-            "attempts": 0,
-            "attempt_base": 0,
-            "idempotency_key": f"{task.id}-{seq}-{POLICY_APPROVAL_STEP}",
-            "next_run_at": None,
-            "sort_at": None,
-            "started_at": now,
-            "lease_owner": None,
-            "lease_token": None,
-            "lease_expires_at": None,
-            "output": None,
-            "output_ref": None,
-            "error": None,
-            "finished_at": None,
-            "created_at": now,
-            "updated_at": now,
-        }
-        approval = {
-            "id": approval_id,
-            "task_id": task.id,
-            "step_run_id": run_id,
-            "tenant": task.tenant,
-            "step": POLICY_APPROVAL_STEP,
-            "state": ApprovalState.PENDING,
-            "roles": sorted(required.roles),
-            "users": [],
-            "quorum": required.quorum,
-            "prompt": "; ".join(required.reasons),
-            "decisions": [],
-            "expires_at": expires_at,
-            "created_at": now,
-        }
-        payload = {
-            "approvalId": approval_id,
-            "step": POLICY_APPROVAL_STEP,
-            "quorum": required.quorum,
-            "expiresAt": expires_at.isoformat(),
-            "rules": list(required.rules),
-            "policies": [str(p) for p in required.policies],
-        }
-        events = [
-            outbox.event(outbox.APPROVAL_REQUESTED, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
-        ]
-        values = {"step_seq": seq, "current_step": POLICY_APPROVAL_STEP, "state": TaskState.WAITING, "updated_at": now}
-        return Parked(run=run, approval=approval, task=values, events=events)
+    def step(self, required: Requirement) -> Step:
+        """The synthetic approval step a task parks in for ``required``: entered like any approval step
+        (``StateMachine.entry``), so its step run and approval rows are the same as a workflow's own."""
+        # Built without validation: the roles, quorum and reasons come from Policies the operator checked, and the
+        # joined reasons may be longer than a prompt a workflow author may write.
+        approval = Approval.model_construct(
+            approvers=Approvers.model_construct(roles=cast("list[Role]", sorted(required.roles)), users=[]),
+            quorum=required.quorum,
+            prompt="; ".join(required.reasons),
+            expiry=f"{round(self.expiry / timedelta(milliseconds=1))}ms",
+        )
+        return Step.model_construct(name=POLICY_APPROVAL_STEP, type="approval", approval=approval)
+
+
+def requested_details(required: Requirement) -> dict[str, Any]:
+    """What the ``approval.requested`` event of a Policy approval says besides an approval step's: which rules
+    of which Policies asked for it."""
+    return {"rules": list(required.rules), "policies": [str(p) for p in required.policies]}
 
 
 def is_policy_approval(step: str, spec: WorkflowSpec) -> bool:

@@ -962,13 +962,16 @@ class StateMachine:
             policy_gate.record(conn, task, required, "unsatisfiable", now)
             self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values, events=events)
             return True
-        parked = self.gate.park(task, required, now)
+        parked = self.entry(task, self.gate.step(required), now)
+        assert parked.approval is not None
         _INSERT_RUN.execute(conn, parked.run)
         # The business result waits on the task row; approval turns it into the task's result.
         held = {"result": result.inline, "result_ref": result.ref}
         _UPDATE_TASK.execute(conn, {"_task_id": task.id, **parked.task, **task_values, **held})
         _INSERT_APPROVAL.execute(conn, parked.approval)
-        outbox.insert(conn, [*events, *parked.events])
+        details = policy_gate.requested_details(required)
+        requested = [{**event, "payload": {**event["payload"], **details}} for event in parked.events]
+        outbox.insert(conn, [*events, *requested])
         policy_gate.record(conn, task, required, "required", now)
         return True
 
