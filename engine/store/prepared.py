@@ -23,6 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from engine.store.database import dialect_insert
+
 _Processor = Callable[[Any], Any]
 
 
@@ -116,9 +118,7 @@ class InsertIgnoringConflicts:
         key = (conn.dialect.name, size, names)
         statement = self._statements.get(key)
         if statement is None:
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            insert = (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(self.table)
+            insert = dialect_insert(conn, self.table)
             values = [
                 {name: sa.bindparam(f"{name}_{index}", type_=self.table.c[name].type) for name in names}
                 for index in range(size)
