@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,8 @@ def step_references(step: Step) -> dict[str, str | None]:
     if step.approval is not None:
         references["approval.onReject"] = step.approval.on_reject
         references["approval.onExpire"] = step.approval.on_expire
+    if step.agent is not None and step.agent.escalation is not None:
+        references["agent.escalation.to"] = step.agent.escalation.to
     return references
 
 
@@ -90,6 +93,14 @@ def _structure(spec: WorkflowSpec) -> Iterator[Problem]:
                 )
         if step.next is not None and step.end:
             yield Problem(f"steps.{step.name}.next", f"step {step.name!r} sets both next and end")
+        if step.agent is not None:
+            actions = [action.name for action in step.agent.actions]
+            repeated = sorted({name for name in actions if actions.count(name) > 1})
+            if repeated:
+                yield Problem(
+                    f"steps.{step.name}.agent.actions",
+                    f"step {step.name!r}: agent action names must be unique; repeated: {', '.join(repeated)}",
+                )
         for where, target in step_references(step).items():
             if target is not None and target not in known:
                 yield Problem(
@@ -121,6 +132,8 @@ def _successors(spec: WorkflowSpec, index: int) -> list[tuple[str, str]]:
     if step.approval is not None:
         jumps = [("approval.onReject", step.approval.on_reject), ("approval.onExpire", step.approval.on_expire)]
         return usual + [(where, target) for where, target in jumps if target is not None]
+    if step.agent is not None and step.agent.escalation is not None:
+        return [*usual, ("agent.escalation.to", step.agent.escalation.to)]
     return usual
 
 
@@ -169,7 +182,31 @@ def expressions(step: Step) -> dict[str, str]:
     if step.rules is not None:
         found.update({f"rules.set.{k}": v for k, v in step.rules.set.items()})
         found.update({f"rules.branches[{i}].when": b.when for i, b in enumerate(step.rules.branches)})
+    if step.agent is not None:
+        found.update({f"agent.state.{k}": v for k, v in step.agent.state.items()})
+        found.update({f"agent.goal[{i}]": part for i, part in enumerate(template_expressions(step.agent.goal))})
+        if step.agent.escalation is not None and step.agent.escalation.when is not None:
+            found["agent.escalation.when"] = step.agent.escalation.when
     return found
+
+
+_TEMPLATE_PART = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+def template_expressions(template: str) -> list[str]:
+    """The CEL expressions of a ``{{ expr }}`` template (an agent's goal), in order."""
+    return [match.group(1).strip() for match in _TEMPLATE_PART.finditer(template)]
+
+
+def render_template(template: str, evaluate: Callable[[str], Any]) -> str:
+    """``template`` with each ``{{ expr }}`` replaced by ``evaluate(expr)`` (strings as they are, other values as
+    JSON)."""
+
+    def value(match: re.Match[str]) -> str:
+        result = evaluate(match.group(1).strip())
+        return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+
+    return _TEMPLATE_PART.sub(value, template)
 
 
 class CelCompileError(ValueError):

@@ -142,6 +142,30 @@ class PayloadLogging(K8sModel):
     sample_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls logged (0-1).")
 
 
+class AgentActionRule(K8sModel):
+    """Whether agents may take an action. A matching deny refuses it; when any rule allows, only allowed actions
+    run (an allow-list); the refusal is fed back to the planner and written to the audit log."""
+
+    name: Name = Field(description="Rule name, recorded with each decision.")
+    effect: Literal["allow", "deny"] = Field(default="deny", description="allow or deny what the rule matches.")
+    actions: list[ShortText] = Field(
+        default=["*"],
+        min_length=1,
+        max_length=64,
+        description="Action names, or what they call as kind/name (model/claims-extractor, connector/mail, "
+        "workflow/refund); * for every action.",
+    )
+    tenants: list[ShortText] = Field(default_factory=list, max_length=256, description="Tenants; empty: every one.")
+    data_classes: list[ShortText] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Data classes of the task (its privacy annotation, e.g. pii); empty: any, none included.",
+    )
+    when: CelExpression | None = Field(
+        default=None, description="Match only when true; over action, arguments, tenant, dataClass and input."
+    )
+
+
 class PolicySpec(K8sModel):
     """Desired state of a Policy; every part is optional and parts combine across policies (deny wins)."""
 
@@ -158,6 +182,12 @@ class PolicySpec(K8sModel):
     residency: Residency | None = Field(default=None, description="Regions data may go to.")
     rate_limits: list[RateLimit] = Field(default_factory=list, max_length=8, description="Rate limits per tenant.")
     payload_logging: PayloadLogging | None = Field(default=None, description="Sampled payload logs.")
+    agent_actions: list[AgentActionRule] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Which actions agent steps may take, per tenant and data class (deny wins).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
 
 
 class Selection(K8sModel):

@@ -26,8 +26,8 @@ from crds.base import (
     condition_column,
 )
 
-StepType = Literal["model", "connector", "rules", "approval"]
-STEP_TYPES: tuple[str, ...] = ("model", "connector", "rules", "approval")
+StepType = Literal["model", "connector", "rules", "approval", "agent"]
+STEP_TYPES: tuple[str, ...] = ("model", "connector", "rules", "approval", "agent")
 
 
 class Backoff(K8sModel):
@@ -140,6 +140,148 @@ class Approval(K8sModel):
     )
 
 
+class ActionModel(K8sModel):
+    """An agent action that calls a Model's BentoML API with the planner's arguments as the request body."""
+
+    name: Name = Field(description="Name of the Model resource in the same namespace.")
+    api: str = Field(
+        default="predict",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="BentoML API (endpoint) to call.",
+    )
+
+
+class ActionConnector(K8sModel):
+    """An agent action that calls a Connector with the planner's arguments as the payload."""
+
+    name: Name = Field(description="Name of the Connector resource in the same namespace.")
+    operation: str | None = Field(
+        default=None, max_length=128, description="Connector-specific operation, e.g. a named query."
+    )
+
+
+class ActionWorkflow(K8sModel):
+    """An agent action that runs another Workflow as a child task with the planner's arguments as its input."""
+
+    name: Name = Field(description="Name of the Workflow in the same namespace.")
+    version: str | None = Field(
+        default=None, max_length=64, description="A registered version of it; omit for the current one."
+    )
+
+
+class AgentAction(K8sModel):
+    """Something the agent may do: one model, connector or sub-workflow, described for the planner."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel_rule(
+                "[has(self.model), has(self.connector), has(self.workflow)].filter(x, x).size() == 1",
+                "an action names exactly one of model, connector or workflow",
+            )
+        )
+    )
+
+    name: Name = Field(description="Name the planner proposes the action by, unique within the step.")
+    description: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="What the action does and when it helps: the planner chooses by it (the retrieval planner "
+        "embeds it).",
+    )
+    model: ActionModel | None = Field(default=None, description="The Model the action calls.")
+    connector: ActionConnector | None = Field(default=None, description="The Connector the action calls.")
+    workflow: ActionWorkflow | None = Field(default=None, description="The Workflow the action runs as a child task.")
+    input_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"},
+        description="JSON Schema the planner's arguments must match; arguments that do not are refused before "
+        "anything is called, and the planner is told why.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    cost: float = Field(
+        default=1.0,
+        ge=0,
+        le=1000,
+        description="What one run of the action spends of limits.maxCost, in model-call units.",
+    )
+    retry: Retry = Field(default_factory=Retry, description="Attempts and backoff when the action fails.")
+    timeout: Duration = Field(default="30s", description="Longest time one attempt of the action may take.")
+
+
+class Planner(K8sModel):
+    """The Model that proposes the agent's next action (the planner contract: docs/agents.md)."""
+
+    model: Name = Field(description="Name of the Model resource serving the planner API.")
+    api: str = Field(
+        default="plan",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="BentoML API of the planner.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Sent as is with every request: e.g. the scripted planner's rules.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    cost: float = Field(default=1.0, ge=0, le=1000, description="What one planner call spends of limits.maxCost.")
+    timeout: Duration = Field(default="30s", description="Longest time one planner call may take.")
+
+
+class AgentLimits(K8sModel):
+    """When the agent stops without reaching its goal."""
+
+    max_steps: int = Field(default=10, ge=1, le=100, description="Actions proposed, at most.")
+    max_cost: float = Field(
+        default=50.0, gt=0, le=100_000, description="Cost of planner calls and actions, in model-call units."
+    )
+    deadline: Duration = Field(default="10m", description="Wall-clock time from the agent's first proposal.")
+
+
+class Escalation(K8sModel):
+    """When the agent hands over to people: the step it continues with gets the whole transcript."""
+
+    to: Name = Field(description="Step to continue with, usually an approval step; it sees steps.<agent>.output.")
+    min_confidence: float = Field(
+        default=0.5, ge=0, le=1, description="A proposal with a lower confidence escalates instead of running."
+    )
+    when: CelExpression | None = Field(
+        default=None,
+        description="Escalate when true; over proposal (action, arguments, confidence), transcript and the task's "
+        "data.",
+    )
+    on_limit: bool = Field(
+        default=True, description="Escalate when a limit stops the agent; false fails the step (dead letter)."
+    )
+
+
+class Agent(K8sModel):
+    """A planner-driven loop of governed actions toward a goal: each action is checked and checkpointed."""
+
+    goal: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="What the agent is to achieve; {{ expr }} parts are CEL over the task's data, e.g. "
+        "Complete claim {{ input.claimId }}.",
+    )
+    planner: Planner = Field(description="The Model that proposes each next action.")
+    actions: list[AgentAction] = Field(
+        min_length=1,
+        max_length=32,
+        description="What the agent may do.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    state: dict[str, CelExpression] = Field(
+        default_factory=dict,
+        description="What the planner sees of the task: each key set to its CEL value; empty sends the task input.",
+    )
+    limits: AgentLimits = Field(default_factory=AgentLimits, description="When the agent stops.")
+    escalation: Escalation | None = Field(
+        default=None, description="When to hand over to people; omit to fail the step where it would escalate."
+    )
+
+
 def _exactly_the_block_for_type() -> list[dict[str, str]]:
     return [
         cel_rule(
@@ -166,11 +308,12 @@ class Step(K8sModel):
     )
 
     name: Name = Field(description="Unique name of the step within the workflow.")
-    type: StepType = Field(description="What the step does: model, connector, rules or approval.")
+    type: StepType = Field(description="What the step does: model, connector, rules, approval or agent.")
     model: ModelCall | None = Field(default=None, description="With type model: the model to call.")
     connector: ConnectorCall | None = Field(default=None, description="With type connector: the connector to call.")
     rules: Rules | None = Field(default=None, description="With type rules: values to decide and branches.")
     approval: Approval | None = Field(default=None, description="With type approval: the human gate.")
+    agent: Agent | None = Field(default=None, description="With type agent: the goal, planner, actions and limits.")
     next: Name | None = Field(default=None, description="Step to continue with; omit to go to the next in the list.")
     end: bool = Field(default=False, description="End the task after this step.")
     retry: Retry = Field(default_factory=Retry, description="Attempts and backoff when the step fails.")
@@ -201,6 +344,10 @@ _DANGLING_REFERENCES = (
     (
         "approval.onExpire",
         "has(s.approval) && has(s.approval.onExpire) && !self.steps.exists(t, t.name == s.approval.onExpire)",
+    ),
+    (
+        "agent.escalation.to",
+        "has(s.agent) && has(s.agent.escalation) && !self.steps.exists(t, t.name == s.agent.escalation.to)",
     ),
 )
 
@@ -263,7 +410,7 @@ class WorkflowStatus(StatusBase):
 
 
 class Workflow(Resource):
-    """A graph of steps (model, connector, rules, approval) with retries, timeouts and an SLA."""
+    """A graph of steps (model, connector, rules, approval, agent) with retries, timeouts and an SLA."""
 
     KIND: ClassVar[str] = "Workflow"
     PLURAL: ClassVar[str] = "workflows"

@@ -66,6 +66,18 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> None:
         node[last] = value
 
 
+def _agent_step(escalation: dict[str, Any] | None = None, **target: Any) -> dict[str, Any]:
+    """An agent step in place of the example's first step, with one action calling ``target``."""
+    agent: dict[str, Any] = {
+        "goal": "Complete claim {{ input.claimId }}",
+        "planner": {"model": "claims-planner"},
+        "actions": [{"name": "extract", "description": "Extract the claim's fields.", **target}],
+    }
+    if escalation is not None:
+        agent["escalation"] = escalation
+    return {"name": "extract", "type": "agent", "agent": agent}
+
+
 BAD_CASES: tuple[BadCase, ...] = (
     BadCase(
         "canary-weight-150",
@@ -159,6 +171,20 @@ BAD_CASES: tuple[BadCase, ...] = (
         {"spec.steps.0.end": True, "spec.steps.0.next": "decide"},
         "spec.steps[0].next",
         "next or end, not both",
+    ),
+    BadCase(
+        "agent-action-with-two-targets",
+        "Workflow",
+        {"spec.steps.0": _agent_step(model={"name": "claims-extractor"}, connector={"name": "claims-results"})},
+        "spec.steps[0].agent.actions[0]",
+        "exactly one of model, connector or workflow",
+    ),
+    BadCase(
+        "agent-escalates-to-missing-step",
+        "Workflow",
+        {"spec.steps.0": _agent_step(model={"name": "claims-extractor"}, escalation={"to": "nowhere"})},
+        "spec.steps",
+        "agent.escalation.to must name a step of this workflow",
     ),
     BadCase(
         "connector-type-block-mismatch",
