@@ -56,3 +56,27 @@ MODEL_CALL_DURATION = Histogram(
     ["namespace", "model", "version", "outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+TASKS_FINISHED = Counter(
+    "aiplane_engine_tasks_finished_total",
+    "Tasks that reached an end state, by workflow, outcome (succeeded, failed, rejected, cancelled, "
+    "dead_lettered) and path (human: a person decided one of the task's approvals; automated: nobody did), "
+    "counted by the transaction that ends the task.",
+    ["workflow", "outcome", "path"],
+)
+TASK_DURATION = Histogram(
+    "aiplane_engine_task_duration_seconds",
+    "Time from submission to the end state (time to resolution, approvals' waits included), by workflow and outcome.",
+    ["workflow", "outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 259200, 604800),
+)
+APPROVALS_DECIDED = Counter(
+    "aiplane_engine_approvals_decided_total",
+    "Approvals that reached a verdict, by workflow and outcome (approved, rejected, expired).",
+    ["workflow", "outcome"],
+)
+
+
+def task_finished(workflow: str, outcome: str, *, human: bool, seconds: float) -> None:
+    """Count a task that reached its end state ``outcome`` ``seconds`` after it was submitted."""
+    TASKS_FINISHED.labels(workflow, outcome, "human" if human else "automated").inc()
+    TASK_DURATION.labels(workflow, outcome).observe(max(seconds, 0.0))

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crds.workflow import Step, WorkflowSpec
-from engine import callbacks
+from engine import callbacks, metrics
 from engine.clock import new_id
 from engine.durations import parse_duration
 from engine.errors import (
@@ -49,6 +49,15 @@ from engine.store.types import UTCDateTime
 
 # A task refused at a Policy approval keeps no result (it was held there only for the approvers).
 _NO_RESULT: dict[str, Any] = {"result": None, "result_ref": None}
+# Whether a person decided one of a task's approvals (an expiry is the engine's): the path label of finished tasks.
+_HUMAN_DECIDED = (
+    sa.select(approvals.c.id)
+    .where(
+        approvals.c.task_id == sa.bindparam("_task_id"),
+        approvals.c.state.in_([ApprovalState.APPROVED, ApprovalState.REJECTED]),
+    )
+    .limit(1)
+)
 
 # Reasons a task is dead-lettered.
 NON_RETRYABLE = "NonRetryable"
@@ -570,6 +579,7 @@ class StateMachine:
         )
         if state == ApprovalState.PENDING:
             return
+        metrics.APPROVALS_DECIDED.labels(task.workflow, state.value).inc()
         spec = definitions.load(conn, task.workflow, task.workflow_version)
         if policy_gate.is_policy_approval(approval.step, spec):
             self._decide_policy_approval(
@@ -610,6 +620,7 @@ class StateMachine:
             if approval.state != ApprovalState.PENDING:
                 continue
             expired += 1
+            metrics.APPROVALS_DECIDED.labels(task.workflow, ApprovalState.EXPIRED.value).inc()
             conn.execute(
                 sa.update(approvals)
                 .where(approvals.c.id == approval.id)
@@ -1137,6 +1148,8 @@ class StateMachine:
         outbox.insert(conn, [*(events or ()), ended])
         if task.callback_url:
             callbacks.record(conn, callbacks.row(task, event, state.value, result=result, error=error, now=now))
+        human = conn.execute(_HUMAN_DECIDED, {"_task_id": task.id}).first() is not None
+        metrics.task_finished(task.workflow, state.value, human=human, seconds=(now - task.created_at).total_seconds())
 
     def _cancel_active(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
         """Stop whatever the task is doing: a running worker's completion will find its lease token gone."""
