@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from policies import metrics
 from policies.pii.detection import DEFAULT_PHONE_REGIONS, Detector, Finding, detector
 from policies.tokens import MaskingKeyError, MaskingKeys, UnmaskDeniedError, may_unmask
 
@@ -363,6 +364,8 @@ class WorkflowMasking:
         if pii is None:
             return value
         masked = mask(value, pii, tenant, self.keys, root=root)
+        if masked.summary:
+            metrics.masked(masked.summary.action, (item.entity for item in masked.summary.items))
         if masked.summary and self.on_masked is not None:
             self.on_masked(tenant, workflow, masked.summary)
         return masked.value

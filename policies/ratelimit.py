@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from crds.policy import Policy, RateLimit
+from policies import metrics
 
 ALL = "*"  # the bucket key of a limit without a priority class
 
@@ -134,6 +135,7 @@ class RateLimiter:
             bucket.tokens = tokens
             bucket.stamp = now
             if tokens < 1.0:
+                metrics.denied("rate_limit")
                 return Refusal(tenant, key, limit.requests_per_second, limit.burst, (1.0 - tokens) / bucket.rate)
         for _, _, bucket in buckets:
             bucket.tokens -= 1.0

@@ -21,6 +21,7 @@ from engine.executors.resolvers import ConnectorResolver, SecretResolver
 from engine.flow import cel
 from engine.sinks import InMemorySink, Record, RecordSink
 from engine.tracing import ATTR_TASK_ID, SPAN_CONNECTOR_CALL, tracer
+from policies import metrics as policy_metrics
 from policies import residency as residency_rules
 
 CONNECTOR_NOT_FOUND = "ConnectorNotFound"
@@ -73,6 +74,7 @@ class ConnectorExecutor:
         if self.residency is not None:
             denied = self.residency.check(ctx.tenant, ctx.workflow, "connector", call.name, spec.region)
             if denied is not None:
+                policy_metrics.denied("residency")
                 raise StepError(residency_rules.DENIED, denied, retryable=False)
         payload = request_body(ctx, call.input, f"step {ctx.step.name!r} connector.input")
         if spec.type == "http" and spec.http is not None:

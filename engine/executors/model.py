@@ -13,6 +13,7 @@ from engine.executors.resolvers import ModelResolver, pick_endpoint
 from engine.flow import cel
 from engine.metrics import MODEL_CALL_DURATION
 from engine.tracing import ATTR_TASK_ID, SPAN_MODEL_CALL, tracer
+from policies import metrics as policy_metrics
 from policies import residency as residency_rules
 
 MODEL_UNAVAILABLE = "ModelUnavailable"
@@ -46,6 +47,7 @@ class ModelExecutor:
         assert call is not None
         denied = self.residency.check(ctx.tenant, ctx.workflow, "model", call.name) if self.residency else None
         if denied is not None:  # not retried: the answer does not change by trying again
+            policy_metrics.denied("residency")
             raise StepError(residency_rules.DENIED, denied, retryable=False)
         endpoint = pick_endpoint(self.resolver.endpoints(call.name), self.rng)
         if endpoint is None:

@@ -28,6 +28,7 @@ from engine.models import ApprovalState, StepState
 from engine.payloads import PayloadCodec
 from engine.store import audit
 from engine.store.schema import approvals, step_runs
+from policies import metrics as policy_metrics
 from policies.approvals import Requirement, requirement, triggered, variables
 from policies.audit import Entry
 from policies.effective import EffectiveApproval
@@ -142,6 +143,7 @@ def record(
         details["satisfiedBy"] = by
     entry = Entry("approval-rule", f"task/{task.id}", decision, details, tenant=task.tenant, actor="engine")
     audit.append(conn, entry, now=now)
+    policy_metrics.DECISIONS.labels("approval", decision).inc()
 
 
 def _step_outputs(conn: sa.Connection, codec: PayloadCodec, task_id: str) -> dict[str, Any]:
