@@ -35,6 +35,7 @@ from engine import Engine, InMemorySink, Record, StaticConnectorResolver, Static
 from policies.effective import Target
 from policies.masking import WorkflowMasking, compile_policy
 from policies.payloads import PayloadLog
+from policies.ratelimit import SharedRateLimiter
 from policies.residency import Residency
 from policies.sources import PolicySet
 from policies.tokens import MaskingKeys
@@ -100,6 +101,7 @@ class DevStack:
             callbacks_to_private_networks=True,
             pii=pii_masking(self.policies, self._of(Workflow), self.data_dir),
             approval_rules=approval_rules(self.policies, self._of(Workflow)),
+            tenants=tenant_access(self.policies, self._of(Workflow)),
             retention=engine_retention(self.policies, self._of(Workflow)),
             payloads=payload_log(self.policies, self._of(Workflow)),
             residency=Residency.from_policy_set(
@@ -111,7 +113,8 @@ class DevStack:
             log.info("workflow registered", extra={"workflow": workflow.metadata["name"], "version": version})
         if self.embedded_kafka is not None:
             # After the workflows: a source's first batch would otherwise stall on a workflow not yet registered.
-            self.embedded_kafka.start_sources(self.engine, DEV_TENANT)
+            # Their own token buckets, following the Policies' rate limits as the gateway's do.
+            self.embedded_kafka.start_sources(self.engine, DEV_TENANT, rate=SharedRateLimiter(self.policies))
         return self.engine
 
     def workflow_targets(self) -> dict[str, Target]:
@@ -191,6 +194,16 @@ def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callab
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).approvals
 
     return rules_for
+
+
+def tenant_access(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], frozenset[str] | None]:
+    """The tenants each workflow's Policies allow (None: any), for the engine's intake."""
+    targets = _targets(workflows)
+
+    def tenants_for(workflow: str) -> frozenset[str] | None:
+        return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).tenants
+
+    return tenants_for
 
 
 def _log_record(record: Record) -> None:

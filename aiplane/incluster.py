@@ -3,10 +3,10 @@ NAMESPACE``): the Workflows the operator found valid (registered into the store)
 regions, the Connectors and the Secrets they name, and the Policies, each kept current by a watch.
 
 The Policies reach the same enforcement points as in ``aiplane dev``, but follow the cluster as it changes: PII
-masking (inputs, step outputs, error texts), payload logging, residency, the approval rules' gate, the workers'
-retention purge, and at the gateway the rate limits and separation of duties. A Policy selects workflows by
-namespace and labels, which come from the Workflow watch. Every hook is installed even while no Policy asks for
-it, since one may be applied later; an ungoverned workflow costs a cached lookup per call.
+masking (inputs, step outputs, error texts), payload logging, residency and tenant access, the approval rules'
+gate, the workers' retention purge, and at the gateway the rate limits and separation of duties. A Policy selects
+workflows by namespace and labels, which come from the Workflow watch. Every hook is installed even while no Policy
+asks for it, since one may be applied later; an ungoverned workflow costs a cached lookup per call.
 """
 
 from __future__ import annotations
@@ -93,6 +93,10 @@ class ClusterSources:
             found = self._effective(workflow)
             return found.approvals if found is not None else ()
 
+        def tenants(workflow: str) -> frozenset[str] | None:
+            found = self._effective(workflow)
+            return found.tenants if found is not None else None
+
         def pins(_tenant: str, workflow: str) -> frozenset[str] | None:
             found = self._effective(workflow)
             return found.regions if found is not None else None
@@ -109,6 +113,7 @@ class ClusterSources:
             "payloads": PayloadLog(rate_for),
             "approval_rules": rules_for,
             "residency": Residency(pins=pins, model_regions=self.models.regions),
+            "tenants": tenants,
             # The workers' periodic purge; periods asked per workflow at each purge, so a Policy change applies to
             # the next one, and a workflow this process has not seen is not purged by a namespace's Policy.
             "retention": Retention(

@@ -20,7 +20,6 @@ from api.problems import ProblemError
 from api.state import Gateway, gateway
 from api.store import KEY_PREFIX, ApiKeyStore, Principal
 from crds.policy import Policy
-from crds.workflow import WorkflowSpec
 from engine import Engine
 from policies.access_oidc import Identity, JwksUnavailableError, TokenError
 from policies.effective import Target, applicable
@@ -161,29 +160,6 @@ def check_rate(gw: Gateway, tenant: str, priority: str | None) -> None:
             priority=refusal.priority,
             limit=refusal.rate,
             burst=refusal.burst,
-        )
-
-
-def check_residency(gw: Gateway, tenant: str, workflow: str, spec: WorkflowSpec) -> None:
-    """403 when a step of the workflow would send the task's data out of the regions its Residency Policies pin
-    it to: refused before the task exists (the engine checks again before each call, as the policies may change)."""
-    residency = gw.engine.residency
-    if residency is None:
-        return
-    resolver = gw.engine.connector_resolver
-
-    def connector_region(name: str) -> str | None:
-        connector = resolver.connector(name)
-        return connector.region if connector is not None else None
-
-    violations = residency.plan_violations(tenant, workflow, spec, connector_region)
-    if violations:
-        raise ProblemError(
-            403,
-            "residency-denied",
-            "; ".join(violations),
-            workflow=workflow,
-            allowed_regions=", ".join(sorted(residency.pinned(tenant, workflow) or ())),
         )
 
 

@@ -61,6 +61,18 @@ class NotAuthorizedError(EngineError):
     type = "not-authorized"
 
 
+class PolicyDeniedError(EngineError):
+    """A Policy refuses the submission (``policies.admission``); ``type`` is the denial's reason, e.g.
+    ``tenant-denied`` or ``residency-denied``, and the problem type and dead-letter reason alike."""
+
+    http_status = 403
+    type = "policy-denied"
+
+    def __init__(self, detail: str, *, reason: str, **fields: Any) -> None:
+        super().__init__(detail, **fields)
+        self.type = reason  # type: ignore[misc]  # per instance: one error class for every denial reason
+
+
 class IdempotencyMismatchError(EngineError):
     """The idempotency key was used before with a different request body."""
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -80,6 +80,7 @@ from engine.tracing import (
 )
 from engine.worker import Worker, WorkerConfig
 from policies import lineage
+from policies.admission import Admission
 from policies.residency import Residency
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class Engine:
         sqlite_synchronous: str = "FULL",
         callbacks_to_private_networks: bool = False,
         residency: Residency | None = None,
+        tenants: Callable[[str], frozenset[str] | None] | None = None,
         pii: WorkflowMasking | None = None,
         payloads: PayloadLog | None = None,
         approval_rules: RulesFor | None = None,
@@ -135,6 +137,8 @@ class Engine:
         ``WorkerConfig.retention_interval`` (``Engine.purge``). None: nothing is purged.
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
+        ``tenants``: the tenants a workflow's Policies allow (None: any), by workflow name. With ``residency``, a
+        submission they deny is refused at intake (``policies.admission``), however it comes in.
         """
         self.residency = residency
         self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
@@ -157,6 +161,8 @@ class Engine:
         self.audit = AuditLog(self.db, clock=clock)
         self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
         self.pii = self.intake.pii = pii
+        if residency is not None or tenants is not None:
+            self.intake.admission = Admission(tenants, residency, self._connector_region)
         self.payloads = payloads
         self.retention = retention
         self.bus: Bus = bus or InMemoryBus()
@@ -173,6 +179,10 @@ class Engine:
         )
         self.rng = rng
         self._workers: list[Worker] = []
+
+    def _connector_region(self, name: str) -> str | None:
+        connector = self.connector_resolver.connector(name)
+        return connector.region if connector is not None else None
 
     def close(self) -> None:
         for worker in list(self._workers):

@@ -14,12 +14,14 @@ the event loop (one thread), which is what makes the check-then-take below free 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from crds.policy import Policy, RateLimit
 from policies import metrics
+from policies.sources import PolicySet
 
 ALL = "*"  # the bucket key of a limit without a priority class
 
@@ -161,3 +163,25 @@ class RateLimiter:
         buckets = tuple(made)
         self._buckets[(tenant, priority)] = buckets
         return buckets
+
+
+class SharedRateLimiter:
+    """A ``RateLimiter`` for threads (Kafka sources) rather than one event loop, rebuilt from ``policies`` on every
+    change (a change refills the buckets, as at the gateway). Its buckets are its own: a Kafka source and a gateway
+    each admit up to the configured rate, as two gateway replicas do."""
+
+    def __init__(self, policies: PolicySet | None = None, *, limiter: RateLimiter | None = None) -> None:
+        """``limiter``: the buckets to start with (tests give one with their own clock); replaced on a change."""
+        self._lock = threading.Lock()
+        self._limiter = limiter or RateLimiter()
+        if policies is not None:
+            policies.on_change(self._rebuild)
+
+    def _rebuild(self, policies: tuple[Policy, ...]) -> None:
+        limiter = RateLimiter.from_policies(policies)
+        with self._lock:
+            self._limiter = limiter
+
+    def take(self, tenant: str, priority: str | None = None) -> Refusal | None:
+        with self._lock:
+            return self._limiter.take(tenant, priority)

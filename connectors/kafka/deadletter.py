@@ -23,7 +23,10 @@ HEADER_OFFSET = "aiplane-dlq-offset"
 MALFORMED = "malformed"  # not JSON, or its idempotency key could not be derived
 INVALID = "invalid"  # the workflow refused the input (schema)
 MISMATCH = "idempotency-mismatch"  # the key was used before for another input
-REFUSED = "refused"  # a policy (the source's validate hook) refused it
+REFUSED = "refused"  # the source's validate hook refused it
+# A Policy denied it at intake: the reason is the denial's, as in the gateway's problem type.
+TENANT_DENIED = "tenant-denied"
+RESIDENCY_DENIED = "residency-denied"
 
 # Headers are for people and tools to read, not a place for a whole stack trace.
 _DETAIL_LIMIT = 2000

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from connectors.kafka.bus import DEFAULT_EVENTS_TOPIC, KafkaBus
 from connectors.kafka.clients import ensure_topics
 from connectors.kafka.sink import KafkaRecordSink
-from connectors.kafka.source import KafkaSource, SourceSettings, Validate
+from connectors.kafka.source import KafkaSource, Limiter, SourceSettings, Validate
 from crds.connector import ConnectorSpec
 from engine.facade import Engine
 
@@ -32,12 +32,17 @@ class EmbeddedKafka:
         self.sources: list[KafkaSource] = []
         self._threads: list[threading.Thread] = []
 
-    def start_sources(self, engine: Engine, tenant: str, validate: Validate | None = None) -> None:
+    def start_sources(
+        self, engine: Engine, tenant: str, validate: Validate | None = None, rate: Limiter | None = None
+    ) -> None:
         for name, spec in self.connectors.items():
             if spec.kafka_source is None:
                 continue
             source = KafkaSource(
-                engine, SourceSettings(connector=name, tenant=tenant, spec=spec.kafka_source), validate=validate
+                engine,
+                SourceSettings(connector=name, tenant=tenant, spec=spec.kafka_source),
+                validate=validate,
+                rate=rate,
             )
             thread = threading.Thread(target=source.run, name=f"kafka-source-{name}", daemon=True)
             self.sources.append(source)

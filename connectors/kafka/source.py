@@ -7,6 +7,13 @@ acknowledgements: a crash anywhere before the commit means the messages are read
 keys (topic/partition/offset, or a CEL expression over the message) give back the tasks made the first time
 instead of new ones. A message that cannot become a task goes to the dead-letter topic with the reason in its
 headers; a batch that fails as a whole (store down, workflow not registered) is read again after a pause.
+
+Policies govern these tasks as they govern the gateway's: the engine's intake masks their input and refuses a
+tenant or a residency the workflow's Policies deny (dead-lettered with that reason, ``tenant-denied`` or
+``residency-denied``); the workers' approval gate holds them as any task. A tenant over its rate limit is slowed
+down, not refused: the messages past the limit are left on the topic (offsets not committed, partitions rewound)
+and read again once the bucket refills, so the limit shows as consumer lag rather than as dead letters someone
+must put back.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import TopicPartition
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
@@ -28,7 +35,7 @@ from connectors.kafka.codec import header
 from connectors.kafka.validation import InputInvalidError, InputSchemas
 from crds.connector import KafkaSource as KafkaSourceSpec
 from crds.workflow import WorkflowSpec
-from engine.errors import IdempotencyMismatchError, InvalidRequestError, WorkflowNotFoundError
+from engine.errors import IdempotencyMismatchError, InvalidRequestError, PolicyDeniedError, WorkflowNotFoundError
 from engine.executors.resolvers import SecretResolver
 from engine.facade import Engine
 from engine.flow import cel
@@ -37,6 +44,25 @@ from engine.runtime.intake import Accepted, Outcome, Submission
 log = logging.getLogger(__name__)
 
 Validate = Callable[[str, WorkflowSpec], None]
+#: The class a source's tasks are submitted in, and whose rate limit they count against.
+PRIORITY = "normal"
+#: The longest a rate-limited source waits before it looks again (a stop is noticed within it too).
+_MAX_THROTTLE = 5.0
+
+
+class Throttle(Protocol):
+    """A rate limit's refusal (``policies.ratelimit.Refusal``)."""
+
+    @property
+    def retry_after(self) -> float: ...
+
+    def describe(self) -> str: ...
+
+
+class Limiter(Protocol):
+    """Token buckets per tenant and priority class (``policies.ratelimit.SharedRateLimiter``)."""
+
+    def take(self, tenant: str, priority: str | None = None) -> Throttle | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +98,9 @@ class BatchResult:
     accepted: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    #: Messages left on the topic for now (a rate limit), read again after ``retry_after`` seconds.
+    deferred: int = 0
+    retry_after: float = 0.0
 
     @property
     def consumed(self) -> int:
@@ -98,15 +127,18 @@ class KafkaSource:
         *,
         validate: Validate | None = None,
         secrets: SecretResolver | None = None,
+        rate: Limiter | None = None,
     ) -> None:
         """``validate``: called with the workflow version and spec before a task is written; raising refuses
         the message, which then goes to the dead-letter topic (how policies reject input).
         ``secrets``: where the Secret keys of the spec's ``auth`` are read (a consumer pod: the files the Connector
         operator mounts, ``DirectorySecretResolver``); the consumer and the dead-letter producer both use it.
+        ``rate``: the tenant's rate limits; messages past them wait on the topic (see the module's docstring).
         Raises ``clients.SecretMissingError`` naming a key that is not there."""
         self.engine = engine
         self.settings = settings
         self.validate = validate
+        self.rate = rate
         self.schemas = InputSchemas()
         spec = settings.spec
         auth = clients.security_settings(spec.auth, secrets)
@@ -145,7 +177,9 @@ class KafkaSource:
         """Consume until ``stop``; a failed batch is logged, counted, and read again after ``retry_backoff``."""
         while not self._stopped.is_set():
             try:
-                self.poll_once()
+                result = self.poll_once()
+                if result.deferred:
+                    self._stopped.wait(min(result.retry_after, _MAX_THROTTLE))
             except SourceStalledError as exc:
                 log.warning("source %s stalled (%s): %s", self.settings.connector, exc.reason, exc)
                 metrics.STALLS.labels(self.settings.connector, exc.reason).inc()
@@ -182,13 +216,25 @@ class KafkaSource:
             return BatchResult()
         started = time.perf_counter()
         records = [record for partition_records in batches.values() for record in partition_records]
+        records, deferred, throttle = self._admit(records)
         try:
-            result = self._take(records)
-            self._commit(batches)
+            result = self._take(records) if records else BatchResult()
+            self._commit(records)
         except BaseException:
             self.dead_letters.discard()
-            self._rewind(batches)
+            self._rewind([*records, *deferred])
             raise
+        if deferred:
+            assert throttle is not None
+            self._rewind(deferred)
+            result.deferred, result.retry_after = len(deferred), throttle.retry_after
+            log.info(
+                "source %s: %d message(s) wait on the topic: %s",
+                self.settings.connector,
+                len(deferred),
+                throttle.describe(),
+            )
+            metrics.STALLS.labels(self.settings.connector, "rate-limited").inc()
         for outcome, count in (
             ("accepted", result.accepted),
             ("duplicate", result.duplicates),
@@ -199,6 +245,17 @@ class KafkaSource:
         metrics.BATCH_DURATION.labels(self.settings.connector).observe(time.perf_counter() - started)
         self._measure_lag()
         return result
+
+    def _admit(self, records: list[Any]) -> tuple[list[Any], list[Any], Throttle | None]:
+        """(taken, deferred, why): the records the tenant's rate limits admit now, in order, and the rest. A prefix
+        of each partition's records is taken, so committing the taken ones never skips a deferred one."""
+        if self.rate is None:
+            return records, [], None
+        for index, _ in enumerate(records):
+            throttle = self.rate.take(self.settings.tenant, PRIORITY)
+            if throttle is not None:
+                return records[:index], records[index:], throttle
+        return records, [], None
 
     def _take(self, records: Sequence[Any]) -> BatchResult:
         result = BatchResult()
@@ -216,7 +273,7 @@ class KafkaSource:
         for record, outcome in zip(submitted, outcomes, strict=True):
             refusal = _refusal(outcome)
             if refusal is not None:
-                dead.append((record, refusal, str(outcome)))
+                dead.append((record, refusal, self._masked(str(outcome))))
             elif isinstance(outcome, Accepted) and not outcome.created:
                 result.duplicates += 1
             else:
@@ -231,6 +288,11 @@ class KafkaSource:
             raise SourceStalledError("dead-letter-unavailable", f"dead-letter topic: {exc}") from exc
         return result
 
+    def _masked(self, detail: str) -> str:
+        """A refusal's text, masked as the workflow's input is: an input check may quote the input."""
+        pii = self.engine.pii
+        return pii.text(self.settings.tenant, self.settings.spec.workflow, detail) if pii is not None else detail
+
     def _submission(self, record: Any) -> Submission:
         try:
             value = json.loads(record.value) if record.value is not None else None
@@ -243,6 +305,7 @@ class KafkaSource:
             workflow=self.settings.spec.workflow,
             input=value,
             idempotency_key=self._key(record, value),
+            priority=PRIORITY,
             validate=lambda version, spec: self._check(value, version, spec),
             trace_context=header(record.headers, "traceparent"),
         )
@@ -272,20 +335,28 @@ class KafkaSource:
             raise _MalformedError(f"idempotency key {expression!r} gave {key!r}; it must give a string or number")
         return str(key)
 
-    def _commit(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batches.items() if rs}
+    def _commit(self, records: Sequence[Any]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for record in records:  # in offset order per partition: the last one wins
+            offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "", -1)
+        if not offsets:
+            return
         try:
             self.consumer.commit(offsets)
         except (CommitFailedError, RebalanceInProgressError) as exc:
             # The group is moving partitions: whoever gets them reads the batch again and finds its tasks.
             raise SourceStalledError("rebalance", f"offsets not committed: {exc}") from exc
 
-    def _rewind(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Put each partition back to the batch's first message, so the next poll reads the batch again."""
+    def _rewind(self, records: Sequence[Any]) -> None:
+        """Put each partition back to the first of ``records`` on it, so the next poll reads them again."""
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
         assigned = self.consumer.assignment()
-        for tp, records in batches.items():
-            if records and tp in assigned:
-                self.consumer.seek(tp, records[0].offset)
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
 
     def _measure_lag(self) -> None:
         for tp in self.consumer.assignment():
@@ -308,6 +379,8 @@ def _refusal(outcome: Outcome) -> str | None:
         raise SourceStalledError("workflow-missing", str(outcome))
     if isinstance(outcome, IdempotencyMismatchError):
         return deadletter.MISMATCH
+    if isinstance(outcome, PolicyDeniedError):
+        return outcome.type  # tenant-denied, residency-denied: what the gateway's problem type says
     if isinstance(outcome, InvalidRequestError | InputInvalidError):
         return deadletter.INVALID
     if isinstance(outcome, Exception):

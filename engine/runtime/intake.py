@@ -7,7 +7,8 @@ with one submission pays what it always did.
 
 Per submission, and never a write for one that fails a check:
 
-1. resolve the workflow version, check the input (``Submission.validate``) and decide the task's rows, first
+1. resolve the workflow version, ask the Policies whether the tenant may submit it at all (``Intake.admission``:
+   tenants, residency), check the input (``Submission.validate``) and decide the task's rows, first
    step included, before writing anything;
 2. claim the request's Idempotency-Key (``RequestKey``): a new key is inserted already answered with the caller's
    response when the caller can give it now (an async submission's answer is the new task, known from step 1),
@@ -31,7 +32,7 @@ import sqlalchemy as sa
 from crds.workflow import WorkflowSpec
 from engine.clock import Clock, new_id
 from engine.durations import parse_duration
-from engine.errors import EngineError, IdempotencyMismatchError, InvalidRequestError
+from engine.errors import EngineError, IdempotencyMismatchError, InvalidRequestError, PolicyDeniedError
 from engine.flow import definitions, graph
 from engine.models import Priority, StepRun, Task, TaskState
 from engine.payloads import PayloadCodec
@@ -45,6 +46,7 @@ from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
 
 if TYPE_CHECKING:
+    from policies.admission import Admission
     from policies.masking import WorkflowMasking
 
 _INSERT_TASK = Prepared(sa.insert(tasks))
@@ -138,6 +140,8 @@ class _Plan:
 class Intake:
     #: Masks task inputs before they are stored or run (``policies.masking``); None when no Policy masks PII.
     pii: WorkflowMasking | None = None
+    #: Refuses submissions a Policy denies (tenants, residency), before their input is checked; None: no Policy.
+    admission: Admission | None = None
 
     def __init__(
         self,
@@ -189,6 +193,10 @@ class Intake:
         if version is None:
             version = heads[sub.workflow] = definitions.head_version(conn, sub.workflow)
         spec = definitions.load(conn, sub.workflow, version)
+        if self.admission is not None:
+            denial = self.admission.check(sub.tenant, sub.workflow, spec)
+            if denial is not None:
+                raise PolicyDeniedError(denial.detail, reason=denial.reason, **denial.fields)
         if sub.validate is not None:
             try:
                 sub.validate(version, spec)

@@ -15,6 +15,7 @@ from api import create_api_key, create_app
 from api.fast_submit import SubmitFastPath
 from crds.policy import Policy
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
+from engine.errors import PolicyDeniedError
 from policies.effective import Target
 from policies.residency import DENIED, Residency, pinned_regions, violation
 from policies.sources import PolicySet
@@ -141,6 +142,8 @@ def test_a_pinned_task_never_calls_out_of_its_region(
     engine: Engine, downstream: Downstream, step: dict[str, Any], path: str
 ) -> None:
     _register(engine, "claims-eu", step)
+    # The check at call time, for tasks that were submitted before the pin came (intake refuses them otherwise).
+    engine.intake.admission = None
     task = _run(engine, "claims-eu")
     assert task.state in {"failed", "dead_lettered"}, task.state
     assert task.error is not None
@@ -189,6 +192,16 @@ def test_the_gateway_refuses_such_a_submission_with_a_problem(engine: Engine, do
             )
     assert answers[0] == answers[1]
     assert [t.workflow for t in engine.list("acme").items] == ["open", "open"]  # the refused ones were not written
+
+
+def test_intake_refuses_a_submission_in_code_as_the_gateway_does(engine: Engine, downstream: Downstream) -> None:
+    _register(engine, "claims-eu", _model("triage-us"))
+    with pytest.raises(PolicyDeniedError) as refused:
+        engine.submit("acme", "claims-eu", {"claimId": "c-1"})
+    assert refused.value.type == "residency-denied"
+    assert refused.value.http_status == 403
+    assert "step 'call': workflow 'claims-eu' keeps its data in eu-west" in refused.value.detail
+    assert engine.list("acme").items == []
 
 
 def _routed(engine: Engine) -> Any:

@@ -1,0 +1,71 @@
+"""Whether a submission may become a task at all: the Policy decisions taken once, at intake, for every way a task
+comes in (the gateway's ``POST /v1/tasks``, a Kafka source's messages, ``Engine.submit`` in code).
+
+- Tenant access: every Policy of the workflow that lists ``access.tenants`` must name the task's tenant (deny wins);
+- Residency: no model or connector step of the workflow may sit outside the regions the workflow is pinned to
+  (refused before the task exists rather than half-way; the engine checks again before each call).
+
+The engine's intake asks ``Admission.check`` before the input is checked or anything written, so a denied tenant
+learns nothing about the workflow's input schema. Rate limits are not here: a gateway answers 429 before reading
+the body, and a Kafka source slows down instead of refusing (``policies.ratelimit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from crds.workflow import WorkflowSpec
+from policies.residency import Residency
+
+Reason = Literal["tenant-denied", "residency-denied"]
+TENANT_DENIED: Reason = "tenant-denied"
+RESIDENCY_DENIED: Reason = "residency-denied"
+
+
+@dataclass(frozen=True)
+class Denial:
+    """Why a submission is refused: ``reason`` is the problem type and dead-letter reason, ``detail`` what to fix."""
+
+    reason: Reason
+    detail: str
+    #: Facts for the problem document (``allowed_regions``, ``allowed_tenants``).
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _no_region(name: str) -> str | None:
+    return None
+
+
+@dataclass
+class Admission:
+    """``tenants``: a workflow's allowed tenants (None: any), as ``EffectivePolicy.tenants`` says; ``residency``:
+    the workflow's pins and the Models' regions; ``connector_region``: a Connector's ``spec.region`` by name."""
+
+    tenants: Callable[[str], frozenset[str] | None] | None = None
+    residency: Residency | None = None
+    connector_region: Callable[[str], str | None] = _no_region
+
+    def check(self, tenant: str, workflow: str, spec: WorkflowSpec) -> Denial | None:
+        if self.tenants is not None:
+            allowed = self.tenants(workflow)
+            if allowed is not None and tenant not in allowed:
+                return Denial(
+                    TENANT_DENIED,
+                    f"tenant {tenant!r} may not run workflow {workflow!r}: its Policies' access.tenants do not "
+                    "name this tenant; ask the workflow's owners to add it",
+                    {"tenant": tenant, "workflow": workflow},
+                )
+        if self.residency is not None:
+            violations = self.residency.plan_violations(tenant, workflow, spec, self.connector_region)
+            if violations:
+                return Denial(
+                    RESIDENCY_DENIED,
+                    "; ".join(violations),
+                    {
+                        "workflow": workflow,
+                        "allowed_regions": ", ".join(sorted(self.residency.pinned(tenant, workflow) or ())),
+                    },
+                )
+        return None
