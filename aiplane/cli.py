@@ -51,6 +51,10 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         db = Database(url, pool_size=1)
         migrate.upgrade(db)
         record = AuditLog(db).append
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
     try:
         run.run(
             Config.from_env(),
@@ -274,6 +278,8 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
         help="seconds a replica's keep-alive lasts: how long a standby waits before taking over from a dead leader",
     )
     operator.add_argument("--liveness", default=None, help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    operator.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics")
     operator.set_defaults(func=_cmd_operator)
 
     cluster_help = (

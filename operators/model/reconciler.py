@@ -21,6 +21,7 @@ import kubernetes
 import pydantic
 
 from crds.model import GPUQuota, Model, ModelSpec, ModelStatus
+from operators import metrics as operator_metrics
 from operators.model import builders, gpus, naming, validation
 from operators.model import plan as plans
 from operators.model import rollout as rollouts
@@ -157,6 +158,7 @@ class Reconciler:
         return version is not None and self._own_writes.get(uid) == version
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        operator_metrics.forget_model(namespace, name)
         self._locks.pop((namespace, name), None)
         self._pending.discard((namespace, name))
         self._failures.pop((namespace, name), None)
@@ -298,6 +300,13 @@ class Reconciler:
         folded = statuses.fold(model, generation=generation, plan=plan, observed=observed, urls=urls, now=now)
         folded = folded.model_copy(update={"gpu_quota": gpu_quota(model, folded, quotas)})
         await self._write_status(namespace, name, uid, folded)
+        operator_metrics.model_reconciled(
+            namespace,
+            name,
+            {e.version: e.weight for e in folded.endpoints or ()},
+            canary=spec.canary is not None,
+            event=plan.event.reason if plan.event is not None else None,
+        )
         if plan.event is not None:
             ref = {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "Model", "metadata": meta}
             self.post_event(ref, plan.event)
