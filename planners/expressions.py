@@ -1,0 +1,95 @@
+"""CEL in planner configs: compiled by the project's one cache (``crds.checks.program``), evaluated over what a
+``PlanRequest`` says.
+
+The activation (docs/planners.md lists it for config authors):
+
+- ``goal`` (string), ``state`` (as sent), ``budget`` (``stepsLeft``, ``costLeft``, ``secondsLeft``);
+- ``actions``: the names of the actions the agent may use;
+- ``transcript``: the entries so far, camelCase maps (``step``, ``action``, ``arguments``, ``confidence``,
+  ``reasoning``, ``outcome``, ``observation``, ``error``); ``last``: the last of them, or null;
+- ``succeeded``: action name -> the observation of its latest succeeded run (``'x' in succeeded``);
+- ``attempts``: action name -> how many times it was proposed (0 for every action not proposed yet).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from crds import checks
+from crds.planner import PlanRequest
+from planners.errors import evaluation_error
+
+
+def _compiles(expression: str) -> str:
+    error = checks.compile_error(expression)
+    if error is not None:
+        raise ValueError(f"CEL expression {expression!r} does not compile: {error}")
+    return expression
+
+
+#: A CEL expression in a planner config, refused at validation when it does not compile.
+CelExpression = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_compiles)]
+
+
+def activation(request: PlanRequest) -> dict[str, Any]:
+    transcript = [entry.model_dump(mode="json", by_alias=True) for entry in request.transcript]
+    succeeded: dict[str, Any] = {}
+    attempts: dict[str, int] = dict.fromkeys((action.name for action in request.actions), 0)
+    for entry in transcript:
+        attempts[entry["action"]] = attempts.get(entry["action"], 0) + 1
+        if entry["outcome"] == "succeeded":
+            succeeded[entry["action"]] = entry["observation"]
+    return {
+        "goal": request.goal,
+        "state": request.state,
+        "budget": request.budget.model_dump(mode="json", by_alias=True),
+        "actions": [action.name for action in request.actions],
+        "transcript": transcript,
+        "last": transcript[-1] if transcript else None,
+        "succeeded": succeeded,
+        "attempts": attempts,
+    }
+
+
+def evaluate(expression: str, variables: Mapping[str, Any], *, field: str) -> Any:
+    """``expression``'s value as JSON; a failure is a ``PlanError`` (422) naming ``field``."""
+    program = checks.program(expression)  # compiled when the config was validated: a cache hit
+    # Only the variables the text names: converting a long transcript for an expression that never reads it
+    # would be most of the call (CEL has no indirection, so an unnamed variable cannot be reached).
+    named = {name: value for name, value in variables.items() if name in expression}
+    try:
+        value = program.execute(named)
+    except Exception as exc:  # the extension raises KeyError, TypeError, ValueError, ZeroDivisionError, ...
+        message = f"no such key or variable {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise evaluation_error(field, expression, " ".join(message.split()) or type(exc).__name__) from exc
+    return _to_json(value)
+
+
+def evaluate_bool(expression: str, variables: Mapping[str, Any], *, field: str) -> bool:
+    value = evaluate(expression, variables, field=field)
+    if not isinstance(value, bool):
+        raise evaluation_error(field, expression, f"gave {type(value).__name__} {value!r}, not a bool")
+    return value
+
+
+def evaluate_map(expressions: Mapping[str, str], variables: Mapping[str, Any], *, field: str) -> dict[str, Any]:
+    return {key: evaluate(expr, variables, field=f"{field}.{key}") for key, expr in expressions.items()}
+
+
+def _to_json(value: Any) -> Any:
+    """CEL values as JSON: timestamps and durations as strings, bytes decoded."""
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return f"{value.total_seconds()}s"
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
