@@ -24,11 +24,13 @@ from opentelemetry.trace import Status, StatusCode
 
 from crds.workflow import WorkflowSpec
 from engine import gauges
+from engine.agent.loop import AgentExecutor, AgentRulesFor
+from engine.agent.records import Checkpoints
 from engine.bus import Bus, InMemoryBus, OutboxRelay
 from engine.callbacks import CallbackSender
 from engine.clock import Clock, utcnow
 from engine.durations import as_duration
-from engine.errors import ApprovalNotFoundError, InvalidRequestError, TaskNotFoundError
+from engine.errors import ApprovalNotFoundError, EngineError, InvalidRequestError, StepError, TaskNotFoundError
 from engine.executors.base import StepExecutor
 from engine.executors.connector import ConnectorExecutor
 from engine.executors.http import HttpCaller
@@ -119,6 +121,7 @@ class Engine:
         payloads: PayloadLog | None = None,
         approval_rules: RulesFor | None = None,
         retention: Retention | None = None,
+        agent_rules: AgentRulesFor | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -137,6 +140,8 @@ class Engine:
         ``WorkerConfig.retention_interval`` (``Engine.purge``). None: nothing is purged.
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
+        ``agent_rules``: a workflow's effective Policy agentActions rules by workflow name (``policies.agents``);
+        agent steps ask them before each action. None: no rule applies.
         ``tenants``: the tenants a workflow's Policies allow (None: any), by workflow name. With ``residency``, a
         submission they deny is refused at intake (``policies.admission``), however it comes in.
         """
@@ -178,6 +183,7 @@ class Engine:
             self.db, clock, allow_private_networks=callbacks_to_private_networks, rng=rng
         )
         self.rng = rng
+        self.agent_rules = agent_rules
         self._workers: list[Worker] = []
 
     def _connector_region(self, name: str) -> str | None:
@@ -480,18 +486,29 @@ class Engine:
 
     def executors(self) -> dict[str, StepExecutor]:
         """The step executors a worker of this engine uses, by step type."""
-        return {
-            "model": ModelExecutor(self.model_resolver, self.http, self.rng, residency=self.residency),
-            "connector": ConnectorExecutor(
-                self.connector_resolver,
-                self.http,
-                self.secret_resolver,
-                self.sink,
-                postgres=self.postgres,
-                residency=self.residency,
-            ),
-            "rules": RulesExecutor(),
-        }
+        model = ModelExecutor(self.model_resolver, self.http, self.rng, residency=self.residency)
+        connector = ConnectorExecutor(
+            self.connector_resolver,
+            self.http,
+            self.secret_resolver,
+            self.sink,
+            postgres=self.postgres,
+            residency=self.residency,
+        )
+        agent = AgentExecutor(
+            Checkpoints(self.db, self.codec),
+            models=self.model_resolver,
+            connectors=self.connector_resolver,
+            http=self.http,
+            model=model,
+            connector=connector,
+            children=_ChildTasks(self),
+            rules_for=self.agent_rules,
+            residency=self.residency,
+            clock=self.clock,
+            rng=self.rng,
+        )
+        return {"model": model, "connector": connector, "rules": RulesExecutor(), "agent": agent}
 
     def worker(self, config: WorkerConfig | None = None, **overrides: Any) -> Worker:
         """A worker on this engine's store (not started: ``start()`` it, or use it as a context manager).
@@ -587,6 +604,37 @@ class Engine:
             found = conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task_id, tasks.c.tenant == tenant)).first()
         if found is None:
             raise TaskNotFoundError(f"no task {task_id!r}", task_id=task_id)
+
+
+class _ChildTasks:
+    """An agent's workflow actions as child tasks of this engine (``engine.agent.loop.ChildTasks``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def start(
+        self, *, tenant: str, workflow: str, version: str | None, input: Any, key: str, trace_context: str | None
+    ) -> str:
+        submission = Submission(
+            tenant=tenant,
+            workflow=workflow,
+            input=input,
+            version=version,
+            idempotency_key=key,
+            trace_context=trace_context,
+        )
+        [outcome] = self.engine.submit_many([submission])
+        if isinstance(outcome, EngineError):
+            # The child cannot start as asked (unknown workflow, another input under the key): the action failed.
+            raise StepError(type(outcome).__name__, outcome.detail, retryable=False)
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert isinstance(outcome, Accepted)
+        return outcome.task.id
+
+    def outcome(self, tenant: str, task_id: str) -> tuple[str, Any, Mapping[str, Any] | None]:
+        task = self.engine.get(tenant, task_id)
+        return str(task.state), task.result, task.error
 
 
 def _approval(row: sa.Row[Any]) -> Approval:

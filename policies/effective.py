@@ -19,7 +19,9 @@ in (they are sorted by namespace and name first) and always errs on the side of 
 - approvals: every rule of every Policy applies; rules of the same name merge into the highest requirement (the
   largest quorum, only roles every one of them names, separation of duties if any asks for it);
 - rate limits: per priority class (or for all) the lowest rate and, separately, the smallest burst;
-- payload logging: the lowest sample rate.
+- payload logging: the lowest sample rate;
+- agent actions: every rule of every Policy applies (``policies.agents``: a matching deny refuses; once any rule
+  allows, only what some allow rule matches runs).
 
 What cannot be combined into something enforceable (approval rules of one name with no role in common) is listed
 in ``conflicts``; enforcement points refuse the call rather than guess.
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from crds.policy import PII, ApprovalRule, Policy, RateLimit
+from crds.policy import PII, AgentActionRule, ApprovalRule, Policy, RateLimit
 
 Kind = Literal["Workflow", "Model", "Connector"]
 PIIAction = Literal["redact", "hash", "tokenize"]
@@ -124,6 +126,8 @@ class EffectivePII:
     fields: tuple[str, ...]
     action: PIIAction
     unmask_roles: frozenset[str]
+    #: The Policies whose ``pii`` parts this combines: what a masking's audit record names.
+    sources: tuple[PolicyRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,14 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class EffectiveAgentRule:
+    """An agent action rule and the Policy it comes from."""
+
+    rule: AgentActionRule
+    source: PolicyRef
+
+
+@dataclass(frozen=True)
 class EffectivePolicy:
     """What every Policy that governs one target says, combined; ``sources`` lists them (empty: ungoverned)."""
 
@@ -170,6 +182,8 @@ class EffectivePolicy:
     #: priority class (or ``*``) → the strictest limit.
     rate_limits: Mapping[str, Limit] = field(default_factory=dict)
     payload_sample_rate: float | None = None
+    #: Every agentActions rule of the governing Policies, in Policy order.
+    agent_actions: tuple[EffectiveAgentRule, ...] = ()
     conflicts: tuple[str, ...] = ()
 
     @property
@@ -194,14 +208,14 @@ class EffectivePolicy:
         return Decision(False, f"region {region!r} is outside the allowed regions: {allowed}", self.sources)
 
 
-def _combine_pii(parts: list[PII]) -> EffectivePII | None:
+def _combine_pii(parts: list[PII], sources: tuple[PolicyRef, ...] = ()) -> EffectivePII | None:
     if not parts:
         return None
     action = min((p.action for p in parts), key=PII_ACTION_STRICTNESS.index)
     tokenizing = [frozenset(p.unmask_roles) for p in parts if p.action == "tokenize"]
     unmask = frozenset.intersection(*tokenizing) if action == "tokenize" and tokenizing else frozenset()
     fields = sorted({f for p in parts for f in p.fields})
-    return EffectivePII(frozenset(e for p in parts for e in p.entities), tuple(fields), action, unmask)
+    return EffectivePII(frozenset(e for p in parts for e in p.entities), tuple(fields), action, unmask, sources)
 
 
 def _combine_retention(policies: list[Policy]) -> dict[DataClass, timedelta]:
@@ -283,7 +297,9 @@ def combine(policies: Iterable[Policy]) -> EffectivePolicy:
     rates = [p.spec.payload_logging.sample_rate for p in ordered if p.spec.payload_logging]
     return EffectivePolicy(
         sources=tuple(ref(p) for p in ordered),
-        pii=_combine_pii([p.spec.pii for p in ordered if p.spec.pii is not None]),
+        pii=_combine_pii(
+            [p.spec.pii for p in ordered if p.spec.pii is not None], tuple(ref(p) for p in ordered if p.spec.pii)
+        ),
         retention=_combine_retention(ordered),
         approvals=approvals,
         tenants=frozenset.intersection(*tenant_lists) if tenant_lists else None,
@@ -291,6 +307,7 @@ def combine(policies: Iterable[Policy]) -> EffectivePolicy:
         regions=frozenset.intersection(*region_lists) if region_lists else None,
         rate_limits=_combine_limits(limit for p in ordered for limit in p.spec.rate_limits),
         payload_sample_rate=min(rates) if rates else None,
+        agent_actions=tuple(EffectiveAgentRule(rule, ref(p)) for p in ordered for rule in p.spec.agent_actions),
         conflicts=tuple(conflicts),
     )
 

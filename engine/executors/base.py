@@ -32,6 +32,12 @@ class StepContext:
     #: Seconds one attempt may take (the step's ``timeout``).
     timeout: float
     deadline: datetime | None = None
+    #: The step run and the lease it is held under: an executor that writes progress of its own (an agent's
+    #: checkpoints) writes it only while this lease is current.
+    step_run_id: str = ""
+    lease_token: str = ""
+    #: The submitting request's W3C traceparent (child tasks continue its trace).
+    trace_context: str | None = None
 
     @property
     def is_retry(self) -> bool:

@@ -27,6 +27,7 @@ from engine.store import audit
 from engine.store.audit import AuditLog
 from engine.store.database import Database
 from engine.store.schema import (
+    agent_actions,
     approvals,
     attempts,
     callbacks,
@@ -142,6 +143,17 @@ def purge(
                 )
                 refs.update(r for (r,) in conn.execute(sa.select(step_runs.c.output_ref).where(outputs)) if r)
                 conn.execute(sa.update(step_runs).where(outputs).values(output=None, output_ref=None))
+                # Agent steps' observations are step results too; their decision records stay for auditors.
+                observations = sa.and_(
+                    agent_actions.c.task_id.in_(done),
+                    sa.or_(agent_actions.c.observation.is_not(None), agent_actions.c.observation_ref.is_not(None)),
+                )
+                refs.update(
+                    r for (r,) in conn.execute(sa.select(agent_actions.c.observation_ref).where(observations)) if r
+                )
+                conn.execute(
+                    sa.update(agent_actions).where(observations).values(observation=None, observation_ref=None)
+                )
                 conn.execute(sa.delete(callbacks).where(callbacks.c.task_id.in_(done), callbacks.c.state != "pending"))
             if cut.events is not None:
                 done = sa.select(tasks.c.id).where(_finished(workflow, cut.events)).scalar_subquery()
@@ -164,10 +176,11 @@ def _drop_unreferenced(conn: sa.Connection, codec: PayloadCodec, refs: Iterable[
     dropped = 0
     for ref in sorted(set(refs)):
         used = conn.execute(
-            sa.select(tasks.c.id)
-            .where(sa.or_(tasks.c.input_ref == ref, tasks.c.result_ref == ref))
-            .union_all(sa.select(step_runs.c.id).where(step_runs.c.output_ref == ref))
-            .limit(1)
+            sa.union_all(
+                sa.select(tasks.c.id).where(sa.or_(tasks.c.input_ref == ref, tasks.c.result_ref == ref)),
+                sa.select(step_runs.c.id).where(step_runs.c.output_ref == ref),
+                sa.select(agent_actions.c.id).where(agent_actions.c.observation_ref == ref),
+            ).limit(1)
         ).first()
         if used is None and delete(ref):
             dropped += 1
@@ -225,8 +238,15 @@ def erase(
                 for (r,) in conn.execute(sa.select(step_runs.c.output_ref).where(step_runs.c.task_id.in_(chunk)))
                 if r is not None
             )
+            refs.update(
+                r
+                for (r,) in conn.execute(
+                    sa.select(agent_actions.c.observation_ref).where(agent_actions.c.task_id.in_(chunk))
+                )
+                if r is not None
+            )
             conn.execute(sa.delete(attempts).where(attempts.c.task_id.in_(chunk)))
-            for table in (approvals, callbacks, dead_letters, step_runs):
+            for table in (agent_actions, approvals, callbacks, dead_letters, step_runs):
                 conn.execute(sa.delete(table).where(table.c.task_id.in_(chunk)))
             removed_events += conn.execute(sa.delete(events).where(events.c.task_id.in_(chunk))).rowcount
             conn.execute(sa.delete(tasks).where(tasks.c.id.in_(chunk)))

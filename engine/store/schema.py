@@ -162,6 +162,40 @@ approvals = sa.Table(
     sa.Index(None, "task_id"),
 )
 
+# An agent step's decision record and checkpoint: one row per planner proposal, written before its action runs
+# and finished after, so a retried or resumed agent never runs a finished action again (engine.agent).
+agent_actions = sa.Table(
+    "agent_actions",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("task_id", ID, sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("step_run_id", ID, sa.ForeignKey("step_runs.id", ondelete="CASCADE"), nullable=False),
+    # 1-based proposal number within the step run.
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("tenant", TENANT, nullable=False),
+    # The planner's answer as it came (action, arguments, confidence, reasoning, done, escalate, result).
+    sa.Column("proposal", JSONText, nullable=False),
+    # allowed | denied | invalid | done | escalated
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    # The Policies (and rule) behind the decision.
+    sa.Column("policies", JSONText, nullable=False),
+    # running | succeeded | failed | denied | invalid | done | escalated
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("observation", sa.Text),
+    sa.Column("observation_ref", BLOB_REF),
+    sa.Column("error", JSONText),
+    # Model-call units spent: the planner call plus, once run, the action.
+    sa.Column("cost", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    # A workflow action's child task, once submitted.
+    sa.Column("child_task_id", ID),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.UniqueConstraint("step_run_id", "seq"),
+    sa.Index(None, "task_id"),
+)
+
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,

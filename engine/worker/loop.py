@@ -39,7 +39,8 @@ from engine.executors.base import StepContext, StepExecutor, StepOutcome
 from engine.flow import definitions, graph
 from engine.payloads import PayloadCodec
 from engine.runtime.context import TaskData, load_task_data
-from engine.runtime.transitions import Chain, Claimed, StateMachine
+from engine.runtime.transitions import Chain, Claimed, Completed, StateMachine
+from engine.store import audit
 from engine.store.database import Database
 from engine.store.schema import idempotency_keys
 from engine.store.types import dumps
@@ -56,6 +57,7 @@ from engine.tracing import (
 )
 
 if TYPE_CHECKING:
+    from policies.audit import Entry
     from policies.masking import WorkflowMasking
     from policies.payloads import PayloadLog
 
@@ -274,8 +276,9 @@ class Worker:
         parent = context_from_traceparent(claimed.trace_context)
         with tracer().start_as_current_span(SPAN_STEP, context=parent, attributes=attributes) as span:
             result = self._execute(ctx)
+            masking = None
             if self.pii is not None:
-                result = _masked(self.pii, claimed, result)
+                result, masking = _masked(self.pii, claimed, result)
             if self.payloads is not None and isinstance(result, StepOutcome):
                 self.payloads.step(
                     tenant=claimed.tenant,
@@ -290,7 +293,7 @@ class Worker:
                 span.set_attribute("error.type", result.kind)
         with self._inflight_lock:
             self._reporting.add(claimed.step_run_id)  # cleared with the in-flight entry, in _run_tracked
-        label, chained = self._report(claimed, result)
+        label, chained = self._report(claimed, result, masking)
         if label == "lease_lost":
             log.warning(
                 "worker %s lost the lease of step %s of task %s; its result was discarded",
@@ -331,6 +334,9 @@ class Worker:
             vars=data.vars,
             timeout=parse_duration(step.timeout).total_seconds(),
             deadline=claimed.deadline,
+            step_run_id=claimed.step_run_id,
+            lease_token=claimed.lease_token,
+            trace_context=claimed.trace_context,
         )
 
     def _execute(self, ctx: StepContext) -> StepOutcome | StepError | StepDeferredError:
@@ -356,12 +362,21 @@ class Worker:
             return StepError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)
 
     def _report(
-        self, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError
+        self, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError, masking: Entry | None = None
     ) -> tuple[str, Claimed | None]:
-        """Record the attempt's result: the outcome label for the duration histogram, and the chained next step."""
+        """Record the attempt's result: the outcome label for the duration histogram, and the chained next step.
+        ``masking``: the audit record of what was masked in the output, kept with it in one transaction."""
         if isinstance(result, StepOutcome):
             chain = None if self._stop.is_set() else self._chain
-            done = self._write(lambda conn: self.machine.complete(conn, claimed, result, self.clock(), chain=chain))
+
+            def complete(conn: sa.Connection) -> Completed | None:
+                now = self.clock()
+                completed = self.machine.complete(conn, claimed, result, now, chain=chain)
+                if completed is not None and masking is not None:
+                    audit.append(conn, masking, now=now)
+                return completed
+
+            done = self._write(complete)
             if done is None:
                 return "lease_lost", None
             return "succeeded", done.next
@@ -495,17 +510,20 @@ class Worker:
 
 def _masked(
     pii: WorkflowMasking, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError
-) -> StepOutcome | StepError | StepDeferredError:
-    """The attempt's result with personal data masked: what the store, the trace and the log then see."""
+) -> tuple[StepOutcome | StepError | StepDeferredError, Entry | None]:
+    """The attempt's result with personal data masked (what the store, the trace and the log then see), and the
+    audit record of what was masked in its output and vars (never the values), if anything was."""
     tenant, workflow = claimed.tenant, claimed.workflow
     if isinstance(result, StepOutcome):
-        output = pii.output(tenant, workflow, claimed.step, result.output)
-        variables = pii.variables(tenant, workflow, dict(result.vars)) if result.vars else result.vars
-        return dataclasses.replace(result, output=output, vars=variables)
+        variables = dict(result.vars) if result.vars else result.vars
+        output, variables, summary = pii.mask_step(tenant, workflow, claimed.step, result.output, variables)
+        subject = f"task/{claimed.task_id}/step/{claimed.step}/attempt/{claimed.attempt}"
+        entry = pii.audit_entry(tenant, workflow, subject, summary, actor="engine") if summary else None
+        return dataclasses.replace(result, output=output, vars=variables), entry
     if isinstance(result, StepError):
         message = pii.text(tenant, workflow, result.message)
         if message != result.message:
             return StepError(
                 result.kind, message, retryable=result.retryable, status=result.status, retry_after=result.retry_after
-            )
-    return result
+            ), None
+    return result, None
