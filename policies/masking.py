@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from policies import metrics
+from policies.audit import Entry
 from policies.pii.detection import DEFAULT_PHONE_REGIONS, Detector, Finding, detector
 from policies.tokens import MaskingKeyError, MaskingKeys, UnmaskDeniedError, may_unmask
 
@@ -359,20 +360,43 @@ class WorkflowMasking:
             return _Redact(frozenset(pii.entities), tuple(pii.fields))
         return pii
 
-    def _mask(self, tenant: str, workflow: str, value: Any, root: str) -> Any:
+    def _masked(self, tenant: str, workflow: str, value: Any, root: str) -> Masked:
         pii = self._policy(workflow)
         if pii is None:
-            return value
+            return Masked(value, MaskSummary("none"))
         masked = mask(value, pii, tenant, self.keys, root=root)
         if masked.summary:
             metrics.masked(masked.summary.action, (item.entity for item in masked.summary.items))
         if masked.summary and self.on_masked is not None:
             self.on_masked(tenant, workflow, masked.summary)
-        return masked.value
+        return masked
+
+    def _mask(self, tenant: str, workflow: str, value: Any, root: str) -> Any:
+        return self._masked(tenant, workflow, value, root).value
 
     def input(self, tenant: str, workflow: str, value: Any) -> Any:
         """A task input, before it is stored (and before any step, model or connector sees it)."""
         return self._mask(tenant, workflow, value, "input")
+
+    def mask_input(self, tenant: str, workflow: str, value: Any) -> Masked:
+        """``input``, with what was masked (for the task's audit record)."""
+        return self._masked(tenant, workflow, value, "input")
+
+    def mask_step(
+        self, tenant: str, workflow: str, step: str, output: Any, variables: Any
+    ) -> tuple[Any, Any, MaskSummary]:
+        """A step's output and the vars it sets, masked, with what was masked in both (one audit record a step)."""
+        out = self._masked(tenant, workflow, output, f"steps.{step}")
+        if not variables:
+            return out.value, variables, out.summary
+        var = self._masked(tenant, workflow, variables, "vars")
+        action = out.summary.action if out.summary else var.summary.action
+        return out.value, var.value, MaskSummary(action, out.summary.items + var.summary.items)
+
+    def audit_entry(self, tenant: str, workflow: str, subject: str, summary: MaskSummary, *, actor: str) -> Entry:
+        """The audit record of a masking (``masking_entry``), naming the Policies of the workflow's ``pii``."""
+        sources = getattr(self.policy_for(workflow), "sources", ())
+        return masking_entry(summary, tenant=tenant, workflow=workflow, subject=subject, policies=sources, actor=actor)
 
     def output(self, tenant: str, workflow: str, step: str, value: Any) -> Any:
         """A step's output (and the vars it sets), before it is stored."""
@@ -386,6 +410,16 @@ class WorkflowMasking:
         """An error message or other free text bound for the store, a log line or a span."""
         pii = self._policy(workflow)
         return text if pii is None else mask_text(text, pii, tenant, self.keys)
+
+
+def masking_entry(
+    summary: MaskSummary, *, tenant: str, workflow: str, subject: str, policies: Iterable[object], actor: str
+) -> Entry:
+    """The audit record of one masking (kind ``policy``, decision ``mask``): which entities at which JSON paths,
+    which action, the workflow and the Policies (``namespace/name@generation``) that asked for it; never the values,
+    so the log itself holds no personal data."""
+    details = {**summary.to_dict(), "workflow": workflow, "policies": sorted(str(p) for p in policies)}
+    return Entry("policy", subject, "mask", details, tenant=tenant, actor=actor)
 
 
 def masks_in(value: Any) -> Iterator[str]:

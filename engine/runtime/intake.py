@@ -39,7 +39,7 @@ from engine.payloads import PayloadCodec
 from engine.runtime import records
 from engine.runtime.queue import parse_priority
 from engine.runtime.transitions import Entry, StateMachine
-from engine.store import outbox
+from engine.store import audit, outbox
 from engine.store.database import Database
 from engine.store.idempotency import Claim, IdempotencyStore, check_key, request_hash
 from engine.store.prepared import InsertIgnoringConflicts, Prepared
@@ -47,7 +47,7 @@ from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
 
 if TYPE_CHECKING:
     from policies.admission import Admission
-    from policies.masking import WorkflowMasking
+    from policies.masking import MaskSummary, WorkflowMasking
 
 _INSERT_TASK = Prepared(sa.insert(tasks))
 _INSERT_RUN = Prepared(sa.insert(step_runs))
@@ -161,8 +161,11 @@ class Intake:
         """One outcome per submission, in order: ``Accepted``, ``Replayed``, or the error that refused it
         (``EngineError``, or whatever ``validate`` raised). Database errors fail the whole batch (raised)."""
         now = self.clock()
+        masked: list[MaskSummary | None] = [None] * len(batch)
         if self.pii is not None:  # before the write transaction: detection takes milliseconds per input
-            batch = [dataclasses.replace(s, input=self.pii.input(s.tenant, s.workflow, s.input)) for s in batch]
+            inputs = [self.pii.mask_input(s.tenant, s.workflow, s.input) for s in batch]
+            batch = [dataclasses.replace(s, input=i.value) for s, i in zip(batch, inputs, strict=True)]
+            masked = [i.summary for i in inputs]
         outcomes: list[Outcome | None] = [None] * len(batch)
         with self.db.write() as conn:
             heads: dict[str, str] = {}
@@ -175,7 +178,8 @@ class Intake:
                 except _RefusedError as refused:
                     outcomes[index] = refused.error
             owners = self._claim_keys(conn, plans, outcomes)
-            self._insert(conn, owners, outcomes)
+            created = self._insert(conn, owners, outcomes)
+            self._audit_masking(conn, created, masked, now)
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -288,7 +292,8 @@ class Intake:
 
     # ---------------------------------------------------------------- 3. write the tasks
 
-    def _insert(self, conn: sa.Connection, plans: list[_Plan], outcomes: list[Outcome | None]) -> None:
+    def _insert(self, conn: sa.Connection, plans: list[_Plan], outcomes: list[Outcome | None]) -> list[_Plan]:
+        """Write the tasks; the plans that made a new one."""
         deduplicated = [p for p in plans if p.task["idempotency_key"] is not None]
         created = [p for p in plans if p.task["idempotency_key"] is None]
         if created:
@@ -301,12 +306,30 @@ class Intake:
                 else:
                     outcomes[plan.index] = self._earlier_task(conn, plan)
         if not created:
-            return
+            return created
         _INSERT_RUN.executemany(conn, [p.entry.run for p in created])
         _INSERT_APPROVAL.executemany(conn, [p.entry.approval for p in created if p.entry.approval is not None])
         outbox.insert(conn, [event for p in created for event in p.events])
         for plan in created:
             outcomes[plan.index] = plan.accepted
+        return created
+
+    def _audit_masking(
+        self, conn: sa.Connection, created: list[_Plan], masked: list[MaskSummary | None], now: datetime
+    ) -> None:
+        """One audit record per new task whose input was masked, in the tasks' own transaction: a masked input is
+        never stored without the record of what was masked (and never the values). Tasks given back by their
+        idempotency key were recorded when they were made."""
+        if self.pii is None:
+            return
+        entries = [
+            self.pii.audit_entry(
+                p.submission.tenant, p.submission.workflow, f"task/{p.task['id']}/input", summary, actor="engine"
+            )
+            for p in created
+            if (summary := masked[p.index])
+        ]
+        audit.append_many(conn, entries, now=now)
 
     def _earlier_task(self, conn: sa.Connection, plan: _Plan) -> Outcome:
         task = plan.task

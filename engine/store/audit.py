@@ -9,7 +9,7 @@ one chain, and an append inside another write transaction (an approval decision)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import IO, Any
 
@@ -48,6 +48,25 @@ def append(conn: sa.Connection, entry: Entry, *, now: datetime) -> Record:
         .values(seq=record.seq, hash=record.hash, updated_at=now)
     )
     return record
+
+
+def append_many(conn: sa.Connection, entries: Sequence[Entry], *, now: datetime) -> list[Record]:
+    """``append`` for several entries at once: one head lock, one INSERT and one head update for all of them (the
+    masking records of an intake batch)."""
+    if not entries:
+        return []
+    head = _lock_head(conn, now)
+    records = []
+    for entry in entries:
+        record = seal(entry, after=head if head.seq else None, record_id=new_id(), at=now)
+        records.append(record)
+        head = Head(record.seq, record.hash)
+    conn.execute(_INSERT, [_row(record) for record in records])
+    last = records[-1]
+    conn.execute(
+        sa.update(audit_head).where(audit_head.c.id == _HEAD_ID).values(seq=last.seq, hash=last.hash, updated_at=now)
+    )
+    return records
 
 
 def append_approval(
