@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiplane
 from aiplane import dataflow, logs, manifests, retention_cli
@@ -17,6 +18,9 @@ from aiplane.settings import Settings
 from crds import RESOURCES
 from crds.generate import render
 from policies.audit import Head, Record, Verification, parse_anchor, verify
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 EXAMPLE_DIR = Path("examples/claims-triage")
 
@@ -193,7 +197,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         base = Head(first.seq - 1, first.prev_hash) if first is not None and first.seq > 1 else None
         head = None if last is None else Head(last.seq, last.hash)
         result: Verification = verify(records, head, base=base, anchors=anchors)
-        return _report(result, args.metrics_file)
+        return _report(result, args.metrics_file, args.push_to)
     url = args.database or os.environ.get("AIPLANE_DATABASE_URL")
     if url is None:
         url = f"sqlite:///{(args.data_dir or Settings.from_env().data_dir) / 'engine.db'}"
@@ -214,12 +218,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return 2
     finally:
         db.dispose()
-    return _report(result, args.metrics_file)
+    return _report(result, args.metrics_file, args.push_to)
 
 
-def _write_metrics(result: Verification, path: Path) -> None:
-    """The verdict as a Prometheus text file (node-exporter's textfile collector), for a verify CronJob to alert on."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+def audit_metrics(result: Verification) -> CollectorRegistry:
+    """The verdict as Prometheus gauges, in a registry of their own (the process's default one is not the verdict)."""
+    from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
     gauges = (
@@ -230,12 +234,31 @@ def _write_metrics(result: Verification, path: Path) -> None:
     for name, help_text, value in gauges:
         Gauge(name, help_text, registry=registry).set(float(value))
     Gauge("aiplane_policy_audit_verify_timestamp_seconds", "When it ran", registry=registry).set_to_current_time()
-    write_to_textfile(str(path), registry)
+    return registry
 
 
-def _report(result: Verification, metrics_file: Path | None = None) -> int:
+def _write_metrics(result: Verification, path: Path) -> None:
+    """The verdict as a Prometheus text file (node-exporter's textfile collector), for a verify CronJob to alert on."""
+    from prometheus_client import write_to_textfile
+
+    write_to_textfile(str(path), audit_metrics(result))
+
+
+#: The Pushgateway job a scheduled verify pushes its verdict under (the chart's CronJob).
+AUDIT_PUSH_JOB = "aiplane-audit-verify"
+
+
+def _report(result: Verification, metrics_file: Path | None = None, push_to: str | None = None) -> int:
     if metrics_file is not None:
         _write_metrics(result, metrics_file)
+    if push_to:
+        from prometheus_client import push_to_gateway
+
+        try:
+            push_to_gateway(push_to, job=AUDIT_PUSH_JOB, registry=audit_metrics(result), timeout=30)
+        except OSError as error:
+            # The verdict is still printed and still decides the exit code; the stale-verify alert notices.
+            print(f"aiplane audit: cannot push the verdict to {push_to}: {error}", file=sys.stderr)
     for problem in result.problems:
         print(f"TAMPERED {problem}")
     last = f"; head {result.last.seq}:{result.last.hash}" if result.last is not None else ""
@@ -257,6 +280,12 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=Path,
         default=None,
         help="verify: also write the verdict as Prometheus metrics to this file (textfile collector)",
+    )
+    audit.add_argument(
+        "--push-to",
+        default=None,
+        metavar="URL",
+        help="verify: also push the verdict to this Prometheus Pushgateway (a scheduled verify's, e.g. the chart's)",
     )
     audit.add_argument(
         "--anchor",
