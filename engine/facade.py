@@ -570,6 +570,15 @@ class Engine:
             policies=policies,
         )
 
+    def agent_decisions(self, tenant: str, task_id: str) -> builtins.list[dict[str, Any]]:
+        """The decision records of the task's agent steps: each planner proposal, the decision about it (with the
+        reason and Policies), and what its action did (``engine.agent.records``)."""
+        self._check_task(tenant, task_id)
+        return [
+            {"stepName": step, **record.as_json(), "createdAt": record.created_at, "finishedAt": record.finished_at}
+            for step, record in Checkpoints(self.db, self.codec).of_task(task_id)
+        ]
+
     # ---------------------------------------------------------------- retention and erasure
 
     def purge(self) -> Purged:

@@ -147,6 +147,17 @@ class Checkpoints:
             ).all()
         return [self._record(row) for row in rows]
 
+    def of_task(self, task_id: str) -> list[tuple[str, ActionRecord]]:
+        """Every agent step's records of a task, as (step name, record), in the order they were made."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(agent_actions, step_runs.c.name.label("step_name"))
+                .join(step_runs, step_runs.c.id == agent_actions.c.step_run_id)
+                .where(agent_actions.c.task_id == task_id)
+                .order_by(step_runs.c.seq, agent_actions.c.seq)
+            ).all()
+        return [(row.step_name, self._record(row)) for row in rows]
+
     def data_class(self, task_id: str) -> str | None:
         """The task's data class (its ``privacy`` annotation), for agent action rules."""
         with self.db.read() as conn:

@@ -55,6 +55,7 @@ def _namespace(namespace: str | None, kw: Mapping[str, Any]) -> Namespace:
         models=dict(kw["namespace_models"].get(namespace, [])),
         connectors=dict(kw["namespace_connectors"].get(namespace, [])),
         policies=frozenset(kw["namespace_policies"].get(namespace, [])),
+        workflows=frozenset(b["metadata"].get("name") for b in kw["workflow_bodies"].get(namespace, [])),
     )
 
 
@@ -63,7 +64,21 @@ def _namespace(namespace: str | None, kw: Mapping[str, Any]) -> Namespace:
 @kopf.on.update(*WORKFLOWS)
 async def validate_workflow(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
     reconciler: Reconciler = memo.workflow_reconciler
-    await reconciler.converge(body, _namespace(namespace, kw))
+    world = _namespace(namespace, kw)
+    await reconciler.converge(body, world)
+    # Agents of other Workflows may run this one: one that named it before it existed turns Valid now.
+    name = body.metadata.get("name")
+    for other in kw["workflow_bodies"].get(namespace, []):
+        if other["metadata"].get("name") != name and _runs_workflow(other["spec"], name):
+            await reconciler.converge(other, world)
+
+
+def _runs_workflow(spec: Mapping[str, Any], name: Any) -> bool:
+    return any(
+        (action.get("workflow") or {}).get("name") == name
+        for step in spec.get("steps") or []
+        for action in (step.get("agent") or {}).get("actions") or []
+    )
 
 
 @kopf.on.event(*WORKFLOWS)

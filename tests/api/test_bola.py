@@ -28,6 +28,7 @@ OBJECT_ROUTES = {
     ("get", "/v1/tasks/{taskId}/events"): "task-not-found",
     ("get", "/v1/tasks/{taskId}/trace"): "task-not-found",
     ("get", "/v1/tasks/{taskId}/lineage"): "task-not-found",
+    ("get", "/v1/tasks/{taskId}/agent-decisions"): "task-not-found",
     ("get", "/v1/approvals/{approvalId}"): "approval-not-found",
     ("post", "/v1/approvals/{approvalId}/approve"): "approval-not-found",
     ("post", "/v1/approvals/{approvalId}/reject"): "approval-not-found",

@@ -165,3 +165,44 @@ def test_the_version_is_the_hash_the_engine_always_stored() -> None:
     expected = hashlib.sha256(dumps(checks.canonical(the_spec)).encode()).hexdigest()[:16]
     assert checks.version_of(the_spec) == expected
     assert checks.version_of(spec(model_step(timeout="5s"))) != expected
+
+
+def agent_step(**agent: Any) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "goal": "Complete claim {{ input.claimId }}",
+        "planner": {"model": "planner"},
+        "actions": [
+            {"name": "extract", "description": "Extract.", "model": {"name": "extractor"}},
+            {"name": "mail", "description": "Ask for a document.", "connector": {"name": "mailer"}},
+            {"name": "refund", "description": "Refund.", "workflow": {"name": "refund"}},
+        ],
+        **agent,
+    }
+    return {"name": "agent", "type": "agent", "agent": block}
+
+
+def test_an_agent_names_existing_planner_models_connectors_and_workflows() -> None:
+    world = Namespace(
+        models={"extractor": True, "planner": False},
+        connectors={"mailer": ConnectorSeen(type="http", ready=True)},
+        workflows=frozenset({"refund"}),
+    )
+    assert validation.problems(spec(agent_step()), world, "ns") == []
+    assert validation.unready(spec(agent_step()), world) == ["Model/planner"]
+
+    empty = Namespace(models={"extractor": True}, workflows=frozenset())
+    found = {(p.field, p.reason) for p in validation.problems(spec(agent_step()), empty, "ns")}
+    assert found == {
+        ("steps.agent.agent.planner.model", "ModelNotFound"),
+        ("steps.agent.agent.actions.mail.connector.name", "ConnectorNotFound"),
+        ("steps.agent.agent.actions.refund.workflow.name", "WorkflowNotFound"),
+    }
+    # Workflows not known (None): not checked.
+    assert all(p.reason != "WorkflowNotFound" for p in validation.problems(spec(agent_step()), WORLD, "ns"))
+
+
+def test_an_agent_action_cannot_call_a_kafka_source() -> None:
+    world = Namespace(models={"extractor": True, "planner": True}, connectors=WORLD.connectors)
+    step = agent_step(actions=[{"name": "feed", "description": "No.", "connector": {"name": "intake"}}])
+    (problem,) = validation.problems(spec(step), world, "ns")
+    assert (problem.field, problem.reason) == ("steps.agent.agent.actions.feed.connector.name", "ConnectorNotCallable")
