@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
-from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
+from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, TaskSpanStore, WorkerConfig
 from tests.fixtures.downstream import Call, Downstream, Reply
 from tests.fixtures.polling import assert_eventually
 
@@ -36,6 +38,18 @@ def downstream() -> Iterator[Downstream]:
     server = Downstream()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def spans() -> TaskSpanStore:
+    """Spans ended in this process, by task id (the SDK's tracer provider, installed once)."""
+    store = TaskSpanStore()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(store)
+    return store
 
 
 # ---------------------------------------------------------------- engines

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crds.policy import AgentActionRule
-from engine import Engine, StaticConnectorResolver, StaticModelResolver, TaskState
+from engine import Engine, StaticConnectorResolver, StaticModelResolver, TaskSpanStore, TaskState
 from engine.runtime.intake import Accepted, Submission
 from engine.store.schema import agent_actions, audit_log
 from policies.effective import EffectiveAgentRule, PolicyRef
@@ -145,6 +145,26 @@ def test_the_agent_reaches_its_goal_and_every_proposal_is_recorded(
         kinds = [row.kind for row in conn.execute(sa.select(audit_log.c.kind).order_by(audit_log.c.seq))]
     assert kinds == ["agent-proposal", "agent-action", "agent-proposal", "agent-action", "agent-proposal"]
     assert engine.audit.verify().ok
+
+
+def test_each_proposal_decision_and_action_is_a_span_of_the_task(
+    spans: TaskSpanStore, make_engine: EngineFactory, db_url: str, downstream: Downstream
+) -> None:
+    engine = make(make_engine, db_url, downstream)
+    engine.register_workflow("triage", agent_workflow())
+    downstream.script(PLAN, act("extract", document="x"), act("fly"), done())
+    with fast_worker(engine):
+        task = engine.submit("acme", "triage", {"claimId": "C-19"})
+        assert wait_done(engine, "acme", task.id).state == TaskState.SUCCEEDED
+
+    found = [(span.name, dict(span.attributes or {})) for span in spans.spans(task.id)]
+    plans = [a for name, a in found if name == "aiplane.engine.agent.plan"]
+    decisions = [a for name, a in found if name == "aiplane.engine.agent.plan.decision"]
+    [action] = [a for name, a in found if name == "aiplane.engine.agent.action"]
+    assert [a["aiplane.agent.action"] for a in plans] == ["extract", "fly", "done"]
+    assert [a["aiplane.agent.decision"] for a in decisions] == ["allowed", "invalid", "done"]
+    assert (action["aiplane.agent.target"], action["aiplane.agent.outcome"]) == ("model/m", "succeeded")
+    assert "aiplane.engine.model_call" in {name for name, _ in found}
 
 
 def test_max_steps_stops_the_agent_and_escalates_with_the_transcript(

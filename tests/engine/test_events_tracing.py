@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 from engine import Engine, Event, InMemoryBus, TaskSpanStore, TaskState
 from tests.engine.conftest import Downstream, EngineFactory, connector_step, fast_worker, wait_done
@@ -59,17 +57,6 @@ def test_events_stay_in_the_outbox_until_the_bus_accepts_them(make_engine: Engin
     assert engine.relay.drain() == 1
     assert [e.type for e in received] == ["task.submitted"]
     assert all(e.published_at is not None for e in engine.events(task.id))
-
-
-@pytest.fixture(scope="module")
-def spans() -> TaskSpanStore:
-    store = TaskSpanStore()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(store)
-    return store
 
 
 def test_spans_carry_the_task_id_and_traceparent_reaches_the_downstream(
