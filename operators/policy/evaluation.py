@@ -31,7 +31,8 @@ class Seen:
 
 
 def problems(spec: PolicySpec) -> list[Problem]:
-    """What keeps the Policy from being enforced as written: approval conditions that do not compile."""
+    """What keeps the Policy from being enforced as written: approval and agent action conditions that do not
+    compile (an agent action rule that cannot be evaluated would deny its actions: it fails closed)."""
     found: list[Problem] = []
     for index, rule in enumerate(spec.approvals):
         error = compile_error(rule.when)
@@ -40,6 +41,17 @@ def problems(spec: PolicySpec) -> list[Problem]:
                 Problem(
                     f"spec.approvals[{index}].when",
                     f"approval rule {rule.name!r}: cannot compile CEL expression {rule.when!r}: {error}",
+                    reason="CelCompileError",
+                )
+            )
+    for index, action_rule in enumerate(spec.agent_actions):
+        error = compile_error(action_rule.when) if action_rule.when is not None else None
+        if error is not None:
+            found.append(
+                Problem(
+                    f"spec.agentActions[{index}].when",
+                    f"agent action rule {action_rule.name!r}: cannot compile CEL expression {action_rule.when!r}: "
+                    f"{error}",
                     reason="CelCompileError",
                 )
             )

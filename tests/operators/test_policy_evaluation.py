@@ -58,3 +58,11 @@ def test_an_approval_rule_that_does_not_compile_is_ready_false_naming_it() -> No
     assert (ready.status, ready.reason) == ("False", "CelCompileError")
     assert "approval rule 'large'" in ready.message
     assert status.selected == 2  # what it would govern is still shown
+
+
+def test_an_agent_action_rule_that_does_not_compile_is_reported() -> None:
+    broken = spec(agentActions=[{"name": "big", "actions": ["refund"], "when": "arguments.amount >>"}])
+    [found] = problems(broken)
+    assert (found.field, found.reason) == ("spec.agentActions[0].when", "CelCompileError")
+    assert found.message.startswith("agent action rule 'big': cannot compile CEL expression 'arguments.amount >>'")
+    assert problems(spec(agentActions=[{"name": "ok", "when": "arguments.amount > 10"}])) == []
