@@ -226,18 +226,24 @@ class SentenceEmbedder:
         # is 0, so a padded text gives the same vector as the text alone.
         bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :].astype(np.float32)
         scale = np.float32(1.0 / np.sqrt(head_dim))
+        # Dense layers on (batch * width, hidden): one matrix product each rather than one per text.
+        x = x.reshape(batch * width, self.hidden)
         for layer in self.layers:
-            qkv = x @ layer.qkv_w + layer.qkv_b
-            qkv = qkv.reshape(batch, width, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            scores = (q @ k.transpose(0, 1, 3, 2)) * scale + bias
-            scores = scores - scores.max(axis=-1, keepdims=True)
+            qkv = (x @ layer.qkv_w + layer.qkv_b).reshape(batch, width, 3, self.heads, head_dim)
+            # Contiguous (batch, heads, width, head_dim) blocks: numpy's stacked matmul is several times slower
+            # on strided views.
+            q = np.ascontiguousarray(qkv[:, :, 0].transpose(0, 2, 1, 3))
+            k_t = np.ascontiguousarray(qkv[:, :, 1].transpose(0, 2, 3, 1))
+            v = np.ascontiguousarray(qkv[:, :, 2].transpose(0, 2, 1, 3))
+            scores = (q @ k_t) * scale + bias
+            scores -= scores.max(axis=-1, keepdims=True)
             probs = np.exp(scores)
             probs /= probs.sum(axis=-1, keepdims=True)
-            context = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, width, self.hidden)
+            context = (probs @ v).transpose(0, 2, 1, 3).reshape(batch * width, self.hidden)
             x = _layer_norm(context @ layer.out_w + layer.out_b + x, layer.ln1_g, layer.ln1_b, self.eps)
-            up = _gelu((x @ layer.up_w + layer.up_b).astype(np.float32))
+            up = _gelu(x @ layer.up_w + layer.up_b)
             x = _layer_norm(up @ layer.down_w + layer.down_b + x, layer.ln2_g, layer.ln2_b, self.eps)
+        x = x.reshape(batch, width, self.hidden)
         summed = (x * mask[:, :, None]).sum(axis=1)
         pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), np.float32(1e-9))
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
