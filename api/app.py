@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from api.fast_submit import SubmitFastPath
 from api.middleware import BodyLimitMiddleware, TelemetryMiddleware
 from api.problems import install_handlers, problem_components
-from api.routers import agents, approvals, dead_letters, erasures, health, lineage, models, tasks
+from api.routers import agents, approvals, dead_letters, detokenize, erasures, health, lineage, models, tasks
 from api.settings import GatewaySettings
 from api.state import Gateway
 from api.store import ApiKeyStore
@@ -98,7 +98,7 @@ def create_app(
     app.add_middleware(models.PredictFastPath, gateway=gw)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TelemetryMiddleware, log_requests=settings.access_log)
-    for module in (models, tasks, lineage, agents, approvals, dead_letters, erasures, health):
+    for module in (models, tasks, lineage, agents, approvals, dead_letters, detokenize, erasures, health):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -293,27 +293,57 @@ def detokenize(
     if not may_unmask(roles, pii.unmask_roles):
         allowed = ", ".join(sorted(pii.unmask_roles)) or "no role (the policy lets nobody unmask)"
         raise UnmaskDeniedError(f"unmasking needs one of the roles: {allowed}")
-    return _detokenize(payload, tenant, keys)
+    return open_tokens(payload, tenant, keys).value
 
 
-def _detokenize(value: Any, tenant: str, keys: MaskingKeys) -> Any:
-    if isinstance(value, dict):
-        return {k: _detokenize(v, tenant, keys) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_detokenize(v, tenant, keys) for v in value]
-    if not isinstance(value, str) or "<" not in value:
-        return value
-    whole = MASK.fullmatch(value)
-    if whole is not None and whole.group(2) == "t":
-        return keys.detokenize(tenant, whole.group(1), whole.group(3))
+@dataclass(frozen=True)
+class Opened:
+    """A payload with its tokens opened, and which ones (entity and JSON path)."""
 
-    def clear(match: re.Match[str]) -> str:
-        if match.group(2) != "t":
-            return match.group(0)
-        original = keys.detokenize(tenant, match.group(1), match.group(3))
-        return original if isinstance(original, str) else str(original)
+    value: Any
+    items: tuple[MaskedItem, ...]
 
-    return MASK.sub(clear, value)
+    def summary(self) -> dict[str, Any]:
+        entities: dict[str, int] = {}
+        for item in self.items:
+            entities[item.entity] = entities.get(item.entity, 0) + 1
+        return {
+            "tokens": len(self.items),
+            "entities": dict(sorted(entities.items())),
+            "paths": sorted({item.path for item in self.items}),
+        }
+
+
+def open_tokens(payload: Any, tenant: str, keys: MaskingKeys, *, root: str = "$") -> Opened:
+    """``payload`` with every token of ``tenant`` replaced by its value (a whole-string token by the value with its
+    JSON type). Raises ``policies.tokens.InvalidTokenError`` for a token of another tenant, or an altered one.
+    Redacted and hashed values stay: they cannot be reversed."""
+    items: list[MaskedItem] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str) or "<" not in value:
+            return value
+        whole = MASK.fullmatch(value)
+        if whole is not None:
+            if whole.group(2) != "t":
+                return value
+            items.append(MaskedItem(path, whole.group(1)))
+            return keys.detokenize(tenant, whole.group(1), whole.group(3))
+
+        def clear(match: re.Match[str]) -> str:
+            if match.group(2) != "t":
+                return match.group(0)
+            items.append(MaskedItem(path, match.group(1)))
+            original = keys.detokenize(tenant, match.group(1), match.group(3))
+            return original if isinstance(original, str) else str(original)
+
+        return MASK.sub(clear, value)
+
+    return Opened(walk(payload, root), tuple(items))
 
 
 @dataclass(frozen=True)

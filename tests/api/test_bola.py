@@ -41,6 +41,7 @@ OTHER_ROUTES = {
     ("get", "/v1/approvals"),
     ("get", "/v1/dead-letters"),
     ("post", "/v1/erasures"),
+    ("post", "/v1/detokenize"),
     ("post", "/v1/models/{name}/predict"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -54,6 +55,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/v1/models/{name}/predict"): {"claimId": "b-1"},
     # B's admin asks to erase the subject of A's tasks (their note holds SECRET): only B's tenant is searched.
     ("post", "/v1/erasures"): {"subject": "acme-private-7f3a", "fields": ["note"]},
+    # B opens a value of its own; A's tasks by id are tried after the walk.
+    ("post", "/v1/detokenize"): {"workflow": "gated", "value": {"note": "b"}, "reason": "b probes"},
 }
 
 
@@ -157,6 +160,12 @@ def test_tenant_b_gets_404_for_every_object_of_tenant_a(
                     )
                     assert _strip_ids(nowhere.json()) == _strip_ids(response.json())
     assert walked == set(OBJECT_ROUTES) | OTHER_ROUTES
+
+    # Detokenizing A's task by id: not found, as for a task that exists nowhere.
+    for task in (a.gated, "0" * 26):
+        response = client.post("/v1/detokenize", json={"taskId": task, "reason": "b probes"}, headers=auth(b))
+        assert_problem(response, 404, "task-not-found")
+        assert not _leaks(response.text, a, task)
 
     # Lists filtered by A's ids come back empty rather than refused.
     for path in (f"/v1/approvals?taskId={a.gated}&state=all", "/v1/tasks?workflow=gated", "/v1/dead-letters"):
