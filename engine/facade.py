@@ -507,6 +507,7 @@ class Engine:
             residency=self.residency,
             clock=self.clock,
             rng=self.rng,
+            pii=self.pii,
         )
         return {"model": model, "connector": connector, "rules": RulesExecutor(), "agent": agent}
 

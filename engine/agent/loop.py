@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jsonschema_rs
 from pydantic import ValidationError
@@ -48,6 +48,9 @@ from engine.tracing import ATTR_TASK_ID, tracer
 from policies import agents as agent_rules
 from policies import residency as residency_rules
 from policies.effective import EffectiveAgentRule
+
+if TYPE_CHECKING:
+    from policies.masking import WorkflowMasking
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ class AgentExecutor:
         clock: Clock = utcnow,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        pii: WorkflowMasking | None = None,
     ) -> None:
         self.checkpoints = checkpoints
         self.models = models
@@ -116,6 +120,9 @@ class AgentExecutor:
         self.clock = clock
         self.rng = rng or random.Random()
         self.sleep = sleep
+        #: Masks proposals and observations before they are recorded, acted on or shown to the planner, as step
+        #: inputs and outputs are (``policies.masking``).
+        self.pii = pii
         self._validators: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- the loop
@@ -154,7 +161,7 @@ class AgentExecutor:
                 records.append(self._record_limit(holder, agent, seq, stop))
                 continue
             request = self._request(agent, goal, state, records, deadline)
-            proposal = self._plan(ctx, agent, request, seq)
+            proposal = self._masked_proposal(ctx, self._plan(ctx, agent, request, seq))
             if data_class is None:
                 data_class = self.checkpoints.data_class(ctx.task_id) or ""
             records.append(
@@ -275,6 +282,18 @@ class AgentExecutor:
             span.set_attribute("aiplane.agent.action", proposal.action or ("done" if proposal.done else ""))
             span.set_attribute("aiplane.agent.confidence", proposal.confidence)
         return proposal
+
+    def _masked_proposal(self, ctx: StepContext, proposal: PlanResponse) -> PlanResponse:
+        if self.pii is None:
+            return proposal
+        tenant, workflow, step = ctx.tenant, ctx.workflow, ctx.step.name
+        return proposal.model_copy(
+            update={
+                "arguments": self.pii.output(tenant, workflow, step, proposal.arguments),
+                "result": self.pii.output(tenant, workflow, step, proposal.result),
+                "reasoning": self.pii.text(tenant, workflow, proposal.reasoning),
+            }
+        )
 
     def _decide(
         self,
@@ -435,6 +454,10 @@ class AgentExecutor:
             else:
                 succeeded, observation, error, attempts = self._run_call(ctx, action, record)
             span.set_attribute("aiplane.agent.outcome", "succeeded" if succeeded else "failed")
+        if self.pii is not None:
+            observation = self.pii.output(ctx.tenant, ctx.workflow, ctx.step.name, observation)
+            if error is not None and isinstance(error.get("message"), str):
+                error = {**error, "message": self.pii.text(ctx.tenant, ctx.workflow, error["message"])}
         metrics.ACTIONS.labels(ctx.workflow, "succeeded" if succeeded else "failed").inc()
         return self.checkpoints.finish(
             holder,

@@ -17,11 +17,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from crds.policy import AgentActionRule
+from crds.policy import PII, AgentActionRule
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, TaskSpanStore, TaskState
 from engine.runtime.intake import Accepted, Submission
 from engine.store.schema import agent_actions, audit_log
 from policies.effective import EffectiveAgentRule, PolicyRef
+from policies.masking import WorkflowMasking
 from tests.engine.conftest import QUICK_RETRY, Downstream, EngineFactory, Reply, fast_worker, wait_done, wait_state
 from tests.fixtures.polling import assert_eventually
 
@@ -165,6 +166,27 @@ def test_each_proposal_decision_and_action_is_a_span_of_the_task(
     assert [a["aiplane.agent.decision"] for a in decisions] == ["allowed", "invalid", "done"]
     assert (action["aiplane.agent.target"], action["aiplane.agent.outcome"]) == ("model/m", "succeeded")
     assert "aiplane.engine.model_call" in {name for name, _ in found}
+
+
+def test_personal_data_in_proposals_and_observations_is_masked_before_it_is_recorded(
+    make_engine: EngineFactory, db_url: str, downstream: Downstream
+) -> None:
+    pii = PII.model_validate({"entities": ["EMAIL_ADDRESS"], "action": "redact"})
+    masking = WorkflowMasking(lambda workflow: pii if workflow == "triage" else None, None)
+    engine = make(make_engine, db_url, downstream, pii=masking)
+    engine.register_workflow("triage", agent_workflow())
+    downstream.script("/models/m/extract", Reply(body={"contact": "jane.doe@example.com"}))
+    downstream.script(PLAN, act("extract", document="write to jane.doe@example.com"), done())
+    with fast_worker(engine):
+        task = engine.submit("acme", "triage", {"claimId": "C-20"})
+        assert wait_done(engine, "acme", task.id).state == TaskState.SUCCEEDED
+
+    [extract] = downstream.calls["/models/m/extract"]
+    assert extract.body == {"document": "write to <EMAIL_ADDRESS>"}  # the action gets what is recorded
+    assert plan_requests(downstream)[1]["transcript"][0]["observation"] == {"contact": "<EMAIL_ADDRESS>"}
+    with engine.db.read() as conn:
+        stored = " ".join(str(value) for row in conn.execute(sa.select(agent_actions)) for value in row)
+    assert "jane.doe" not in stored
 
 
 def test_max_steps_stops_the_agent_and_escalates_with_the_transcript(
