@@ -1,10 +1,11 @@
 """`aiplane dev`: the embedded default, on one machine with no cluster.
 
 One process tree: the gateway (uvicorn) and the engine's workers in this process, SQLite under the data dir, the
-in-process bus and sink, and one `bentoml serve` child per Model of the loaded manifests. With `--kafka HOST:PORT`,
-that broker is the bus and the sink, and the manifests' kafkaSource Connectors run in this process
-(``connectors.kafka.embedded``), so the case works event-first. The same engine and
-gateway code runs on Kubernetes, where the operators resolve models and connectors from the cluster instead.
+in-process bus and sink, and one `bentoml serve` child per Model of the loaded manifests (and per http Connector that
+names a stand-in service for its system). With `--kafka HOST:PORT`, that broker is the bus and the sink, and the
+manifests' kafkaSource Connectors run in this process (``connectors.kafka.embedded``), so the case works event-first.
+The same engine and gateway code runs on Kubernetes, where the operators resolve models and connectors from the
+cluster instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from aiplane import manifests
-from aiplane.modelserver import ModelServer, working_dir
+from aiplane.modelserver import ModelServer, served_by, stand_in, working_dir
 from aiplane.retention_cli import engine_retention
 from api.app import create_app
 from api.auth import create_api_key, follow_policies
@@ -85,6 +86,13 @@ class DevStack:
             for server, model in zip(self.servers, self._of(Model), strict=True)
         }
         connectors = {connector.metadata["name"]: connector.spec for connector in self._of(Connector)}
+        for connector in self._of(Connector):
+            stand_in_server = stand_in(connector, self.manifests_dir, self.data_dir / "logs")
+            if stand_in_server is not None:
+                self.servers.append(stand_in_server)
+                stand_in_server.start()
+                name = connector.metadata["name"]
+                connectors[name] = served_by(connectors[name], stand_in_server.url)
         self.sink.subscribe(_log_record)
         if self.kafka is not None:
             self.embedded_kafka = EmbeddedKafka(self.kafka, connectors)
@@ -101,6 +109,7 @@ class DevStack:
             callbacks_to_private_networks=True,
             pii=pii_masking(self.policies, self._of(Workflow), self.data_dir),
             approval_rules=approval_rules(self.policies, self._of(Workflow)),
+            agent_rules=agent_rules(self.policies, self._of(Workflow)),
             tenants=tenant_access(self.policies, self._of(Workflow)),
             retention=engine_retention(self.policies, self._of(Workflow)),
             payloads=payload_log(self.policies, self._of(Workflow)),
@@ -192,6 +201,18 @@ def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callab
 
     def rules_for(workflow: str) -> Any:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).approvals
+
+    return rules_for
+
+
+def agent_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any] | None:
+    """Each workflow's Policy agentActions rules for its agent steps, or None (none checked) when no Policy has any."""
+    if not any(p.spec.agent_actions for p in policies.policies()):
+        return None
+    targets = _targets(workflows)
+
+    def rules_for(workflow: str) -> Any:
+        return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).agent_actions
 
     return rules_for
 

@@ -4,9 +4,10 @@ regions, the Connectors and the Secrets they name, and the Policies, each kept c
 
 The Policies reach the same enforcement points as in ``aiplane dev``, but follow the cluster as it changes: PII
 masking (inputs, step outputs, error texts), payload logging, residency and tenant access, the approval rules'
-gate, the workers' retention purge, and at the gateway the rate limits and separation of duties. A Policy selects
-workflows by namespace and labels, which come from the Workflow watch. Every hook is installed even while no Policy
-asks for it, since one may be applied later; an ungoverned workflow costs a cached lookup per call.
+gate, the agentActions rules of agent steps, the workers' retention purge, and at the gateway the rate limits and
+separation of duties. A Policy selects workflows by namespace and labels, which come from the Workflow watch. Every
+hook is installed even while no Policy asks for it, since one may be applied later; an ungoverned workflow costs a
+cached lookup per call.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.store.purge import Retention
-from policies.effective import EffectiveApproval, Target
+from policies.effective import EffectiveAgentRule, EffectiveApproval, Target
 from policies.masking import WorkflowMasking, compile_policy
 from policies.payloads import PayloadLog
 from policies.residency import Residency
@@ -93,6 +94,10 @@ class ClusterSources:
             found = self._effective(workflow)
             return found.approvals if found is not None else ()
 
+        def agent_rules_for(workflow: str) -> tuple[EffectiveAgentRule, ...]:
+            found = self._effective(workflow)
+            return found.agent_actions if found is not None else ()
+
         def tenants(workflow: str) -> frozenset[str] | None:
             found = self._effective(workflow)
             return found.tenants if found is not None else None
@@ -112,6 +117,7 @@ class ClusterSources:
             "pii": WorkflowMasking(pii_for, keys),
             "payloads": PayloadLog(rate_for),
             "approval_rules": rules_for,
+            "agent_rules": agent_rules_for,
             "residency": Residency(pins=pins, model_regions=self.models.regions),
             "tenants": tenants,
             # The workers' periodic purge; periods asked per workflow at each purge, so a Policy change applies to

@@ -2,6 +2,9 @@
 
 On Kubernetes the Model operator runs the same command in a serving Deployment; here it is a child process. A
 Model says where its service's source is, relative to its manifest folder, with the annotation below.
+
+An http Connector may name a BentoML service that stands in for its system on one machine (``aiplane.io/dev-bento``
+and ``aiplane.io/dev-working-dir``): the embedded mode serves it the same way and sends the Connector's calls there.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from aiplane.processes import stop_process_group
-from crds import Model
+from crds import Connector, Model
+from crds.connector import ConnectorSpec
 
 WORKING_DIR_ANNOTATION = "aiplane.io/dev-working-dir"
+BENTO_ANNOTATION = "aiplane.io/dev-bento"
 log = logging.getLogger(__name__)
 
 
@@ -36,18 +42,52 @@ def free_port() -> int:
         return port
 
 
-def working_dir(model: Model, manifests_dir: Path) -> Path:
-    annotations = model.metadata.get("annotations") or {}
+def working_dir(resource: Model | Connector, manifests_dir: Path) -> Path:
+    kind = type(resource).__name__
+    annotations = resource.metadata.get("annotations") or {}
     relative: str | None = annotations.get(WORKING_DIR_ANNOTATION)
     if relative is None:
         raise ModelServerError(
-            f"Model {model.metadata.get('name')} has no {WORKING_DIR_ANNOTATION} annotation: the embedded mode "
+            f"{kind} {resource.metadata.get('name')} has no {WORKING_DIR_ANNOTATION} annotation: the embedded mode "
             "needs to know which folder holds its BentoML service"
         )
     path = (manifests_dir / str(relative)).resolve()
     if not path.is_dir():
-        raise ModelServerError(f"Model {model.metadata.get('name')}: {WORKING_DIR_ANNOTATION} {path} is not a folder")
+        raise ModelServerError(
+            f"{kind} {resource.metadata.get('name')}: {WORKING_DIR_ANNOTATION} {path} is not a folder"
+        )
     return path
+
+
+def stand_in(connector: Connector, manifests_dir: Path, log_dir: Path) -> ModelServer | None:
+    """The local service standing in for an http Connector's system, when its annotations name one (not started)."""
+    annotations = connector.metadata.get("annotations") or {}
+    bento = annotations.get(BENTO_ANNOTATION)
+    if bento is None:
+        return None
+    name = connector.metadata["name"]
+    if connector.spec.http is None:
+        raise ModelServerError(f"Connector {name}: {BENTO_ANNOTATION} stands in for http Connectors only")
+    return ModelServer(
+        name=f"connector-{name}",
+        bento=str(bento),
+        working_dir=working_dir(connector, manifests_dir),
+        log_path=log_dir / f"connector-{name}.log",
+    )
+
+
+def served_by(spec: ConnectorSpec, url: str) -> ConnectorSpec:
+    """``spec`` calling ``url``'s origin (a stand-in on loopback, hence private networks allowed), same path."""
+    assert spec.http is not None
+    local = urlsplit(url)
+    original = urlsplit(spec.http.url)
+    http = spec.http.model_copy(
+        update={
+            "url": urlunsplit(original._replace(scheme=local.scheme, netloc=local.netloc)),
+            "allow_private_networks": True,
+        }
+    )
+    return spec.model_copy(update={"http": http})
 
 
 @dataclass
