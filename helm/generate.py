@@ -7,8 +7,9 @@ CRDs: the chart's ``crds/`` folder links to ``crds/*.yaml`` (no second copy to d
 CRDs that the operators' leader election needs as files: together, what ``aiplane crds`` prints. Helm installs
 that folder before the templates, and never upgrades or deletes it (see docs/operations.md).
 
-Dashboards: built with grafana-foundation-sdk, never hand-edited. Every panel queries a metric that aiplane
-exports today (tests/helm/test_observability.py holds them to that against a live gateway and worker).
+Dashboards: built with grafana-foundation-sdk, never hand-edited. Every panel queries a metric that aiplane's code
+defines (tests/helm/test_metric_names.py, from the registry) and that running processes export
+(tests/helm/test_observability.py, against a live gateway, worker and Prometheus).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ CHART = Path(__file__).resolve().parent / "aiplane"
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 WINDOW = "$__rate_interval"
 FAILED_MODEL_OUTCOMES = "error|timeout|unreachable"
+FINISHED = "aiplane_engine_tasks_finished_total"
+DECISIONS = "aiplane_policy_decisions_total"
+# The Jobs of the chart's audit verify CronJob (<release>-aiplane-audit-verify-<minute>), by kube-state-metrics.
+AUDIT_JOBS = 'job_name=~".+-audit-verify-[0-9]+"'
 
 
 # --- CRDs ----------------------------------------------------------------------------------------------------
@@ -126,6 +131,32 @@ def overview() -> gd.Dashboard:
                 "Share of step attempts that succeeded.",
             )
         )
+        .with_row(gd.Row("Tasks"))
+        .with_panel(
+            _stat(
+                "Task success (1 h)",
+                "percentunit",
+                f'sum(rate({FINISHED}{{outcome="succeeded"}}[1h])) / sum(rate({FINISHED}[1h]))',
+                "Share of the tasks that ended in the last hour that succeeded.",
+            )
+        )
+        .with_panel(
+            _stat(
+                "Automation coverage (24 h)",
+                "percentunit",
+                f'sum(increase({FINISHED}{{path="automated"}}[24h])) / sum(increase({FINISHED}[24h]))',
+                "Share of the tasks that ended without a person deciding an approval.",
+            )
+        )
+        .with_panel(
+            _stat(
+                "Time to resolution p50 (24 h)",
+                "s",
+                "histogram_quantile(0.5, sum by (le) (increase(aiplane_engine_task_duration_seconds_bucket[24h])))",
+                "From submission to the end state, approvals' waits included.",
+            )
+        )
+        .with_panel(_stat("Tasks finished (24 h)", "short", f"sum(increase({FINISHED}[24h]))"))
         .with_row(gd.Row("Throughput"))
         .with_panel(
             _timeseries(
@@ -144,6 +175,33 @@ def overview() -> gd.Dashboard:
                 "Step attempts / s by outcome",
                 "ops",
                 _query(f"sum by (outcome) (rate({steps}_count[{WINDOW}]))", "{{outcome}}"),
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Tasks finished / s by outcome",
+                "ops",
+                _query(f"sum by (outcome) (rate({FINISHED}[{WINDOW}]))", "{{outcome}}"),
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Task latency per workflow",
+                "s",
+                *_quantiles("aiplane_engine_task_duration_seconds", "workflow"),
+                description="p50/p95/p99 from submission to the end state (time to resolution).",
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Automation coverage per workflow",
+                "percentunit",
+                _query(
+                    f'sum by (workflow) (rate({FINISHED}{{path="automated"}}[1h])) '
+                    f"/ sum by (workflow) (rate({FINISHED}[1h]))",
+                    "{{workflow}}",
+                ),
+                description="Share of a workflow's tasks that ended without a person deciding an approval.",
             )
         )
         .with_panel(
@@ -242,6 +300,28 @@ def models() -> gd.Dashboard:
         )
         .with_panel(
             _timeseries(
+                "Traffic weight per version (canary)",
+                "percent",
+                _query(
+                    "max by (namespace, model, version) (aiplane_operator_model_traffic_weight_percent)",
+                    "{{namespace}}/{{model}} {{version}}",
+                ),
+                description="Percent of a Model's requests routed to each live version (the Model operator's status).",
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Canary rollbacks / h",
+                "short",
+                _query(
+                    "sum by (namespace, model) (increase(aiplane_operator_model_rollbacks_total[1h]))",
+                    "{{namespace}}/{{model}}",
+                ),
+                description="Rollouts the analysis rolled back (error rate, p99 latency or drift over threshold).",
+            )
+        )
+        .with_panel(
+            _timeseries(
                 "Predicted class share per version (drift)",
                 "percentunit",
                 _query(
@@ -319,10 +399,84 @@ def connectors() -> gd.Dashboard:
 
 
 def governance() -> gd.Dashboard:
-    # The audit verdict comes from `aiplane audit verify --metrics-file` (a scheduled verify, through node-exporter's
-    # textfile collector or a Pushgateway). Policy denies and masks, and approvals by outcome, have no metrics yet.
+    # The audit verdict comes from `aiplane audit verify` run on a schedule (the chart's CronJob) that pushes it to a
+    # Pushgateway (--push-to) or writes it for node-exporter's textfile collector (--metrics-file); the CronJob's
+    # failed runs come from kube-state-metrics.
     return (
-        _dashboard("aiplane-governance", "aiplane / Governance", "Human gates and the audit log's integrity.")
+        _dashboard(
+            "aiplane-governance",
+            "aiplane / Governance",
+            "Policy decisions, masking, human gates and the audit log's integrity.",
+        )
+        .with_row(gd.Row("Policies"))
+        .with_panel(
+            _stat(
+                "Policy denies (24 h)",
+                "short",
+                f'sum(increase({DECISIONS}{{decision="deny"}}[24h]))',
+                "Submissions, calls and steps refused by a Policy (access, residency, rate limits).",
+            )
+        )
+        .with_panel(
+            _stat(
+                "Masked values (24 h)",
+                "short",
+                "sum(increase(aiplane_policy_masked_values_total[24h]))",
+                "Personal data masked before it was stored or sent.",
+            )
+        )
+        .with_panel(
+            _stat(
+                "Approvals required by Policies (24 h)",
+                "short",
+                f'sum(increase({DECISIONS}{{check="approval", decision="required"}}[24h]))',
+                "Tasks an approval rule parked on a human approval.",
+            )
+        )
+        .with_panel(
+            _stat(
+                "Failed audit verify runs",
+                "short",
+                f"sum(kube_job_status_failed{{{AUDIT_JOBS}}})",
+                "Runs of the audit verify CronJob that failed and are still kept (kube-state-metrics).",
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Policy denies / s by check",
+                "ops",
+                _query(f'sum by (check) (rate({DECISIONS}{{decision="deny"}}[{WINDOW}]))', "{{check}}"),
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Masked values / s by entity",
+                "ops",
+                _query(
+                    f"sum by (entity, action) (rate(aiplane_policy_masked_values_total[{WINDOW}]))",
+                    "{{entity}} {{action}}",
+                ),
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Approval rules' decisions / h",
+                "short",
+                _query(f'sum by (decision) (increase({DECISIONS}{{check="approval"}}[1h]))', "{{decision}}"),
+                description="required: parked on a human; satisfied: a workflow's own approval already met the rules.",
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Approvals by outcome / h",
+                "short",
+                _query(
+                    "sum by (outcome) (increase(aiplane_engine_approvals_decided_total[1h]))",
+                    "{{outcome}}",
+                ),
+            )
+        )
+        .with_row(gd.Row("Audit log"))
         .with_panel(
             _stat(
                 "Audit log intact",

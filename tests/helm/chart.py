@@ -52,8 +52,20 @@ def objects(manifest: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(manifest) if doc]
 
 
+def pod_template(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod template of a workload (a CronJob's is in its Job template), None for anything else."""
+    if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+        template: dict[str, Any] = doc["spec"]["template"]
+        return template
+    if doc["kind"] == "CronJob":
+        job_template: dict[str, Any] = doc["spec"]["jobTemplate"]["spec"]["template"]
+        return job_template
+    return None
+
+
 def pod_specs(docs: Sequence[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(kind/name, pod spec) of every workload in a render."""
     for doc in docs:
-        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
-            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+        template = pod_template(doc)
+        if template is not None:
+            yield f"{doc['kind']}/{doc['metadata']['name']}", template["spec"]

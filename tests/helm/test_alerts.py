@@ -56,8 +56,8 @@ def test_every_alert_fires_in_a_unit_test() -> None:
 
 def test_the_issues_alerts_are_there() -> None:
     names = {rule["alert"] for rule in _alerts()}
-    # SLA breach rate, multi-window error budget burn, retry storm, circuit open, consumer lag, DLQ growth, audit
-    # chain broken. (Canary rollback has no metric yet: see docs/runbooks.md.)
+    # SLA breach rate, multi-window error budget burn, retry storm, circuit open, consumer lag, DLQ growth, canary
+    # rolled back, audit chain broken (and its scheduled check failing).
     assert {
         "AiplaneSLABreaches",
         "AiplaneErrorBudgetFastBurn",
@@ -66,7 +66,9 @@ def test_the_issues_alerts_are_there() -> None:
         "AiplaneCircuitOpen",
         "AiplaneConsumerLag",
         "AiplaneDeadLetterQueueGrowing",
+        "AiplaneCanaryRolledBack",
         "AiplaneAuditChainBroken",
+        "AiplaneAuditVerifyJobFailed",
     } <= names
 
 

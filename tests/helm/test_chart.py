@@ -4,6 +4,7 @@ scrape config, dashboards and regions. No cluster needed (tests/helm/test_chart_
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import sys
 import tarfile
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helm.chart import CHART, REPO_ROOT, TRY_OUT, base_values, helm, objects, pod_specs, render
+from tests.helm.chart import CHART, REPO_ROOT, TRY_OUT, base_values, helm, objects, pod_specs, pod_template, render
 
 # Value sets the least-privilege and PSS checks run over: defaults, every optional part on, every one off.
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -81,6 +82,8 @@ def test_lint(variant: str) -> None:
         (("--set", "gateway.resources.limits=null"), "/gateway/resources"),
         (("--set", "alerts.prometheusRule=maybe"), "/alerts/prometheusRule"),
         (("--set", "tracing.sampleRatio=2"), "/tracing/sampleRatio"),
+        (("--set", "auditVerify.anchors[0]=12:nothex"), "/auditVerify/anchors/0"),
+        (("--set", "auditVerify.schedule="), "/auditVerify/schedule"),
     ],
 )
 def test_bad_values_fail_with_the_path(values: Sequence[str], says: str) -> None:
@@ -221,8 +224,9 @@ def test_network_policies_deny_by_default() -> None:
     assert "ingress" not in deny
     assert "egress" not in deny
     for name, spec in pod_specs(docs):
-        labels = next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name)["spec"]["template"]
-        assert _selects(deny["podSelector"]["matchLabels"], labels["metadata"]["labels"]), name
+        template = pod_template(next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name))
+        assert template is not None
+        assert _selects(deny["podSelector"]["matchLabels"], template["metadata"]["labels"]), name
         assert spec  # every workload is covered
     # Kafka egress only on the configured ports.
     gateway_egress = policies["test-aiplane-gateway-egress"]["egress"]
@@ -242,7 +246,7 @@ def test_scrape_config_follows_the_cluster() -> None:
     capabilities = [f"--api-versions=monitoring.coreos.com/v1/{kind}" for kind in ("ServiceMonitor", "PrometheusRule")]
     operator_cluster = objects(render(*capabilities))
     kinds = [doc["kind"] for doc in operator_cluster]
-    assert kinds.count("ServiceMonitor") == 2
+    assert kinds.count("ServiceMonitor") == 3  # gateway, workers, operators
     assert kinds.count("PrometheusRule") == 1
     for doc in operator_cluster:
         if doc["kind"] == "Deployment":
@@ -273,12 +277,14 @@ def test_runbook_base_url_is_configurable() -> None:
 def test_region_values_label_pods_and_pin_the_store() -> None:
     docs = objects(render(*VARIANTS["region"]))
     for name, spec in pod_specs(docs):
-        workload = next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name)
-        assert workload["spec"]["template"]["metadata"]["labels"]["aiplane.io/region"] == "eu-west-1"
+        template = pod_template(next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name))
+        assert template is not None
+        assert template["metadata"]["labels"]["aiplane.io/region"] == "eu-west-1"
         env = {item["name"]: item for item in spec["containers"][0]["env"]}
         assert env["AIPLANE_REGION"]["value"] == "eu-west-1"
         if "operator" not in name:
             assert env["AIPLANE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "aiplane-store-eu-west-1"
+        if not name.endswith(("operator", "audit-verify")):  # the verify job makes no spans
             assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
 
 
@@ -315,3 +321,56 @@ def test_operator_gives_consumers_this_image_and_the_store_secret() -> None:
     assert env["AIPLANE_CONNECTOR_IMAGE"] == operator["containers"][0]["image"]
     assert env["AIPLANE_CONNECTOR_IMAGE"].endswith(digest)
     assert (env["AIPLANE_STORE_SECRET"], env["AIPLANE_STORE_SECRET_KEY"]) == ("test-aiplane-postgresql", "url")
+
+
+def test_audit_verify_runs_on_a_schedule_with_only_the_store() -> None:
+    anchor = "12:" + "c" * 64
+    docs = objects(
+        render(
+            "--set", "auditVerify.schedule=5 4 * * 1",
+            "--set", "auditVerify.pushgateway=http://pushgateway.monitoring:9091",
+            "--set", f"auditVerify.anchors[0]={anchor}",
+        )
+    )  # fmt: skip
+    (cron,) = [doc for doc in docs if doc["kind"] == "CronJob"]
+    assert cron["metadata"]["name"] == "test-aiplane-audit-verify"
+    assert (cron["spec"]["schedule"], cron["spec"]["concurrencyPolicy"]) == ("5 4 * * 1", "Forbid")
+    job = cron["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "test-aiplane-audit-verify"
+    (container,) = pod["containers"]
+    pushgateway = "--push-to=http://pushgateway.monitoring:9091"
+    assert container["args"] == ["audit", "verify", pushgateway, f"--anchor={anchor}"]
+    # The store's URL and nothing secret besides: no PII key, no token.
+    secrets = [item["name"] for item in container["env"] if "valueFrom" in item]
+    assert secrets == ["AIPLANE_DATABASE_URL"]
+    # Its own egress: the store and the Pushgateway's port (DNS comes from the release-wide policy).
+    policies = {doc["metadata"]["name"]: doc["spec"] for doc in docs if doc["kind"] == "NetworkPolicy"}
+    egress = policies["test-aiplane-audit-verify-egress"]["egress"]
+    assert [port["port"] for rule in egress for port in rule["ports"]] == [5432, 9091]
+    store = policies["test-aiplane-postgresql-ingress"]["ingress"][0]["from"]
+    assert {"audit-verify"} <= {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in store}
+    # Its failure is an alert: the rule reads the Jobs this CronJob makes.
+    rules = next(doc for doc in docs if doc["kind"] == "ConfigMap" and "aiplane.rules.yaml" in doc["data"])
+    text = rules["data"]["aiplane.rules.yaml"]
+    assert "AiplaneAuditVerifyJobFailed" in text
+    # Jobs of a CronJob are named <cronjob>-<minute>: what the alert's job_name matcher expects.
+    assert re.fullmatch(".+-audit-verify-[0-9]+", f"{cron['metadata']['name']}-29401440")
+    assert 'job_name=~".+-audit-verify-[0-9]+"' in text
+
+
+def test_audit_verify_can_be_turned_off() -> None:
+    docs = objects(render("--set", "auditVerify.enabled=false"))
+    assert not [doc for doc in docs if "audit-verify" in doc["metadata"]["name"]]
+
+
+def test_operators_serve_metrics() -> None:
+    docs = objects(render("--set", "operator.metricsPort=9191"))
+    (operator,) = [spec for name, spec in pod_specs(docs) if name.endswith("operator")]
+    assert "--metrics-port=9191" in operator["containers"][0]["args"]
+    assert {"name": "metrics", "containerPort": 9191} in operator["containers"][0]["ports"]
+    ingress = next(doc for doc in docs if doc["metadata"]["name"] == "test-aiplane-metrics-ingress")["spec"]
+    assert ingress["podSelector"]["matchExpressions"][0]["values"] == ["worker", "operator"]
+    assert [port["port"] for port in ingress["ingress"][0]["ports"]] == [9090, 9191]

@@ -109,6 +109,17 @@ def test_install_upgrade_uninstall_in_a_restricted_namespace(cluster: Cluster, r
         # its store, and strand every PII token made so far).
         assert _secret_value(cluster, namespace, f"{release}-aiplane-postgresql", "password") == password
         assert _secret_value(cluster, namespace, f"{release}-aiplane-pii", "key") == pii_key
+
+        # The audit verify CronJob's pod is admitted under `restricted` too: run it now rather than at 03:17 (kwok
+        # completes a Job's pods without running them; the command itself is tested in tests/aiplane).
+        cronjob = f"cronjob/{release}-aiplane-audit-verify"
+        cluster.kubectl("create", "job", "verify-now", f"--from={cronjob}", "-n", namespace)
+
+        def verified() -> None:
+            job = json.loads(cluster.kubectl("get", "job", "verify-now", "-n", namespace, "-o", "json").stdout)
+            assert job["status"].get("succeeded") == 1, job["status"]
+
+        assert_eventually(verified, timeout=INSTALL_TIMEOUT_S, interval=1.0)
     finally:
         helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "4m", env=env, check=False)
 

@@ -1,77 +1,29 @@
 """Every PromQL expression of the dashboards and alerts parses in a real Prometheus and names only metrics that
 aiplane exports: read from the /metrics of a running gateway and worker (on PostgreSQL, as the chart runs them)
-and from what a Kafka source's process registers."""
+and from what a Kafka source's and an operator's processes register (they need a broker or a cluster to run;
+their registries do not). A task run through them shows up in Prometheus as the Overview dashboard reads it."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
+from api import create_api_key
 from engine import Engine
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.prometheus import Prometheus
-from tests.helm.chart import CHART
+from tests.helm.promql import EXTERNAL, exported_series, expressions, metric_names
 
 AIPLANE = Path(sys.executable).with_name("aiplane")
-# Grafana's variables, as Grafana substitutes them before Prometheus sees the query.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
-# Series a metric family of each type exposes (prometheus-client's exposition).
-SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "gauge": ("",),
-    "histogram": ("_bucket", "_count", "_sum", "_created"),
-    "summary": ("", "_count", "_sum", "_created"),
-    "info": ("_info",),
-}
-PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "inf", "nan"}
-PROMQL_WORDS |= {"group_left", "group_right"}
-
-
-def dashboard_expressions() -> dict[str, str]:
-    found = {}
-    for path in sorted((CHART / "dashboards").glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                found[f"{path.stem}: {panel['title']} ({target['refId']})"] = target["expr"]
-    return found
-
-
-def alert_expressions() -> dict[str, str]:
-    groups = yaml.safe_load((CHART / "alerts" / "aiplane.rules.yaml").read_text())["groups"]
-    return {rule.get("alert") or rule["record"]: rule["expr"] for group in groups for rule in group["rules"]}
-
-
-def expressions() -> dict[str, str]:
-    found = {name: expr for name, expr in dashboard_expressions().items()}
-    found.update(alert_expressions())
-    for variable, value in GRAFANA_VARIABLES.items():
-        found = {name: expr.replace(variable, value) for name, expr in found.items()}
-    return found
-
-
-def metric_names(expr: str) -> set[str]:
-    """Names of the series an expression selects: identifiers left once strings, matchers, ranges and grouping
-    clauses are gone, other than function calls and PromQL's keywords."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    text = re.sub(r"\[[^\]]*\]", " ", text)
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
-    names = set()
-    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)(\s*\()?", text):
-        if not match.group(2) and match.group(1).lower() not in PROMQL_WORDS:
-            names.add(match.group(1))
-    return names
 
 
 def test_name_extraction() -> None:
@@ -84,18 +36,6 @@ def test_name_extraction() -> None:
 def test_every_panel_and_alert_selects_a_metric() -> None:
     for name, expr in expressions().items():
         assert metric_names(expr), name
-
-
-def exported_series(exposition: str) -> set[str]:
-    series = set()
-    for line in exposition.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, family, kind = line.split()
-            # The text format names a counter's family with its _total (a labelled metric that has seen no
-            # value yet shows only these lines, no samples).
-            base = family.removesuffix("_total") if kind == "counter" else family
-            series |= {base + suffix for suffix in SUFFIXES.get(kind, ("",))}
-    return series
 
 
 def _free_port() -> int:
@@ -140,9 +80,9 @@ def running(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
             process.wait(timeout=60)
 
 
-def _connector_series() -> set[str]:
-    """What a Kafka source's process registers (it needs a broker to run; its registry does not)."""
-    code = "import connectors.kafka.metrics, prometheus_client; print(prometheus_client.generate_latest().decode())"
+def _registered_series(*modules: str) -> set[str]:
+    """What a process that imports ``modules`` registers."""
+    code = f"import {', '.join(modules)}, prometheus_client; print(prometheus_client.generate_latest().decode())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     return exported_series(out.stdout)
 
@@ -166,7 +106,8 @@ def _audit_series(tmp_path: Path) -> set[str]:
 def test_expressions_parse_and_name_only_exported_metrics(
     running: tuple[str, str], prometheus: Prometheus, tmp_path: Path
 ) -> None:
-    exported = _connector_series() | _audit_series(tmp_path)
+    exported = _registered_series("connectors.kafka.metrics", "operators.metrics") | _audit_series(tmp_path)
+    exported |= EXTERNAL.keys()
     for address in running:
         exported |= exported_series(httpx.get(f"http://{address}/metrics", timeout=10).text)
     assert "aiplane_gateway_request_duration_seconds_count" in exported
@@ -185,3 +126,42 @@ def test_expressions_parse_and_name_only_exported_metrics(
     finally:
         for target in targets:
             target.unlink()
+
+
+def test_a_finished_task_reaches_prometheus_as_the_overview_reads_it(
+    running: tuple[str, str], prometheus: Prometheus, pg_url: str, tmp_path: Path
+) -> None:
+    gateway, worker = running
+    workflow = f"obs-{uuid.uuid4().hex[:8]}"
+    engine = Engine(pg_url, data_dir=tmp_path / "submitter")
+    try:
+        engine.register_workflow(workflow, {"steps": [{"name": "set", "type": "rules", "rules": {"set": {"a": "1"}}}]})
+        key = create_api_key(engine, "acme", "alice", ["submitter"])
+    finally:
+        engine.close()
+    target = prometheus.scrape(worker, job="aiplane-worker-e2e")
+    try:
+        answer = httpx.post(
+            f"http://{gateway}/v1/tasks",
+            json={"workflow": {"name": workflow}, "input": {}},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert answer.status_code in (200, 201, 202), answer.text
+
+        def counted() -> None:
+            # The Overview's panels, narrowed to this workflow.
+            finished = prometheus.query(
+                f'sum by (outcome, path) (aiplane_engine_tasks_finished_total{{workflow="{workflow}"}})'
+            )
+            assert [(r["metric"], r["value"][1]) for r in finished] == [
+                ({"outcome": "succeeded", "path": "automated"}, "1")
+            ]
+            latency = prometheus.query(
+                f'sum(aiplane_engine_task_duration_seconds_count{{workflow="{workflow}",outcome="succeeded"}})'
+            )
+            assert [r["value"][1] for r in latency] == ["1"]
+
+        assert_eventually(counted, timeout=120, interval=1.0)
+    finally:
+        target.unlink()

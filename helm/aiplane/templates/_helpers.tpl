@@ -181,3 +181,24 @@ imagePullSecrets:
 {{- define "aiplane.needsToken" -}}
 {{- if or (eq .component "operator") (and .root.Values.fromCluster.enabled (has .component (list "gateway" "worker"))) -}}true{{- end -}}
 {{- end -}}
+
+{{/* Egress rules to the store (the bundled PostgreSQL pod, or the configured port and CIDRs): a list to nest. */}}
+{{- define "aiplane.storeEgress" -}}
+{{- if .Values.postgresql.bundled.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "aiplane.selectorLabels" (dict "root" . "component" "postgresql") | nindent 10 }}
+  ports:
+    - {protocol: TCP, port: 5432}
+{{- else }}
+- ports:
+    - {protocol: TCP, port: {{ .Values.postgresql.port }}}
+  {{- with .Values.postgresql.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end -}}
