@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from crds.workflow import WorkflowSpec
+from policies import metrics
 from policies.residency import Residency
 
 Reason = Literal["tenant-denied", "residency-denied"]
@@ -51,6 +52,7 @@ class Admission:
         if self.tenants is not None:
             allowed = self.tenants(workflow)
             if allowed is not None and tenant not in allowed:
+                metrics.denied("access")
                 return Denial(
                     TENANT_DENIED,
                     f"tenant {tenant!r} may not run workflow {workflow!r}: its Policies' access.tenants do not "
@@ -60,6 +62,7 @@ class Admission:
         if self.residency is not None:
             violations = self.residency.plan_violations(tenant, workflow, spec, self.connector_region)
             if violations:
+                metrics.denied("residency")
                 return Denial(
                     RESIDENCY_DENIED,
                     "; ".join(violations),
