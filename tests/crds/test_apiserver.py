@@ -45,9 +45,12 @@ def test_examples_are_accepted_and_listed(crds_installed: Cluster, k8s_namespace
     assert sorted(everything) == sorted(
         [
             "model.aiplane.io/claims-extractor",
+            "model.aiplane.io/claims-planner",
             "workflow.aiplane.io/claims-triage",
+            "workflow.aiplane.io/claims-completion",
             "connector.aiplane.io/claims-intake",
             "connector.aiplane.io/claims-decisions",
+            "connector.aiplane.io/claimant-portal",
             "policy.aiplane.io/claims-governance",
         ]
     )
