@@ -35,6 +35,8 @@ class Operator:
     cluster: Cluster
     log_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: More arguments of ``aiplane operator`` (e.g. ``--metrics-port``).
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
@@ -46,7 +48,7 @@ class Operator:
         }
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [str(AIPLANE), "operator", "--peering-lifetime", str(PEERING_LIFETIME_S)],
+                [str(AIPLANE), "operator", "--peering-lifetime", str(PEERING_LIFETIME_S), *self.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
