@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiplane
-from aiplane import dataflow, logs, manifests, retention_cli
+from aiplane import dataflow, kafkasource, logs, manifests, retention_cli
 from aiplane.client import DEFAULT_URL, Client, GatewayError, dumps
 from aiplane.modelserver import ModelServerError
 from aiplane.settings import Settings
@@ -399,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_cmd_replay)
 
     _add_component_parsers(sub)
+    kafkasource.add_parser(sub)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.set_defaults(func=_cmd_crds)

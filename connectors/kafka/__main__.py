@@ -4,6 +4,10 @@ The command a kafkaSource's consumer Deployment runs. The Connector's ``kafkaSou
 operator writes it from the resource; camelCase as in the manifest), the store's URL and the tenant as arguments.
 The Secret keys its ``auth`` names are files under ``AIPLANE_SECRETS_DIR`` (``<dir>/<secret>/<key>``, where the
 operator mounts them); the consumer and its dead-letter producer authenticate with them.
+
+This runs without Policies: ``aiplane kafka-source --from-cluster NAMESPACE`` (``aiplane.kafkasource``) runs the
+same source with the namespace's Policies enforced (masking, tenants, residency, rate limits), as the Connector
+operator's Deployment does when it is given a ServiceAccount that may read them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 from pathlib import Path
 
 from connectors.kafka.clients import SecretMissingError
-from connectors.kafka.source import KafkaSource, SourceSettings
+from connectors.kafka.source import KafkaSource, Limiter, SourceSettings
 from crds.connector import KafkaSource as KafkaSourceSpec
 from engine.executors.resolvers import DirectorySecretResolver
 from engine.facade import Engine
@@ -25,10 +29,8 @@ from engine.facade import Engine
 SECRETS_DIR_ENV = "AIPLANE_SECRETS_DIR"
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.kafka")
-    commands = parser.add_subparsers(dest="command", required=True)
-    source = commands.add_parser("source", help="turn a topic's messages into tasks")
+def add_source_arguments(source: argparse.ArgumentParser) -> None:
+    """The arguments of a source process (the Connector operator writes them into the consumer Deployment)."""
     source.add_argument("--connector", required=True, help="the Connector's name")
     source.add_argument("--tenant", required=True, help="tenant the tasks belong to")
     source.add_argument("--spec", required=True, help="the Connector's kafkaSource block, as JSON")
@@ -43,29 +45,34 @@ def main(argv: list[str]) -> int:
         default=10.0,
         help="seconds before the group gives a dead member's partitions away",
     )
-    args = parser.parse_args(argv)
+
+
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python narrates every connection and rebalance at INFO; its warnings are what an operator needs.
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
-    settings = SourceSettings(
+
+def settings_from(args: argparse.Namespace) -> SourceSettings:
+    return SourceSettings(
         connector=args.connector,
         tenant=args.tenant,
         spec=KafkaSourceSpec.model_validate(json.loads(args.spec)),
         batch_size=args.batch_size,
         session_timeout=args.session_timeout,
     )
+
+
+def serve(engine: Engine, settings: SourceSettings, *, rate: Limiter | None = None) -> int:
+    """Consume into ``engine`` until SIGTERM or SIGINT; 2 for a configuration to fix. The caller closes ``engine``."""
     secrets_dir = os.environ.get(SECRETS_DIR_ENV)
     secrets = DirectorySecretResolver(secrets_dir) if secrets_dir else None
-    # The gateway or an operator migrates the store; a consumer only writes tasks into it.
-    engine = Engine(args.db_url, data_dir=args.data_dir, migrate_on_start=False)
     try:
-        runner = KafkaSource(engine, settings, secrets=secrets)
+        runner = KafkaSource(engine, settings, secrets=secrets, rate=rate)
     except (SecretMissingError, ValueError) as error:
         # A configuration to fix (a Secret key not mounted, a CA that is not PEM), not a crash to retry at once.
         where = f"under {secrets_dir}" if secrets_dir else f"{SECRETS_DIR_ENV} is not set"
-        print(f"kafka source {args.connector}: {error} ({where})", file=sys.stderr)
-        engine.close()
+        print(f"kafka source {settings.connector}: {error} ({where})", file=sys.stderr)
         return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())
@@ -73,8 +80,21 @@ def main(argv: list[str]) -> int:
         runner.run()
     finally:
         runner.close()
-        engine.close()
     return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m connectors.kafka")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_source_arguments(commands.add_parser("source", help="turn a topic's messages into tasks"))
+    args = parser.parse_args(argv)
+    configure_logging()
+    # The gateway or an operator migrates the store; a consumer only writes tasks into it.
+    engine = Engine(args.db_url, data_dir=args.data_dir, migrate_on_start=False)
+    try:
+        return serve(engine, settings_from(args))
+    finally:
+        engine.close()
 
 
 if __name__ == "__main__":

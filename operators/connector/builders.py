@@ -126,25 +126,35 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
         # SASL credentials and the CA as files, where the runtime's secret resolver reads them.
         volumes, mounts = _secret_volumes([ref for _, ref in auth_refs(source.auth)])
         env.append({"name": "AIPLANE_SECRETS_DIR", "value": SECRETS_DIR})
+    # $(VAR) is expanded by the kubelet from the container's env, so the values stay out of the spec.
+    args = [
+        *("--connector", owner.name),
+        *("--tenant", tenant(connector)),
+        *("--spec", "$(AIPLANE_CONNECTOR_SPEC)"),
+        *("--db-url", "$(AIPLANE_DATABASE_URL)"),
+    ]
+    pod: dict[str, Any] = {}
+    if config.service_account is not None:
+        # Governed: the namespace's Policies apply to the tasks it makes, as to the gateway's (aiplane.kafkasource).
+        command = ["aiplane", "kafka-source"]
+        args += ["--from-cluster", owner.namespace]
+        pod["serviceAccountName"] = config.service_account
+        if config.pii_secret is not None:
+            env.append(_secret_env("AIPLANE_PII_KEY", SecretKeyRef(name=config.pii_secret, key=config.pii_key)))
+    else:
+        # The image's entrypoint is ``aiplane``: the source runtime replaces it rather than becoming its argument.
+        command = ["python", "-m", "connectors.kafka", "source"]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": config.image,
-        # The image's entrypoint is ``aiplane``: the source runtime replaces it rather than becoming its argument.
-        "command": ["python", "-m", "connectors.kafka", "source"],
-        # $(VAR) is expanded by the kubelet from the container's env, so the values stay out of the spec.
-        "args": [
-            *("--connector", owner.name),
-            *("--tenant", tenant(connector)),
-            *("--spec", "$(AIPLANE_CONNECTOR_SPEC)"),
-            *("--db-url", "$(AIPLANE_DATABASE_URL)"),
-        ],
+        "command": command,
+        "args": args,
         "env": env,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
     }
-    pod_volumes: dict[str, Any] = {}
     if volumes:
         container["volumeMounts"] = mounts
-        pod_volumes["volumes"] = volumes
+        pod["volumes"] = volumes
     selector = {LABEL_CONNECTOR: owner.name, LABEL_COMPONENT: COMPONENT}
     return {
         "apiVersion": "apps/v1",
@@ -163,7 +173,7 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": labels(owner.name)},
-                "spec": {"containers": [container], "enableServiceLinks": False, **pod_volumes},
+                "spec": {"containers": [container], "enableServiceLinks": False, **pod},
             },
         },
     }

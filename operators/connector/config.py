@@ -18,6 +18,14 @@ class Config:
     recheck_s: float = 30.0
     # Longest wait for the broker when asking for a topic's partitions.
     broker_timeout_s: float = 5.0
+    # A ServiceAccount (in the Connector's namespace) that may read the namespace's Policies, Workflows, Models
+    # and Connectors, and get Secrets, as a worker's does: given one, consumers run ``aiplane kafka-source
+    # --from-cluster`` under it and enforce the Policies on their tasks; without one, none (it would be refused).
+    service_account: str | None = None
+    # The Secret and key of the PII master key (the workers' AIPLANE_PII_KEY), for governed consumers: the tokens
+    # they make must open with the same key everywhere.
+    pii_secret: str | None = None
+    pii_key: str = "key"
 
     @classmethod
     def from_env(cls) -> Config:
@@ -27,4 +35,7 @@ class Config:
             store_key=os.environ.get("AIPLANE_STORE_SECRET_KEY", cls.store_key),
             recheck_s=float(os.environ.get("AIPLANE_CONNECTOR_RECHECK_S", cls.recheck_s)),
             broker_timeout_s=float(os.environ.get("AIPLANE_CONNECTOR_BROKER_TIMEOUT_S", cls.broker_timeout_s)),
+            service_account=os.environ.get("AIPLANE_CONNECTOR_SERVICE_ACCOUNT") or None,
+            pii_secret=os.environ.get("AIPLANE_PII_SECRET") or None,
+            pii_key=os.environ.get("AIPLANE_PII_SECRET_KEY", cls.pii_key),
         )

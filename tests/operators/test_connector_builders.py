@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from crds.connector import Connector
 from operators.connector import builders, status
 from operators.connector.broker import Probe
@@ -63,6 +65,31 @@ def test_the_consumer_deployment_runs_the_source_runtime_with_no_secret_in_it() 
     assert [e["name"] for e in container["env"] if "value" in e] == ["AIPLANE_CONNECTOR_SPEC", "AIPLANE_SECRETS_DIR"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_given_a_service_account_the_consumer_enforces_its_namespaces_policies() -> None:
+    config = Config(image="aiplane/aiplane:test", service_account="aiplane-worker", pii_secret="aiplane-pii")
+    pod = builders.deployment(connector(), OWNER, 1, config)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "aiplane-worker"
+    (container,) = pod["containers"]
+    assert container["command"] == ["aiplane", "kafka-source"]
+    assert container["args"][-2:] == ["--from-cluster", "ns"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AIPLANE_PII_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "aiplane-pii", "key": "key"}}
+    assert [e["name"] for e in container["env"] if "value" in e] == ["AIPLANE_CONNECTOR_SPEC"]
+    # Without one: no Policies (a consumer without read access to them would only fail to start).
+    plain = builders.deployment(connector(), OWNER, 1, CONFIG)["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in plain
+    assert plain["containers"][0]["command"] == ["python", "-m", "connectors.kafka", "source"]
+
+
+def test_the_service_account_and_pii_key_come_from_the_environment() -> None:
+    env = {"AIPLANE_CONNECTOR_SERVICE_ACCOUNT": "sa", "AIPLANE_PII_SECRET": "pii", "AIPLANE_PII_SECRET_KEY": "k"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        config = Config.from_env()
+    assert (config.service_account, config.pii_secret, config.pii_key) == ("sa", "pii", "k")
 
 
 def test_the_tenant_annotation_names_the_tenant() -> None:
