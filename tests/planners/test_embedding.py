@@ -19,6 +19,25 @@ def test_published_similarities(embedder: SentenceEmbedder) -> None:
     np.testing.assert_allclose(similarities, published, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("left", "right", "published"),
+    [
+        # Printed for all-MiniLM-L6-v2 by the semantic-similarity examples of sentence-transformers' users
+        # (util.cos_sim, 4 places), e.g. DeepLearning.AI's "Open Source Models with Hugging Face" course.
+        ("The new movie is awesome", "The new movie is so great", 0.8939),
+        ("The cat sits outside", "The cat plays in the garden", 0.6788),
+        ("I love pasta", "Do you like pizza?", 0.5096),
+        ("A man is playing guitar", "The cat plays in the garden", 0.2105),
+        ("The cat sits outside", "The dog plays in the garden", 0.2838),
+        ("A man is playing guitar", "A woman watches TV", -0.0327),
+        ("The movies are awesome", "The new movie is so great", 0.6571),
+    ],
+)
+def test_published_pair_similarities(embedder: SentenceEmbedder, left: str, right: str, published: float) -> None:
+    a, b = embedder.embed([left, right])
+    assert float(a @ b) == pytest.approx(published, abs=1e-3)
+
+
 def test_unit_norm_and_deterministic(embedder: SentenceEmbedder) -> None:
     texts = ["Request the police report from the claimant.", "", "a", "Ünïcödé and 数字 text — fine."]
     first = embedder.embed(texts)
