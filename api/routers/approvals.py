@@ -14,6 +14,7 @@ from api.state import Gateway, gateway
 from api.store import Principal
 from api.telemetry import gateway_span
 from engine import ATTR_TASK_ID, Approval, Task
+from policies import metrics as policy_metrics
 from policies.access import separation_required, separation_violation
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
@@ -148,6 +149,7 @@ async def _decide(
             required = separation_required(gw.governing(task.workflow), default=False)
             violation = separation_violation(task.submitted_by, principal.name, required=required)
             if violation is not None:
+                policy_metrics.denied("separation_of_duties")
                 raise ProblemError(403, "separation-of-duties", violation, task_id=task.id, approval_id=approval_id)
         decide = engine.approve if approve else engine.reject
 
