@@ -414,7 +414,8 @@ def governance() -> gd.Dashboard:
                 "Policy denies (24 h)",
                 "short",
                 f'sum(increase({DECISIONS}{{decision="deny"}}[24h]))',
-                "Submissions, calls and steps refused by a Policy (access, residency, rate limits).",
+                "Submissions, calls, steps and approvals a Policy refused (access, residency, rate limits, separation "
+                "of duties).",
             )
         )
         .with_panel(
