@@ -14,6 +14,7 @@ from crds.base import (
     PrinterColumn,
     Quantity,
     Resource,
+    Role,
     StatusBase,
     VersionLabel,
     age_column,
@@ -90,6 +91,40 @@ class Analysis(K8sModel):
     )
 
 
+class PromotionApproval(K8sModel):
+    """People who must approve before the canary becomes stable: the rollout holds the last traffic step (as an
+    Argo Rollouts pause step would) until they decide through the approvals API or ``aiplane approve``."""
+
+    roles: list[Role] = Field(
+        default=["approver"],
+        max_length=4,
+        description="Roles (in the tenant below) whose holders may decide.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    users: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, max_length=64, description="Named users who may decide, in addition to the roles."
+    )
+    quorum: int = Field(default=1, ge=1, le=16, description="Distinct approvals needed to promote.")
+    expiry: Duration = Field(
+        default="24h",
+        description="How long the approval waits; nobody deciding in time rolls the canary back like a rejection.",
+    )
+    tenant: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Tenant whose approvers decide (their API keys or tokens); defaults to the Model's namespace.",
+    )
+
+
+class Promotion(K8sModel):
+    """What the canary needs, besides a passing analysis at every step, to become the stable version."""
+
+    approval: PromotionApproval | None = Field(
+        default=None, description="A human approval at the last traffic step; omit to promote on the analysis alone."
+    )
+
+
 class Canary(K8sModel):
     """A rollout of a new version next to the stable one, moving traffic step by step while the analysis holds."""
 
@@ -119,6 +154,9 @@ class Canary(K8sModel):
     )
     interval: Duration = Field(default="5m", description="How long each traffic step is held and analysed.")
     analysis: Analysis = Field(default_factory=Analysis, description="Thresholds that decide promotion or rollback.")
+    promotion: Promotion | None = Field(
+        default=None, description="Gates on promotion beyond the analysis, such as a human approval."
+    )
 
 
 class ModelSpec(K8sModel):
@@ -204,7 +242,23 @@ class GPUQuota(K8sModel):
     )
 
 
-RolloutPhase = Literal["Progressing", "Paused", "Promoted", "RolledBack", "Aborted"]
+RolloutPhase = Literal["Progressing", "Paused", "AwaitingApproval", "Promoted", "RolledBack", "Aborted"]
+ApprovalState = Literal["pending", "approved", "rejected", "expired", "cancelled"]
+
+
+class RolloutApproval(K8sModel):
+    """The approval a promotion waits for (an approval of the engine, decided through its API or CLI)."""
+
+    id: str = Field(max_length=64, description="Approval id: what `aiplane approve` and /v1/approvals take.")
+    task_id: str = Field(max_length=64, description="The engine task that holds the approval.")
+    tenant: str = Field(max_length=63, description="Tenant whose approvers decide.")
+    state: ApprovalState = Field(description="pending, approved, rejected, expired or cancelled.")
+    roles: list[str] = Field(default_factory=list, max_length=4, description="Roles that may decide.")
+    users: list[str] = Field(default_factory=list, max_length=64, description="Named users who may decide.")
+    quorum: int = Field(default=1, ge=1, le=16, description="Distinct approvals needed.")
+    expires_at: datetime | None = Field(default=None, description="When the approval expires (UTC).")
+    decided_by: list[str] = Field(default_factory=list, max_length=16, description="Who decided, in order.")
+    reason: str = Field(default="", max_length=4096, description="The deciding approver's reason.")
 
 
 class Rollout(K8sModel):
@@ -212,8 +266,9 @@ class Rollout(K8sModel):
 
     version: str = Field(max_length=63, description="Canary version this rollout is about.")
     phase: RolloutPhase = Field(
-        description="Progressing (moving through the steps), Paused (held by the user), Promoted (the canary is "
-        "now stable), RolledBack (the analysis failed) or Aborted (stopped by the user)."
+        description="Progressing (moving through the steps), Paused (held by the user), AwaitingApproval (at the "
+        "last step, waiting for spec.canary.promotion.approval), Promoted (the canary is now stable), RolledBack "
+        "(the analysis failed, or the promotion was rejected or expired) or Aborted (stopped by the user)."
     )
     step: int = Field(
         default=-1,
@@ -231,6 +286,9 @@ class Rollout(K8sModel):
         le=1000,
         description="Replicas of both versions together while free GPUs cannot hold a full canary next to the "
         "stable version and replicas move from one to the other one at a time; unset otherwise.",
+    )
+    approval: RolloutApproval | None = Field(
+        default=None, description="The approval the promotion waits for or waited for; unset without one."
     )
 
 

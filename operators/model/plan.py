@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from crds.model import Model, Rollout
-from operators.model import builders, gpus
+from operators.model import builders, gpus, promotion
 from operators.model import rollout as rollouts
 from operators.model.builders import LiveVersion
 
@@ -62,6 +62,7 @@ def plan(
     control: rollouts.Control = None,
     verdict: rollouts.Verdict | None = None,
     gpu_room: gpus.Room | None = None,
+    approval: promotion.Seen | None = None,
 ) -> Plan:
     spec = model.spec
     status = model.status
@@ -83,6 +84,7 @@ def plan(
             canary_ready=seen is not None and seen.fully_ready,
             control=control,
             verdict=verdict,
+            approval=approval,
         )
         rollout, event = decision.rollout, decision.event
         canary_spec = LiveVersion(wanted.version, wanted.bento or spec.bento, wanted.image or spec.image or image, None)

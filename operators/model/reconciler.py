@@ -22,7 +22,7 @@ import pydantic
 
 from crds.model import GPUQuota, Model, ModelSpec, ModelStatus
 from operators import metrics as operator_metrics
-from operators.model import builders, gpus, naming, validation
+from operators.model import builders, gpus, naming, promotion, validation
 from operators.model import plan as plans
 from operators.model import rollout as rollouts
 from operators.model import status as statuses
@@ -131,6 +131,8 @@ class Reconciler:
     config: Config
     post_event: EventPoster
     analyzer: Analyzer | None = None
+    # The engine's approvals, for canaries whose promotion needs one; None: this operator has no database.
+    approvals: promotion.Approvals | None = None
     # Whole seconds, as Kubernetes writes condition times.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
@@ -280,7 +282,9 @@ class Reconciler:
             control=control(meta.get("annotations") or {}),
             verdict=verdict,
             gpu_room=room,
+            approval=await self._approval(model, status, now),
         )
+        await self._withdraw(status, plan)
         try:
             await self._apply_children(model, owner, plan, has_autoscaler=bool(autoscalers))
         except kubernetes.client.ApiException as error:
@@ -320,12 +324,60 @@ class Reconciler:
         rollout = status.rollout if status is not None else None
         if canary is None or rollout is None or rollout.version != canary.version:
             return None
-        if rollout.phase != "Progressing" or rollout.step < 0:
+        if rollout.phase not in ("Progressing", "AwaitingApproval") or rollout.step < 0:
             return None
         if self.analyzer is None:
             return rollouts.Verdict(True, detail="no analysis configured (AIPLANE_PROMETHEUS_URL is unset)")
         stable = status.stable_version if status is not None and status.stable_version else model.spec.version
         return await self.analyzer(model, stable, canary.version)
+
+    async def _approval(self, model: Model, status: ModelStatus | None, now: datetime) -> promotion.Seen | None:
+        """The approval a rollout awaiting one waits for: opened on the first look (idempotently, so a restart
+        between opening it and writing status finds the same one), then read by its id from status."""
+        rollout = status.rollout if status is not None else None
+        canary = model.spec.canary
+        if canary is None or rollout is None or rollout.version != canary.version:
+            return None
+        if rollout.phase != "AwaitingApproval":
+            return None
+        stable = status.stable_version if status is not None and status.stable_version else model.spec.version
+        wanted = promotion.request(model, stable)
+        if wanted is None:
+            return None
+        if self.approvals is None:
+            return "this operator has no approvals store (set AIPLANE_DATABASE_URL to the engine's database)"
+        approvals = self.approvals
+        known = rollout.approval
+        try:
+            if known is not None and known.state == "pending":
+                seen = await asyncio.to_thread(approvals.look, known.tenant, known.id)
+            elif known is not None and known.state == "approved":
+                seen = known
+            else:
+                seen = await asyncio.to_thread(approvals.open, wanted)
+        except Exception as error:  # the store is down or refused: say so and ask again on the next tick
+            log.warning(
+                "cannot reach the approvals store",
+                extra={"model": f"{wanted.namespace}/{wanted.name}", "error": f"{type(error).__name__}: {error}"},
+            )
+            return f"the approvals store failed: {type(error).__name__}: {error}"[:1000]
+        return promotion.effective(seen, now)
+
+    async def _withdraw(self, status: ModelStatus | None, plan: plans.Plan) -> None:
+        """A rollout that ended otherwise (analysis rollback, abort) while its approval was pending cancels it, so
+        approvers are not left deciding what no longer waits."""
+        before = status.rollout if status is not None else None
+        after = plan.rollout
+        if self.approvals is None or before is None or before.approval is None or before.approval.state != "pending":
+            return
+        if after is None or after.version != before.version or after.phase not in ("RolledBack", "Aborted"):
+            return
+        if after.approval is not None and after.approval.state != "pending":
+            return  # decided or expired: nothing to withdraw
+        try:
+            await asyncio.to_thread(self.approvals.withdraw, before.approval, after.message)
+        except Exception:  # the approval expires by itself; failing the reconcile would undo nothing
+            log.warning("could not cancel a promotion approval", exc_info=True, extra={"approval": before.approval.id})
 
     async def _apply_children(
         self, model: Model, owner: builders.Owner, plan: plans.Plan, *, has_autoscaler: bool

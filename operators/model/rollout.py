@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from crds.model import Canary, Rollout
+from crds.model import Canary, Rollout, RolloutApproval
+from operators.model import promotion
 
 Control = Literal["pause", "resume", "abort"] | None
-ACTIVE_PHASES = frozenset({"Progressing", "Paused"})
+# Phases in which the canary serves traffic.
+ACTIVE_PHASES = frozenset({"Progressing", "Paused", "AwaitingApproval"})
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -81,8 +83,13 @@ def advance(
     canary_ready: bool,
     control: Control = None,
     verdict: Verdict | None = None,
+    approval: RolloutApproval | str | None = None,
 ) -> Decision:
-    """The next state of the rollout of ``canary``; ``current`` None or about another version starts afresh."""
+    """The next state of the rollout of ``canary``; ``current`` None or about another version starts afresh.
+
+    ``approval``: while the rollout awaits approval, the approval as it stands now (expiry already applied), or
+    why none can be asked for; None: not looked at in this run.
+    """
     if current is None or current.version != canary.version:
         started = Rollout(
             version=canary.version, phase="Progressing", step=-1, step_started_at=now, message="canary starting"
@@ -93,6 +100,8 @@ def advance(
     if control == "abort":
         message = f"aborted by the user at {weight(canary, current)}% canary traffic"
         return Decision(_with(current, phase="Aborted", message=message), Event("Warning", "RolloutAborted", message))
+    if current.phase == "AwaitingApproval" and control != "pause":
+        return _await(canary, current, now, verdict, approval)
     if current.phase == "Paused":
         if control != "resume":
             return Decision(current)
@@ -117,12 +126,57 @@ def advance(
         held = (verdict or Verdict(None)).describe()
         return Decision(current if current.message == held else _with(current, message=held))
     if current.step + 1 >= len(canary.steps):
-        message = f"promoted {canary.version}: {verdict.describe()} at every step"
-        return Decision(
-            _with(current, phase="Promoted", step_started_at=now, message=message),
-            Event("Normal", "RolloutPromoted", message),
-        )
+        if needs_approval(canary):
+            if current.approval is not None and current.approval.state == "approved":
+                # Approved before a pause: the people's decision stands.
+                return _promote(canary, current, now, f"approved by {', '.join(current.approval.decided_by)}")
+            message = f"promotion of {canary.version} awaits approval: {verdict.describe()} at every step"
+            return Decision(
+                _with(current, phase="AwaitingApproval", message=message),
+                Event("Normal", "PromotionAwaitingApproval", message),
+            )
+        return _promote(canary, current, now, f"{verdict.describe()} at every step")
     return _enter_step(canary, current, current.step + 1, now)
+
+
+def needs_approval(canary: Canary) -> bool:
+    return canary.promotion is not None and canary.promotion.approval is not None
+
+
+def _promote(canary: Canary, current: Rollout, now: datetime, why: str) -> Decision:
+    message = f"promoted {canary.version}: {why}"
+    return Decision(
+        _with(current, phase="Promoted", step_started_at=now, message=message),
+        Event("Normal", "RolloutPromoted", message),
+    )
+
+
+def _await(
+    canary: Canary, current: Rollout, now: datetime, verdict: Verdict | None, approval: RolloutApproval | str | None
+) -> Decision:
+    """Waiting at the last step: the analysis keeps judging (a failure still rolls back), people decide the rest."""
+    if verdict is not None and verdict.passed is False:
+        message = f"rolled back at {weight(canary, current)}% while awaiting approval: {verdict.describe()}"
+        return Decision(
+            _with(current, phase="RolledBack", message=message), Event("Warning", "RolloutRolledBack", message)
+        )
+    if approval is None:
+        return Decision(current)
+    if isinstance(approval, str):
+        message = f"promotion of {canary.version} awaits approval, which cannot be asked for: {approval}"
+        return Decision(current if current.message == message else _with(current, message=message))
+    if approval.state == "approved":
+        return _promote(canary, _with(current, approval=approval), now, f"approved by {', '.join(approval.decided_by)}")
+    if approval.state in ("rejected", "expired", "cancelled"):
+        message = promotion.refused_message(canary.version, approval)
+        return Decision(
+            _with(current, phase="RolledBack", approval=approval, message=message),
+            Event("Warning", "PromotionRejected", message),
+        )
+    message = promotion.waiting_message(canary.version, approval)
+    if current.approval == approval and current.message == message:
+        return Decision(current)
+    return Decision(_with(current, approval=approval, message=message))
 
 
 def _with(current: Rollout, **changes: Any) -> Rollout:

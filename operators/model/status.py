@@ -10,6 +10,7 @@ from typing import Any
 from crds.base import Condition
 from crds.model import Endpoint, Model, ModelStatus, VersionReplicas
 from operators.model.plan import Observed, Plan
+from operators.model.rollout import ACTIVE_PHASES
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -60,7 +61,8 @@ def invalid(status: ModelStatus | None, generation: int, problems: list[str], no
 def _rolled_back(previous: ModelStatus, make: Conditions) -> Condition:
     rollout = previous.rollout
     if rollout is not None and rollout.phase == "RolledBack":
-        return make(ROLLED_BACK, True, "AnalysisFailed", rollout.message)
+        refused = rollout.approval is not None and rollout.approval.state in ("rejected", "expired", "cancelled")
+        return make(ROLLED_BACK, True, "PromotionRejected" if refused else "AnalysisFailed", rollout.message)
     return make(ROLLED_BACK, False, "NoRollback")
 
 
@@ -97,7 +99,7 @@ def fold(
     stuck = sorted(v for v, o in observed.items() if v in plan.live and o.deadline_exceeded)
     starting = sorted(v for v in plan.live if v not in plan.keep and not (v in observed and observed[v].fully_ready))
     rollout = plan.rollout
-    rolling = rollout is not None and rollout.phase in ("Progressing", "Paused") and plan.canary is not None
+    rolling = rollout is not None and rollout.phase in ACTIVE_PHASES and plan.canary is not None
 
     make = Conditions(previous.conditions, generation, now)
     if model.spec.min_replicas == 0 and plan.canary is None:
@@ -114,7 +116,7 @@ def fold(
         ready = make(READY, False, "ReplicasNotReady", f"version {serving}: {have}/{want} ready")
 
     if rolling and rollout is not None:
-        reason = "RolloutPaused" if rollout.phase == "Paused" else "RollingOut"
+        reason = {"Paused": "RolloutPaused", "AwaitingApproval": "AwaitingApproval"}.get(rollout.phase, "RollingOut")
         message = f"{rollout.message}; {plan.note}" if plan.note else rollout.message
         progressing = make(PROGRESSING, True, reason, message)
     elif starting:

@@ -19,7 +19,14 @@ log = logging.getLogger(__name__)
 Recorder = Callable[[str, str, str, Mapping[str, Any]], object]
 Poster = Callable[[dict[str, Any], Event], None]
 
-ROLLOUT_DECISIONS = {"RolloutPromoted": "promote", "RolloutRolledBack": "rollback", "RolloutAborted": "abort"}
+ROLLOUT_DECISIONS = {
+    "RolloutPromoted": "promote",
+    "RolloutRolledBack": "rollback",
+    "RolloutAborted": "abort",
+    # A promotion that needs people: asked for, and refused (rejected or expired), which rolls the canary back.
+    "PromotionAwaitingApproval": "approval-required",
+    "PromotionRejected": "rollback",
+}
 
 
 def recording(post: Poster, record: Recorder) -> Poster:

@@ -1,0 +1,108 @@
+"""Promotion approvals of the Model operator, as tasks of the engine's built-in promotion workflow.
+
+A canary whose ``spec.canary.promotion.approval`` asks for people gets one task of the workflow
+``aiplane-model-promotion``, whose only step is an approval with the Model's roles, users, quorum and expiry. So
+people decide it like any other approval (``aiplane approvals``, ``aiplane approve``, ``/v1/approvals``, the
+gateway's role and separation-of-duties checks), the engine audits each decision, and the operator reads the
+outcome back through ``operators.model.promotion.Approvals``. The task's idempotency key is the rollout's (Model
+uid and canary version), so asking twice, after an operator restart for instance, finds the first approval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from typing import Any
+
+from crds.model import RolloutApproval
+from crds.workflow import WorkflowSpec
+from engine import Approval, Engine, InvalidStateError, Submission
+from operators.model.promotion import Request
+
+WORKFLOW = "aiplane-model-promotion"
+STEP = "approve-promotion"
+ACTOR = "aiplane-operator"
+
+
+def workflow(request: Request) -> WorkflowSpec:
+    """The promotion workflow for ``request``'s approvers: one approval step. Each set of approvers is a version
+    of the same workflow (versions are content hashes, so the same approvers give the same version)."""
+    return WorkflowSpec.model_validate(
+        {
+            "steps": [
+                {
+                    "name": STEP,
+                    "type": "approval",
+                    "approval": {
+                        "approvers": {"roles": list(request.roles), "users": list(request.users)},
+                        "quorum": request.quorum,
+                        "prompt": request.prompt,
+                        "expiry": request.expiry,
+                    },
+                }
+            ]
+        }
+    )
+
+
+def seen(approval: Approval) -> RolloutApproval:
+    """What the Model's status keeps of an engine approval."""
+    decisions = approval.decisions
+    return RolloutApproval(
+        id=approval.id,
+        task_id=approval.task_id,
+        tenant=approval.tenant,
+        state=approval.state.value,
+        roles=list(approval.roles),
+        users=list(approval.users),
+        quorum=approval.quorum,
+        expires_at=approval.expires_at,
+        decided_by=[d.approver for d in decisions][-16:],
+        reason=decisions[-1].reason if decisions else "",
+    )
+
+
+class EngineApprovals:
+    """``operators.model.promotion.Approvals`` on an engine's store (the one the gateway and workers share)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def open(self, request: Request) -> RolloutApproval:
+        version = self.engine.register_workflow(WORKFLOW, workflow(request))
+        submission = Submission(
+            tenant=request.tenant,
+            workflow=WORKFLOW,
+            input=request.input(),
+            version=version,
+            idempotency_key=request.key,
+            submitted_by=ACTOR,
+            annotations=None,
+        )
+        [outcome] = self.engine.submit_many([submission])
+        if isinstance(outcome, Exception):
+            raise outcome
+        task: Any = getattr(outcome, "task", None)
+        if task is None:
+            raise RuntimeError(f"the engine answered {type(outcome).__name__} for a promotion approval")
+        page = self.engine.approvals(request.tenant, None, task_id=task.id)
+        if not page.items:
+            raise RuntimeError(f"task {task.id} of {WORKFLOW} holds no approval (state {task.state})")
+        return seen(page.items[0])
+
+    def look(self, tenant: str, approval_id: str) -> RolloutApproval:
+        return seen(self.engine.approval(approval_id, tenant=tenant))
+
+    def withdraw(self, approval: RolloutApproval, reason: str) -> None:
+        # Decided or expired meanwhile: nothing is pending any more.
+        with contextlib.suppress(InvalidStateError):
+            self.engine.cancel(approval.tenant, approval.task_id, reason=reason[:1000] or "rollout ended")
+
+
+def operator_store(url: str) -> tuple[Engine, EngineApprovals]:
+    """The engine's store as ``aiplane operator`` uses it: the audit log (rollout decisions) and approvals
+    (promotions). The engine wants a folder for large payloads; a promotion's input is a few hundred bytes, always
+    stored inline, so a private temporary one does."""
+    data_dir = None if url.startswith("sqlite") else tempfile.mkdtemp(prefix="aiplane-operator-")
+    engine = Engine(url, data_dir=data_dir)
+    return engine, EngineApprovals(engine)

@@ -1,0 +1,214 @@
+"""Promotion approvals: the rollout holds its last step until people decide, the analysis still rolls back while
+it waits, and the engine's approvals stand behind it (``aiplane.promotions`` on a real SQLite store)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aiplane.promotions import WORKFLOW, EngineApprovals
+from crds.model import Canary, Model, ModelStatus, Rollout, RolloutApproval
+from engine import Engine
+from operators.model import promotion
+from operators.model import rollout as r
+from operators.model.plan import plan
+from operators.model.rollout import Verdict
+from operators.model.status import fold
+from operators.policy.decisions import recording
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+GATED = Canary.model_validate(
+    {
+        "version": "2.0.0",
+        "steps": [50, 100],
+        "interval": "1m",
+        "promotion": {"approval": {"roles": ["approver", "admin"], "quorum": 2, "expiry": "1h"}},
+    }
+)
+PASS = Verdict(True, detail="fine")
+
+
+def at(step: int, phase: str = "Progressing", **extra: object) -> Rollout:
+    return Rollout.model_validate({"version": "2.0.0", "phase": phase, "step": step, "stepStartedAt": T0, **extra})
+
+
+def approval(state: str = "pending", *decided_by: str, reason: str = "") -> RolloutApproval:
+    return RolloutApproval(
+        id="01APPROVAL",
+        task_id="01TASK",
+        tenant="claims",
+        state=state,
+        roles=["approver", "admin"],
+        quorum=2,
+        expires_at=T0 + timedelta(hours=1),
+        decided_by=list(decided_by),
+        reason=reason,
+    )
+
+
+def model(canary: Canary = GATED, rollout: Rollout | None = None) -> Model:
+    return Model.model_validate(
+        {
+            "metadata": {"name": "claims-extractor", "namespace": "claims", "uid": "u-1", "generation": 3},
+            "spec": {"bento": "service:Claims", "version": "1.0.0", "canary": canary.model_dump(by_alias=True)},
+            "status": {"stableVersion": "1.0.0", "rollout": rollout.model_dump(by_alias=True, mode="json")}
+            if rollout
+            else None,
+        }
+    )
+
+
+def test_the_last_step_waits_for_approval_instead_of_promoting() -> None:
+    later = T0 + timedelta(minutes=1)
+    decision = r.advance(GATED, at(1), now=later, canary_ready=True, verdict=PASS)
+    assert decision.rollout.phase == "AwaitingApproval"
+    assert r.weight(GATED, decision.rollout) == 100
+    assert decision.event is not None
+    assert decision.event.reason == "PromotionAwaitingApproval"
+    # Without an approval block the same state promotes.
+    ungated = GATED.model_copy(update={"promotion": None})
+    assert r.advance(ungated, at(1), now=later, canary_ready=True, verdict=PASS).rollout.phase == "Promoted"
+
+
+def test_waiting_names_who_may_approve_and_how() -> None:
+    waiting = r.advance(GATED, at(1, "AwaitingApproval"), now=T0, canary_ready=True, approval=approval())
+    assert waiting.rollout.phase == "AwaitingApproval"
+    assert waiting.rollout.approval == approval()
+    assert waiting.event is None
+    message = waiting.rollout.message
+    assert "2 approvals from role approver, admin in tenant claims" in message
+    assert "aiplane approve 01APPROVAL" in message
+    # Nothing new: nothing changes (no status write).
+    again = r.advance(GATED, waiting.rollout, now=T0, canary_ready=True, approval=approval())
+    assert again.rollout is waiting.rollout
+
+
+def test_approval_promotes_and_rejection_or_expiry_rolls_back() -> None:
+    waiting = at(1, "AwaitingApproval")
+    approved = r.advance(GATED, waiting, now=T0, canary_ready=True, approval=approval("approved", "ann", "bob"))
+    assert approved.rollout.phase == "Promoted"
+    assert approved.event is not None
+    assert approved.event.reason == "RolloutPromoted"
+    assert "approved by ann, bob" in approved.event.message
+
+    rejected = r.advance(
+        GATED, waiting, now=T0, canary_ready=True, approval=approval("rejected", "bob", reason="too risky")
+    )
+    assert rejected.rollout.phase == "RolledBack"
+    assert r.weight(GATED, rejected.rollout) == 0
+    assert rejected.event is not None
+    assert rejected.event.reason == "PromotionRejected"
+    assert rejected.event.type == "Warning"
+    assert "rejected by bob: too risky" in rejected.rollout.message
+
+    pending = approval()
+    expired = promotion.effective(pending, T0 + timedelta(hours=1))
+    assert promotion.effective(pending, T0 + timedelta(minutes=59)).state == "pending"
+    assert expired.state == "expired"
+    gone = r.advance(GATED, waiting, now=T0, canary_ready=True, approval=expired)
+    assert gone.rollout.phase == "RolledBack"
+    assert "expired" in gone.rollout.message
+
+
+def test_a_failing_analysis_still_wins_while_waiting() -> None:
+    failed = Verdict(False, metric="error-rate", value=0.5, threshold=0.1)
+    decision = r.advance(
+        GATED, at(1, "AwaitingApproval"), now=T0, canary_ready=True, verdict=failed, approval=approval()
+    )
+    assert decision.rollout.phase == "RolledBack"
+    assert decision.event is not None
+    assert decision.event.reason == "RolloutRolledBack"
+    assert "error-rate" in decision.rollout.message
+
+
+def test_no_approvals_store_never_promotes_and_says_why() -> None:
+    held = r.advance(GATED, at(1, "AwaitingApproval"), now=T0, canary_ready=True, approval="no store")
+    assert held.rollout.phase == "AwaitingApproval"
+    assert "cannot be asked for: no store" in held.rollout.message
+
+
+def test_pause_and_abort_while_waiting() -> None:
+    waiting = at(1, "AwaitingApproval", approval=approval().model_dump(by_alias=True, mode="json"))
+    paused = r.advance(GATED, waiting, now=T0, canary_ready=True, control="pause")
+    assert paused.rollout.phase == "Paused"
+    resumed = r.advance(GATED, paused.rollout, now=T0, canary_ready=True, control="resume").rollout
+    # Back at the last step: after the interval it waits again, for the same approval.
+    again = r.advance(GATED, resumed, now=T0 + timedelta(minutes=1), canary_ready=True, verdict=PASS).rollout
+    assert again.phase == "AwaitingApproval"
+    assert again.approval == approval()
+    aborted = r.advance(GATED, waiting, now=T0, canary_ready=True, control="abort")
+    assert aborted.rollout.phase == "Aborted"
+
+
+def test_request_defaults_the_tenant_to_the_namespace_and_keys_the_rollout() -> None:
+    wanted = promotion.request(model(), "1.0.0")
+    assert wanted is not None
+    assert wanted.tenant == "claims"
+    assert wanted.roles == ("approver", "admin")
+    assert wanted.quorum == 2
+    assert wanted.key == "model-promotion/u-1/2.0.0"
+    assert "claims/claims-extractor to version 2.0.0 (replacing 1.0.0)" in wanted.prompt
+    assert promotion.request(model(GATED.model_copy(update={"promotion": None})), "1.0.0") is None
+
+
+def test_status_says_awaiting_approval_and_promotion_rejected() -> None:
+    def conditions(rollout: Rollout) -> dict[str, tuple[str, str]]:
+        m = model(rollout=rollout)
+        planned = plan(m, "img", {}, now=T0, control="resume")
+        status: ModelStatus = fold(m, generation=3, plan=planned, observed={}, urls={}, now=T0)
+        return {c.type: (c.status, c.reason) for c in status.conditions}
+
+    waiting = at(1, "AwaitingApproval", approval=approval().model_dump(by_alias=True, mode="json"))
+    assert conditions(waiting)["Progressing"] == ("True", "AwaitingApproval")
+    refused = at(1, "RolledBack", approval=approval("rejected", "bob").model_dump(by_alias=True, mode="json"))
+    assert conditions(refused)["RolledBack"] == ("True", "PromotionRejected")
+    assert conditions(at(1, "RolledBack"))["RolledBack"] == ("True", "AnalysisFailed")
+
+
+def test_the_request_and_the_refusal_are_audited() -> None:
+    records: list[tuple[str, str, str]] = []
+    post = recording(lambda body, event: None, lambda kind, subject, decision, details: records.append(
+        (kind, subject, decision)))  # fmt: skip
+    body = {"metadata": {"namespace": "claims", "name": "claims-extractor", "generation": 3}}
+    post(body, r.Event("Normal", "PromotionAwaitingApproval", "awaits"))
+    post(body, r.Event("Warning", "PromotionRejected", "rejected by bob"))
+    assert records == [
+        ("model", "claims/claims-extractor", "approval-required"),
+        ("model", "claims/claims-extractor", "rollback"),
+    ]
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return Engine(f"sqlite:///{tmp_path / 'engine.db'}")
+
+
+def test_engine_approvals_open_once_decide_through_the_engine_and_withdraw(engine: Engine) -> None:
+    approvals = EngineApprovals(engine)
+    wanted = promotion.request(model(), "1.0.0")
+    assert wanted is not None
+    first = approvals.open(wanted)
+    # An operator restarted before it wrote status asks again: the same approval.
+    assert approvals.open(wanted) == first
+    assert first.state == "pending"
+    assert (first.tenant, first.roles, first.quorum) == ("claims", ["approver", "admin"], 2)
+    task = engine.get("claims", first.task_id)
+    assert (task.workflow, task.submitted_by) == (WORKFLOW, "aiplane-operator")
+    assert [a.id for a in engine.approvals("claims").items] == [first.id]
+
+    engine.approve(first.id, "ann", "metrics look fine", tenant="claims", roles={"approver"})
+    assert approvals.look("claims", first.id).state == "pending"  # quorum 2
+    engine.approve(first.id, "bob", "", tenant="claims", roles={"admin"})
+    decided = approvals.look("claims", first.id)
+    assert (decided.state, decided.decided_by) == ("approved", ["ann", "bob"])
+    assert [r.decision for r in engine.audit.records() if r.kind == "approval"] == ["approve", "approve"]
+
+    # A canary rolled back while its approval waited withdraws it.
+    later = promotion.request(model(GATED.model_copy(update={"version": "3.0.0"})), "2.0.0")
+    assert later is not None
+    opened = approvals.open(later)
+    approvals.withdraw(opened, "rolled back")
+    assert approvals.look("claims", opened.id).state == "cancelled"
+    approvals.withdraw(opened, "again")  # nothing pending: no error
