@@ -1,7 +1,9 @@
 """`aiplane demo`: the claims-triage case end to end on the embedded default, narrated.
 
 Starts `aiplane dev` as a child process (exactly as a user would), submits two sample claims, shows the small one
-decided automatically and the large one waiting for a human, approves it, and prints its trace.
+decided automatically and the large one waiting for a human, approves it, and prints its trace. Then an incomplete
+claim goes to the claims-completion agent, which asks the claimant portal for the missing document, reads the claim
+again with it, and completes it; each of its proposals is shown with the engine's decision.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ LARGE_CLAIM = {
         "is $48,500.00. Kind regards."
     ),
 }
+INCOMPLETE_CLAIM = {
+    "claimId": "CLM-2001",
+    "document": (
+        "Hello, my suitcase was lost on my flight to Lisbon on 2026-10-14 and the airline never found it. "
+        "I am claiming EUR 860.00 for the bag and its contents."
+    ),
+}
 WORKFLOW = "claims-triage"
+COMPLETION_WORKFLOW = "claims-completion"
 
 
 def _say(text: str) -> None:
@@ -147,6 +157,18 @@ def run(examples: Path, port: int | None = None) -> int:
 
             _say(f"Trace of {large['id']} (gateway, engine, steps, model call)")
             _print_trace(client.trace(large["id"]))
-            ok = small["state"] == "succeeded" and large["state"] == "succeeded"
+
+            _say(f"Submitting a claim without a policy number ({INCOMPLETE_CLAIM['claimId']}) to {COMPLETION_WORKFLOW}")
+            incomplete = client.submit(COMPLETION_WORKFLOW, INCOMPLETE_CLAIM)
+            incomplete = _until(
+                "the agent to finish", lambda: _state(client, incomplete["id"], "succeeded", "waiting", "failed")
+            )
+            agent = next(s for s in incomplete["steps"] if s["name"] == "complete")["output"]
+            for entry in agent["transcript"]:
+                what = entry["action"] or entry["decision"]
+                print(f"   proposal {entry['step']}: {what:<17} {entry['decision']:<8} -> {entry['state']}")
+            spent = f"{agent['steps']} proposals, cost {agent['cost']:g}"
+            print(f"   agent {agent['status']} after {spent}: {agent.get('result')}")
+            ok = small["state"] == "succeeded" and large["state"] == "succeeded" and incomplete["state"] == "succeeded"
     _say("Done" if ok else "A claim did not succeed")
     return 0 if ok else 1

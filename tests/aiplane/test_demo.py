@@ -1,5 +1,5 @@
 """The README's run command: `aiplane demo` drives a real `aiplane dev` (gateway, workers, SQLite, `bentoml serve`)
-through the claims-triage case."""
+through the claims-triage case and the claims-completion agent."""
 
 from __future__ import annotations
 
@@ -35,4 +35,9 @@ def test_demo_runs_the_claims_case_end_to_end() -> None:
         "aiplane.gateway.approve",
     ):
         assert span in out
+    # The claims-completion agent: the document request, the second reading, done.
+    assert "proposal 1: request-document  allowed  -> succeeded" in out
+    assert "proposal 2: extract           allowed  -> succeeded" in out
+    assert "agent done after 3 proposals, cost 6: {" in out
+    assert "'policyNumber': 'PL-55012345'" in out
     assert "== Done" in out
