@@ -45,16 +45,14 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
-    record = None
+    record = approvals = None
     if url := os.environ.get("AIPLANE_DATABASE_URL"):
-        # Model promotions and rollbacks go to the audit log in the engine's database.
-        from engine.store import migrate
-        from engine.store.audit import AuditLog
-        from engine.store.database import Database
+        # Model promotions and rollbacks go to the audit log in the engine's database, and promotions that need
+        # people wait in its approvals.
+        from aiplane.promotions import operator_store
 
-        db = Database(url, pool_size=1)
-        migrate.upgrade(db)
-        record = AuditLog(db).append
+        engine, approvals = operator_store(url)
+        record = engine.audit.append
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -65,6 +63,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             peering_lifetime_s=args.peering_lifetime,
             liveness_endpoint=args.liveness,
             record_decision=record,
+            approvals=approvals,
         )
     except run.PeeringMissingError as error:
         print(f"aiplane operator: {error}", file=sys.stderr)
