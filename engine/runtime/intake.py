@@ -44,6 +44,7 @@ from engine.store.database import Database
 from engine.store.idempotency import Claim, IdempotencyStore, check_key, request_hash
 from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
+from policies import audit as decisions
 
 if TYPE_CHECKING:
     from policies.admission import Admission
@@ -179,7 +180,7 @@ class Intake:
                     outcomes[index] = refused.error
             owners = self._claim_keys(conn, plans, outcomes)
             created = self._insert(conn, owners, outcomes)
-            self._audit_masking(conn, created, masked, now)
+            self._audit(conn, batch=batch, outcomes=outcomes, created=created, masked=masked, now=now)
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -314,21 +315,43 @@ class Intake:
             outcomes[plan.index] = plan.accepted
         return created
 
-    def _audit_masking(
-        self, conn: sa.Connection, created: list[_Plan], masked: list[MaskSummary | None], now: datetime
+    def _audit(
+        self,
+        conn: sa.Connection,
+        *,
+        batch: Sequence[Submission],
+        outcomes: list[Outcome | None],
+        created: list[_Plan],
+        masked: list[MaskSummary | None],
+        now: datetime,
     ) -> None:
-        """One audit record per new task whose input was masked, in the tasks' own transaction: a masked input is
-        never stored without the record of what was masked (and never the values). Tasks given back by their
-        idempotency key were recorded when they were made."""
-        if self.pii is None:
-            return
+        """The batch's Policy decisions, in its own transaction, appended together:
+
+        - a denial (tenant, residency): kind ``policy``, decision ``deny``, subject ``workflow/<name>/submission``,
+          with the reason and its text (which names tenants, steps and regions, never the input);
+        - a masking: one record per new task whose input was masked (``WorkflowMasking.audit_entry``), so a masked
+          input is never stored without the record of what was masked. Tasks given back by their idempotency key
+          were recorded when they were made."""
         entries = [
-            self.pii.audit_entry(
-                p.submission.tenant, p.submission.workflow, f"task/{p.task['id']}/input", summary, actor="engine"
+            decisions.Entry(
+                "policy",
+                f"workflow/{sub.workflow}/submission",
+                "deny",
+                {"reason": outcome.type, "detail": outcome.detail, "workflow": sub.workflow, "by": sub.submitted_by},
+                tenant=sub.tenant,
+                actor="engine",
             )
-            for p in created
-            if (summary := masked[p.index])
+            for sub, outcome in zip(batch, outcomes, strict=True)
+            if isinstance(outcome, PolicyDeniedError)
         ]
+        if self.pii is not None:
+            entries += [
+                self.pii.audit_entry(
+                    p.submission.tenant, p.submission.workflow, f"task/{p.task['id']}/input", summary, actor="engine"
+                )
+                for p in created
+                if (summary := masked[p.index])
+            ]
         audit.append_many(conn, entries, now=now)
 
     def _earlier_task(self, conn: sa.Connection, plan: _Plan) -> Outcome:

@@ -220,6 +220,14 @@ def test_a_denied_message_is_dead_lettered_with_the_reason_the_gateway_gives(
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["type"] == f"https://aiplane.io/problems/{reason}"
     assert response.json()["detail"] == detail  # one decision, one text, whichever way the task came
+    # Both refusals are on the audit log, the submitter named where there is one.
+    denials = [r for r in governed.audit.records() if r.decision == "deny"]
+    assert [(r.subject, r.tenant, r.actor) for r in denials] == [
+        (f"workflow/{workflow}/submission", tenant, "engine")
+    ] * 2
+    assert [json.loads(r.details)["reason"] for r in denials] == [reason, reason]
+    assert [json.loads(r.details)["by"] for r in denials] == [None, "alice"]
+    assert governed.audit.verify().ok
 
 
 def test_a_dead_letters_detail_is_masked_like_the_input(
