@@ -80,7 +80,6 @@ class DevStack:
                 log_path=self.data_dir / "logs" / f"model-{name}.log",
             )
             self.servers.append(server)
-            server.start()
         endpoints = {
             server.name: [{"version": model.spec.version, "url": server.url, "weight": 100}]
             for server, model in zip(self.servers, self._of(Model), strict=True)
@@ -90,9 +89,13 @@ class DevStack:
             stand_in_server = stand_in(connector, self.manifests_dir, self.data_dir / "logs")
             if stand_in_server is not None:
                 self.servers.append(stand_in_server)
-                stand_in_server.start()
                 name = connector.metadata["name"]
                 connectors[name] = served_by(connectors[name], stand_in_server.url)
+        # All at once, then wait for each: start-up is mostly imports and loading, seconds per server.
+        for server in self.servers:
+            server.spawn()
+        for server in self.servers:
+            server.wait_ready()
         self.sink.subscribe(_log_record)
         if self.kafka is not None:
             self.embedded_kafka = EmbeddedKafka(self.kafka, connectors)

@@ -108,6 +108,11 @@ class ModelServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready_timeout: float = 180.0) -> ModelServer:
+        self.spawn()
+        return self.wait_ready(ready_timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (``wait_ready``), so that several servers start together."""
         bentoml = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml), "serve", "--working-dir", str(self.working_dir), self.bento]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
@@ -117,7 +122,9 @@ class ModelServer:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env}
             )
-        self._wait_ready(ready_timeout)
+
+    def wait_ready(self, timeout: float = 180.0) -> ModelServer:
+        self._wait_ready(timeout)
         log.info("model server ready", extra={"model": self.name, "url": self.url})
         return self
 
