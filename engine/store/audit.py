@@ -17,37 +17,39 @@ import sqlalchemy as sa
 
 from engine.clock import Clock, new_id, utcnow
 from engine.store.database import Database, dialect_insert
+from engine.store.prepared import Prepared
 from engine.store.schema import audit_head, audit_log
 from policies.audit import GENESIS, Entry, Head, Record, Verification, canonical_json, prune_entry, seal, verify
 
 _HEAD_ID = 1
 # A second row of the head table: the last record a retention purge deleted, where the remaining chain starts.
 _BASE_ID = 2
-_INSERT = sa.insert(audit_log)
-_LOCK_HEAD = sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
+# Prepared: appends run on per-task and per-step paths (masking records, approval decisions), where building and
+# executing through SQLAlchemy cost several times what the statements do (engine.store.prepared).
+_INSERT = Prepared(sa.insert(audit_log))
+_LOCK_HEAD = Prepared(
+    sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
+)
+_MOVE_HEAD = Prepared(sa.update(audit_head).where(audit_head.c.id == _HEAD_ID))
 
 
 def _lock_head(conn: sa.Connection, now: datetime) -> Head:
-    conn.execute(
-        dialect_insert(conn, audit_head)
-        .values(id=_HEAD_ID, seq=0, hash=GENESIS, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
-    row = conn.execute(_LOCK_HEAD).one()
-    return Head(row.seq, row.hash)
+    row = _LOCK_HEAD.execute(conn, {}).fetchone()
+    if row is None:
+        # The first append ever makes the head row; a concurrent first append's insert does nothing, and both then
+        # queue on the row's lock.
+        conn.execute(
+            dialect_insert(conn, audit_head)
+            .values(id=_HEAD_ID, seq=0, hash=GENESIS, updated_at=now)
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        row = _LOCK_HEAD.execute(conn, {}).fetchone()
+    return Head(int(row[0]), str(row[1]))
 
 
 def append(conn: sa.Connection, entry: Entry, *, now: datetime) -> Record:
     """Append ``entry`` inside the caller's write transaction (the chain head stays locked until it ends)."""
-    head = _lock_head(conn, now)
-    record = seal(entry, after=head if head.seq else None, record_id=new_id(), at=now)
-    conn.execute(_INSERT, _row(record))
-    conn.execute(
-        sa.update(audit_head)
-        .where(audit_head.c.id == _HEAD_ID)
-        .values(seq=record.seq, hash=record.hash, updated_at=now)
-    )
-    return record
+    return append_many(conn, [entry], now=now)[0]
 
 
 def append_many(conn: sa.Connection, entries: Sequence[Entry], *, now: datetime) -> list[Record]:
@@ -61,11 +63,9 @@ def append_many(conn: sa.Connection, entries: Sequence[Entry], *, now: datetime)
         record = seal(entry, after=head if head.seq else None, record_id=new_id(), at=now)
         records.append(record)
         head = Head(record.seq, record.hash)
-    conn.execute(_INSERT, [_row(record) for record in records])
+    _INSERT.executemany(conn, [_row(record) for record in records])
     last = records[-1]
-    conn.execute(
-        sa.update(audit_head).where(audit_head.c.id == _HEAD_ID).values(seq=last.seq, hash=last.hash, updated_at=now)
-    )
+    _MOVE_HEAD.execute(conn, {"seq": last.seq, "hash": last.hash, "updated_at": now})
     return records
 
 
