@@ -113,8 +113,8 @@ def wait_leading(op: Operator) -> None:
 def start_operator(crds_installed: Cluster, tmp_path: Path) -> Iterator[Any]:
     started: list[Operator] = []
 
-    def start(name: str = "operator", **env: str) -> Operator:
-        op = Operator(crds_installed, tmp_path / f"{name}-{len(started)}.log", extra_env=env).start()
+    def start(name: str = "operator", *, args: tuple[str, ...] = (), **env: str) -> Operator:
+        op = Operator(crds_installed, tmp_path / f"{name}-{len(started)}.log", extra_env=env, args=args).start()
         started.append(op)
         return op
 

@@ -5,8 +5,9 @@ analysis reading Prometheus. A good canary is promoted; one that fails on purpos
 from __future__ import annotations
 
 import json
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,15 +118,50 @@ def events(cluster: Cluster, namespace: str, reason: str) -> list[dict[str, Any]
     return items
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[Callable[..., Operator]]:
+    """Operators whose analysis reads the gateway's Prometheus, which scrapes their own /metrics too (the rollback
+    counter and the weights)."""
+    targets: list[Path] = []
+
+    def start(name: str = "operator") -> Operator:
+        port = _free_port()
+        targets.append(gateway.prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-operator"))
+        args = ("--metrics-host", "127.0.0.1", f"--metrics-port={port}")
+        operator: Operator = start_operator(name, args=args, AIPLANE_PROMETHEUS_URL=gateway.prometheus.url)
+        return operator
+
+    try:
+        yield start
+    finally:
+        for target in targets:
+            target.unlink()
+
+
+def _rollback_counted(prometheus: Prometheus, ns: str) -> None:
+    selector = f'{{namespace="{ns}",model="{MODEL}"}}'
+    rollbacks = prometheus.query(f"sum(aiplane_operator_model_rollbacks_total{selector})")
+    assert [r["value"][1] for r in rollbacks] == ["1"]
+    weights = prometheus.query(f"aiplane_operator_model_traffic_weight_percent{selector}")
+    assert {r["metric"]["version"]: r["value"][1] for r in weights} == {"2.0.0": "100"}
+
+
 def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rolls_back(
     crds_installed: Cluster,
     k8s_namespace: str,
     claims_servers: dict[str, ModelServer],
     gateway: Gateway,
-    start_operator: Any,
+    start_analysing_operator: Callable[..., Operator],
 ) -> None:
     cluster, ns, prometheus = crds_installed, k8s_namespace, gateway.prometheus
-    operator: Operator = start_operator(AIPLANE_PROMETHEUS_URL=prometheus.url)
+    operator = start_analysing_operator()
     wait_leading(operator)
     url, key = gateway.url, gateway.api_key
 
@@ -145,7 +181,7 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
 
         # Killed mid-rollout: the restarted operator goes on from the step it was at.
         operator.kill9()
-        restarted = start_operator("restarted", AIPLANE_PROMETHEUS_URL=prometheus.url)
+        restarted = start_analysing_operator("restarted")
         wait_leading(restarted)
         after = rollout(cluster, ns)
         assert after["step"] > before["step"] or after["stepStartedAt"] == before["stepStartedAt"], (before, after)
@@ -188,6 +224,9 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
             timeout=60,
             message="the failed canary's Deployment removed",
         )
+
+    # The leading operator counted the rollback, and routes everything to the stable version.
+    assert_eventually(lambda: _rollback_counted(prometheus, ns), timeout=60, message="the rollback in Prometheus")
     # What the analysis read is what Prometheus holds: the failed canary's errors, by version.
     failed = prometheus.query(
         f'sum(aiplane_gateway_model_call_duration_seconds_count{{model="{MODEL}",version="3.0.0",outcome="error"}})'
