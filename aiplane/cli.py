@@ -40,8 +40,10 @@ def _cmd_crds(_: argparse.Namespace) -> int:
 
 def _cmd_operator(args: argparse.Namespace) -> int:
     """Run every operator against the current cluster until interrupted."""
+    from aiplane.promotions import policy_demands
     from operators import run
     from operators.model.config import Config
+    from operators.model.kube import new_api_client
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
@@ -58,12 +60,20 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port, addr=args.metrics_host)
     try:
+        # Policies' approval rules that read `model` can hold a canary's promotion for people too.
+        demands = policy_demands(new_api_client(pool_size=2))
+    except TimeoutError as error:
+        print(f"aiplane operator: {error}; are aiplane's CRDs installed (aiplane crds | kubectl apply ...)?",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
         run.run(
             Config.from_env(),
             peering_lifetime_s=args.peering_lifetime,
             liveness_endpoint=args.liveness,
             record_decision=record,
             approvals=approvals,
+            demands=demands,
         )
     except run.PeeringMissingError as error:
         print(f"aiplane operator: {error}", file=sys.stderr)

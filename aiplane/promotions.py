@@ -11,13 +11,22 @@ uid and canary version), so asking twice, after an operator restart for instance
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
-from crds.model import RolloutApproval
+import kubernetes
+
+from crds.model import Model, RolloutApproval
 from crds.workflow import WorkflowSpec
 from engine import Approval, Engine, InvalidStateError, Submission
-from operators.model.promotion import Request
+from operators.model.promotion import Demand, Request
+from policies.approvals import requirement, triggered
+from policies.effective import EffectiveApproval, Target
+from policies.sources import PolicySet
+from policies.sources_kube import KubePolicyWatch
 
 WORKFLOW = "aiplane-model-promotion"
 STEP = "approve-promotion"
@@ -106,3 +115,65 @@ def operator_store(url: str) -> tuple[Engine, EngineApprovals]:
     data_dir = None if url.startswith("sqlite") else tempfile.mkdtemp(prefix="aiplane-operator-")
     engine = Engine(url, data_dir=data_dir)
     return engine, EngineApprovals(engine)
+
+
+# A rule governs promotions when its condition reads ``model``: the claims example's Policy selects its Model for
+# residency and masking, and its task rule (``steps.extract.output...``) must not hold every canary for people.
+_READS_MODEL = re.compile(r"(?<![\w.])model\b")
+
+
+def promotion_rules(rules: Iterable[EffectiveApproval]) -> list[EffectiveApproval]:
+    """The approval rules that speak about Model promotions, with only their conditions that do."""
+    found = []
+    for rule in rules:
+        conditions = tuple(w for w in rule.when if _READS_MODEL.search(w))
+        if conditions:
+            found.append(dataclasses.replace(rule, when=conditions))
+    return found
+
+
+def promotion_variables(model: Model, version: str, stable: str) -> dict[str, Any]:
+    """The CEL variables of a promotion: ``model`` with the Model's name, namespace, labels, region, the canary
+    ``version`` and the ``stable`` one it would replace."""
+    meta = model.metadata
+    return {
+        "model": {
+            "name": str(meta.get("name") or ""),
+            "namespace": str(meta.get("namespace") or ""),
+            "labels": dict(meta.get("labels") or {}),
+            "region": model.spec.region or "",
+            "version": version,
+            "stable": stable,
+        }
+    }
+
+
+class PolicyDemands:
+    """``operators.model.promotion.Demands`` from Policies: those selecting the Model (kind Model, its labels,
+    its namespace) whose approval rules read ``model`` and hold (fail closed, as for tasks) demand an approval."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.policies = policies
+
+    def __call__(self, model: Model, version: str, stable: str) -> Demand | None:
+        meta = model.metadata
+        target = Target(
+            kind="Model",
+            name=str(meta.get("name") or ""),
+            namespace=str(meta.get("namespace") or ""),
+            labels=dict(meta.get("labels") or {}),
+        )
+        rules = promotion_rules(self.policies.effective(target).approvals)
+        if not rules:
+            return None
+        needed = requirement(triggered(rules, promotion_variables(model, version, stable)))
+        if needed is None:
+            return None
+        return Demand(
+            rules=needed.rules, roles=tuple(sorted(needed.roles)), quorum=needed.quorum, reasons=needed.reasons
+        )
+
+
+def policy_demands(client: kubernetes.client.ApiClient) -> PolicyDemands:
+    """Demands from every namespace's Policies, kept current by a watch (a daemon thread)."""
+    return PolicyDemands(KubePolicyWatch(client).start().policies)

@@ -23,7 +23,7 @@ from operators.model import handlers as model_handlers
 from operators.model.analysis import PrometheusAnalyzer
 from operators.model.config import Config
 from operators.model.kube import Kube, new_api_client
-from operators.model.promotion import Approvals
+from operators.model.promotion import Approvals, Demands
 from operators.model.reconciler import Reconciler
 from operators.model.rollout import Event
 from operators.policy import decisions
@@ -88,16 +88,20 @@ def run(
     stop_flag: threading.Event | None = None,
     record_decision: decisions.Recorder | None = None,
     approvals: Approvals | None = None,
+    demands: Demands | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop_flag``); blocks. ``record_decision``: where rollout decisions go (the
-    audit log), if anywhere. ``approvals``: the engine's approvals, for promotions that need one."""
+    audit log), if anywhere. ``approvals``: the engine's approvals, for promotions that need one; ``demands``:
+    what the Policies selecting a Model demand of its promotions."""
     # kopf logs every handler run at INFO; at a thousand Models that buries the operator's own log lines.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     client = new_api_client(pool_size=config.api_threads)
     ensure_peering(client)
     analyzer = PrometheusAnalyzer(config.prometheus_url) if config.prometheus_url else None
     post = _post_event if record_decision is None else decisions.recording(_post_event, record_decision)
-    reconciler = Reconciler(kube=Kube(client), config=config, post_event=post, analyzer=analyzer, approvals=approvals)
+    reconciler = Reconciler(
+        kube=Kube(client), config=config, post_event=post, analyzer=analyzer, approvals=approvals, demands=demands
+    )
     workflows = WorkflowReconciler(custom=kubernetes.client.CustomObjectsApi(client))
     connectors = ConnectorReconciler(kube=Kube(client), config=ConnectorConfig.from_env())
     policies = PolicyReconciler(custom=kubernetes.client.CustomObjectsApi(client))

@@ -63,6 +63,7 @@ def plan(
     verdict: rollouts.Verdict | None = None,
     gpu_room: gpus.Room | None = None,
     approval: promotion.Seen | None = None,
+    approval_required: bool | None = None,
 ) -> Plan:
     spec = model.spec
     status = model.status
@@ -85,6 +86,7 @@ def plan(
             control=control,
             verdict=verdict,
             approval=approval,
+            approval_required=approval_required,
         )
         rollout, event = decision.rollout, decision.event
         canary_spec = LiveVersion(wanted.version, wanted.bento or spec.bento, wanted.image or spec.image or image, None)

@@ -9,6 +9,7 @@ module holds what is pure: the request a rollout makes, and what an approval's s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -17,6 +18,23 @@ from crds.model import Model, RolloutApproval
 
 # What the rollout learns about its approval: the approval, or why none can be asked for (no store, an error).
 Seen = RolloutApproval | str
+
+
+DEFAULT_EXPIRY = "24h"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What the Policies selecting a Model demand of its promotions (their approval rules that triggered)."""
+
+    rules: tuple[str, ...]
+    roles: tuple[str, ...]
+    quorum: int
+    reasons: tuple[str, ...] = ()
+
+
+# The Policies' demand for a Model's promotion to ``version`` from ``stable``; None: they demand nothing.
+Demands = Callable[[Model, str, str], Demand | None]
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,8 @@ class Request:
     users: tuple[str, ...]
     quorum: int
     expiry: str
+    # Approval rules of Policies that demand this approval (empty: the Model's own spec asks for it).
+    rules: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -45,6 +65,7 @@ class Request:
             f"Promote Model {self.namespace}/{self.name} to version {self.version} (replacing {self.stable})? "
             "The canary passed its analysis at every traffic step and now serves at its last step. Approve to "
             "make it the stable version; reject to roll it back."
+            + (f" Asked by the Policies' approval rules {', '.join(self.rules)}." if self.rules else "")
         )
 
     def input(self) -> dict[str, object]:
@@ -69,12 +90,26 @@ class Approvals(Protocol):
         """Cancel a pending approval nobody needs any more (the canary was rolled back or aborted)."""
 
 
-def request(model: Model, stable: str) -> Request | None:
-    """What ``model``'s rollout asks approvers, or None when its promotion needs no approval."""
+def request(model: Model, stable: str, demand: Demand | None = None) -> Request | None:
+    """What ``model``'s rollout asks approvers, or None when its promotion needs no approval.
+
+    The Model's ``spec.canary.promotion.approval`` and its Policies' approval rules (``demand``) add up as Policy
+    rules do among themselves: the larger quorum, the roles both accept; with a Policy's demand, the spec's named
+    users cannot approve on their own (a Policy speaks in roles), and nobody can when the roles do not overlap.
+    """
     canary = model.spec.canary
-    if canary is None or canary.promotion is None or canary.promotion.approval is None:
+    if canary is None:
         return None
-    wanted = canary.promotion.approval
+    spec = canary.promotion.approval if canary.promotion is not None else None
+    if spec is None and demand is None:
+        return None
+    roles: tuple[str, ...] = tuple(spec.roles) if spec is not None else ()
+    users: tuple[str, ...] = tuple(spec.users) if spec is not None else ()
+    quorum = spec.quorum if spec is not None else 1
+    if demand is not None:
+        roles = tuple(r for r in demand.roles if r in roles) if spec is not None else demand.roles
+        users = ()
+        quorum = max(quorum, demand.quorum)
     meta = model.metadata
     namespace = str(meta.get("namespace") or "")
     return Request(
@@ -83,11 +118,12 @@ def request(model: Model, stable: str) -> Request | None:
         uid=str(meta.get("uid") or ""),
         version=canary.version,
         stable=stable,
-        tenant=wanted.tenant or namespace,
-        roles=tuple(wanted.roles),
-        users=tuple(wanted.users),
-        quorum=wanted.quorum,
-        expiry=wanted.expiry,
+        tenant=(spec.tenant if spec is not None else None) or namespace,
+        roles=roles,
+        users=users,
+        quorum=quorum,
+        expiry=spec.expiry if spec is not None else DEFAULT_EXPIRY,
+        rules=demand.rules if demand is not None else (),
     )
 
 

@@ -133,6 +133,8 @@ class Reconciler:
     analyzer: Analyzer | None = None
     # The engine's approvals, for canaries whose promotion needs one; None: this operator has no database.
     approvals: promotion.Approvals | None = None
+    # What the Policies selecting a Model demand of its promotions; None: no Policy is consulted.
+    demands: promotion.Demands | None = None
     # Whole seconds, as Kubernetes writes condition times.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
@@ -269,20 +271,21 @@ class Reconciler:
             for d in deployments
         }
         verdict = await self._analyse(model, status)
+        wanted = await self._wanted(model, status)
         room = None
         if _gpu_rollout(model):
             gpu_type = spec.resources.gpu.type if spec.resources.gpu is not None else None
             room = await asyncio.to_thread(self.kube.gpu_room, namespace, gpu_type)
-        image = spec.image or self.config.serving_image or ""
         plan = plans.plan(
             model,
-            image,
+            spec.image or self.config.serving_image or "",
             observed,
             now=now,
             control=control(meta.get("annotations") or {}),
             verdict=verdict,
             gpu_room=room,
-            approval=await self._approval(model, status, now),
+            approval=await self._approval(wanted, status, now),
+            approval_required=wanted is not None,
         )
         await self._withdraw(status, plan)
         try:
@@ -331,19 +334,31 @@ class Reconciler:
         stable = status.stable_version if status is not None and status.stable_version else model.spec.version
         return await self.analyzer(model, stable, canary.version)
 
-    async def _approval(self, model: Model, status: ModelStatus | None, now: datetime) -> promotion.Seen | None:
+    async def _wanted(self, model: Model, status: ModelStatus | None) -> promotion.Request | None:
+        """The approval the promotion of the running canary needs, from the spec and the Policies; None: none."""
+        canary = model.spec.canary
+        if canary is None:
+            return None
+        stable = status.stable_version if status is not None and status.stable_version else model.spec.version
+        demand = None
+        if self.demands is not None:
+            # In memory (the Policies a watch keeps, compiled CEL): no thread hop needed.
+            demand = self.demands(model, canary.version, stable)
+        return promotion.request(model, stable, demand)
+
+    async def _approval(
+        self, wanted: promotion.Request | None, status: ModelStatus | None, now: datetime
+    ) -> promotion.Seen | None:
         """The approval a rollout awaiting one waits for: opened on the first look (idempotently, so a restart
         between opening it and writing status finds the same one), then read by its id from status."""
         rollout = status.rollout if status is not None else None
-        canary = model.spec.canary
-        if canary is None or rollout is None or rollout.version != canary.version:
+        if wanted is None or rollout is None or rollout.version != wanted.version:
             return None
         if rollout.phase != "AwaitingApproval":
             return None
-        stable = status.stable_version if status is not None and status.stable_version else model.spec.version
-        wanted = promotion.request(model, stable)
-        if wanted is None:
-            return None
+        if not wanted.roles and not wanted.users:
+            rules = f"approval rules {', '.join(wanted.rules)} and " if wanted.rules else ""
+            return f"{rules}spec.canary.promotion.approval share no role: nobody could approve; fix one of them"
         if self.approvals is None:
             return "this operator has no approvals store (set AIPLANE_DATABASE_URL to the engine's database)"
         approvals = self.approvals

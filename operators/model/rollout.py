@@ -84,12 +84,16 @@ def advance(
     control: Control = None,
     verdict: Verdict | None = None,
     approval: RolloutApproval | str | None = None,
+    approval_required: bool | None = None,
 ) -> Decision:
     """The next state of the rollout of ``canary``; ``current`` None or about another version starts afresh.
 
     ``approval``: while the rollout awaits approval, the approval as it stands now (expiry already applied), or
-    why none can be asked for; None: not looked at in this run.
+    why none can be asked for; None: not looked at in this run. ``approval_required``: whether promotion needs
+    people (the spec's ``promotion.approval`` or a Policy's approval rule); None: as the spec says.
     """
+    if approval_required is None:
+        approval_required = needs_approval(canary)
     if current is None or current.version != canary.version:
         started = Rollout(
             version=canary.version, phase="Progressing", step=-1, step_started_at=now, message="canary starting"
@@ -101,7 +105,7 @@ def advance(
         message = f"aborted by the user at {weight(canary, current)}% canary traffic"
         return Decision(_with(current, phase="Aborted", message=message), Event("Warning", "RolloutAborted", message))
     if current.phase == "AwaitingApproval" and control != "pause":
-        return _await(canary, current, now, verdict, approval)
+        return _await(canary, current, now, verdict, approval, required=approval_required)
     if current.phase == "Paused":
         if control != "resume":
             return Decision(current)
@@ -126,7 +130,7 @@ def advance(
         held = (verdict or Verdict(None)).describe()
         return Decision(current if current.message == held else _with(current, message=held))
     if current.step + 1 >= len(canary.steps):
-        if needs_approval(canary):
+        if approval_required:
             if current.approval is not None and current.approval.state == "approved":
                 # Approved before a pause: the people's decision stands.
                 return _promote(canary, current, now, f"approved by {', '.join(current.approval.decided_by)}")
@@ -152,7 +156,13 @@ def _promote(canary: Canary, current: Rollout, now: datetime, why: str) -> Decis
 
 
 def _await(
-    canary: Canary, current: Rollout, now: datetime, verdict: Verdict | None, approval: RolloutApproval | str | None
+    canary: Canary,
+    current: Rollout,
+    now: datetime,
+    verdict: Verdict | None,
+    approval: RolloutApproval | str | None,
+    *,
+    required: bool,
 ) -> Decision:
     """Waiting at the last step: the analysis keeps judging (a failure still rolls back), people decide the rest."""
     if verdict is not None and verdict.passed is False:
@@ -160,6 +170,8 @@ def _await(
         return Decision(
             _with(current, phase="RolledBack", message=message), Event("Warning", "RolloutRolledBack", message)
         )
+    if not required:
+        return _promote(canary, current, now, "neither the spec nor a Policy asks for an approval any more")
     if approval is None:
         return Decision(current)
     if isinstance(approval, str):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aiplane.promotions import WORKFLOW, EngineApprovals
+from aiplane.promotions import WORKFLOW, EngineApprovals, PolicyDemands
 from crds.model import Canary, Model, ModelStatus, Rollout, RolloutApproval
+from crds.policy import Policy
 from engine import Engine
 from operators.model import promotion
 from operators.model import rollout as r
@@ -17,6 +18,7 @@ from operators.model.plan import plan
 from operators.model.rollout import Verdict
 from operators.model.status import fold
 from operators.policy.decisions import recording
+from policies.sources import PolicySet
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 GATED = Canary.model_validate(
@@ -212,3 +214,77 @@ def test_engine_approvals_open_once_decide_through_the_engine_and_withdraw(engin
     approvals.withdraw(opened, "rolled back")
     assert approvals.look("claims", opened.id).state == "cancelled"
     approvals.withdraw(opened, "again")  # nothing pending: no error
+
+
+def policy(name: str, rules: list[dict[str, object]], **selector: object) -> Policy:
+    return Policy.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "claims", "generation": 1},
+            "spec": {"selector": {"kinds": ["Model", "Workflow"], **selector}, "approvals": rules},
+        }
+    )
+
+
+def labelled(canary: Canary, **labels: str) -> Model:
+    found = model(canary)
+    found.metadata["labels"] = labels
+    return found
+
+
+UNGATED = GATED.model_copy(update={"promotion": None})
+
+
+def test_policy_rules_that_read_model_demand_an_approval_and_task_rules_do_not() -> None:
+    demands = PolicyDemands(
+        PolicySet(
+            [
+                policy(
+                    "critical",
+                    [
+                        {
+                            "name": "critical-models",
+                            "when": "model.labels.tier == 'critical'",
+                            "roles": ["admin", "approver"],
+                            "quorum": 2,
+                        }
+                    ],
+                ),
+                # The claims example's task rule: it selects the Model too, but says nothing about promotions.
+                policy("claims", [{"name": "large-claim", "when": "steps.extract.output.amount > 10000.0"}]),
+            ]
+        )
+    )
+    assert demands(labelled(UNGATED, tier="standard"), "2.0.0", "1.0.0") is None
+    demand = demands(labelled(UNGATED, tier="critical"), "2.0.0", "1.0.0")
+    assert demand is not None
+    assert (demand.rules, demand.roles, demand.quorum) == (("critical-models",), ("admin", "approver"), 2)
+
+    # With no approval block in the spec, the Policy alone asks: its roles, its quorum, a day to decide.
+    wanted = promotion.request(labelled(UNGATED, tier="critical"), "1.0.0", demand)
+    assert wanted is not None
+    assert (wanted.roles, wanted.quorum, wanted.expiry, wanted.rules) == (("admin", "approver"), 2, "24h", demand.rules)
+    assert "critical-models" in wanted.prompt
+    # Stable version and canary version are there to be read, and a rule that cannot be evaluated holds (fail closed).
+    versions = PolicyDemands(PolicySet([policy("v", [{"name": "majors", "when": "model.version.startsWith('3.')"}])]))
+    assert versions(model(UNGATED), "3.0.0", "2.0.0") is not None
+    assert versions(model(UNGATED), "2.1.0", "2.0.0") is None
+    broken = PolicyDemands(PolicySet([policy("b", [{"name": "typo", "when": "model.lables.tier == 'x'"}])]))
+    assert broken(model(UNGATED), "2.0.0", "1.0.0") is not None
+
+
+def test_spec_and_policy_add_up_to_the_stricter_requirement() -> None:
+    demand = promotion.Demand(rules=("critical-models",), roles=("admin",), quorum=1)
+    both = promotion.request(model(), "1.0.0", demand)  # the spec: approver or admin, quorum 2, 1h
+    assert both is not None
+    assert (both.roles, both.quorum, both.expiry, both.users) == (("admin",), 2, "1h", ())
+    none = promotion.request(model(), "1.0.0", promotion.Demand(rules=("x",), roles=("auditor",), quorum=1))
+    assert none is not None
+    assert none.roles == ()  # nobody could approve: the rollout holds and says so (see the reconciler)
+
+
+def test_the_rollout_waits_when_only_a_policy_asks_and_promotes_when_nothing_asks_any_more() -> None:
+    later = T0 + timedelta(minutes=1)
+    held = r.advance(UNGATED, at(1), now=later, canary_ready=True, verdict=PASS, approval_required=True)
+    assert held.rollout.phase == "AwaitingApproval"
+    released = r.advance(UNGATED, held.rollout, now=later, canary_ready=True, approval_required=False)
+    assert released.rollout.phase == "Promoted"

@@ -51,6 +51,17 @@ def store(k8s_namespace: str, tmp_path: Path) -> Iterator[Store]:
         engine.close()
 
 
+VERSION_3_POLICY = {
+    "apiVersion": "aiplane.io/v1alpha1",
+    "kind": "Policy",
+    "metadata": {"name": "version-3-needs-approval"},
+    "spec": {
+        "selector": {"kinds": ["Model"]},
+        "approvals": [{"name": "version-3", "when": "model.version.startsWith('3.')"}],
+    },
+}
+
+
 def gated(version: str) -> dict[str, Any]:
     return {
         "version": version,
@@ -135,8 +146,11 @@ def test_a_canary_waits_for_approval_across_a_restart_is_promoted_on_approve_and
     assert [(a.id, a.state) for a in approvals] == [(first["id"], "approved")]
     assert store.engine.get(ns, approvals[0].task_id).workflow == WORKFLOW
 
-    # The next version is rejected: rolled back, and the stable version keeps all traffic.
-    apply(cluster, ns, claims(version="2.0.0", canary=gated("3.0.0"), resources=CPU))
+    # Version 3 needs an approval because a Policy says so (the spec asks for none); it is
+    # rejected: rolled back, and the stable version keeps all traffic.
+    apply(cluster, ns, VERSION_3_POLICY)
+    plain = {"version": "3.0.0", "steps": [50, 100], "interval": "1s"}
+    apply(cluster, ns, claims(version="2.0.0", canary=plain, resources=CPU))
     second = awaiting(cluster, ns, "3.0.0")
     decide(store, "reject", second["id"], "not this quarter")
 
