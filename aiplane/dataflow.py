@@ -16,14 +16,14 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from crds import Resource
 from crds.connector import Connector
 from crds.model import Model
 from crds.policy import Policy
-from crds.workflow import Workflow
+from crds.workflow import Step, Workflow
 from policies.residency import DEFAULT_NAMESPACE, pinned_regions, selects, violation
 
 DATA_CLASS_LABEL = "aiplane.io/data-class"
@@ -74,6 +74,26 @@ def _system(connector: Connector | None) -> str:
     return spec.type
 
 
+def _calls(step: Step) -> list[tuple[str, Literal["model", "connector"], str]]:
+    """(label, kind, name) of every model and connector a step may send the task's data to: an agent step's
+    planner and each action that calls one (the engine checks each action again before it runs)."""
+    if step.model is not None:
+        return [(step.name, "model", step.model.name)]
+    if step.connector is not None:
+        return [(step.name, "connector", step.connector.name)]
+    if step.agent is None:
+        return []
+    calls: list[tuple[str, Literal["model", "connector"], str]] = [
+        (f"{step.name} (planner)", "model", step.agent.planner.model)
+    ]
+    for action in step.agent.actions:
+        if action.model is not None:
+            calls.append((f"{step.name} action {action.name}", "model", action.model.name))
+        elif action.connector is not None:
+            calls.append((f"{step.name} action {action.name}", "connector", action.connector.name))
+    return calls
+
+
 def report(resources: Iterable[Resource]) -> list[WorkflowFlows]:
     """The data flows of every Workflow among ``resources``, sorted by namespace and name."""
     resources = list(resources)
@@ -95,19 +115,17 @@ def report(resources: Iterable[Resource]) -> list[WorkflowFlows]:
         pinned = pinned_regions(policies, namespace, labels)
         flows = []
         for step in workflow.spec.steps:
-            if step.model is not None:
-                model = models.get((namespace, step.model.name))
-                region = model.spec.region if isinstance(model, Model) else None
-                kind, target, system = "model", step.model.name, f"model {step.model.name}"
-            elif step.connector is not None:
-                connector = connectors.get((namespace, step.connector.name))
-                region = connector.spec.region if isinstance(connector, Connector) else None
-                kind, target = "connector", step.connector.name
-                system = _system(connector if isinstance(connector, Connector) else None)
-            else:
-                continue
-            reason = violation(pinned, kind, target, region, workflow=name)  # type: ignore[arg-type]
-            flows.append(Flow(step.name, kind, target, system, region, reason is None, reason))
+            for label, kind, target in _calls(step):
+                if kind == "model":
+                    model = models.get((namespace, target))
+                    region = model.spec.region if isinstance(model, Model) else None
+                    system = f"model {target}"
+                else:
+                    connector = connectors.get((namespace, target))
+                    region = connector.spec.region if isinstance(connector, Connector) else None
+                    system = _system(connector if isinstance(connector, Connector) else None)
+                reason = violation(pinned, kind, target, region, workflow=name)
+                flows.append(Flow(label, kind, target, system, region, reason is None, reason))
         sources = sorted(
             f"kafka topic {c.spec.kafka_source.topic} (connector {c.metadata.get('name')})"
             for (ns, _), c in connectors.items()

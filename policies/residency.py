@@ -101,14 +101,18 @@ class Residency:
         spec: WorkflowSpec,
         connector_region: Callable[[str], str | None],
     ) -> list[str]:
-        """Every model or connector step of ``spec`` that residency would refuse (``step: why``), so that a
-        submission can be refused before the task exists rather than fail half-way."""
+        """Every model or connector step (and agent planner) of ``spec`` that residency would refuse
+        (``step: why``), so that a submission can be refused before the task exists rather than fail half-way."""
         if self.pinned(tenant, workflow) is None:
             return []
         out = []
         for step in spec.steps:
             if step.model is not None:
                 why = self.check(tenant, workflow, "model", step.model.name)
+            elif step.agent is not None:
+                # The planner sees the task's data at every proposal; the actions are checked one by one when the
+                # planner proposes them (a refused action is told to the planner, not a refused task).
+                why = self.check(tenant, workflow, "model", step.agent.planner.model)
             elif step.connector is not None:
                 why = self.check(
                     tenant, workflow, "connector", step.connector.name, connector_region(step.connector.name)

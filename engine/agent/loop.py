@@ -249,6 +249,9 @@ class AgentExecutor:
 
     def _plan(self, ctx: StepContext, agent: Agent, request: PlanRequest, seq: int) -> PlanResponse:
         planner = agent.planner
+        denied = self.residency.check(ctx.tenant, ctx.workflow, "model", planner.model) if self.residency else None
+        if denied is not None:  # the planner would see the task's data: not retried, the answer stays the same
+            raise StepError(residency_rules.DENIED, f"planner: {denied}", retryable=False)
         endpoint = pick_endpoint(self.models.endpoints(planner.model), self.rng)
         if endpoint is None:
             raise StepError(MODEL_UNAVAILABLE, f"planner model {planner.model!r} has no live endpoint", retryable=True)

@@ -15,14 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
-from crds.policy import PII, AgentActionRule
+from crds.policy import PII, AgentActionRule, Policy
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, TaskSpanStore, TaskState
+from engine.errors import PolicyDeniedError
 from engine.runtime.intake import Accepted, Submission
 from engine.store.schema import agent_actions, audit_log
 from policies.effective import EffectiveAgentRule, PolicyRef
 from policies.masking import WorkflowMasking
+from policies.residency import Residency
 from tests.engine.conftest import QUICK_RETRY, Downstream, EngineFactory, Reply, fast_worker, wait_done, wait_state
 from tests.fixtures.polling import assert_eventually
 
@@ -85,8 +88,9 @@ def connectors(downstream: Downstream) -> dict[str, Any]:
 
 
 def make(make_engine: EngineFactory, db_url: str, downstream: Downstream, **kwargs: Any) -> Engine:
-    resolver = StaticConnectorResolver(connectors(downstream))
-    return make_engine(db_url, model_resolver=models(downstream), connector_resolver=resolver, **kwargs)
+    kwargs.setdefault("model_resolver", models(downstream))
+    kwargs.setdefault("connector_resolver", StaticConnectorResolver(connectors(downstream)))
+    return make_engine(db_url, **kwargs)
 
 
 def plan_requests(downstream: Downstream) -> list[dict[str, Any]]:
@@ -187,6 +191,37 @@ def test_personal_data_in_proposals_and_observations_is_masked_before_it_is_reco
     with engine.db.read() as conn:
         stored = " ".join(str(value) for row in conn.execute(sa.select(agent_actions)) for value in row)
     assert "jane.doe" not in stored
+
+
+def test_residency_denies_an_action_out_of_region_and_refuses_a_planner_out_of_region(
+    make_engine: EngineFactory, db_url: str, downstream: Downstream
+) -> None:
+    eu_only = Policy.model_validate(
+        {
+            "metadata": {"name": "eu-only", "namespace": "claims"},
+            "spec": {"selector": {"matchLabels": {"data": "pii"}}, "residency": {"regions": ["eu-west"]}},
+        }
+    )
+    workflows = {"triage": ("claims", {"data": "pii"}), "far": ("claims", {"data": "pii"})}
+    residency = Residency.from_manifests([eu_only], workflows, {"planner": "eu-west", "m": "us-east", "far": "us-east"})
+    resolver = models(downstream)
+    resolver.models["far"] = resolver.models["planner"]
+    engine = make(make_engine, db_url, downstream, residency=residency, model_resolver=resolver)
+    engine.register_workflow("triage", agent_workflow())
+    far = agent_workflow()
+    far["steps"][0]["agent"]["planner"]["model"] = "far"
+    engine.register_workflow("far", far)
+    downstream.script(PLAN, act("extract", document="x"), done())
+    with fast_worker(engine):
+        task = engine.submit("acme", "triage", {"claimId": "C-21"})
+        assert wait_done(engine, "acme", task.id).state == TaskState.SUCCEEDED
+        with pytest.raises(PolicyDeniedError, match="step 'agent': workflow 'far' keeps its data in eu-west"):
+            engine.submit("acme", "far", {"claimId": "C-22"})
+
+    assert downstream.count("/models/m/extract") == 0
+    denied, _ = records(engine, task.id)
+    assert denied.decision == "denied"
+    assert "model 'm' is in 'us-east', so it is not called (data residency)" in denied.reason
 
 
 def test_max_steps_stops_the_agent_and_escalates_with_the_transcript(

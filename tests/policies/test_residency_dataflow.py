@@ -55,6 +55,10 @@ def test_the_example_keeps_its_data_in_its_region(capsys: pytest.CaptureFixture[
     assert "pii:EMAIL_ADDRESS" in out
     assert "from          kafka topic claims-in" in out
     assert "ok     step extract -> model claims-extractor [region eu-west]" in out
+    # An agent step sends the task's data to its planner and to what its actions call.
+    assert "workflow default/claims-completion" in out
+    assert "ok     step complete (planner) -> model claims-planner [region eu-west]" in out
+    assert "ok     step complete action request-document -> http portal.claims.example.com [region eu-west]" in out
     assert "DENIED" not in out
 
 
