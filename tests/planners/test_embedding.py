@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits  # type: ignore[import-untyped]  # ships no type hints
 
-from planners.embedding import BATCH_SIZE, SentenceEmbedder
+from planners.embedding import BATCH_SIZE, SentenceEmbedder, one_blas_thread
 
 
 def test_published_similarities(embedder: SentenceEmbedder) -> None:
@@ -95,3 +96,10 @@ def test_empty_input(embedder: SentenceEmbedder) -> None:
 @pytest.mark.parametrize("text", ["x" * 10_000, "word " * 5_000])
 def test_long_texts_are_truncated_not_refused(embedder: SentenceEmbedder, text: str) -> None:
     assert embedder.embed_one(text).shape == (384,)
+
+
+def test_one_blas_thread_unless_the_environment_says_otherwise() -> None:
+    with threadpool_limits():  # restores the thread counts on exit
+        assert not one_blas_thread({"OPENBLAS_NUM_THREADS": "4"})
+        assert one_blas_thread({})
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
