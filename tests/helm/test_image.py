@@ -87,7 +87,7 @@ def _run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_packages_come_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
-    code = "import aiplane, api, engine, operators, connectors, crds, policies; print(api.__file__)"
+    code = "import aiplane, api, engine, operators, connectors, crds, policies, planners.service; print(api.__file__)"
     proc = _run(wheel_venv, "python", "-c", code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(str(wheel_venv)), proc.stdout
