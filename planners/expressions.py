@@ -17,14 +17,18 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, PlainValidator
 
 from crds import checks
 from crds.planner import PlanRequest
 from planners.errors import evaluation_error
 
+MAX_EXPRESSION_CHARS = 4096
+
 
 def _compiles(expression: str) -> str:
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ValueError(f"CEL expression longer than {MAX_EXPRESSION_CHARS} characters")
     error = checks.compile_error(expression)
     if error is not None:
         raise ValueError(f"CEL expression {expression!r} does not compile: {error}")
@@ -32,7 +36,28 @@ def _compiles(expression: str) -> str:
 
 
 #: A CEL expression in a planner config, refused at validation when it does not compile.
-CelExpression = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_compiles)]
+CelExpression = Annotated[str, Field(min_length=1), AfterValidator(_compiles)]
+
+
+def _result_spec(value: Any) -> dict[str, str] | str:
+    # One validator rather than a union, so a bad entry is reported at ``result`` with its key, not once per
+    # union member under pydantic's internal names.
+    if isinstance(value, str) and value:
+        return _compiles(value)
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        for key, expression in value.items():
+            if not isinstance(expression, str) or not expression:
+                raise ValueError(f"{key}: must be a CEL expression (a non-empty string), not {expression!r}")
+            try:
+                _compiles(expression)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        return value
+    raise ValueError(f"must be a map of name -> CEL expression, or one CEL expression; not {value!r}")
+
+
+#: A result: name -> CEL expression (a map of their values), or one CEL expression (its value).
+CelResult = Annotated[dict[str, str] | str, PlainValidator(_result_spec)]
 
 
 def activation(request: PlanRequest) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from pydantic.alias_generators import to_camel
 from crds.planner import ActionSpec, PlanRequest, PlanResponse
 from planners.embedding import Vector
 from planners.errors import config_error, evaluation_error, invalid_config
-from planners.expressions import CelExpression, activation, evaluate, evaluate_bool, evaluate_map
+from planners.expressions import CelExpression, CelResult, activation, evaluate, evaluate_bool, evaluate_map
 
 PLANNER = "retrieval"
 #: Outcomes after which an action is not proposed again: the engine would refuse it the same way.
@@ -73,7 +73,7 @@ class RetrievalConfig(BaseModel):
         default_factory=dict, description="Action name -> its arguments, name -> CEL; default the state."
     )
     done_when: CelExpression | None = Field(default=None, description="CEL: the goal is reached.")
-    result: dict[str, CelExpression] | CelExpression | None = Field(
+    result: CelResult | None = Field(
         default=None, description="With doneWhen: name -> CEL, or one CEL expression; default the state."
     )
 

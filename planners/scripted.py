@@ -25,7 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from crds.planner import PlanRequest, PlanResponse
 from planners.errors import config_error, invalid_config
-from planners.expressions import CelExpression, activation, evaluate, evaluate_bool, evaluate_map
+from planners.expressions import CelExpression, CelResult, activation, evaluate, evaluate_bool, evaluate_map
 
 PLANNER = "scripted"
 
@@ -43,7 +43,7 @@ class Answer(_ConfigModel):
     action: str | None = Field(default=None, min_length=1, description="The action to propose.")
     arguments: dict[str, CelExpression] = Field(default_factory=dict, description="With action: name -> CEL.")
     done: bool = Field(default=False, description="The goal is reached.")
-    result: dict[str, CelExpression] | CelExpression | None = Field(
+    result: CelResult | None = Field(
         default=None, description="With done: name -> CEL, or one CEL expression for the whole result."
     )
     escalate: bool = Field(default=False, description="Hand over to a human.")

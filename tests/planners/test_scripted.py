@@ -132,6 +132,18 @@ def _refusal(config: dict[str, Any], **kwargs: Any) -> PlanError:
         ({"rules": [{"when": "true", "done": True, "arguments": {"a": "1"}}]}, "config.rules[0]", "go with an action"),
         ({"rules": [{"when": "true", "action": "x", "result": "1"}]}, "config.rules[0]", "result goes with done"),
         ({"rules": [{"when": "true", "done": True, "confidence": 1.5}]}, "config.rules[0].confidence", "less than"),
+        (
+            {"rules": [{"when": "true", "done": True, "result": {"a": "1 +"}}]},
+            "config.rules[0].result",
+            "a: CEL expression '1 +' does not compile",
+        ),
+        (
+            {"rules": [{"when": "true", "done": True, "result": {"a": 3}}]},
+            "config.rules[0].result",
+            "a: must be a CEL expression (a non-empty string), not 3",
+        ),
+        ({"rules": [{"when": "true", "done": True, "result": 5}]}, "config.rules[0].result", "must be a map of name"),
+        ({"rules": [{"when": "x" * 5000, "done": True}]}, "config.rules[0].when", "longer than 4096 characters"),
         ({"rules": [{"when": "true", "action": "fly"}]}, "config.rules[0].action", "'fly' is not one of"),
         ({"otherwise": {"action": "fly"}}, "config.otherwise.action", "request_document, rerun_extraction"),
         (
