@@ -169,7 +169,8 @@ def _query(request: PlanRequest, config: RetrievalConfig, variables: dict[str, A
     if request.transcript:
         last = request.transcript[-1]
         seen = last.observation if last.outcome == "succeeded" else last.error
-        parts.append(f"Last: {words(last.action)} {last.outcome}" + (f": {words(seen)}" if seen is not None else ""))
+        action = last.action.replace("-", " ")  # action names are DNS labels: request-document
+        parts.append(f"Last: {action} {last.outcome}" + (f": {words(seen)}" if seen is not None else ""))
     return ". ".join(parts)[:MAX_QUERY_CHARS]
 
 

@@ -4,11 +4,11 @@ gives the next proposal.
 ::
 
     {"rules": [
-        {"when": "!('request_document' in succeeded) && state.missing.size() > 0",
-         "action": "request_document", "arguments": {"documentType": "state.missing[0]"},
+        {"when": "!('request-document' in succeeded) && state.missing.size() > 0",
+         "action": "request-document", "arguments": {"documentType": "state.missing[0]"},
          "confidence": 0.9, "reasoning": "a document is missing"},
-        {"when": "'request_document' in succeeded", "done": true,
-         "result": {"document": "succeeded.request_document"}}],
+        {"when": "'request-document' in succeeded", "done": true,
+         "result": {"document": "succeeded['request-document']"}}],
      "otherwise": {"escalate": true, "reasoning": "no rule matched"}}
 
 Each rule (and ``otherwise``) is one of: an ``action`` with ``arguments`` (name -> CEL), ``done`` with a ``result``

@@ -9,7 +9,7 @@ from crds.planner import PlanRequest
 
 ACTIONS: list[dict[str, Any]] = [
     {
-        "name": "request_document",
+        "name": "request-document",
         "description": "Ask the claimant for a missing document, such as a police report, a receipt or a medical "
         "certificate, through the document-request connector.",
         "kind": "connector",
@@ -21,7 +21,7 @@ ACTIONS: list[dict[str, Any]] = [
         "cost": 1.0,
     },
     {
-        "name": "rerun_extraction",
+        "name": "rerun-extraction",
         "description": "Run the claims extraction model again on the claim's documents when the extracted fields "
         "(amount, incident date, policy number) are empty or wrong.",
         "kind": "model",
@@ -29,7 +29,7 @@ ACTIONS: list[dict[str, Any]] = [
         "cost": 1.0,
     },
     {
-        "name": "notify_adjuster",
+        "name": "notify-adjuster",
         "description": "Send a message to the human claims adjuster.",
         "kind": "connector",
         "inputSchema": {"type": "object"},

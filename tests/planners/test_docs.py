@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
+from crds import Model
 from crds.planner import ActionSpec, Budget, PlanRequest, PlanResponse, TranscriptEntry
+from crds.workflow import AgentAction, Planner
 from planners.expressions import activation
 from planners.retrieval import RetrievalConfig
 from planners.scripted import Rule, ScriptedConfig
@@ -45,3 +49,22 @@ def test_every_scripted_and_retrieval_key_is_in_its_table() -> None:
 
 def test_every_cel_variable_is_in_the_table() -> None:
     assert _table_keys(_section("CEL in planner configs")) == set(activation(request()))
+
+
+def _yaml_blocks() -> list[Any]:
+    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", PAGE.read_text(), re.DOTALL)]
+
+
+def test_the_yaml_examples_are_valid() -> None:
+    blocks = _yaml_blocks()
+    models = [block for block in blocks if block.get("kind") == "Model"]
+    planners = [block for block in blocks if "planner" in block]
+    assert (len(models), len(planners)) == (1, 2)
+    for block in models:
+        Model.model_validate(block)
+    for block in planners:
+        planner = Planner.model_validate(block["planner"])
+        actions = [AgentAction.model_validate(action) for action in block.get("actions", [])]
+        config_model = RetrievalConfig if planner.model == "retrieval-planner" else ScriptedConfig
+        config_model.model_validate(planner.config)
+        assert all(action.name in {"request-document", "rerun-extraction"} for action in actions)

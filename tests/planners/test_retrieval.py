@@ -22,17 +22,17 @@ EMPTY_EXTRACTION = {
 
 def test_a_missing_document_is_requested(embedder: SentenceEmbedder) -> None:
     answer = retrieval.plan(request(), embedder)
-    assert answer.action == "request_document"
+    assert answer.action == "request-document"
     # No argument map configured: the state's keys that the action's input schema lists.
     assert answer.arguments == {"claimId": "C-1"}
     assert answer.confidence >= 0.5
-    assert answer.reasoning.startswith("chose request_document: similarity to the query: request_document ")
+    assert answer.reasoning.startswith("chose request-document: similarity to the query: request-document ")
     assert "missing Documents police report" in answer.reasoning
 
 
 def test_empty_extracted_fields_rerun_the_extraction(embedder: SentenceEmbedder) -> None:
     answer = retrieval.plan(request(goal="Complete claim C-2", state=EMPTY_EXTRACTION), embedder)
-    assert answer.action == "rerun_extraction"
+    assert answer.action == "rerun-extraction"
     assert answer.arguments == EMPTY_EXTRACTION  # its schema lists no properties: the whole state
     assert answer.confidence >= 0.5
 
@@ -40,12 +40,12 @@ def test_empty_extracted_fields_rerun_the_extraction(embedder: SentenceEmbedder)
 def test_the_last_observation_steers_the_next_choice(embedder: SentenceEmbedder) -> None:
     requested = entry(
         1,
-        "request_document",
+        "request-document",
         "succeeded",
         {"received": "police report", "extraction": "amount and incident date came back empty"},
     )
     answer = retrieval.plan(request(state={"claimId": "C-1"}, transcript=[requested]), embedder)
-    assert answer.action == "rerun_extraction"
+    assert answer.action == "rerun-extraction"
     assert "Last: request document succeeded: received police report" in answer.reasoning
 
 
@@ -59,21 +59,21 @@ def test_nothing_similar_enough_escalates(embedder: SentenceEmbedder) -> None:
 
 @pytest.mark.parametrize("outcome", ["succeeded", "denied", "invalid"])
 def test_an_action_is_not_proposed_again_after(embedder: SentenceEmbedder, outcome: str) -> None:
-    answer = retrieval.plan(request(transcript=[entry(1, "request_document", outcome)]), embedder)
-    assert answer.action not in (None, "request_document")
+    answer = retrieval.plan(request(transcript=[entry(1, "request-document", outcome)]), embedder)
+    assert answer.action not in (None, "request-document")
 
 
 def test_a_failed_action_may_be_proposed_again(embedder: SentenceEmbedder) -> None:
-    failed = entry(1, "request_document", "failed", error="connector timed out")
-    assert retrieval.plan(request(transcript=[failed]), embedder).action == "request_document"
+    failed = entry(1, "request-document", "failed", error="connector timed out")
+    assert retrieval.plan(request(transcript=[failed]), embedder).action == "request-document"
 
 
 def test_allow_repeat_keeps_succeeded_actions_but_not_refused_ones(embedder: SentenceEmbedder) -> None:
     config = {"allowRepeat": True}
-    succeeded = [entry(1, "request_document", "succeeded", "sent")]
-    assert retrieval.plan(request(config=config, transcript=succeeded), embedder).action == "request_document"
-    denied = [entry(1, "request_document", "denied", error="policy")]
-    assert retrieval.plan(request(config=config, transcript=denied), embedder).action != "request_document"
+    succeeded = [entry(1, "request-document", "succeeded", "sent")]
+    assert retrieval.plan(request(config=config, transcript=succeeded), embedder).action == "request-document"
+    denied = [entry(1, "request-document", "denied", error="policy")]
+    assert retrieval.plan(request(config=config, transcript=denied), embedder).action != "request-document"
 
 
 def test_no_action_left_escalates(embedder: SentenceEmbedder) -> None:
@@ -85,17 +85,17 @@ def test_no_action_left_escalates(embedder: SentenceEmbedder) -> None:
 
 def test_done_when_and_result(embedder: SentenceEmbedder) -> None:
     config = {
-        "doneWhen": "'request_document' in succeeded",
-        "result": {"claimId": "state.claimId", "document": "succeeded.request_document"},
+        "doneWhen": "'request-document' in succeeded",
+        "result": {"claimId": "state.claimId", "document": "succeeded['request-document']"},
     }
-    assert retrieval.plan(request(config=config), embedder).action == "request_document"
+    assert retrieval.plan(request(config=config), embedder).action == "request-document"
     answer = retrieval.plan(
-        request(config=config, transcript=[entry(1, "request_document", "succeeded", "D-9")]), embedder
+        request(config=config, transcript=[entry(1, "request-document", "succeeded", "D-9")]), embedder
     )
     assert (answer.done, answer.result) == (True, {"claimId": "C-1", "document": "D-9"})
     default = retrieval.plan(
         request(
-            config={"doneWhen": "attempts.request_document > 0"}, transcript=[entry(1, "request_document", "failed")]
+            config={"doneWhen": "attempts['request-document'] > 0"}, transcript=[entry(1, "request-document", "failed")]
         ),
         embedder,
     )
@@ -104,17 +104,17 @@ def test_done_when_and_result(embedder: SentenceEmbedder) -> None:
 
 def test_argument_maps_and_a_custom_query(embedder: SentenceEmbedder) -> None:
     config = {
-        "arguments": {"request_document": {"claimId": "state.claimId", "documentType": "state.missingDocuments[0]"}},
+        "arguments": {"request-document": {"claimId": "state.claimId", "documentType": "state.missingDocuments[0]"}},
         "query": "'the police report is missing'",
     }
     answer = retrieval.plan(request(config=config, state={"claimId": "C-7", "missingDocuments": ["receipt"]}), embedder)
-    assert (answer.action, answer.arguments) == ("request_document", {"claimId": "C-7", "documentType": "receipt"})
+    assert (answer.action, answer.arguments) == ("request-document", {"claimId": "C-7", "documentType": "receipt"})
     assert answer.reasoning.endswith("query: the police report is missing")
 
 
 def test_a_state_that_is_not_an_object_gives_no_default_arguments(embedder: SentenceEmbedder) -> None:
     answer = retrieval.plan(request(goal="Ask the claimant for the missing police report", state="C-1"), embedder)
-    assert (answer.action, answer.arguments) == ("request_document", {})
+    assert (answer.action, answer.arguments) == ("request-document", {})
 
 
 def test_confidence_mapping() -> None:
@@ -147,7 +147,7 @@ def test_same_request_same_answer(embedder: SentenceEmbedder) -> None:
         ({"doneWhen": "state.("}, "config.doneWhen", "does not compile"),
         ({"result": "state"}, "config", "result goes with doneWhen"),
         ({"arguments": {"fly": {"a": "1"}}}, "config.arguments.fly", "'fly' is not one of the agent's actions"),
-        ({"arguments": {"request_document": {"a": ")"}}}, "config.arguments.request_document.a", "does not compile"),
+        ({"arguments": {"request-document": {"a": ")"}}}, "config.arguments.request-document.a", "does not compile"),
         ({"allowRepeat": "maybe"}, "config.allowRepeat", "valid boolean"),
     ],
 )

@@ -14,21 +14,21 @@ from tests.planners.requests import entry, request
 RULES: dict[str, Any] = {
     "rules": [
         {
-            "when": "!('request_document' in succeeded) && state.missingDocuments.size() > 0",
-            "action": "request_document",
+            "when": "!('request-document' in succeeded) && state.missingDocuments.size() > 0",
+            "action": "request-document",
             "arguments": {"claimId": "state.claimId", "documentType": "state.missingDocuments[0]"},
             "confidence": 0.9,
             "reasoning": "a document is missing",
         },
         {
-            "when": "'request_document' in succeeded && !('rerun_extraction' in succeeded)",
-            "action": "rerun_extraction",
-            "arguments": {"document": "succeeded.request_document.documentId"},
+            "when": "'request-document' in succeeded && !('rerun-extraction' in succeeded)",
+            "action": "rerun-extraction",
+            "arguments": {"document": "succeeded['request-document'].documentId"},
         },
         {
-            "when": "'rerun_extraction' in succeeded",
+            "when": "'rerun-extraction' in succeeded",
             "done": True,
-            "result": {"claimId": "state.claimId", "fields": "succeeded.rerun_extraction"},
+            "result": {"claimId": "state.claimId", "fields": "succeeded['rerun-extraction']"},
             "confidence": 0.95,
         },
     ]
@@ -37,7 +37,7 @@ RULES: dict[str, Any] = {
 
 def test_first_matching_rule_proposes_its_action() -> None:
     answer = scripted.plan(request(config=RULES))
-    assert answer.action == "request_document"
+    assert answer.action == "request-document"
     assert answer.arguments == {"claimId": "C-1", "documentType": "police_report"}
     assert (answer.confidence, answer.reasoning, answer.done, answer.escalate) == (
         0.9,
@@ -48,12 +48,12 @@ def test_first_matching_rule_proposes_its_action() -> None:
 
 
 def test_the_transcript_moves_the_plan_on_to_done() -> None:
-    requested = entry(1, "request_document", "succeeded", {"documentId": "D-9"})
+    requested = entry(1, "request-document", "succeeded", {"documentId": "D-9"})
     second = scripted.plan(request(config=RULES, transcript=[requested]))
-    assert (second.action, second.arguments) == ("rerun_extraction", {"document": "D-9"})
-    assert second.reasoning == "rule 1 matched: 'request_document' in succeeded && !('rerun_extraction' in succeeded)"
+    assert (second.action, second.arguments) == ("rerun-extraction", {"document": "D-9"})
+    assert second.reasoning == "rule 1 matched: 'request-document' in succeeded && !('rerun-extraction' in succeeded)"
 
-    extracted = entry(2, "rerun_extraction", "succeeded", {"amount": 1250.0})
+    extracted = entry(2, "rerun-extraction", "succeeded", {"amount": 1250.0})
     third = scripted.plan(request(config=RULES, transcript=[requested, extracted]))
     assert third.done
     assert third.action is None
@@ -70,11 +70,11 @@ def test_no_rule_matching_escalates_by_default() -> None:
 
 def test_otherwise_and_a_whole_result_expression() -> None:
     config = {
-        "rules": [{"when": "attempts.request_document >= 2", "done": True, "result": "last.observation"}],
-        "otherwise": {"action": "request_document", "arguments": {"claimId": "'C-' + string(budget.stepsLeft)"}},
+        "rules": [{"when": "attempts['request-document'] >= 2", "done": True, "result": "last.observation"}],
+        "otherwise": {"action": "request-document", "arguments": {"claimId": "'C-' + string(budget.stepsLeft)"}},
     }
     assert scripted.plan(request(config=config)).arguments == {"claimId": "C-5"}
-    twice = [entry(1, "request_document", "failed", error="timeout"), entry(2, "request_document", "succeeded", "ok")]
+    twice = [entry(1, "request-document", "failed", error="timeout"), entry(2, "request-document", "succeeded", "ok")]
     answer = scripted.plan(request(config=config, transcript=twice))
     assert (answer.done, answer.result) == (True, "ok")
 
@@ -83,19 +83,19 @@ def test_otherwise_and_a_whole_result_expression() -> None:
     ("when", "expected"),
     [
         ("goal == 'Complete claim C-1'", True),
-        ("actions == ['request_document', 'rerun_extraction', 'notify_adjuster']", True),
+        ("actions == ['request-document', 'rerun-extraction', 'notify-adjuster']", True),
         ("last.outcome == 'denied' && last.error == 'not allowed'", True),
         ("transcript.size() == 2 && transcript[0].step == 1", True),
-        ("attempts == {'request_document': 1, 'rerun_extraction': 1, 'notify_adjuster': 0}", True),
-        ("!('rerun_extraction' in succeeded) && !('request_document' in succeeded)", True),
+        ("attempts == {'request-document': 1, 'rerun-extraction': 1, 'notify-adjuster': 0}", True),
+        ("!('rerun-extraction' in succeeded) && !('request-document' in succeeded)", True),
         ("budget.stepsLeft == 5 && budget.costLeft == 20.0 && budget.secondsLeft > 0.0", True),
         ("last == null", False),
     ],
 )
 def test_the_cel_variables(when: str, expected: bool) -> None:
     transcript = [
-        entry(1, "rerun_extraction", "failed", error="model timed out"),
-        entry(2, "request_document", "denied", error="not allowed"),
+        entry(1, "rerun-extraction", "failed", error="model timed out"),
+        entry(2, "request-document", "denied", error="not allowed"),
     ]
     config = {"rules": [{"when": when, "done": True}]}
     assert scripted.plan(request(config=config, transcript=transcript)).done is expected
@@ -145,9 +145,9 @@ def _refusal(config: dict[str, Any], **kwargs: Any) -> PlanError:
         ({"rules": [{"when": "true", "done": True, "result": 5}]}, "config.rules[0].result", "must be a map of name"),
         ({"rules": [{"when": "x" * 5000, "done": True}]}, "config.rules[0].when", "longer than 4096 characters"),
         ({"rules": [{"when": "true", "action": "fly"}]}, "config.rules[0].action", "'fly' is not one of"),
-        ({"otherwise": {"action": "fly"}}, "config.otherwise.action", "request_document, rerun_extraction"),
+        ({"otherwise": {"action": "fly"}}, "config.otherwise.action", "request-document, rerun-extraction"),
         (
-            {"rules": [{"when": "true", "action": "request_document", "arguments": {"claimId": "'"}}]},
+            {"rules": [{"when": "true", "action": "request-document", "arguments": {"claimId": "'"}}]},
             "config.rules[0].arguments.claimId",
             "does not compile",
         ),

@@ -18,8 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES = {
     "rules": [
         {
-            "when": "!('request_document' in succeeded)",
-            "action": "request_document",
+            "when": "!('request-document' in succeeded)",
+            "action": "request-document",
             "arguments": {"claimId": "state.claimId", "documentType": "state.missingDocuments[0]"},
             "confidence": 0.9,
         }
@@ -67,13 +67,13 @@ def test_scripted_planner_over_http(scripted_url: str) -> None:
     response = _post(scripted_url, _body(request(config=RULES)))
     assert response.status_code == 200, response.text
     assert response.json() == {
-        "action": "request_document",
+        "action": "request-document",
         "arguments": {"claimId": "C-1", "documentType": "police_report"},
         "done": False,
         "result": None,
         "escalate": False,
         "confidence": 0.9,
-        "reasoning": "rule 0 matched: !('request_document' in succeeded)",
+        "reasoning": "rule 0 matched: !('request-document' in succeeded)",
     }
 
     bad = _post(scripted_url, _body(request(config={"rules": [{"when": "state.(", "done": True}]})))
@@ -99,7 +99,7 @@ def test_retrieval_planner_over_http(retrieval_url: str) -> None:
     response = _post(retrieval_url, _body(request()))
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert (answer["action"], answer["arguments"]) == ("request_document", {"claimId": "C-1"})
+    assert (answer["action"], answer["arguments"]) == ("request-document", {"claimId": "C-1"})
     assert answer["confidence"] >= 0.5
     assert set(answer) == {"action", "arguments", "done", "result", "escalate", "confidence", "reasoning"}
 
