@@ -3,6 +3,8 @@ properties of a mean-pooled, normalised sentence embedding."""
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits  # type: ignore[import-untyped]  # ships no type hints
@@ -103,3 +105,13 @@ def test_one_blas_thread_unless_the_environment_says_otherwise() -> None:
         assert not one_blas_thread({"OPENBLAS_NUM_THREADS": "4"})
         assert one_blas_thread({})
         assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+
+
+def test_loads_and_embeds_without_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    offline = SentenceEmbedder()
+    assert offline.embed_one("offline").shape == (384,)
