@@ -56,6 +56,8 @@ class Embedder(Protocol):
 
 
 class RetrievalConfig(BaseModel):
+    """The retrieval planner's part of the step's planner.config; unknown keys are refused, like the scripted one's."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     min_similarity: float = Field(
