@@ -102,10 +102,11 @@ class EngineApprovals:
     def look(self, tenant: str, approval_id: str) -> RolloutApproval:
         return seen(self.engine.approval(approval_id, tenant=tenant))
 
-    def withdraw(self, approval: RolloutApproval, reason: str) -> None:
-        # Decided or expired meanwhile: nothing is pending any more.
+    def withdraw(self, approval: RolloutApproval, reason: str) -> RolloutApproval:
+        # Decided or expired meanwhile: nothing is pending any more, and the approval says how it ended.
         with contextlib.suppress(InvalidStateError):
             self.engine.cancel(approval.tenant, approval.task_id, reason=reason[:1000] or "rollout ended")
+        return self.look(approval.tenant, approval.id)
 
 
 def operator_store(url: str) -> tuple[Engine, EngineApprovals]:

@@ -280,6 +280,11 @@ class Rollout(K8sModel):
         default=None, description="When the current step started (UTC); the interval is counted from here."
     )
     message: str = Field(default="", max_length=4096, description="What happened last, in words.")
+    reason: Literal["AnalysisFailed", "PromotionRejected"] | None = Field(
+        default=None,
+        description="Why a RolledBack rollout was rolled back: AnalysisFailed (a threshold broke) or "
+        "PromotionRejected (its promotion approval was rejected, expired or cancelled).",
+    )
     stable_replicas: int | None = Field(
         default=None,
         ge=0,

@@ -86,8 +86,9 @@ class Approvals(Protocol):
     def look(self, tenant: str, approval_id: str) -> RolloutApproval:
         """The approval as it stands now."""
 
-    def withdraw(self, approval: RolloutApproval, reason: str) -> None:
-        """Cancel a pending approval nobody needs any more (the canary was rolled back or aborted)."""
+    def withdraw(self, approval: RolloutApproval, reason: str) -> RolloutApproval:
+        """Cancel a pending approval nobody needs any more (the canary was rolled back or aborted); the approval
+        as it ended (cancelled, or decided or expired if that came first)."""
 
 
 def request(model: Model, stable: str, demand: Demand | None = None) -> Request | None:

@@ -9,6 +9,7 @@ fails is run again after a backoff.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -287,7 +288,7 @@ class Reconciler:
             approval=await self._approval(wanted, status, now),
             approval_required=wanted is not None,
         )
-        await self._withdraw(status, plan)
+        plan = await self._withdraw(status, plan)
         try:
             await self._apply_children(model, owner, plan, has_autoscaler=bool(autoscalers))
         except kubernetes.client.ApiException as error:
@@ -378,21 +379,29 @@ class Reconciler:
             return f"the approvals store failed: {type(error).__name__}: {error}"[:1000]
         return promotion.effective(seen, now)
 
-    async def _withdraw(self, status: ModelStatus | None, plan: plans.Plan) -> None:
-        """A rollout that ended otherwise (analysis rollback, abort) while its approval was pending cancels it, so
-        approvers are not left deciding what no longer waits."""
+    async def _withdraw(self, status: ModelStatus | None, plan: plans.Plan) -> plans.Plan:
+        """A rollout that stopped waiting otherwise (an analysis rollback, an abort, another canary version, no
+        canary any more, nothing asking for the approval) cancels its pending approval, so approvers are not left
+        deciding what no longer waits; status then holds the approval as it ended, so this happens once."""
         before = status.rollout if status is not None else None
-        after = plan.rollout
         if self.approvals is None or before is None or before.approval is None or before.approval.state != "pending":
-            return
-        if after is None or after.version != before.version or after.phase not in ("RolledBack", "Aborted"):
-            return
-        if after.approval is not None and after.approval.state != "pending":
-            return  # decided or expired: nothing to withdraw
+            return plan
+        after = plan.rollout
+        ours = after is not None and after.version == before.version
+        if ours and after is not None:
+            if after.approval is not None and after.approval.state != "pending":
+                return plan  # decided or expired: nothing to withdraw
+            waiting = plan.canary is not None and plan.canary.version == before.version
+            if waiting and after.phase in ("Progressing", "Paused", "AwaitingApproval"):
+                return plan  # still waiting, or will wait again after a pause
         try:
-            await asyncio.to_thread(self.approvals.withdraw, before.approval, after.message)
+            ended = await asyncio.to_thread(self.approvals.withdraw, before.approval, after.message if after else "")
         except Exception:  # the approval expires by itself; failing the reconcile would undo nothing
             log.warning("could not cancel a promotion approval", exc_info=True, extra={"approval": before.approval.id})
+            return plan
+        if not ours or after is None:
+            return plan  # the status no longer shows that rollout's approval
+        return dataclasses.replace(plan, rollout=after.model_copy(update={"approval": ended}))
 
     async def _apply_children(
         self, model: Model, owner: builders.Owner, plan: plans.Plan, *, has_autoscaler: bool

@@ -121,7 +121,7 @@ def advance(
         return _enter_step(canary, current, 0, now)
     if verdict is not None and verdict.passed is False:
         message = f"rolled back at {weight(canary, current)}%: {verdict.describe()}"
-        rolled_back = _with(current, phase="RolledBack", message=message)
+        rolled_back = _with(current, phase="RolledBack", reason="AnalysisFailed", message=message)
         return Decision(rolled_back, Event("Warning", "RolloutRolledBack", message))
     step_started = current.step_started_at or now
     if now - step_started < parse_duration(canary.interval):
@@ -168,7 +168,8 @@ def _await(
     if verdict is not None and verdict.passed is False:
         message = f"rolled back at {weight(canary, current)}% while awaiting approval: {verdict.describe()}"
         return Decision(
-            _with(current, phase="RolledBack", message=message), Event("Warning", "RolloutRolledBack", message)
+            _with(current, phase="RolledBack", reason="AnalysisFailed", message=message),
+            Event("Warning", "RolloutRolledBack", message),
         )
     if not required:
         return _promote(canary, current, now, "neither the spec nor a Policy asks for an approval any more")
@@ -182,7 +183,7 @@ def _await(
     if approval.state in ("rejected", "expired", "cancelled"):
         message = promotion.refused_message(canary.version, approval)
         return Decision(
-            _with(current, phase="RolledBack", approval=approval, message=message),
+            _with(current, phase="RolledBack", reason="PromotionRejected", approval=approval, message=message),
             Event("Warning", "PromotionRejected", message),
         )
     message = promotion.waiting_message(canary.version, approval)

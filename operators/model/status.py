@@ -61,8 +61,7 @@ def invalid(status: ModelStatus | None, generation: int, problems: list[str], no
 def _rolled_back(previous: ModelStatus, make: Conditions) -> Condition:
     rollout = previous.rollout
     if rollout is not None and rollout.phase == "RolledBack":
-        refused = rollout.approval is not None and rollout.approval.state in ("rejected", "expired", "cancelled")
-        return make(ROLLED_BACK, True, "PromotionRejected" if refused else "AnalysisFailed", rollout.message)
+        return make(ROLLED_BACK, True, rollout.reason or "AnalysisFailed", rollout.message)
     return make(ROLLED_BACK, False, "NoRollback")
 
 

@@ -3,8 +3,10 @@ it waits, and the engine's approvals stand behind it (``aiplane.promotions`` on 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -14,7 +16,10 @@ from crds.policy import Policy
 from engine import Engine
 from operators.model import promotion
 from operators.model import rollout as r
-from operators.model.plan import plan
+from operators.model.config import Config
+from operators.model.kube import Kube
+from operators.model.plan import Plan, plan
+from operators.model.reconciler import Reconciler
 from operators.model.rollout import Verdict
 from operators.model.status import fold
 from operators.policy.decisions import recording
@@ -98,7 +103,7 @@ def test_approval_promotes_and_rejection_or_expiry_rolls_back() -> None:
     rejected = r.advance(
         GATED, waiting, now=T0, canary_ready=True, approval=approval("rejected", "bob", reason="too risky")
     )
-    assert rejected.rollout.phase == "RolledBack"
+    assert (rejected.rollout.phase, rejected.rollout.reason) == ("RolledBack", "PromotionRejected")
     assert r.weight(GATED, rejected.rollout) == 0
     assert rejected.event is not None
     assert rejected.event.reason == "PromotionRejected"
@@ -119,7 +124,7 @@ def test_a_failing_analysis_still_wins_while_waiting() -> None:
     decision = r.advance(
         GATED, at(1, "AwaitingApproval"), now=T0, canary_ready=True, verdict=failed, approval=approval()
     )
-    assert decision.rollout.phase == "RolledBack"
+    assert (decision.rollout.phase, decision.rollout.reason) == ("RolledBack", "AnalysisFailed")
     assert decision.event is not None
     assert decision.event.reason == "RolloutRolledBack"
     assert "error-rate" in decision.rollout.message
@@ -164,7 +169,12 @@ def test_status_says_awaiting_approval_and_promotion_rejected() -> None:
 
     waiting = at(1, "AwaitingApproval", approval=approval().model_dump(by_alias=True, mode="json"))
     assert conditions(waiting)["Progressing"] == ("True", "AwaitingApproval")
-    refused = at(1, "RolledBack", approval=approval("rejected", "bob").model_dump(by_alias=True, mode="json"))
+    refused = at(
+        1,
+        "RolledBack",
+        reason="PromotionRejected",
+        approval=approval("rejected", "bob").model_dump(by_alias=True, mode="json"),
+    )
     assert conditions(refused)["RolledBack"] == ("True", "PromotionRejected")
     assert conditions(at(1, "RolledBack"))["RolledBack"] == ("True", "AnalysisFailed")
 
@@ -288,3 +298,57 @@ def test_the_rollout_waits_when_only_a_policy_asks_and_promotes_when_nothing_ask
     assert held.rollout.phase == "AwaitingApproval"
     released = r.advance(UNGATED, held.rollout, now=later, canary_ready=True, approval_required=False)
     assert released.rollout.phase == "Promoted"
+
+
+def test_a_rollout_that_stops_waiting_withdraws_its_approval_once(engine: Engine) -> None:
+    approvals = EngineApprovals(engine)
+    reconciler = Reconciler(
+        kube=cast(Kube, None), config=Config(), post_event=lambda body, event: None, approvals=approvals
+    )
+    wanted = promotion.request(model(), "1.0.0")
+    assert wanted is not None
+    opened = approvals.open(wanted)
+    waiting = at(1, "AwaitingApproval", approval=opened.model_dump(by_alias=True, mode="json"))
+    gated = model(rollout=waiting)
+    assert gated.status is not None
+
+    def planned(m: Model, **kw: object) -> Plan:
+        return plan(m, "img", {}, now=T0, **kw)  # type: ignore[arg-type]
+
+    # Still waiting: nothing withdrawn.
+    kept = asyncio.run(reconciler._withdraw(gated.status, planned(gated, control="resume", approval=opened)))
+    assert kept.rollout is not None
+    assert kept.rollout.approval == opened
+    assert approvals.look("claims", opened.id).state == "pending"
+
+    # The analysis rolls the canary back while it waits: the approval is cancelled, and status says so.
+    failed = Verdict(False, metric="error-rate", value=0.5, threshold=0.1)
+    rolled = asyncio.run(reconciler._withdraw(gated.status, planned(gated, control="resume", verdict=failed)))
+    assert rolled.rollout is not None
+    assert (rolled.rollout.phase, rolled.rollout.reason) == ("RolledBack", "AnalysisFailed")
+    assert rolled.rollout.approval is not None
+    assert rolled.rollout.approval.state == "cancelled"
+    assert approvals.look("claims", opened.id).state == "cancelled"
+    assert engine.get("claims", opened.task_id).state == "cancelled"
+
+
+def test_a_promoted_rollout_keeps_its_approval_as_decided(engine: Engine) -> None:
+    approvals = EngineApprovals(engine)
+    reconciler = Reconciler(
+        kube=cast(Kube, None), config=Config(), post_event=lambda body, event: None, approvals=approvals
+    )
+    wanted = promotion.request(model(), "1.0.0")
+    assert wanted is not None
+    opened = approvals.open(wanted)
+    gated = model(rollout=at(1, "AwaitingApproval", approval=opened.model_dump(by_alias=True, mode="json")))
+    assert gated.status is not None
+    engine.approve(opened.id, "ann", "", tenant="claims", roles={"approver"})
+    engine.approve(opened.id, "bob", "", tenant="claims", roles={"admin"})
+    decided = approvals.look("claims", opened.id)
+    promoted = plan(gated, "img", {}, now=T0, control="resume", approval=decided)
+    assert promoted.rollout is not None
+    assert promoted.rollout.phase == "Promoted"
+    kept = asyncio.run(reconciler._withdraw(gated.status, promoted))
+    assert kept.rollout is not None
+    assert kept.rollout.approval == decided
+    assert engine.get("claims", opened.task_id).state == "succeeded"
