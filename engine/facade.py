@@ -67,6 +67,7 @@ from engine.runtime.transitions import StateMachine
 from engine.sinks import InMemorySink, RecordSink
 from engine.store import migrate, outbox, purge
 from engine.store.audit import AuditLog
+from engine.store.blobs import DatabaseBlobStore
 from engine.store.database import Database
 from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore
 from engine.store.purge import Erased, Purged, Retention
@@ -125,9 +126,10 @@ class Engine:
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
-        Payloads larger than ``inline_limit`` bytes go to ``blob_store`` (default: files under
-        ``data_dir/blobs``; ``data_dir`` defaults to the SQLite file's directory, and must be given, or a
-        shared ``blob_store``, for PostgreSQL). ``sqlite_synchronous``: see ``engine.store.database.Database``.
+        Payloads larger than ``inline_limit`` bytes go to ``blob_store`` (default: with SQLite, files under
+        ``data_dir/blobs``, ``data_dir`` defaulting to the SQLite file's directory; with PostgreSQL, the store's
+        ``blobs`` table, which every gateway, worker and consumer pod shares).
+        ``sqlite_synchronous``: see ``engine.store.database.Database``.
         ``callbacks_to_private_networks``: let tasks' callback URLs point at loopback and private addresses
         (refused by default, as for HTTP connectors: a submitter could otherwise make workers call internal
         services).
@@ -149,10 +151,11 @@ class Engine:
         self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
         if migrate_on_start:
             migrate.upgrade(self.db)
+        if blob_store is None and not self.db.is_sqlite:
+            # Gateways, workers and consumers are separate pods: the store they share holds the blobs too.
+            blob_store = DatabaseBlobStore(self.db)
         if blob_store is None:
             if data_dir is None:
-                if not self.db.is_sqlite:
-                    raise ValueError("with PostgreSQL, give data_dir (a directory all workers share) or a blob_store")
                 data_dir = Path(self.db.url.database or ".").resolve().parent
             blob_store = FileBlobStore(Path(data_dir) / "blobs")
         self.codec = PayloadCodec(blob_store, inline_limit)

@@ -25,11 +25,13 @@ import sqlalchemy as sa
 from engine.payloads import PayloadCodec
 from engine.store import audit
 from engine.store.audit import AuditLog
+from engine.store.blobs import DatabaseBlobStore
 from engine.store.database import Database
 from engine.store.schema import (
     agent_actions,
     approvals,
     attempts,
+    blobs,
     callbacks,
     dead_letters,
     events,
@@ -170,7 +172,12 @@ def purge(
 
 def _drop_unreferenced(conn: sa.Connection, codec: PayloadCodec, refs: Iterable[str]) -> int:
     """Delete the blobs among ``refs`` no row refers to any more (blobs are shared by content)."""
-    delete = getattr(codec.blobs, "delete", None)
+    delete: Callable[[str], bool] | None = getattr(codec.blobs, "delete", None)
+    if isinstance(codec.blobs, DatabaseBlobStore):
+        # In this transaction: a purge or erasure that rolls back keeps its blobs.
+        def delete(ref: str) -> bool:
+            return bool(conn.execute(sa.delete(blobs).where(blobs.c.ref == ref)).rowcount == 1)
+
     if delete is None:
         return 0
     dropped = 0

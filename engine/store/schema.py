@@ -318,3 +318,13 @@ audit_head = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Large payloads kept in the database itself (PostgreSQL), so every gateway, worker and consumer pod reads what any
+# other wrote without a shared volume (engine.store.blobs). SQLite keeps them as files beside the database.
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("ref", BLOB_REF, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

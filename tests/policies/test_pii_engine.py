@@ -155,6 +155,9 @@ def stored_text(engine: Engine, db_url: str, data_dir: Path) -> str:
             for table in sa.inspect(conn).get_table_names():
                 rows = conn.execute(sa.text(f'SELECT to_jsonb(t)::text FROM "{table}" t')).scalars()
                 parts.extend(rows)
+            # Large payloads are bytes there (hex in the dump above): read them as text too.
+            blobs = conn.execute(sa.text("SELECT data FROM blobs")).scalars()
+            parts.extend(bytes(data).decode("utf-8", errors="replace") for data in blobs)
     parts.extend(p.read_text(errors="replace") for p in data_dir.rglob("*") if p.is_file())
     return "\n".join(parts)
 
