@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PACKAGES := aiplane crds engine api operators connectors policies
+PACKAGES := aiplane crds engine api operators connectors policies planners
 
 .PHONY: help setup dev demo test test-unit lint format typecheck generate check cluster-up cluster-down kafka-up kafka-down bench
 

@@ -6,7 +6,7 @@ proposal, so an LLM-backed planner can cache its answer by key; it checks every 
 exists, the arguments match the action's schema, policy allows it), so a planner never has to be trusted.
 
 The same classes are the engine's request and response models and the shipped planners' (``planners/``), and
-docs/agents.md describes them field by field: one source of truth, like the CRDs.
+docs/planners.md describes them field by field: one source of truth, like the CRDs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("aiplane", "crds", "engine", "api", "operators", "connectors", "policies")
+PACKAGES = ("aiplane", "crds", "engine", "api", "operators", "connectors", "policies", "planners")
 
 
 def test_wheel_contents(tmp_path: Path) -> None:
