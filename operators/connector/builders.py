@@ -8,6 +8,7 @@ credentials and CA as files of Secret volumes (``SECRETS_DIR/<secret>/<key>``), 
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,24 @@ CONTAINER = "source"
 TENANT_ANNOTATION = "aiplane.io/tenant"
 # Where a consumer finds the Secret keys its Connector names, one file per key: <dir>/<secret>/<key>.
 SECRETS_DIR = "/var/run/secrets/aiplane"
+# The image's user (Containerfile). A numeric uid lets the kubelet check runAsNonRoot.
+UID = 10001
+# Pod Security `restricted`, as the chart's own pods: a namespace that enforces it admits the consumers.
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "fsGroup": UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,8 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
         *("--spec", "$(AIPLANE_CONNECTOR_SPEC)"),
         *("--db-url", "$(AIPLANE_DATABASE_URL)"),
     ]
-    pod: dict[str, Any] = {}
+    # Only a governed consumer talks to the Kubernetes API; an ungoverned one gets no token.
+    pod: dict[str, Any] = {"automountServiceAccountToken": config.service_account is not None}
     if config.service_account is not None:
         # Governed: the namespace's Policies apply to the tasks it makes, as to the gateway's (aiplane.kafkasource).
         command = ["aiplane", "kafka-source"]
@@ -151,10 +171,12 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
         "args": args,
         "env": env,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+        # The root filesystem is read-only; Python and the libraries it loads may still want a scratch /tmp.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
     }
-    if volumes:
-        container["volumeMounts"] = mounts
-        pod["volumes"] = volumes
+    pod["volumes"] = [{"name": "tmp", "emptyDir": {}}, *volumes]
+    pod["securityContext"] = copy.deepcopy(POD_SECURITY)
     selector = {LABEL_CONNECTOR: owner.name, LABEL_COMPONENT: COMPONENT}
     return {
         "apiVersion": "apps/v1",

@@ -50,12 +50,13 @@ def test_the_consumer_deployment_runs_the_source_runtime_with_no_secret_in_it() 
     assert json.loads(env["AIPLANE_CONNECTOR_SPEC"]["value"])["topic"] == "claims-in"
     assert env["AIPLANE_DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "aiplane-store", "key": "url"}}
     assert env["AIPLANE_SECRETS_DIR"]["value"] == "/var/run/secrets/aiplane"
-    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    tmp, volume = deployment["spec"]["template"]["spec"]["volumes"]
+    assert tmp == {"name": "tmp", "emptyDir": {}}
     assert volume["secret"] == {
         "secretName": "kafka-user",
         "items": [{"key": "user", "path": "user"}, {"key": "pass", "path": "pass"}],
     }
-    (mount,) = container["volumeMounts"]
+    _, mount = container["volumeMounts"]
     assert (mount["name"], mount["mountPath"], mount["readOnly"]) == (
         volume["name"],
         "/var/run/secrets/aiplane/kafka-user",
@@ -81,6 +82,26 @@ def test_given_a_service_account_the_consumer_enforces_its_namespaces_policies()
     plain = builders.deployment(connector(), OWNER, 1, CONFIG)["spec"]["template"]["spec"]
     assert "serviceAccountName" not in plain
     assert plain["containers"][0]["command"] == ["python", "-m", "connectors.kafka", "source"]
+    # Only the governed one gets a token (it watches the namespace); the plain one never calls the API.
+    assert (pod["automountServiceAccountToken"], plain["automountServiceAccountToken"]) == (True, False)
+
+
+@pytest.mark.parametrize("config", [CONFIG, Config(service_account="sa", pii_secret="pii")], ids=["plain", "governed"])
+def test_consumer_pods_meet_pod_security_restricted(config: Config) -> None:
+    """What a namespace enforcing `restricted` checks (the chart's consumers run in one: tests/helm)."""
+    auth = {"username": {"name": "kafka-user", "key": "user"}, "password": {"name": "kafka-user", "key": "pass"}}
+    pod = builders.deployment(connector(auth=auth), OWNER, 1, config)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    # Volumes of the kinds `restricted` allows only; a writable /tmp since the root filesystem is read-only.
+    assert {next(k for k in volume if k != "name") for volume in pod["volumes"]} == {"emptyDir", "secret"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
 def test_the_service_account_and_pii_key_come_from_the_environment() -> None:
