@@ -9,6 +9,7 @@ CEL expressions are compiled with the same library the engine evaluates them wit
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -234,6 +235,21 @@ def program(expression: str) -> cel.Program:
             _programs.clear()
         _programs[expression] = compiled
     return compiled
+
+
+def json_value(value: Any) -> Any:
+    """A CEL result as a JSON value: timestamps and durations become strings, bytes are decoded."""
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return f"{value.total_seconds()}s"
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
 
 
 def compile_error(expression: str) -> str | None:

@@ -53,8 +53,8 @@ class Retry(K8sModel):
     )
 
 
-class ModelCall(K8sModel):
-    """Calls a Model's BentoML API; traffic is split between its live versions by their weights."""
+class ModelRef(K8sModel):
+    """A Model's BentoML API; traffic is split between its live versions by their weights."""
 
     name: Name = Field(description="Name of the Model resource in the same namespace.")
     api: str = Field(
@@ -64,14 +64,19 @@ class ModelCall(K8sModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="BentoML API (endpoint) to call, e.g. extract.",
     )
+
+
+class ModelCall(ModelRef):
+    """Calls a Model's BentoML API; traffic is split between its live versions by their weights."""
+
     input: dict[str, CelExpression] = Field(
         default_factory=dict,
         description="Request body: each key is set to the value of its CEL expression. Empty sends the task input.",
     )
 
 
-class ConnectorCall(K8sModel):
-    """Calls a Connector (HTTP, PostgreSQL, Kafka sink) with a body built from the task's data."""
+class ConnectorRef(K8sModel):
+    """A Connector (HTTP, PostgreSQL, Kafka sink) and the operation to run on it."""
 
     name: Name = Field(description="Name of the Connector resource in the same namespace.")
     operation: str | None = Field(
@@ -79,6 +84,11 @@ class ConnectorCall(K8sModel):
         max_length=128,
         description="Connector-specific operation, e.g. a named query of a postgres Connector.",
     )
+
+
+class ConnectorCall(ConnectorRef):
+    """Calls a Connector (HTTP, PostgreSQL, Kafka sink) with a body built from the task's data."""
+
     input: dict[str, CelExpression] = Field(
         default_factory=dict,
         description="Payload: each key is set to the value of its CEL expression. Empty sends the task input.",
@@ -140,28 +150,6 @@ class Approval(K8sModel):
     )
 
 
-class ActionModel(K8sModel):
-    """An agent action that calls a Model's BentoML API with the planner's arguments as the request body."""
-
-    name: Name = Field(description="Name of the Model resource in the same namespace.")
-    api: str = Field(
-        default="predict",
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="BentoML API (endpoint) to call.",
-    )
-
-
-class ActionConnector(K8sModel):
-    """An agent action that calls a Connector with the planner's arguments as the payload."""
-
-    name: Name = Field(description="Name of the Connector resource in the same namespace.")
-    operation: str | None = Field(
-        default=None, max_length=128, description="Connector-specific operation, e.g. a named query."
-    )
-
-
 class ActionWorkflow(K8sModel):
     """An agent action that runs another Workflow as a child task with the planner's arguments as its input."""
 
@@ -190,8 +178,12 @@ class AgentAction(K8sModel):
         description="What the action does and when it helps: the planner chooses by it (the retrieval planner "
         "embeds it).",
     )
-    model: ActionModel | None = Field(default=None, description="The Model the action calls.")
-    connector: ActionConnector | None = Field(default=None, description="The Connector the action calls.")
+    model: ModelRef | None = Field(
+        default=None, description="The Model the action calls, with the planner's arguments as the request body."
+    )
+    connector: ConnectorRef | None = Field(
+        default=None, description="The Connector the action calls, with the planner's arguments as the payload."
+    )
     workflow: ActionWorkflow | None = Field(default=None, description="The Workflow the action runs as a child task.")
     input_schema: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object"},

@@ -13,7 +13,6 @@ The activation (docs/planners.md lists it for config authors):
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -91,7 +90,7 @@ def evaluate(expression: str, variables: Mapping[str, Any], *, field: str) -> An
     except Exception as exc:  # the extension raises KeyError, TypeError, ValueError, ZeroDivisionError, ...
         message = f"no such key or variable {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
         raise evaluation_error(field, expression, " ".join(message.split()) or type(exc).__name__) from exc
-    return _to_json(value)
+    return checks.json_value(value)
 
 
 def evaluate_bool(expression: str, variables: Mapping[str, Any], *, field: str) -> bool:
@@ -103,18 +102,3 @@ def evaluate_bool(expression: str, variables: Mapping[str, Any], *, field: str) 
 
 def evaluate_map(expressions: Mapping[str, str], variables: Mapping[str, Any], *, field: str) -> dict[str, Any]:
     return {key: evaluate(expr, variables, field=f"{field}.{key}") for key, expr in expressions.items()}
-
-
-def _to_json(value: Any) -> Any:
-    """CEL values as JSON: timestamps and durations as strings, bytes decoded."""
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return f"{value.total_seconds()}s"
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value

@@ -478,25 +478,19 @@ class AgentExecutor:
         self, ctx: StepContext, action: AgentAction, record: ActionRecord
     ) -> tuple[bool, Any, dict[str, Any] | None, int]:
         """Run a model or connector action with its own retries, in this attempt."""
+        calls: dict[str, Any]
         if action.model is not None:
-            step = Step(
-                name=ctx.step.name,
-                type="model",
-                model=ModelCall(name=action.model.name, api=action.model.api),
-                retry=action.retry,
-                timeout=action.timeout,
-            )
-            executor = self.model
+            calls = {"type": "model", "model": ModelCall(name=action.model.name, api=action.model.api)}
         else:
             assert action.connector is not None
-            step = Step(
-                name=ctx.step.name,
-                type="connector",
-                connector=ConnectorCall(name=action.connector.name, operation=action.connector.operation),
-                retry=action.retry,
-                timeout=action.timeout,
-            )
-            executor = self.connector
+            connector = action.connector
+            calls = {
+                "type": "connector",
+                "connector": ConnectorCall(name=connector.name, operation=connector.operation),
+            }
+        # The step the executor sees: the action's call, retries and timeout, under the agent step's name.
+        step = Step(name=ctx.step.name, retry=action.retry, timeout=action.timeout, **calls)
+        executor = self.model if action.model is not None else self.connector
         attempt = record.attempts
         while True:
             attempt += 1

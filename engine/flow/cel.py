@@ -11,7 +11,6 @@ same way every time, so retrying would only delay the dead letter.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,28 +57,13 @@ def evaluate(expression: str, variables: Mapping[str, Any], *, where: str) -> An
             f"{where}: CEL expression {expression!r} failed: {_describe(exc)}",
             retryable=False,
         ) from exc
-    return to_json(value)
+    return checks.json_value(value)
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"no such key or variable {exc.args[0]!r}" if exc.args else "no such key"
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def to_json(value: Any) -> Any:
-    """CEL results as JSON values: timestamps and durations become strings, bytes are decoded."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return f"{value.total_seconds()}s"
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
 
 
 def evaluate_map(expressions: Mapping[str, str], variables: Mapping[str, Any], *, where: str) -> dict[str, Any]:

@@ -3,20 +3,25 @@ downstream HTTP server on 127.0.0.1, and engines whose workers poll fast."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
-from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, TaskSpanStore, WorkerConfig
+from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
 from tests.fixtures.downstream import Call, Downstream, Reply
 from tests.fixtures.polling import assert_eventually
 
 __all__ = ["Call", "Downstream", "Reply"]
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Workers in tests poll often. Leases are long enough that a heartbeat starved by a loaded CI machine does not
 # expire them (which would rightly re-run a step and break exactly-once counts); crash tests set their own.
@@ -38,18 +43,6 @@ def downstream() -> Iterator[Downstream]:
     server = Downstream()
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-def spans() -> TaskSpanStore:
-    """Spans ended in this process, by task id (the SDK's tracer provider, installed once)."""
-    store = TaskSpanStore()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(store)
-    return store
 
 
 # ---------------------------------------------------------------- engines
@@ -123,3 +116,34 @@ def connector_step(name: str, **extra: Any) -> dict[str, Any]:
     step = {"name": name, "type": "connector", "connector": {"name": "c", "input": {"step": f"'{name}'"}}}
     step.update(extra)
     return step
+
+
+def kill_worker_mid_call(
+    db_url: str, tmp_path: Path, resolvers: dict[str, Any], *, downstream: Downstream, path: str
+) -> None:
+    """Run ``python -m engine.worker`` (static ``resolvers``) until it calls ``path`` once, then kill it with -9 while
+    that call is held open; the call is released afterwards, so the downstream saw it and the worker never heard."""
+    config = tmp_path / "resolvers.json"
+    config.write_text(json.dumps(resolvers))
+    gate = downstream.hold(path)
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable, "-m", "engine.worker", "--db", db_url, "--data-dir", str(tmp_path / "data"),
+            "--resolvers", str(config), "--id", "doomed", "--lease", "1s", "--poll", "20ms",
+            "--sqlite-synchronous", "NORMAL",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert_eventually(lambda: downstream.count(path) == 1, timeout=60, interval=0.05)
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        os.kill(worker.pid, signal.SIGKILL)
+        assert worker.wait(10) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        log.close()
+        gate.set()

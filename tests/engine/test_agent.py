@@ -8,10 +8,6 @@ about the engine's loop. The shipped planners are BentoML services with tests of
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +22,16 @@ from engine.store.schema import agent_actions, audit_log
 from policies.effective import EffectiveAgentRule, PolicyRef
 from policies.masking import WorkflowMasking
 from policies.residency import Residency
-from tests.engine.conftest import QUICK_RETRY, Downstream, EngineFactory, Reply, fast_worker, wait_done, wait_state
-from tests.fixtures.polling import assert_eventually
+from tests.engine.conftest import (
+    QUICK_RETRY,
+    Downstream,
+    EngineFactory,
+    Reply,
+    fast_worker,
+    kill_worker_mid_call,
+    wait_done,
+    wait_state,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = "/planner/plan"
@@ -417,41 +421,17 @@ def test_a_killed_worker_resumes_the_loop_without_repeating_a_completed_action(
 ) -> None:
     engine = make(make_engine, db_url, downstream)
     engine.register_workflow("triage", agent_workflow())
-    config = tmp_path / "resolvers.json"
-    config.write_text(
-        json.dumps(
-            {
-                "models": {
-                    "m": [{"version": "v1", "url": downstream.url("/models/m"), "weight": 100}],
-                    "planner": [{"version": "v1", "url": downstream.url("/planner"), "weight": 100}],
-                },
-                "connectors": connectors(downstream),
-            }
-        )
-    )
+    resolvers = {
+        "models": {
+            "m": [{"version": "v1", "url": downstream.url("/models/m"), "weight": 100}],
+            "planner": [{"version": "v1", "url": downstream.url("/planner"), "weight": 100}],
+        },
+        "connectors": connectors(downstream),
+    }
     downstream.script(PLAN, act("extract", document="x"), act("request-document", kind="police"), done(ok=True))
-    gate = downstream.hold("/c/x")  # the second action blocks until its worker is dead
     task = engine.submit("acme", "triage", {"claimId": "C-17"})
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable, "-m", "engine.worker", "--db", db_url, "--data-dir", str(tmp_path / "data"),
-            "--resolvers", str(config), "--id", "doomed", "--lease", "1s", "--poll", "20ms",
-            "--sqlite-synchronous", "NORMAL",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert_eventually(lambda: downstream.count("/c/x") == 1, timeout=60, interval=0.05)
-        os.kill(worker.pid, signal.SIGKILL)
-        assert worker.wait(10) == -signal.SIGKILL
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        log.close()
-    gate.set()
+    # The second action's call is held open until its worker is dead.
+    kill_worker_mid_call(db_url, tmp_path, resolvers, downstream=downstream, path="/c/x")
     with fast_worker(engine, worker_id="survivor"):
         finished = wait_done(engine, "acme", task.id)
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,8 +11,7 @@ import sqlalchemy as sa
 from engine import Engine, StaticConnectorResolver, StepState, TaskState
 from engine.executors.base import StepOutcome
 from engine.store.schema import attempts
-from tests.engine.conftest import Downstream, EngineFactory, fast_worker, wait_done
-from tests.fixtures.polling import assert_eventually
+from tests.engine.conftest import Downstream, EngineFactory, fast_worker, kill_worker_mid_call, wait_done
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,32 +33,11 @@ def test_killed_worker_step_is_retried_elsewhere_and_completed_steps_run_once(
 ) -> None:
     engine = make_engine(db_url, connector_resolver=StaticConnectorResolver(resolvers(downstream)))
     engine.register_workflow("crash", crash_workflow())
-    config = tmp_path / "resolvers.json"
-    config.write_text(json.dumps({"connectors": resolvers(downstream)}))
-    gate = downstream.hold("/crash/b")  # step b's first call blocks until we have killed its worker
-
     task = engine.submit("acme", "crash", {"claim": 1})
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable, "-m", "engine.worker", "--db", db_url, "--data-dir", str(tmp_path / "data"),
-            "--resolvers", str(config), "--id", "doomed", "--lease", "1s", "--poll", "20ms",
-            "--sqlite-synchronous", "NORMAL",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert_eventually(lambda: downstream.count("/crash/b") == 1, timeout=60, interval=0.05)
-        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-        os.kill(worker.pid, signal.SIGKILL)
-        assert worker.wait(10) == -signal.SIGKILL
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        log.close()
-    gate.set()
+    # Step b's first call is held open until its worker is dead.
+    kill_worker_mid_call(
+        db_url, tmp_path, {"connectors": resolvers(downstream)}, downstream=downstream, path="/crash/b"
+    )
     [running] = [s for s in engine.steps("acme", task.id) if s.name == "b"]
     assert (running.state, running.lease_owner) == (StepState.RUNNING, "doomed")
 

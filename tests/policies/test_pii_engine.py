@@ -92,17 +92,6 @@ SINK = {
 }
 
 
-@pytest.fixture(scope="module")
-def spans() -> TaskSpanStore:
-    store = TaskSpanStore()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(store)
-    return store
-
-
 @pytest.fixture
 def downstream() -> Iterator[Downstream]:
     server = Downstream()
