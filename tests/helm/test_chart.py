@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from operators.connector import builders
 from tests.helm.chart import CHART, REPO_ROOT, TRY_OUT, base_values, helm, objects, pod_specs, pod_template, render
 
 # Value sets the least-privilege and PSS checks run over: defaults, every optional part on, every one off.
@@ -173,7 +174,8 @@ def test_one_service_account_per_component_and_tokens_only_where_needed(follows:
         if doc["kind"] in {"RoleBinding", "ClusterRoleBinding"}
         for subject in doc["subjects"]
     }
-    expected = {("ClusterRoleBinding", "test-aiplane-operator")}
+    # Governed Kafka consumer pods (made by the operator, not the chart) read the namespace too.
+    expected = {("ClusterRoleBinding", "test-aiplane-operator"), ("RoleBinding", "test-aiplane-kafka-source")}
     if follows:
         expected |= {("RoleBinding", "test-aiplane-gateway"), ("RoleBinding", "test-aiplane-worker")}
     assert bound == expected
@@ -181,7 +183,7 @@ def test_one_service_account_per_component_and_tokens_only_where_needed(follows:
 
 def test_gateway_and_workers_follow_one_namespace_read_only() -> None:
     docs = objects(render("--set", "fromCluster.namespace=claims"))
-    (role,) = [doc for doc in docs if doc["kind"] == "Role"]
+    (role,) = [doc for doc in docs if doc["kind"] == "Role" and doc["metadata"]["name"] == "test-aiplane-follower"]
     assert role["metadata"]["namespace"] == "claims"
     assert role["rules"] == [
         {
@@ -374,3 +376,90 @@ def test_operators_serve_metrics() -> None:
     ingress = next(doc for doc in docs if doc["metadata"]["name"] == "test-aiplane-metrics-ingress")["spec"]
     assert ingress["podSelector"]["matchExpressions"][0]["values"] == ["worker", "operator"]
     assert [port["port"] for port in ingress["ingress"][0]["ports"]] == [9090, 9191]
+
+
+def _operator_env(docs: Sequence[dict[str, Any]]) -> dict[str, str | None]:
+    (operator,) = [spec for name, spec in pod_specs(docs) if name.endswith("operator")]
+    return {item["name"]: item.get("value") for item in operator["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("existing", ["", "my-pii-key"])
+def test_kafka_consumers_are_governed_with_a_read_only_account_and_the_pii_key(existing: str) -> None:
+    docs = objects(render("--set", f"pii.existingSecret.name={existing}", "--set", "pii.existingSecret.key=k"))
+    env = _operator_env(docs)
+    # The operator runs consumers `aiplane kafka-source --from-cluster` under this account, with the key the
+    # gateway and workers use, and the store's Secret they use.
+    assert env["AIPLANE_CONNECTOR_SERVICE_ACCOUNT"] == "test-aiplane-kafka-source"
+    assert (env["AIPLANE_PII_SECRET"], env["AIPLANE_PII_SECRET_KEY"]) == (
+        (existing, "k") if existing else ("test-aiplane-pii", "key")
+    )
+    assert (env["AIPLANE_STORE_SECRET"], env["AIPLANE_STORE_SECRET_KEY"]) == ("test-aiplane-postgresql", "url")
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"].endswith("kafka-source")]
+    assert account["metadata"]["namespace"] == "aiplane"
+    assert account["automountServiceAccountToken"] is True
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "test-aiplane-kafka-source"]
+    assert role["metadata"]["namespace"] == "aiplane"
+    # What the watches list; no Secrets (Kafka credentials are mounted files, the store URL and the key env refs).
+    assert role["rules"] == [
+        {
+            "apiGroups": ["aiplane.io"],
+            "resources": ["workflows", "models", "connectors", "policies"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    (binding,) = [
+        d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "test-aiplane-kafka-source"
+    ]
+    assert binding["roleRef"]["name"] == "test-aiplane-kafka-source"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "test-aiplane-kafka-source", "namespace": "aiplane"}
+    ]
+
+
+def test_kafka_consumers_can_bring_their_own_account_or_run_ungoverned() -> None:
+    own = objects(
+        render("--set", "connectors.serviceAccount.create=false", "--set", "connectors.serviceAccount.name=intake")
+    )
+    assert _operator_env(own)["AIPLANE_CONNECTOR_SERVICE_ACCOUNT"] == "intake"
+    assert not [
+        d
+        for d in own
+        if d["kind"] == "ServiceAccount" and d["metadata"]["name"] in {"intake", "test-aiplane-kafka-source"}
+    ]
+    (binding,) = [d for d in own if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "test-aiplane-kafka-source"]
+    assert binding["subjects"][0]["name"] == "intake"
+
+    plain = objects(render("--set", "connectors.governed=false"))
+    env = _operator_env(plain)
+    assert not {"AIPLANE_CONNECTOR_SERVICE_ACCOUNT", "AIPLANE_PII_SECRET", "AIPLANE_PII_SECRET_KEY"} & set(env)
+    assert not [d for d in plain if "kafka-source" in d["metadata"]["name"] and d["kind"] != "NetworkPolicy"]
+    policy = next(d for d in plain if d["metadata"]["name"] == "test-aiplane-kafka-source")["spec"]
+    # Ungoverned consumers never call the Kubernetes API.
+    assert [rule["ports"][0]["port"] for rule in policy["egress"]] == [53, 5432, 9092]
+
+    proc = helm("template", "t", str(CHART), *TRY_OUT, "--set", "connectors.serviceAccount.create=false", check=False)
+    assert proc.returncode != 0
+    assert "/connectors/serviceAccount/name" in proc.stderr, proc.stderr
+
+
+def test_kafka_consumer_pods_get_a_network_policy_of_their_own() -> None:
+    docs = objects(render("--set", "kafka.cidrs[0]=10.1.0.0/16", "--set", "operator.apiServer.cidrs[0]=10.0.0.1/32"))
+    policies = {doc["metadata"]["name"]: doc["spec"] for doc in docs if doc["kind"] == "NetworkPolicy"}
+    policy = policies["test-aiplane-kafka-source"]
+    # The labels operators/connector/builders.py gives consumer pods (they carry none of the release's).
+    labels = builders.labels("intake")
+    assert _selects(policy["podSelector"]["matchLabels"], labels)
+    assert not _selects(policies["test-aiplane-default-deny"]["podSelector"]["matchLabels"], labels)
+    assert (policy["policyTypes"], policy["ingress"]) == (["Ingress", "Egress"], [])
+    dns, store, kafka, api = policy["egress"]
+    assert {port["port"] for port in dns["ports"]} == {53}
+    assert store["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "postgresql"
+    assert (kafka["ports"], kafka["to"]) == (
+        [{"protocol": "TCP", "port": 9092}],
+        [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
+    )
+    assert [port["port"] for port in api["ports"]] == [443, 6443]
+    assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    # The bundled store lets them in.
+    peers = policies["test-aiplane-postgresql-ingress"]["ingress"][0]["from"]
+    assert any(_selects(peer["podSelector"]["matchLabels"], labels) for peer in peers)

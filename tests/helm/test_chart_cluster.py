@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
 from tests.helm.chart import CHART, TRY_OUT, helm, render
 
 INSTALL_TIMEOUT_S = 240.0
-
-
-@pytest.fixture
-def restricted_namespace(cluster: Cluster) -> Iterator[str]:
-    """A namespace that enforces Pod Security `restricted` (and warns and audits at it)."""
-    name = cluster.create_namespace("helm-restricted")
-    labels = [f"pod-security.kubernetes.io/{mode}=restricted" for mode in ("enforce", "warn", "audit")]
-    cluster.kubectl("label", "namespace", name, *labels, "pod-security.kubernetes.io/enforce-version=latest")
-    try:
-        yield name
-    finally:
-        cluster.delete_namespace(name)
 
 
 def _release() -> str:

@@ -60,6 +60,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.postgresql.bundled.enabled -}}url{{- else -}}{{ .Values.postgresql.existingSecret.key }}{{- end -}}
 {{- end -}}
 
+{{/* The Secret and key of the PII key: the user's, or the one the chart makes (pii.yaml). */}}
+{{- define "aiplane.piiSecretName" -}}
+{{- .Values.pii.existingSecret.name | default (include "aiplane.componentName" (dict "root" . "component" "pii")) -}}
+{{- end -}}
+
+{{- define "aiplane.piiSecretKey" -}}
+{{- if .Values.pii.existingSecret.name }}{{ .Values.pii.existingSecret.key }}{{ else }}key{{ end -}}
+{{- end -}}
+
+{{/* The ServiceAccount of governed Kafka consumer pods (the Connector operator's kafkaSource Deployments). */}}
+{{- define "aiplane.consumerServiceAccount" -}}
+{{- .Values.connectors.serviceAccount.name | default (include "aiplane.componentName" (dict "root" . "component" "kafka-source")) -}}
+{{- end -}}
+
 {{/* PSS restricted, for the pod and for each container. */}}
 {{- define "aiplane.podSecurityContext" -}}
 runAsNonRoot: true
@@ -93,8 +107,8 @@ seccompProfile:
 - name: AIPLANE_PII_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ .root.Values.pii.existingSecret.name | default (include "aiplane.componentName" (dict "root" .root "component" "pii")) }}
-      key: {{ if .root.Values.pii.existingSecret.name }}{{ .root.Values.pii.existingSecret.key }}{{ else }}key{{ end }}
+      name: {{ include "aiplane.piiSecretName" .root }}
+      key: {{ include "aiplane.piiSecretKey" .root }}
 {{- with .root.Values.kafka.bootstrapServers }}
 - name: AIPLANE_KAFKA_BOOTSTRAP_SERVERS
   value: {{ . | quote }}
@@ -180,6 +194,34 @@ imagePullSecrets:
 {{/* Whether a component talks to the Kubernetes API (and so gets a token). */}}
 {{- define "aiplane.needsToken" -}}
 {{- if or (eq .component "operator") (and .root.Values.fromCluster.enabled (has .component (list "gateway" "worker"))) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Egress to the Kubernetes API (its address is the cluster's: only the port is certain): a list to nest. */}}
+{{- define "aiplane.apiServerEgress" -}}
+- ports:
+    {{- range .Values.operator.apiServer.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with .Values.operator.apiServer.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{/* Egress to the Kafka brokers (the configured ports, and addresses where known): a list to nest. */}}
+{{- define "aiplane.kafkaEgress" -}}
+- ports:
+    {{- range .Values.kafka.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with .Values.kafka.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+  {{- end }}
 {{- end -}}
 
 {{/* Egress rules to the store (the bundled PostgreSQL pod, or the configured port and CIDRs): a list to nest. */}}
