@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -111,10 +110,8 @@ class EngineApprovals:
 
 def operator_store(url: str) -> tuple[Engine, EngineApprovals]:
     """The engine's store as ``aiplane operator`` uses it: the audit log (rollout decisions) and approvals
-    (promotions). The engine wants a folder for large payloads; a promotion's input is a few hundred bytes, always
-    stored inline, so a private temporary one does."""
-    data_dir = None if url.startswith("sqlite") else tempfile.mkdtemp(prefix="aiplane-operator-")
-    engine = Engine(url, data_dir=data_dir)
+    (promotions)."""
+    engine = Engine(url)
     return engine, EngineApprovals(engine)
 
 

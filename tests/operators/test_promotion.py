@@ -4,13 +4,13 @@ it waits, and the engine's approvals stand behind it (``aiplane.promotions`` on 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import cast
 
 import pytest
 
-from aiplane.promotions import WORKFLOW, EngineApprovals, PolicyDemands
+from aiplane.promotions import WORKFLOW, EngineApprovals, PolicyDemands, operator_store
 from crds.model import Canary, Model, ModelStatus, Rollout, RolloutApproval
 from crds.policy import Policy
 from engine import Engine
@@ -193,8 +193,11 @@ def test_the_request_and_the_refusal_are_audited() -> None:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return Engine(f"sqlite:///{tmp_path / 'engine.db'}")
+def engine(db_url: str) -> Iterator[Engine]:
+    """The engine's store as ``aiplane operator`` opens it, on SQLite and on PostgreSQL."""
+    opened, _ = operator_store(db_url)
+    yield opened
+    opened.close()
 
 
 def test_engine_approvals_open_once_decide_through_the_engine_and_withdraw(engine: Engine) -> None:
