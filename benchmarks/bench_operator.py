@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 
 import kubernetes
 
+from aiplane.processes import stop_process_group
 from benchmarks.harness import Comparison, percentile
 from benchmarks.servers import ROOT, smoke
 from operators.model import builders, naming
@@ -147,12 +147,7 @@ def _operator(kubeconfig: str, log_path: Path) -> Iterator[subprocess.Popen[byte
     try:
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
+        stop_process_group(process, 30)
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ import httpx
 import pytest
 import yaml
 
+from aiplane.modelserver import free_port
+from aiplane.processes import stop_process_group
 from api import create_api_key
 from engine import Engine
 from tests.connectors.kafkaio import read_all
@@ -39,13 +39,6 @@ __all__ = ["crds_installed"]  # the CRDs fixture of the operator tests
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "claims-triage"
 EMAIL = "jane.doe@example.com"
 EXTRACTED = {"amount": 1200.0, "confidence": 0.95, "claim_type": "auto", "currency": "EUR"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def example(name: str, kind: str, metadata_name: str) -> dict[str, Any]:
@@ -109,13 +102,7 @@ def deployed(crds_installed: Cluster, k8s_namespace: str, pg_url: str, tmp_path:
         yield Deployed(url, key, log_path)
     finally:
         for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(30)
+            stop_process_group(process, 30)
         log.close()
         operator.stop()
 

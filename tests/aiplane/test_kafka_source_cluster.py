@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from aiplane.processes import stop_process_group
 from engine import Engine
 from tests.connectors.kafkaio import headers, produce, read_all
 from tests.fixtures.cluster import Cluster
@@ -104,10 +104,5 @@ def test_a_governed_consumer_masks_and_follows_its_namespaces_policies(
 
         assert_eventually(refused, timeout=60, interval=0.5, message="the Policy change reached the consumer")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
+        stop_process_group(process, 30)
         engine.close()

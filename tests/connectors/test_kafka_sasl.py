@@ -8,10 +8,8 @@ by openssl and SCRAM users created when its storage is formatted. It costs one J
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import uuid
@@ -24,6 +22,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
+from aiplane.processes import stop_process_group
 from connectors.kafka import clients
 from crds.connector import KafkaAuth
 from engine import StaticSecretResolver
@@ -155,13 +154,7 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
         assert_eventually(listening, timeout=120, interval=0.5, retry_on=(AssertionError, OSError))
         yield SaslBroker(f"127.0.0.1:{sasl_ssl}", f"127.0.0.1:{sasl_plain}", (folder / "ca.crt").read_text())
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(broker.pid, signal.SIGTERM)
-        try:
-            broker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(broker.pid, signal.SIGKILL)
-            broker.wait(10)
+        stop_process_group(broker, 30)
         log.close()
 
 

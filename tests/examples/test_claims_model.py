@@ -14,7 +14,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from claims_model.faults import DELAY_ENV, ERROR_RATE_ENV, FaultInjector
 from claims_model.synthetic import add_typos, generate
 from claims_model.train import MODEL_DIR_ENV, default_model_dir, load_or_train, train, train_and_save
 
+from aiplane.modelserver import free_port
 from tests.examples.conftest import CLAIMS_MODEL_DIR
 from tests.fixtures.polling import assert_eventually
 
@@ -292,13 +292,6 @@ def test_fault_injector_reads_the_environment() -> None:
 # --- the real service under `bentoml serve` ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _descendants(pid: int) -> list[int]:
     """Live (non-zombie) descendants of ``pid``, from /proc: BentoML's workers run in their own process groups."""
     children: dict[int, list[int]] = {}
@@ -336,7 +329,7 @@ def _log_tail(path: Path, lines: int = 40) -> str:
 def serve_claims_model(model_dir: Path, workdir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Run ``bentoml serve`` on the claims service; yield its base URL once ``/readyz`` answers 200, then stop it
     with SIGTERM and check that it and its workers exit."""
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in (DELAY_ENV, ERROR_RATE_ENV)}
     env |= {
         MODEL_DIR_ENV: str(model_dir),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aiplane.modelserver import free_port
 from tests.fixtures.polling import assert_eventually
 from tests.helm.chart import REPO_ROOT, objects, pod_specs, render
 
@@ -130,13 +130,6 @@ def test_a_store_is_required(wheel_venv: Path, tmp_path: Path) -> None:
     assert "AIPLANE_DATABASE_URL" in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def started(wheel_venv: Path, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Processes a test starts; each must exit cleanly on SIGTERM (uvicorn re-raises the signal once it has
@@ -154,7 +147,7 @@ def test_gateway_and_worker_start_from_the_wheel(
     wheel_venv: Path, tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
     """The chart's two store-backed entrypoints, as the pods run them (store URL from the environment)."""
-    gateway_port, metrics_port = _free_port(), _free_port()
+    gateway_port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "AIPLANE_DATABASE_URL": f"sqlite:///{tmp_path / 'engine.db'}",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aiplane.modelserver import free_port
 from api import create_api_key
 from engine import Engine
 from tests.fixtures.polling import assert_eventually
@@ -38,17 +38,10 @@ def test_every_panel_and_alert_selects_a_metric() -> None:
         assert metric_names(expr), name
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def running(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A gateway and a worker as the chart runs them: addresses of their /metrics."""
-    gateway_port, worker_port = _free_port(), _free_port()
+    gateway_port, worker_port = free_port(), free_port()
     env = {
         **os.environ,
         "AIPLANE_DATABASE_URL": pg_url,

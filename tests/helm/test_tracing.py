@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from aiplane.modelserver import free_port
 from aiplane.tracing import TracingConfigError, configure_from_env
 from api import create_api_key
 from engine import Engine
@@ -74,13 +74,6 @@ def collector() -> Iterator[Collector]:
         server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _chart_tracing_env() -> dict[str, str]:
     """The OTEL_* variables the chart gives the gateway, with tracing.otlpEndpoint set."""
     docs = objects(render("--set", "tracing.otlpEndpoint=http://collector:4318"))
@@ -98,7 +91,7 @@ def test_one_trace_from_gateway_to_worker(collector: Collector, tmp_path: Path) 
 
     chart_env = _chart_tracing_env()
     assert chart_env["OTEL_TRACES_EXPORTER"] == "otlp"
-    gateway_port = _free_port()
+    gateway_port = free_port()
     base = {
         **os.environ,
         **chart_env,

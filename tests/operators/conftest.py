@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from aiplane.processes import stop_process_group
 from crds import RESOURCES
 from operators import peering
 from tests.fixtures.cluster import Cluster
@@ -64,12 +65,7 @@ class Operator:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
+        stop_process_group(self.process, 30)
 
     @property
     def alive(self) -> bool:

@@ -5,7 +5,6 @@ analysis reading Prometheus. A good canary is promoted; one that fails on purpos
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from aiplane.kubemodels import KubeModelResolver
-from aiplane.modelserver import ModelServer
+from aiplane.modelserver import ModelServer, free_port
 from api import GatewaySettings, create_api_key, create_app
 from engine import Engine
 from tests.fixtures.cluster import Cluster
@@ -118,13 +117,6 @@ def events(cluster: Cluster, namespace: str, reason: str) -> list[dict[str, Any]
     return items
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[Callable[..., Operator]]:
     """Operators whose analysis reads the gateway's Prometheus, which scrapes their own /metrics too (the rollback
@@ -132,7 +124,7 @@ def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[
     targets: list[Path] = []
 
     def start(name: str = "operator") -> Operator:
-        port = _free_port()
+        port = free_port()
         targets.append(gateway.prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-operator"))
         args = ("--metrics-host", "127.0.0.1", f"--metrics-port={port}")
         operator: Operator = start_operator(name, args=args, AIPLANE_PROMETHEUS_URL=gateway.prometheus.url)

@@ -8,9 +8,6 @@ the gateway alone; the operator's side of the same path is the canary test's.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from aiplane.modelserver import free_port
+from aiplane.processes import stop_process_group
 from api import create_api_key
 from engine import Engine
 from tests.fixtures.cluster import Cluster
@@ -28,13 +27,6 @@ from tests.operators.conftest import AIPLANE
 from tests.operators.kube import apply, claims
 
 MODEL = "claims-extractor"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def set_endpoints(cluster: Cluster, namespace: str, endpoints: list[dict[str, Any]]) -> None:
@@ -71,12 +63,7 @@ def gateway(crds_installed: Cluster, k8s_namespace: str, tmp_path: Path) -> Iter
         assert_eventually(up, timeout=60, message="aiplane gateway ready")
         yield url, key
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
+        stop_process_group(process, 30)
         log.close()
 
 

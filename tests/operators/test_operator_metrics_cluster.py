@@ -3,13 +3,13 @@ version while it rolls out, the version's series gone once it is aborted, and th
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aiplane.modelserver import free_port
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.prometheus import Prometheus
@@ -17,16 +17,9 @@ from tests.operators.conftest import Operator, wait_leading
 from tests.operators.kube import apply, claims, model_named
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def scraped_operator(crds_installed: Cluster, prometheus: Prometheus, tmp_path: Path) -> Iterator[Operator]:
-    port = _free_port()
+    port = free_port()
     args = ("--metrics-host", "127.0.0.1", f"--metrics-port={port}")
     op = Operator(crds_installed, tmp_path / "operator.log", args=args).start()
     target = prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-operator")
