@@ -148,7 +148,8 @@ class AgentExecutor:
         )
         started = records[0].created_at if records else self.clock()
         deadline = started + parse_duration(agent.limits.deadline)
-        data_class: str | None = None
+        # The task's data class, for the Policies' agentActions rules (read once per attempt, only when there are any).
+        data_class = self.checkpoints.data_class(ctx.task_id) if self.rules_for is not None else None
         while True:
             if records and records[-1].state == "running":
                 records[-1] = self._run(ctx, holder, agent, records[-1])
@@ -162,8 +163,6 @@ class AgentExecutor:
                 continue
             request = self._request(agent, goal, state, records, deadline)
             proposal = self._masked_proposal(ctx, self._plan(ctx, agent, request, seq))
-            if data_class is None:
-                data_class = self.checkpoints.data_class(ctx.task_id) or ""
             records.append(
                 self._decide(
                     ctx,
@@ -172,7 +171,7 @@ class AgentExecutor:
                     seq=seq,
                     proposal=proposal,
                     records=records,
-                    data_class=data_class or None,
+                    data_class=data_class,
                 )
             )
 

@@ -216,7 +216,7 @@ class Checkpoints:
             conn.execute(sa.insert(agent_actions).values(**row))
             entry = Entry(AUDIT_PROPOSAL, _subject(holder, seq), decision, details, tenant=holder.tenant)
             audit.append(conn, entry, now=now)
-        return self._record_from(row, proposal)
+        return _as_record(row, proposal)
 
     def started_child(self, holder: Holder, record: ActionRecord, child_task_id: str) -> ActionRecord:
         with self.db.write() as conn:
@@ -295,40 +295,25 @@ class Checkpoints:
             raise StepError(LEASE_LOST, "the agent step's lease was lost; another worker resumes it", retryable=True)
 
     def _record(self, row: sa.Row[Any]) -> ActionRecord:
-        proposal = PlanResponse.model_validate(row.proposal)
         observation = self.codec.decode(row.observation, row.observation_ref)
-        return ActionRecord(
-            id=row.id,
-            seq=row.seq,
-            proposal=proposal,
-            decision=row.decision,
-            reason=row.reason,
-            policies=list(row.policies),
-            state=row.state,
-            observation=observation,
-            error=row.error,
-            cost=row.cost,
-            attempts=row.attempts,
-            child_task_id=row.child_task_id,
-            created_at=row.created_at,
-            finished_at=row.finished_at,
-        )
+        return _as_record(dict(row._mapping), PlanResponse.model_validate(row.proposal), observation)
 
-    @staticmethod
-    def _record_from(row: Mapping[str, Any], proposal: PlanResponse) -> ActionRecord:
-        return ActionRecord(
-            id=row["id"],
-            seq=row["seq"],
-            proposal=proposal,
-            decision=row["decision"],
-            reason=row["reason"],
-            policies=list(row["policies"]),
-            state=row["state"],
-            observation=None,
-            error=None,
-            cost=row["cost"],
-            attempts=0,
-            child_task_id=None,
-            created_at=row["created_at"],
-            finished_at=row["finished_at"],
-        )
+
+def _as_record(values: Mapping[str, Any], proposal: PlanResponse, observation: Any = None) -> ActionRecord:
+    """An ``agent_actions`` row's values (as read, or as just inserted) as a record."""
+    return ActionRecord(
+        id=values["id"],
+        seq=values["seq"],
+        proposal=proposal,
+        decision=values["decision"],
+        reason=values["reason"],
+        policies=list(values["policies"]),
+        state=values["state"],
+        observation=observation,
+        error=values["error"],
+        cost=values["cost"],
+        attempts=values["attempts"],
+        child_task_id=values["child_task_id"],
+        created_at=values["created_at"],
+        finished_at=values["finished_at"],
+    )
