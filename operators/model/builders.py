@@ -103,7 +103,9 @@ def deployment(model: Model, owner: Owner, live: LiveVersion) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": live.image,
-        "args": ["bentoml", "serve", live.bento, "--host", "0.0.0.0", "--port", str(port)],
+        # `command`, not `args`: the image's own entrypoint (aiplane's is `aiplane`, a containerized bento's is a
+        # shell wrapper) would otherwise take these as its arguments.
+        "command": ["bentoml", "serve", live.bento, "--host", "0.0.0.0", "--port", str(port)],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": [
             {"name": "AIPLANE_MODEL", "value": owner.name},

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Config:
-    # Image that runs `bentoml serve` when a Model names none; it must hold the Models' services.
-    serving_image: str | None = "aiplane/model-server:0.1.0"
+    # Image that runs `bentoml serve` when a Model names none; it must hold the Models' services. aiplane's own
+    # image (the Containerfile's, the chart's default) holds bentoml and the shipped planners.
+    serving_image: str | None = "ghcr.io/aiplane/aiplane:0.1.0"
     # Prometheus that scrapes the gateway's per-version model call metrics; unset: canaries advance on time
     # alone, and status says that no analysis ran.
     prometheus_url: str | None = None

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from operators.connector import builders
+from operators.model.config import Config
 from tests.helm.chart import CHART, REPO_ROOT, TRY_OUT, base_values, helm, objects, pod_specs, pod_template, render
 
 # Value sets the least-privilege and PSS checks run over: defaults, every optional part on, every one off.
@@ -323,6 +324,19 @@ def test_operator_gives_consumers_this_image_and_the_store_secret() -> None:
     assert env["AIPLANE_CONNECTOR_IMAGE"] == operator["containers"][0]["image"]
     assert env["AIPLANE_CONNECTOR_IMAGE"].endswith(digest)
     assert (env["AIPLANE_STORE_SECRET"], env["AIPLANE_STORE_SECRET_KEY"]) == ("test-aiplane-postgresql", "url")
+
+
+def test_models_without_an_image_run_in_aiplanes_image_unless_one_is_set() -> None:
+    def operator_image_and_serving_image(*args: str) -> tuple[str, str]:
+        (operator,) = [spec for name, spec in pod_specs(objects(render(*args))) if name.endswith("operator")]
+        env = {item["name"]: item.get("value") for item in operator["containers"][0]["env"]}
+        return operator["containers"][0]["image"], env["AIPLANE_SERVING_IMAGE"]
+
+    image, serving = operator_image_and_serving_image()
+    # The chart's default image is also the operator's own default outside the chart.
+    assert serving == image == Config.serving_image
+    image, serving = operator_image_and_serving_image("--set", "operator.servingImage=registry.example.com/serving:2")
+    assert (image, serving) == (Config.serving_image, "registry.example.com/serving:2")
 
 
 def test_audit_verify_runs_on_a_schedule_with_only_the_store() -> None:

@@ -26,7 +26,16 @@ def test_gpu_model_deployment_requests_gpus_on_the_declared_product_and_tolerate
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     # The example declares the toleration itself, so it is not added twice.
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert container["args"] == ["bentoml", "serve", "service:ClaimsExtractor", "--host", "0.0.0.0", "--port", "3000"]
+    assert "args" not in container
+    assert container["command"] == [
+        "bentoml",
+        "serve",
+        "service:ClaimsExtractor",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "3000",
+    ]
     assert container["image"] == "img:1"
     # The autoscaler owns the replica count: it must not be in what the operator applies.
     assert "replicas" not in dep["spec"]
