@@ -60,7 +60,7 @@ TASKS_FINISHED = Counter(
     "aiplane_engine_tasks_finished_total",
     "Tasks that reached an end state, by workflow, outcome (succeeded, failed, rejected, cancelled, "
     "dead_lettered) and path (human: a person decided one of the task's approvals; automated: nobody did), "
-    "counted by the transaction that ends the task.",
+    "counted once the transaction that ends the task has committed.",
     ["workflow", "outcome", "path"],
 )
 TASK_DURATION = Histogram(

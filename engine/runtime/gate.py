@@ -27,6 +27,7 @@ from crds.workflow import Approval, Approvers, Step, WorkflowSpec
 from engine.models import ApprovalState, StepState
 from engine.payloads import PayloadCodec
 from engine.store import audit
+from engine.store.database import after_commit
 from engine.store.schema import approvals, step_runs
 from policies import metrics as policy_metrics
 from policies.approvals import Requirement, requirement, triggered, variables
@@ -143,7 +144,7 @@ def record(
         details["satisfiedBy"] = by
     entry = Entry("approval-rule", f"task/{task.id}", decision, details, tenant=task.tenant, actor="engine")
     audit.append(conn, entry, now=now)
-    policy_metrics.DECISIONS.labels("approval", decision).inc()
+    after_commit(conn, policy_metrics.DECISIONS.labels("approval", decision).inc)
 
 
 def _step_outputs(conn: sa.Connection, codec: PayloadCodec, task_id: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from engine.retry import is_retryable, retry_delay
 from engine.runtime import gate as policy_gate
 from engine.runtime.queue import PriorityPolicy
 from engine.store import audit, outbox
+from engine.store.database import after_commit
 from engine.store.prepared import Prepared
 from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
 from engine.store.types import UTCDateTime
@@ -579,7 +580,7 @@ class StateMachine:
         )
         if state == ApprovalState.PENDING:
             return
-        metrics.APPROVALS_DECIDED.labels(task.workflow, state.value).inc()
+        after_commit(conn, metrics.APPROVALS_DECIDED.labels(task.workflow, state.value).inc)
         spec = definitions.load(conn, task.workflow, task.workflow_version)
         if policy_gate.is_policy_approval(approval.step, spec):
             self._decide_policy_approval(
@@ -620,7 +621,7 @@ class StateMachine:
             if approval.state != ApprovalState.PENDING:
                 continue
             expired += 1
-            metrics.APPROVALS_DECIDED.labels(task.workflow, ApprovalState.EXPIRED.value).inc()
+            after_commit(conn, metrics.APPROVALS_DECIDED.labels(task.workflow, ApprovalState.EXPIRED.value).inc)
             conn.execute(
                 sa.update(approvals)
                 .where(approvals.c.id == approval.id)
@@ -1149,7 +1150,8 @@ class StateMachine:
         if task.callback_url:
             callbacks.record(conn, callbacks.row(task, event, state.value, result=result, error=error, now=now))
         human = conn.execute(_HUMAN_DECIDED, {"_task_id": task.id}).first() is not None
-        metrics.task_finished(task.workflow, state.value, human=human, seconds=(now - task.created_at).total_seconds())
+        seconds = (now - task.created_at).total_seconds()
+        after_commit(conn, lambda: metrics.task_finished(task.workflow, state.value, human=human, seconds=seconds))
 
     def _cancel_active(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
         """Stop whatever the task is doing: a running worker's completion will find its lease token gone."""

@@ -6,12 +6,16 @@ timeout (writers queue instead of failing), foreign keys on, and every write tra
 write later are what produce SQLITE_BUSY deadlocks between processes; immediate ones simply wait their turn.
 That single-writer discipline is also what makes the queue's claim (a select then a conditional update in one
 write transaction) atomic on SQLite, where PostgreSQL uses ``FOR UPDATE SKIP LOCKED`` instead.
+
+Effects outside the database of what a write transaction does (Prometheus counters) wait for its commit with
+``after_commit``: a transaction that is rolled back and retried (a worker retries lock timeouts and dropped
+connections) runs its body twice, and what the body counted itself would be counted twice, or once for nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from sqlalchemy.pool import QueuePool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE = "aiplane_write"
+_AFTER_COMMIT = "aiplane_after_commit"
 
 
 class Database:
@@ -56,11 +61,16 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
+        """A write transaction: committed when the block ends, rolled back if it raises; then, committed only,
+        what the block handed to ``after_commit``, in order."""
+        committed: list[Callable[[], None]] = []
         with self.engine.connect() as conn:
-            conn.execution_options(**{_WRITE: True})
+            # On this Connection object, not the pooled DBAPI connection: nothing outlives the transaction.
+            conn.execution_options(**{_WRITE: True, _AFTER_COMMIT: committed})
             with conn.begin():
                 yield conn
+        for action in committed:
+            action()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
@@ -70,6 +80,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def after_commit(conn: sa.Connection, action: Callable[[], None]) -> None:
+    """Run ``action`` once the ``Database.write`` transaction on ``conn`` has committed, and never if it rolls back."""
+    committed: list[Callable[[], None]] | None = conn.get_execution_options().get(_AFTER_COMMIT)
+    if committed is None:
+        raise RuntimeError("after_commit needs a transaction opened by Database.write()")
+    committed.append(action)
 
 
 def _sqlite_engine(url: URL, *, echo: bool, synchronous: str, pool_size: int) -> sa.Engine:

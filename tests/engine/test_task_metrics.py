@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import pytest
+import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from engine import Engine, TaskState
+from engine.models import TERMINAL_TASK_STATES
 from tests.engine.conftest import Downstream, EngineFactory, connector_step, fast_worker, wait_done, wait_state
 from tests.engine.test_approvals import gated
 from tests.fixtures.downstream import Reply
@@ -76,3 +83,54 @@ def test_dead_letters_and_expired_approvals_are_counted(
     assert _finished(failing, "dead_lettered", "automated") == 1
     assert _finished(gate, "failed", "automated") == 1
     assert _verdicts(gate, "expired") == 1
+
+
+@contextmanager
+def first_finishing_commit_fails(engine: Engine, task_id: str) -> Iterator[list[str]]:
+    """Fail, with the OperationalError a lock timeout or dropped connection gives, the commit of the first
+    transaction that ends ``task_id``: the store rolls it back and the worker retries the whole transaction. Yields
+    the states the failed commit would have written (empty until it happened)."""
+    failed: list[str] = []
+    lock = threading.Lock()
+    placeholder = "?" if engine.db.is_sqlite else "%s"
+
+    def on_commit(conn: sa.Connection) -> None:
+        # Before the DBAPI commit, on the transaction's own connection: it sees what the transaction wrote.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(f"SELECT state FROM tasks WHERE id = {placeholder}", (task_id,))
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        with lock:
+            if failed or row is None or row[0] not in {str(s) for s in TERMINAL_TASK_STATES}:
+                return
+            failed.append(row[0])
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("injected: the first commit that ends the task"))
+
+    sa.event.listen(engine.db.engine, "commit", on_commit)
+    try:
+        yield failed
+    finally:
+        sa.event.remove(engine.db.engine, "commit", on_commit)
+
+
+@pytest.mark.parametrize(
+    ("path", "replies", "outcome"),
+    [("fine", (), TaskState.SUCCEEDED), ("broken", (Reply(400),), TaskState.DEAD_LETTERED)],
+    ids=["completed", "dead-lettered"],
+)
+def test_a_finish_whose_commit_is_retried_is_counted_once(
+    engine: Engine, downstream: Downstream, path: str, replies: Any, outcome: TaskState
+) -> None:
+    workflow = _name("retried")
+    downstream.script(f"/c/{path}", *replies)
+    engine.register_workflow(workflow, {"steps": [connector_step(path)]})
+    task = engine.submit("acme", workflow, {})
+    with first_finishing_commit_fails(engine, task.id) as failed, fast_worker(engine):
+        assert wait_done(engine, "acme", task.id).state == outcome
+    # The store's first attempt to end the task was rolled back, the retried one committed: one finish, one count.
+    assert failed == [outcome.value]
+    assert downstream.count(f"/c/{path}") == 1
+    assert _finished(workflow, outcome.value, "automated") == 1
+    assert _durations(workflow, outcome.value) == 1
