@@ -14,6 +14,7 @@ Only plain statements qualify: no expanding (IN-list) parameters, no parameter n
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,6 +74,34 @@ class Prepared:
         cursor = _run(
             conn, compiled, lambda cursor: cursor.executemany(compiled.sql, [compiled.row(row) for row in rows])
         )
+        return int(cursor.rowcount)
+
+    def executemany_columns(
+        self, conn: sa.Connection, count: int, columns: Mapping[str, Sequence[Any]], shared: Mapping[str, Any]
+    ) -> int:
+        """``executemany`` of ``count`` rows given column by column: ``columns`` holds a value per row, ``shared``
+        one value for every row, converted once. For batches whose rows differ in a few columns (a source's tasks:
+        ids, inputs, keys), where converting every value of every row costs more than the insert itself."""
+        if count == 0:
+            return 0
+        compiled = self._compile(conn.dialect, {**columns, **shared})
+        fixed = compiled.fixed
+        values: list[Any] = []
+        for name, process in zip(compiled.names, compiled.processors, strict=True):
+            if name in fixed:
+                values.append(itertools.repeat(fixed[name], count))
+            elif name in shared:
+                value = shared[name]
+                values.append(itertools.repeat(value if process is None else process(value), count))
+            else:
+                column = columns[name]
+                if len(column) != count:
+                    raise ValueError(f"column {name!r} has {len(column)} values for {count} rows")
+                values.append(column if process is None else map(process, column))
+        rows: list[Any] = list(zip(*values, strict=True))
+        if not compiled.positional:
+            rows = [dict(zip(compiled.names, row, strict=True)) for row in rows]
+        cursor = _run(conn, compiled, lambda cursor: cursor.executemany(compiled.sql, rows))
         return int(cursor.rowcount)
 
     def _compile(self, dialect: Dialect, params: Mapping[str, Any]) -> _Compiled:

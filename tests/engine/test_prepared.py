@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.store.database import Database
+from engine.store.database import Database, dialect_insert
 from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import events, step_runs
 
@@ -99,3 +99,30 @@ def test_insert_ignoring_conflicts_returns_exactly_the_rows_that_went_in(db: Dat
         stored = dict(conn.execute(sa.select(events.c.id, events.c.payload)).all())
     # Rows already there keep their values: nothing was updated.
     assert stored == {f"e{i:03d}": i if i % 3 == 0 else -i for i in range(count)}
+
+
+def test_rows_given_column_by_column_are_stored_as_rows_are(db: Database) -> None:
+    shared = {"task_id": None, "tenant": "t", "type": "x", "created_at": NOW}
+    payloads = [{"z": 1, "a": [1, 2]}, "é", [], 1.5]
+    statement = Prepared(sa.insert(events))
+    with db.write() as conn:
+        columns: dict[str, list[Any]] = {"id": [f"c{i}" for i in range(4)], "payload": payloads}
+        assert statement.executemany_columns(conn, 4, columns, shared) == 4
+        statement.executemany(conn, [_event(f"r{i}", payload) for i, payload in enumerate(payloads)])
+        with pytest.raises(ValueError, match="'id' has 1 values for 2 rows"):
+            statement.executemany_columns(conn, 2, {"id": ["x"], "payload": [1, 2]}, shared)
+        assert statement.executemany_columns(conn, 0, {}, {}) == 0
+    stored = _raw(db, events, events.c.id)
+    assert [row[1:] for row in stored[:4]] == [row[1:] for row in stored[4:]]
+
+
+def test_the_row_count_of_an_insert_ignoring_conflicts_counts_the_rows_that_went_in(db: Database) -> None:
+    """What ``engine.runtime.bulk`` relies on to tell new tasks from repeated ones without reading them back."""
+    with db.write() as conn:
+        statement = Prepared(dialect_insert(conn, events).on_conflict_do_nothing())
+        assert statement.executemany_columns(conn, 3, {"id": ["k0", "k1", "k2"]}, {"payload": 1, **_SHARED}) == 3
+        assert statement.executemany_columns(conn, 4, {"id": ["k1", "k3", "k3", "k4"]}, {"payload": 2, **_SHARED}) == 2
+        assert statement.executemany_columns(conn, 2, {"id": ["k0", "k4"]}, {"payload": 3, **_SHARED}) == 0
+
+
+_SHARED = {"task_id": None, "tenant": "t", "type": "x", "created_at": NOW}
