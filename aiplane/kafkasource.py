@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from aiplane import components
     from aiplane.incluster import cluster_sources
-    from engine import Engine
+    from engine import Engine, RateBudgetStore
     from policies.ratelimit import SharedRateLimiter
     from policies.tokens import MaskingKeyError
 
@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 # The Workflow watch fills the labels Policies select by (listed before the first message is read).
                 with sources.registering(engine) if sources is not None else contextlib.nullcontext():
-                    rate = SharedRateLimiter(sources.policies) if sources is not None else None
+                    # On PostgreSQL the consumer leases from the store's buckets, as the gateways do: one limit.
+                    budget = None if engine.db.is_sqlite else RateBudgetStore(engine.db)
+                    rate = SharedRateLimiter(sources.policies, budget=budget) if sources is not None else None
                     return serve(engine, settings, rate=rate)
             finally:
                 engine.close()

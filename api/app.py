@@ -27,7 +27,7 @@ from api.settings import GatewaySettings
 from api.state import Gateway
 from api.store import ApiKeyStore
 from api.telemetry import install_span_store
-from engine import Engine, IdempotencyStore, TaskSpanStore
+from engine import Engine, IdempotencyStore, RateBudgetStore, TaskSpanStore
 from policies.access_oidc import OIDCVerifier
 from policies.ratelimit import RateLimiter
 
@@ -53,9 +53,12 @@ def create_app(
     ``span_store``: where ``GET /v1/tasks/{id}/trace`` reads spans from; by default the process's store on the
     global TracerProvider (installed if there is none; see ``api.telemetry.install_span_store``).
     ``rate_limiter``: token buckets per tenant and priority class (``policies.ratelimit``); none by default.
+    On PostgreSQL the limits that ``api.auth.follow_policies`` builds lease from the store's global buckets, so
+    they hold across gateway replicas; on SQLite (one process) the buckets stay in the process.
     ``oidc``: accept OIDC bearer tokens (JWTs verified against the issuer's JWKS) besides API keys.
     """
     settings = settings or GatewaySettings()
+    budget = None if engine.db.is_sqlite else RateBudgetStore(engine.db)
     keys = ApiKeyStore(engine.db, cache_ttl=settings.api_key_cache_ttl)
     gw = Gateway(
         engine=engine,
@@ -68,7 +71,8 @@ def create_app(
             clock=engine.clock,
         ),
         spans=span_store or install_span_store(),
-        limiter=rate_limiter or RateLimiter(),
+        limiter=rate_limiter or RateLimiter(budget=budget),
+        budget=budget,
         oidc=oidc,
     )
 

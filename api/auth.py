@@ -23,7 +23,7 @@ from crds.policy import Policy
 from engine import Engine
 from policies.access_oidc import Identity, JwksUnavailableError, TokenError
 from policies.effective import Target, applicable
-from policies.ratelimit import RateLimiter
+from policies.ratelimit import LEASE, RateLimiter, Refusal
 from policies.sources import PolicySet
 
 bearer = HTTPBearer(
@@ -135,7 +135,8 @@ def follow_policies(
     (namespace and labels)."""
 
     def rebuild(current: tuple[Policy, ...]) -> None:
-        gw.limiter = RateLimiter.from_policies(current)  # one attribute swap: safe from the watch's thread
+        # One attribute swap: safe from the watch's thread. Tokens the old limiter held are dropped, not spent.
+        gw.limiter = RateLimiter.from_policies(current, budget=gw.budget)
 
     def governing(workflow: str) -> Sequence[Policy]:
         target = workflows.get(workflow)
@@ -146,11 +147,15 @@ def follow_policies(
     policies.on_change(rebuild)
 
 
-def check_rate(gw: Gateway, tenant: str, priority: str | None) -> None:
+async def check_rate(gw: Gateway, tenant: str, priority: str | None) -> None:
     """429 with ``Retry-After`` when ``tenant`` is over a rate limit (``policies.ratelimit``; ``priority`` None for
-    a model call). Called after authentication, so a flood of bad keys does not spend a tenant's tokens."""
-    refusal = gw.limiter.take(tenant, priority)
-    if refusal is not None:
+    a model call). Called after authentication, so a flood of bad keys does not spend a tenant's tokens. Tokens
+    this gateway holds are spent on the event loop; a lease from the store's global bucket runs in a thread."""
+    limiter = gw.limiter
+    refusal = limiter.take_local(tenant, priority)
+    if refusal is LEASE:
+        refusal = await anyio.to_thread.run_sync(limiter.take, tenant, priority)
+    if isinstance(refusal, Refusal):
         raise ProblemError(
             429,
             "rate-limited",

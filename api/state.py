@@ -18,7 +18,7 @@ from api.validation import InputValidators
 from crds.policy import Policy
 from engine import Engine, IdempotencyStore, TaskSpanStore
 from policies.access_oidc import OIDCVerifier
-from policies.ratelimit import RateLimiter
+from policies.ratelimit import Budget, RateLimiter
 
 
 @dataclass
@@ -35,6 +35,9 @@ class Gateway:
     submissions: SubmitBatcher = field(init=False)
     #: Token buckets per tenant and priority class (none by default); see ``api.auth.check_rate``.
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    #: The store's global token buckets that ``limiter`` leases from (PostgreSQL: replicas share one limit); None
+    #: keeps the buckets in this process (SQLite, one process).
+    budget: Budget | None = None
     #: Verifies OIDC bearer tokens (JWTs) besides API keys; None accepts API keys only.
     oidc: OIDCVerifier | None = None
     #: The Policies that govern a workflow (by name), for the checks the gateway makes at call time (separation

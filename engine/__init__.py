@@ -47,6 +47,7 @@ from engine.runtime.intake import Accepted, Outcome, Replayed, RequestKey, Submi
 from engine.runtime.queue import PriorityPolicy
 from engine.sinks import InMemorySink, Record, RecordSink
 from engine.store.idempotency import Claim, IdempotencyStore, request_hash
+from engine.store.ratelimit import RateBudgetStore
 from engine.tracing import ATTR_TASK_ID, TaskSpanStore, current_traceparent
 from engine.worker import Worker, WorkerConfig
 
@@ -81,6 +82,7 @@ __all__ = [
     "Page",
     "Priority",
     "PriorityPolicy",
+    "RateBudgetStore",
     "Record",
     "RecordSink",
     "Replayed",

@@ -178,7 +178,7 @@ _BodyReader = Callable[[], Awaitable[bytes]]
 async def call_model(gw: Gateway, request: Request, name: str, api: str, read_body: _BodyReader) -> Answer:
     """The model's answer to this request (status below 400), or a ``ProblemError`` saying why there is none."""
     principal = await authorize(request, gw, SUBMITTERS)
-    check_rate(gw, principal.tenant, None)
+    await check_rate(gw, principal.tenant, None)
     with gateway_span(request, "predict", tenant=principal.tenant) as span:
         span.set_attribute("aiplane.model.name", name)
         resolver = gw.engine.model_resolver

@@ -130,7 +130,7 @@ async def accept(
 ) -> Response:
     """Submit a task for an authenticated submitter (the route and ``api.fast_submit`` both answer with this)."""
     tenant = principal.tenant
-    check_rate(gw, tenant, body.priority)
+    await check_rate(gw, tenant, body.priority)
     _check_key(idempotency_key)
     deadline = _deadline(body)
     sync = (mode or body.mode or "async") == "sync"

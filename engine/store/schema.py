@@ -328,3 +328,18 @@ blobs = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+
+# The global token buckets of rate limits (engine.store.ratelimit): one row per tenant and priority class (``*``
+# for the tenant-wide one), so every gateway replica draws from one budget. Rate and burst are not stored: they
+# are the Policies', passed with each lease. ``stamp`` is the last refill in epoch seconds.
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("tenant", TENANT, primary_key=True),
+    sa.Column("bucket", sa.String(16), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("stamp", sa.Float, nullable=False),
+    # What the last lease granted: SET expressions all read the old row, so the grant is written next to the
+    # tokens it came out of, and RETURNING gives both from one statement.
+    sa.Column("granted", sa.Float, nullable=False),
+)
