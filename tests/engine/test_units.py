@@ -11,7 +11,7 @@ from ulid import ULID
 
 from crds.model import Endpoint
 from crds.workflow import Backoff, Retry, WorkflowSpec
-from engine.clock import new_id
+from engine.clock import new_id, new_ids
 from engine.durations import parse_duration
 from engine.errors import StepDeferredError, StepError
 from engine.executors.connector import render_url
@@ -198,3 +198,14 @@ def test_ids_are_ulids_in_the_order_they_were_made() -> None:
         parsed = ULID.from_str(text)
         assert str(parsed) == text  # the same Crockford encoding as the ULID spec's
         assert before - 1 <= parsed.timestamp <= time.time() + 1
+
+
+def test_ids_made_together_are_consecutive_ulids_in_order_with_the_others() -> None:
+    first = new_id()
+    together = new_ids(3000)  # more than 1024: the shared first characters change within the batch
+    last = new_id()
+    assert [first, *together, last] == sorted([first, *together, last])
+    values = [int(ULID.from_str(text)) for text in together]
+    assert values == list(range(values[0], values[0] + len(together)))
+    assert [str(ULID.from_int(value)) for value in values] == together
+    assert new_ids(0) == []
