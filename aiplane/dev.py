@@ -33,7 +33,7 @@ from connectors.postgres import PostgresClient
 from crds import Connector, Model, Policy, Resource, Workflow
 from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
-from policies.effective import Target
+from policies.effective import Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
 from policies.payloads import PayloadLog
 from policies.ratelimit import SharedRateLimiter
@@ -114,6 +114,9 @@ class DevStack:
             approval_rules=approval_rules(self.policies, self._of(Workflow)),
             agent_rules=agent_rules(self.policies, self._of(Workflow)),
             tenants=tenant_access(self.policies, self._of(Workflow)),
+            governing=lambda workflow: applicable(
+                self.policies.policies(), self.workflow_targets().get(workflow) or Target("Workflow", workflow)
+            ),
             retention=engine_retention(self.policies, self._of(Workflow)),
             payloads=payload_log(self.policies, self._of(Workflow)),
             residency=Residency.from_policy_set(

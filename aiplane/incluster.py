@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.store.purge import Retention
-from policies.effective import EffectiveAgentRule, EffectiveApproval, Target
+from policies.effective import EffectiveAgentRule, EffectiveApproval, Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
 from policies.payloads import PayloadLog
 from policies.residency import Residency
@@ -106,6 +106,10 @@ class ClusterSources:
             found = self._effective(workflow)
             return found.regions if found is not None else None
 
+        def governing(workflow: str) -> list[Any]:
+            target = self.workflows.get(workflow)
+            return applicable(self.policies.policies(), target) if target is not None else []
+
         # The key from AIPLANE_PII_KEY(_FILE), shared by every replica; without one, hash and tokenize policies
         # fall back to redaction (policies.masking fails closed) rather than each pod making a key of its own.
         keys = MaskingKeys.from_env()
@@ -120,6 +124,7 @@ class ClusterSources:
             "agent_rules": agent_rules_for,
             "residency": Residency(pins=pins, model_regions=self.models.regions),
             "tenants": tenants,
+            "governing": governing,  # names the Policy versions behind a denial in its audit record
             # The workers' periodic purge; periods asked per workflow at each purge, so a Policy change applies to
             # the next one, and a workflow this process has not seen is not purged by a namespace's Policy.
             "retention": Retention(

@@ -68,9 +68,11 @@ class PolicyDeniedError(EngineError):
     http_status = 403
     type = "policy-denied"
 
-    def __init__(self, detail: str, *, reason: str, **fields: Any) -> None:
+    def __init__(self, detail: str, *, reason: str, policies: tuple[str, ...] = (), **fields: Any) -> None:
         super().__init__(detail, **fields)
         self.type = reason  # type: ignore[misc]  # per instance: one error class for every denial reason
+        #: The Policy versions that denied (for the audit log, not the problem document).
+        self.policies = policies
 
 
 class IdempotencyMismatchError(EngineError):

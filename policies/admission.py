@@ -12,12 +12,14 @@ the body, and a Kafka source slows down instead of refusing (``policies.ratelimi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from crds.policy import Policy
 from crds.workflow import WorkflowSpec
 from policies import metrics
+from policies.effective import ref
 from policies.residency import Residency
 
 Reason = Literal["tenant-denied", "residency-denied"]
@@ -33,6 +35,9 @@ class Denial:
     detail: str
     #: Facts for the problem document (``allowed_regions``, ``allowed_tenants``).
     fields: dict[str, str] = field(default_factory=dict)
+    #: The Policy versions that decided (``namespace/name@generation``), for the audit record: not for the caller,
+    #: who learns what to fix from ``detail`` without learning how the namespace's Policies are named.
+    policies: tuple[str, ...] = ()
 
 
 def _no_region(name: str) -> str | None:
@@ -42,11 +47,19 @@ def _no_region(name: str) -> str | None:
 @dataclass
 class Admission:
     """``tenants``: a workflow's allowed tenants (None: any), as ``EffectivePolicy.tenants`` says; ``residency``:
-    the workflow's pins and the Models' regions; ``connector_region``: a Connector's ``spec.region`` by name."""
+    the workflow's pins and the Models' regions; ``connector_region``: a Connector's ``spec.region`` by name;
+    ``governing``: the Policies that govern a workflow (by name), asked on a denial only, to name the versions that
+    decided it."""
 
     tenants: Callable[[str], frozenset[str] | None] | None = None
     residency: Residency | None = None
     connector_region: Callable[[str], str | None] = _no_region
+    governing: Callable[[str], Sequence[Policy]] | None = None
+
+    def _deciding(self, workflow: str, decided: Callable[[Policy], bool]) -> tuple[str, ...]:
+        if self.governing is None:
+            return ()
+        return tuple(sorted(str(ref(policy)) for policy in self.governing(workflow) if decided(policy)))
 
     def check(self, tenant: str, workflow: str, spec: WorkflowSpec) -> Denial | None:
         if self.tenants is not None:
@@ -58,6 +71,15 @@ class Admission:
                     f"tenant {tenant!r} may not run workflow {workflow!r}: its Policies' access.tenants do not "
                     "name this tenant; ask the workflow's owners to add it",
                     {"tenant": tenant, "workflow": workflow},
+                    # Deny wins: each Policy that lists tenants without this one refuses it on its own.
+                    self._deciding(
+                        workflow,
+                        lambda p: (
+                            p.spec.access is not None
+                            and bool(p.spec.access.tenants)
+                            and tenant not in p.spec.access.tenants
+                        ),
+                    ),
                 )
         if self.residency is not None:
             violations = self.residency.plan_violations(tenant, workflow, spec, self.connector_region)
@@ -70,5 +92,7 @@ class Admission:
                         "workflow": workflow,
                         "allowed_regions": ", ".join(sorted(self.residency.pinned(tenant, workflow) or ())),
                     },
+                    # The pin is the intersection of every residency Policy's regions: they decide together.
+                    self._deciding(workflow, lambda p: p.spec.residency is not None),
                 )
         return None

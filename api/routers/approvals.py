@@ -16,6 +16,7 @@ from api.telemetry import gateway_span
 from engine import ATTR_TASK_ID, Approval, Task
 from policies import metrics as policy_metrics
 from policies.access import separation_required, separation_violation
+from policies.effective import ref
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 
@@ -146,10 +147,25 @@ async def _decide(
             task: Task = await anyio.to_thread.run_sync(lambda: engine.get(principal.tenant, current.task_id))
             # Separation of duties, where a governing Policy's approval rule asks for it (rejecting stays open:
             # a submitter may stop their own task).
-            required = separation_required(gw.governing(task.workflow), default=False)
+            governing = gw.governing(task.workflow)
+            required = separation_required(governing, default=False)
             violation = separation_violation(task.submitted_by, principal.name, required=required)
             if violation is not None:
                 policy_metrics.denied("separation_of_duties")
+                # On the audit log with the Policy versions whose approval rules asked for it.
+                details = {
+                    "reason": "separation-of-duties",
+                    "detail": violation,
+                    "approval": approval_id,
+                    "policies": sorted(
+                        str(ref(p)) for p in governing if any(r.separation_of_duties for r in p.spec.approvals)
+                    ),
+                }
+                await anyio.to_thread.run_sync(
+                    lambda: engine.audit.append(
+                        "policy", f"task/{task.id}", "deny", details, tenant=principal.tenant, actor=principal.name
+                    )
+                )
                 raise ProblemError(403, "separation-of-duties", violation, task_id=task.id, approval_id=approval_id)
         decide = engine.approve if approve else engine.reject
 

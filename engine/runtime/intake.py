@@ -201,7 +201,7 @@ class Intake:
         if self.admission is not None:
             denial = self.admission.check(sub.tenant, sub.workflow, spec)
             if denial is not None:
-                raise PolicyDeniedError(denial.detail, reason=denial.reason, **denial.fields)
+                raise PolicyDeniedError(denial.detail, reason=denial.reason, policies=denial.policies, **denial.fields)
         if sub.validate is not None:
             try:
                 sub.validate(version, spec)
@@ -328,7 +328,8 @@ class Intake:
         """The batch's Policy decisions, in its own transaction, appended together:
 
         - a denial (tenant, residency): kind ``policy``, decision ``deny``, subject ``workflow/<name>/submission``,
-          with the reason and its text (which names tenants, steps and regions, never the input);
+          with the reason and its text (which names tenants, steps and regions, never the input) and the Policy
+          versions that decided it (``policies``, as masking records and lineage name them);
         - a masking: one record per new task whose input was masked (``WorkflowMasking.audit_entry``), so a masked
           input is never stored without the record of what was masked. Tasks given back by their idempotency key
           were recorded when they were made."""
@@ -337,7 +338,13 @@ class Intake:
                 "policy",
                 f"workflow/{sub.workflow}/submission",
                 "deny",
-                {"reason": outcome.type, "detail": outcome.detail, "workflow": sub.workflow, "by": sub.submitted_by},
+                {
+                    "reason": outcome.type,
+                    "detail": outcome.detail,
+                    "workflow": sub.workflow,
+                    "by": sub.submitted_by,
+                    "policies": list(outcome.policies),
+                },
                 tenant=sub.tenant,
                 actor="engine",
             )

@@ -3,6 +3,7 @@ approve it; another approver may, and the submitter may still reject it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -21,7 +22,7 @@ from tests.api.conftest import Keys, assert_problem, auth, done, in_state, wait_
 def _policy(separation: bool) -> Policy:
     return Policy.model_validate(
         {
-            "metadata": {"name": "four-eyes", "namespace": "claims"},
+            "metadata": {"name": "four-eyes", "namespace": "claims", "generation": 4},
             "spec": {"approvals": [{"name": "large", "when": "true", "separationOfDuties": separation}]},
         }
     )
@@ -66,6 +67,16 @@ def test_a_submitter_may_not_approve_their_own_task(client: TestClient, keys: Ke
     assert "'sam' submitted this task" in problem["detail"]
     assert problem["taskId"] == task_id
     assert client.get(f"/v1/approvals/{approval_id}", headers=auth(sam)).json()["state"] == "pending"
+    # The refusal is on the audit log, with the Policy version whose rule asked for it.
+    engine: Engine = client.app.state.gateway.engine  # type: ignore[attr-defined]
+    [denial] = [r for r in engine.audit.records() if r.decision == "deny"]
+    assert (denial.kind, denial.subject, denial.actor, denial.tenant) == ("policy", f"task/{task_id}", "sam", "acme")
+    details = json.loads(denial.details)
+    assert (details["reason"], details["approval"], details["policies"]) == (
+        "separation-of-duties",
+        approval_id,
+        ["claims/four-eyes@4"],
+    )
     # Another approver of the tenant decides.
     assert client.post(f"/v1/approvals/{approval_id}/approve", headers=auth(keys.bob)).status_code == 200
     assert wait_task(client, sam, task_id, done)["state"] == "succeeded"
