@@ -72,7 +72,8 @@ def deployment_name(connector: str) -> str:
 
 
 def secret_refs(connector: Connector, config: Config) -> list[tuple[str, SecretKeyRef]]:
-    """(field, ref) for every Secret key the Connector needs, the store's for a kafkaSource included."""
+    """(field, ref) for every Secret key the Connector needs, the store's for a kafkaSource included, and the PII
+    key's for a governed one: its consumer pods read them from the Connector's namespace."""
     spec = connector.spec
     refs: list[tuple[str, SecretKeyRef]] = []
     kafka = spec.kafka_source or spec.kafka_sink
@@ -82,11 +83,29 @@ def secret_refs(connector: Connector, config: Config) -> list[tuple[str, SecretK
     if spec.kafka_source is not None:
         store = SecretKeyRef(name=config.store_secret, key=config.store_key)
         refs.append(("the engine store's URL (operator setting AIPLANE_STORE_SECRET)", store))
+        if config.service_account is not None and config.pii_secret is not None:
+            pii = SecretKeyRef(name=config.pii_secret, key=config.pii_key)
+            refs.append(("the PII key of governed consumers (operator setting AIPLANE_PII_SECRET)", pii))
     if spec.http is not None:
         refs += [(f"spec.http.headers[{h.name}].valueFrom", h.value_from) for h in spec.http.headers if h.value_from]
     if spec.postgres is not None:
         refs.append(("spec.postgres.dsn", spec.postgres.dsn))
     return refs
+
+
+# What a governed consumer's ServiceAccount must be allowed in its namespace (the chart's Role for it): the
+# watches of ``aiplane kafka-source --from-cluster``. Nothing else, and no Secret.
+CONSUMER_RULES = tuple(
+    (resource, verb)
+    for resource in ("workflows", "models", "connectors", "policies")
+    for verb in ("get", "list", "watch")
+)
+
+
+def service_account(connector: Connector, config: Config) -> str | None:
+    """The ServiceAccount the Connector's consumer pods run as (a governed kafkaSource), which must exist in its
+    namespace for the pods to be created at all."""
+    return config.service_account if connector.spec.kafka_source is not None else None
 
 
 def consumers(asked: int, partitions: int) -> int:

@@ -31,8 +31,12 @@ PLURAL = "connectors"
 Prober = Callable[..., broker.Probe]
 
 
-class SecretsForbiddenError(Exception):
-    """The operator's ServiceAccount may not read Secrets; the message says what to grant."""
+class ForbiddenError(Exception):
+    """The operator's ServiceAccount may not read what it checks; the message says what to grant."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Reconciler:
     _probes: dict[str, broker.Probe] = field(default_factory=dict)
     # Connector uid -> digest of the Deployment this process last applied, and the generation that made.
     _applied: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Connector uid -> what its consumers' ServiceAccount may not do, as the apiserver last answered.
+    _denied: dict[str, list[str]] = field(default_factory=dict)
 
     book: StatusBook = field(init=False)
 
@@ -53,7 +59,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         self.book.forget(namespace, name, uid)
-        for cache in (self._probes, self._applied):
+        for cache in (self._probes, self._applied, self._denied):
             cache.pop(uid or "", None)
 
     def invalidate(self, uid: str, generation: int | None) -> None:
@@ -92,15 +98,25 @@ class Reconciler:
         connector = Connector(metadata=meta, spec=spec, status=previous)
         try:
             missing, credentials = await asyncio.to_thread(self._resolve, connector)
-        except SecretsForbiddenError as error:
-            # Without get on secrets (RBAC) nothing can be checked: say so rather than retry in silence.
-            found = statuses.Found(missing_secrets=[], forbidden=str(error))
+            account = builders.service_account(connector, self.config)
+            account_missing = account is not None and not await asyncio.to_thread(self._exists, namespace, account)
+            denied: list[str] = []
+            if account is not None and not account_missing:
+                cached = self._denied.get(uid)
+                if ask_broker or cached is None:
+                    cached = self._denied[uid] = await asyncio.to_thread(self._denied_to, namespace, account)
+                denied = cached
+        except ForbiddenError as error:
+            # Without get on secrets or serviceaccounts (RBAC) nothing can be checked: say so rather than retry in
+            # silence.
+            found = statuses.Found(missing_secrets=[], forbidden=str(error), forbidden_reason=error.reason)
             folded = statuses.fold(connector, generation=generation, found=found, now=self.clock())
             await self._write_status(namespace, name, uid, folded)
             return
         kafka = spec.kafka_source or spec.kafka_sink
         probe: broker.Probe | None = None
-        if kafka is not None and not missing:
+        # Consumer pods without their Secrets or ServiceAccount would not start (or not even be created).
+        if kafka is not None and not missing and not account_missing and not denied:
             probe = self._probes.get(uid)
             if ask_broker or probe is None:
                 probe = await asyncio.to_thread(
@@ -122,7 +138,15 @@ class Reconciler:
             await asyncio.to_thread(self.kube.delete, "Deployment", namespace, builders.deployment_name(name))
             self._applied.pop(uid, None)
             consumers = None
-        found = statuses.Found(missing_secrets=missing, probe=probe, consumers=consumers, desired=desired)
+        found = statuses.Found(
+            missing_secrets=missing,
+            probe=probe,
+            consumers=consumers,
+            desired=desired,
+            account=account,
+            account_missing=account_missing,
+            account_denied=denied,
+        )
         folded = statuses.fold(connector, generation=generation, found=found, now=self.clock())
         await self._write_status(namespace, name, uid, folded)
 
@@ -155,6 +179,56 @@ class Reconciler:
         )
         return missing, credentials
 
+    def _exists(self, namespace: str, account: str) -> bool:
+        """Whether the consumers' ServiceAccount is in the Connector's namespace. Checked, not made: making it would
+        take the operator create on serviceaccounts, roles and rolebindings in every namespace, and the Secrets the
+        pods need there too (the store's URL, the PII key) are not the operator's to copy where it is told to."""
+        try:
+            self.kube.core.read_namespaced_service_account(account, namespace)
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return False
+            if error.status == 403:
+                raise ForbiddenError(
+                    "ServiceAccountsForbidden",
+                    f"the operator may not read ServiceAccount {account!r} in namespace {namespace} (403 Forbidden); "
+                    "grant its ServiceAccount get on serviceaccounts",
+                ) from error
+            raise
+        return True
+
+    def _denied_to(self, namespace: str, account: str) -> list[str]:
+        """What of its watches (``CONSUMER_RULES``) the consumers' ServiceAccount may not do in the Connector's
+        namespace, as "verb resource", asked of the apiserver's authorizer (SubjectAccessReview): without them a
+        governed consumer exits at start and its pod restarts over and over."""
+        authorization = kubernetes.client.AuthorizationV1Api(self.kube.core.api_client)
+        denied: list[str] = []
+        for resource, verb in builders.CONSUMER_RULES:
+            review = kubernetes.client.V1SubjectAccessReview(
+                spec=kubernetes.client.V1SubjectAccessReviewSpec(
+                    user=f"system:serviceaccount:{namespace}:{account}",
+                    # The groups every ServiceAccount token carries, so grants to them count as they would.
+                    groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+                    resource_attributes=kubernetes.client.V1ResourceAttributes(
+                        namespace=namespace, verb=verb, group=builders.GROUP, resource=resource
+                    ),
+                )
+            )
+            try:
+                answer = authorization.create_subject_access_review(review)
+            except kubernetes.client.ApiException as error:
+                if error.status == 403:
+                    raise ForbiddenError(
+                        "AccessReviewsForbidden",
+                        f"the operator may not ask what ServiceAccount {account!r} in namespace {namespace} may do "
+                        "(403 Forbidden); grant its ServiceAccount create on subjectaccessreviews "
+                        "(group authorization.k8s.io)",
+                    ) from error
+                raise
+            if answer.status is None or not answer.status.allowed:
+                denied.append(f"{verb} {resource}")
+        return denied
+
     def _secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
             secret = self.kube.core.read_namespaced_secret(name, namespace)
@@ -162,9 +236,10 @@ class Reconciler:
             if error.status == 404:
                 return None
             if error.status == 403:
-                raise SecretsForbiddenError(
+                raise ForbiddenError(
+                    "SecretsForbidden",
                     f"the operator may not read Secret {name!r} in namespace {namespace} (403 Forbidden); "
-                    "grant its ServiceAccount get on secrets"
+                    "grant its ServiceAccount get on secrets",
                 ) from error
             raise
         return {key: value if isinstance(value, str) else value.decode() for key, value in (secret.data or {}).items()}

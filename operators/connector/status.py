@@ -3,7 +3,7 @@ Ready and Degraded conditions whose messages say what to fix. Pure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,16 +31,35 @@ class Found:
     probe: Probe | None = None  # Kafka types only
     consumers: Consumers | None = None  # kafkaSource only, once its Deployment exists
     desired: int | None = None  # kafkaSource: the spec's replicas capped at the partitions
-    forbidden: str | None = None  # the operator may not read Secrets: what to grant
+    forbidden: str | None = None  # the operator may not read what it checks: what to grant
+    forbidden_reason: str = "SecretsForbidden"
+    account: str | None = None  # a governed kafkaSource: the ServiceAccount its consumer pods run as
+    account_missing: bool = False  # ... is not in the Connector's namespace
+    account_denied: list[str] = field(default_factory=list)  # ... may not do these ("verb resource") there
 
 
 def _problem(connector: Connector, found: Found) -> tuple[str, str] | None:
     """The reason and message of what keeps the Connector from working, worst first."""
     namespace = connector.metadata.get("namespace", "")
     if found.forbidden is not None:
-        return "SecretsForbidden", found.forbidden
+        return found.forbidden_reason, found.forbidden
+    account: list[str] = []
+    if found.account is not None and found.account_missing:
+        account.append(
+            f"ServiceAccount {found.account!r} does not exist in namespace {namespace}: governed consumer pods run "
+            f"as it (operator setting AIPLANE_CONNECTOR_SERVICE_ACCOUNT); create it there and {_ROLE}"
+        )
     if found.missing_secrets:
-        return "SecretMissing", f"{'; '.join(found.missing_secrets)}; create it in namespace {namespace}"
+        # Both at once, so whoever sets up a namespace learns everything it lacks from one message.
+        secrets = f"{'; '.join(found.missing_secrets)}; create it in namespace {namespace}"
+        return "SecretMissing", "; ".join([secrets, *account])
+    if account:
+        return "ServiceAccountMissing", account[0]
+    if found.account is not None and found.account_denied:
+        return "ServiceAccountNotAuthorized", (
+            f"ServiceAccount {found.account!r} may not {', '.join(found.account_denied)} (group aiplane.io) in "
+            f"namespace {namespace}, which governed consumer pods need to start; {_ROLE}"
+        )
     kafka = connector.spec.kafka_source or connector.spec.kafka_sink
     if kafka is not None and found.probe is not None:
         if not found.probe.reachable:
@@ -52,6 +71,12 @@ def _problem(connector: Connector, found: Found) -> tuple[str, str] | None:
                 f"spec.{_block(connector)}.topic",
             )
     return None
+
+
+_ROLE = (
+    "bind it a Role with get, list and watch on workflows, models, connectors and policies (group aiplane.io), "
+    "as the chart does in its namespace"
+)
 
 
 def _block(connector: Connector) -> str:

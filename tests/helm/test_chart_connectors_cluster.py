@@ -1,6 +1,7 @@
 """Kafka consumer pods of a Helm install, on the real test cluster and a real broker: a kafkaSource Connector in the
 release's namespace gets a consumer Deployment that runs governed (the chart's ServiceAccount, the PII key from its
-Secret, ``--from-cluster``) and whose pods a namespace enforcing Pod Security `restricted` admits.
+Secret, ``--from-cluster``) and whose pods a namespace enforcing Pod Security `restricted` admits; one in another
+namespace is Degraded naming the Secrets and ServiceAccount to make there, and runs once they are.
 
 Pods only run on kwok nodes, so the operator runs here as a process, with the settings of the chart's operator
 Deployment and under its ServiceAccount's token (the chart's ClusterRole is what it may do); the test asserts on
@@ -97,6 +98,61 @@ def _assert_reads_its_namespace_only(cluster: Cluster, namespace: str, account: 
     assert not _can(cluster, subject, namespace, "get", "secrets")
 
 
+def _degraded(cluster: Cluster, namespace: str, reason: str) -> str:
+    """The Degraded message once the Connector is degraded for ``reason``."""
+
+    def check() -> str:
+        found = _json(cluster, "get", "connector", CONNECTOR, "-n", namespace)
+        (degraded,) = [c for c in found.get("status", {}).get("conditions", []) if c["type"] == "Degraded"]
+        assert (degraded["status"], degraded["reason"]) == ("True", reason), degraded
+        message: str = degraded["message"]
+        return message
+
+    message: str = assert_eventually(check, timeout=60, message=f"Degraded with {reason}")
+    return message
+
+
+def _copy(cluster: Cluster, kind: str, name: str, source: str, target: str, **changes: Any) -> None:
+    """``kind``/``name`` of namespace ``source`` made again in ``target``, as docs/operations.md says to."""
+    found = _json(cluster, "get", kind, name, "-n", source)
+    found["metadata"] = {"name": name, "namespace": target}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({**found, **changes}))
+
+
+def _set_up_like_the_release(cluster: Cluster, release: str, namespace: str, elsewhere: str) -> None:
+    """What a Connector outside the release's namespace needs there: the store's and the PII key's Secrets, the
+    consumers' ServiceAccount and the chart's Role for it, bound to it."""
+    account = f"{release}-aiplane-kafka-source"
+    for secret in (f"{release}-aiplane-postgresql", f"{release}-aiplane-pii"):
+        _copy(cluster, "secret", secret, namespace, elsewhere)
+    cluster.kubectl("create", "serviceaccount", account, "-n", elsewhere)
+    _copy(cluster, "role", account, namespace, elsewhere)
+    subjects = [{"kind": "ServiceAccount", "name": account, "namespace": elsewhere}]
+    _copy(cluster, "rolebinding", account, namespace, elsewhere, subjects=subjects)
+
+
+def _a_source_elsewhere_needs_its_namespace_set_up(
+    cluster: Cluster, kafka: Kafka, release: str, namespace: str, operator: Operator
+) -> None:
+    elsewhere = cluster.create_namespace("helm-elsewhere")
+    try:
+        topic = kafka.new_topic(partitions=1, prefix="helm-elsewhere")
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(_kafka_source(elsewhere, kafka.bootstrap_servers, topic)))
+        # Under the chart's operator token: what is missing, named, rather than pods that cannot be made.
+        message = _degraded(cluster, elsewhere, "SecretMissing")
+        assert f"Secret '{release}-aiplane-postgresql' (for the engine store's URL" in message
+        assert f"Secret '{release}-aiplane-pii' (for the PII key of governed consumers" in message
+        assert f"ServiceAccount '{release}-aiplane-kafka-source' does not exist in namespace {elsewhere}" in message
+        assert _json(cluster, "get", "deployments", "-n", elsewhere, "-l", SOURCE_PODS)["items"] == []
+
+        _set_up_like_the_release(cluster, release, namespace, elsewhere)
+        spec = _running_consumer(cluster, elsewhere, operator)["spec"]
+        assert spec["serviceAccountName"] == f"{release}-aiplane-kafka-source"
+        _assert_reads_its_namespace_only(cluster, elsewhere, f"{release}-aiplane-kafka-source")
+    finally:
+        cluster.delete_namespace(elsewhere)
+
+
 def test_a_kafka_source_of_the_release_namespace_runs_governed_and_restricted(
     cluster: Cluster, kafka: Kafka, restricted_namespace: str, tmp_path: Path
 ) -> None:
@@ -129,6 +185,8 @@ def test_a_kafka_source_of_the_release_namespace_runs_governed_and_restricted(
             assert _json(cluster, "get", "deployments", "-n", namespace, "-l", SOURCE_PODS)["items"] == []
 
         assert_eventually(consumers_gone, timeout=90, message="the consumers are deleted with the Connector")
+
+        _a_source_elsewhere_needs_its_namespace_set_up(cluster, kafka, release, namespace, operator)
     finally:
         if operator is not None:
             operator.stop()

@@ -131,6 +131,14 @@ def test_every_secret_ref_is_listed_with_where_it_comes_from() -> None:
     ]
     source = builders.secret_refs(connector(), CONFIG)
     assert [(ref.name, ref.key) for _, ref in source] == [("aiplane-store", "url")]
+    # Governed consumers also read the PII key from the Connector's namespace.
+    governed = Config(service_account="sa", pii_secret="pii", pii_key="k")
+    assert [(where, ref.name, ref.key) for where, ref in builders.secret_refs(connector(), governed)][1:] == [
+        ("the PII key of governed consumers (operator setting AIPLANE_PII_SECRET)", "pii", "k")
+    ]
+    assert builders.service_account(connector(), governed) == "sa"
+    assert builders.service_account(connector("kafkaSink"), governed) is None
+    assert [ref.name for _, ref in builders.secret_refs(connector("kafkaSink"), governed)] == []
 
 
 def test_a_source_with_its_consumers_ready_is_ready_and_says_why_it_has_fewer() -> None:
@@ -158,11 +166,37 @@ def test_each_problem_is_a_reason_with_what_to_fix() -> None:
         ),
         (status.Found([], Probe(partitions=None)), "TopicMissing", "topic 'claims-in' does not exist on kafka:9092"),
         (status.Found([], forbidden="grant its ServiceAccount get on secrets"), "SecretsForbidden", "get on secrets"),
+        (
+            status.Found([], account="consumer", account_missing=True),
+            "ServiceAccountMissing",
+            "ServiceAccount 'consumer' does not exist in namespace ns: governed consumer pods run as it",
+        ),
+        (
+            status.Found([], account="consumer", account_denied=["list policies", "watch policies"]),
+            "ServiceAccountNotAuthorized",
+            "ServiceAccount 'consumer' may not list policies, watch policies (group aiplane.io) in namespace ns",
+        ),
+        (
+            status.Found(
+                [], forbidden="grant create on subjectaccessreviews", forbidden_reason="AccessReviewsForbidden"
+            ),
+            "AccessReviewsForbidden",
+            "subjectaccessreviews",
+        ),
     ]
     for found, reason, says in cases:
         ready, degraded = status.fold(connector(), generation=1, found=found, now=NOW).conditions
         assert (ready.status, ready.reason, degraded.status, degraded.reason) == ("False", reason, "True", reason)
         assert says in degraded.message
+
+
+def test_what_a_namespace_lacks_for_governed_consumers_is_said_at_once() -> None:
+    found = status.Found(["Secret 'pii' (for the PII key) does not exist"], account="consumer", account_missing=True)
+    ready, degraded = status.fold(connector(), generation=1, found=found, now=NOW).conditions
+    assert (ready.reason, degraded.reason) == ("SecretMissing", "SecretMissing")
+    assert "Secret 'pii' (for the PII key) does not exist; create it in namespace ns" in degraded.message
+    assert "ServiceAccount 'consumer' does not exist in namespace ns" in degraded.message
+    assert "bind it a Role with get, list and watch on workflows, models, connectors and policies" in degraded.message
 
 
 def test_call_time_connectors_are_ready_when_their_secrets_resolve() -> None:

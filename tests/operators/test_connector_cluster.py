@@ -216,3 +216,62 @@ def test_call_time_connectors_are_ready_when_their_secrets_resolve(
     cluster.kubectl("create", "secret", "generic", "claims-db", "-n", k8s_namespace, "--from-literal=dsn=host=db")
     assert condition(ready(cluster, k8s_namespace, "claims-db"), "Ready")["reason"] == "Resolved"
     assert consumers(cluster, k8s_namespace) == []
+
+
+def test_a_governed_source_says_what_its_namespace_lacks_until_it_has_it(
+    crds_installed: Cluster, kafka: Kafka, k8s_namespace: str, start_operator: Any
+) -> None:
+    # The settings the chart gives the operator: consumers run as this account, with the PII key of this Secret,
+    # both looked for in the Connector's namespace (here not the chart's, so nothing is there yet).
+    op: Operator = start_operator(
+        "governed-operator",
+        AIPLANE_CONNECTOR_RECHECK_S="2",
+        AIPLANE_CONNECTOR_SERVICE_ACCOUNT="intake-consumer",
+        AIPLANE_PII_SECRET="aiplane-pii",
+    )
+    wait_leading(op)
+    cluster = crds_installed
+    topic = kafka.new_topic(partitions=1, prefix="aic-governed")
+    store_secret(cluster, k8s_namespace)
+    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic))
+
+    # Everything it lacks, in one message.
+    message = condition(degraded_by(cluster, k8s_namespace, "intake", "SecretMissing"), "Degraded")["message"]
+    assert "Secret 'aiplane-pii' (for the PII key of governed consumers" in message
+    assert f"ServiceAccount 'intake-consumer' does not exist in namespace {k8s_namespace}" in message
+    assert consumers(cluster, k8s_namespace) == []
+
+    cluster.kubectl("create", "secret", "generic", "aiplane-pii", "-n", k8s_namespace, "--from-literal=key=a2V5")
+    degraded_by(cluster, k8s_namespace, "intake", "ServiceAccountMissing")
+    cluster.kubectl("create", "serviceaccount", "intake-consumer", "-n", k8s_namespace)
+    found = degraded_by(cluster, k8s_namespace, "intake", "ServiceAccountNotAuthorized")
+    message = condition(found, "Degraded")["message"]
+    assert "ServiceAccount 'intake-consumer' may not get workflows, list workflows, watch workflows," in message
+    assert "watch policies (group aiplane.io)" in message
+    assert consumers(cluster, k8s_namespace) == []
+
+    # The Role the chart gives its own namespace's consumers; one verb short is still said.
+    kinds = ",".join(f"{kind}.aiplane.io" for kind in ("workflows", "models", "connectors", "policies"))
+    cluster.kubectl("create", "role", "intake-consumer", "-n", k8s_namespace, "--verb=get,list", f"--resource={kinds}")
+    cluster.kubectl(
+        "create", "rolebinding", "intake-consumer", "-n", k8s_namespace,
+        "--role=intake-consumer", f"--serviceaccount={k8s_namespace}:intake-consumer",
+    )  # fmt: skip
+
+    def watch_missing() -> None:
+        found = connector_named(cluster, k8s_namespace, "intake")
+        message = condition(found, "Degraded")["message"]
+        assert "may not watch workflows, watch models, watch connectors, watch policies (group" in message
+
+    assert_eventually(watch_missing, timeout=60)
+    role = get(cluster, k8s_namespace, "role", "intake-consumer")
+    role["rules"][0]["verbs"] = ["get", "list", "watch"]
+    apply(cluster, k8s_namespace, role)
+
+    ready(cluster, k8s_namespace, "intake")
+    (deployment,) = consumers(cluster, k8s_namespace)
+    pod = deployment["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("intake-consumer", True)
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]}
+    assert env["AIPLANE_PII_KEY"] == {"name": "aiplane-pii", "key": "key"}
