@@ -182,6 +182,30 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_detokenize(args: argparse.Namespace) -> int:
+    if (args.task is None) == (args.workflow is None):
+        print("aiplane detokenize: give a task id, or --workflow with --value", file=sys.stderr)
+        return 2
+    if args.workflow is not None and args.value is None:
+        print("aiplane detokenize: --workflow needs --value (JSON, @file.json, or - for stdin)", file=sys.stderr)
+        return 2
+    value = None
+    if args.value is not None:
+        text = sys.stdin.read() if args.value == "-" else args.value
+        value = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+    opened = _client(args).detokenize(args.reason, task_id=args.task, workflow=args.workflow, value=value)
+    print(dumps(opened))
+    return 0
+
+
+def _detokenize_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("task", nargs="?", default=None, help="open everything the store keeps of this task")
+    command.add_argument("--workflow", default=None, help="the workflow whose Policies masked --value")
+    command.add_argument("--value", default=None, help="JSON holding tokens, @file.json, or - for stdin")
+    command.add_argument("--reason", required=True, help="why (a case or ticket), kept in the audit record")
+    command.set_defaults(func=_cmd_detokenize)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     """Verify or export the audit log straight from the engine's database (read-only), or verify an export."""
     import sqlalchemy as sa
@@ -407,11 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("task")
     replay.set_defaults(func=_cmd_replay)
 
+    _detokenize_arguments(
+        client_parser(
+            "detokenize", "open tokenized personal data (a Policy's unmaskRoles only; every request is audited)"
+        )
+    )
+
     _add_component_parsers(sub)
     kafkasource.add_parser(sub)
 
-    crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
-    crds.set_defaults(func=_cmd_crds)
+    sub.add_parser("crds", help="print the CustomResourceDefinitions").set_defaults(func=_cmd_crds)
 
     _add_audit(sub)
     dataflow.add_parser(sub)

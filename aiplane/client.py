@@ -1,4 +1,4 @@
-"""A small client of the gateway for the CLI (`aiplane submit|get|approvals|approve|reject|replay`)."""
+"""A small client of the gateway for the CLI (`aiplane submit|get|approvals|approve|reject|replay|detokenize`)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,18 @@ class Client:
 
     def replay(self, task_id: str) -> Any:
         return self._request("POST", f"/v1/tasks/{task_id}/replay")
+
+    def detokenize(
+        self, reason: str, *, task_id: str | None = None, workflow: str | None = None, value: Any = None
+    ) -> Any:
+        """Open tokenized personal data (``POST /v1/detokenize``): a task's, or ``value`` masked by ``workflow``'s
+        Policies. The gateway checks the unmask roles and audits the request, opened or refused."""
+        body: dict[str, Any] = {"reason": reason}
+        if task_id is not None:
+            body["taskId"] = task_id
+        else:
+            body.update(workflow=workflow, value=value)
+        return self._request("POST", "/v1/detokenize", json=body)
 
 
 def dumps(value: Any) -> str:

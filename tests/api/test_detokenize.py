@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
+from aiplane import cli
 from api import create_api_key, create_app
 from crds.policy import Policy
 from engine import Engine, StaticModelResolver, TaskState
 from policies.effective import Target
 from policies.masking import WorkflowMasking
 from policies.sources import PolicySet
-from tests.api.conftest import assert_problem, auth
+from tests.api.conftest import Served, assert_problem, auth
 from tests.engine.conftest import Downstream, Reply, fast_worker, wait_done
 from tests.policies.test_pii_engine import ANSWER, CLAIM, KEYS, SECRETS
 
@@ -204,3 +205,44 @@ def test_misuse_is_a_problem(engine: Engine, client: TestClient) -> None:
     )
     assert_problem(foreign, 422, "invalid-token")
     assert [d for _, d, _ in _unmasks(engine)] == ["unmask-invalid", "unmask-invalid"]
+
+
+# ---------------------------------------------------------------- aiplane detokenize (the CLI)
+
+
+def test_the_cli_opens_a_task_or_a_value_for_an_auditor_and_reports_refusals(
+    engine: Engine, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    server = Served(create_app(engine))
+    try:
+        task_id = _task(engine, TestClient(create_app(engine)))
+        auditor = ("--url", server.base_url, "--api-key", create_api_key(engine, "acme", "ada", ["auditor"]))
+        assert cli.main(["detokenize", task_id, "--reason", "CASE-9", *auditor]) == 0
+        opened = json.loads(capsys.readouterr().out)
+        assert opened["value"]["input"]["claimant"] == CLAIM["claimant"]
+        assert opened["tokens"] >= 9
+        # A value found elsewhere (a sink record), from a file, with the workflow whose Policies masked it.
+        found = tmp_path / "record.json"
+        found.write_text(json.dumps({"claimant": engine.get("acme", task_id).input["claimant"]}))
+        assert (
+            cli.main(["detokenize", "--workflow", "claims", "--value", f"@{found}", "--reason", "sink", *auditor]) == 0
+        )
+        assert json.loads(capsys.readouterr().out)["value"] == {"claimant": CLAIM["claimant"]}
+        # Without an unmask role: the gateway's 403, reported, nothing opened.
+        submitter = ("--url", server.base_url, "--api-key", create_api_key(engine, "acme", "eve", ["submitter"]))
+        assert cli.main(["detokenize", task_id, "--reason", "curious", *submitter]) == 1
+        out = capsys.readouterr()
+        assert "403" in out.err
+        assert not any(secret in out.out + out.err for secret in SECRETS)
+        # Misuse is the CLI's own error: a task and a workflow, or a workflow without a value.
+        assert cli.main(["detokenize", task_id, "--workflow", "claims", "--reason", "x", *auditor]) == 2
+        assert cli.main(["detokenize", "--workflow", "claims", "--reason", "x", *auditor]) == 2
+        capsys.readouterr()
+    finally:
+        server.close()
+    assert [(s, d) for s, d, _ in _unmasks(engine)] == [
+        (f"task/{task_id}/detokenize", "unmask"),
+        ("workflow/claims/detokenize", "unmask"),
+        (f"task/{task_id}/detokenize", "unmask-denied"),
+    ]
+    assert engine.audit.verify().ok
