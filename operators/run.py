@@ -103,8 +103,13 @@ def run(
         kube=Kube(client), config=config, post_event=post, analyzer=analyzer, approvals=approvals, demands=demands
     )
     workflows = WorkflowReconciler(custom=kubernetes.client.CustomObjectsApi(client))
-    connectors = ConnectorReconciler(kube=Kube(client), config=ConnectorConfig.from_env())
-    policies = PolicyReconciler(custom=kubernetes.client.CustomObjectsApi(client))
+    connector_config = ConnectorConfig.from_env()
+    connectors = ConnectorReconciler(kube=Kube(client), config=connector_config)
+    policies = PolicyReconciler(
+        custom=kubernetes.client.CustomObjectsApi(client),
+        core=kubernetes.client.CoreV1Api(client),
+        key=connector_config.consumer_pii_key,
+    )
     handlers = [
         model_handlers.__name__,
         workflow_handlers.__name__,

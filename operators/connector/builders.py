@@ -83,9 +83,10 @@ def secret_refs(connector: Connector, config: Config) -> list[tuple[str, SecretK
     if spec.kafka_source is not None:
         store = SecretKeyRef(name=config.store_secret, key=config.store_key)
         refs.append(("the engine store's URL (operator setting AIPLANE_STORE_SECRET)", store))
-        if config.service_account is not None and config.pii_secret is not None:
-            pii = SecretKeyRef(name=config.pii_secret, key=config.pii_key)
-            refs.append(("the PII key of governed consumers (operator setting AIPLANE_PII_SECRET)", pii))
+        if config.consumer_pii_key is not None:
+            refs.append(
+                ("the PII key of governed consumers (operator setting AIPLANE_PII_SECRET)", config.consumer_pii_key)
+            )
     if spec.http is not None:
         refs += [(f"spec.http.headers[{h.name}].valueFrom", h.value_from) for h in spec.http.headers if h.value_from]
     if spec.postgres is not None:

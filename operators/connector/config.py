@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from crds.base import SecretKeyRef
+
 
 @dataclass(frozen=True)
 class Config:
@@ -26,6 +28,13 @@ class Config:
     # they make must open with the same key everywhere.
     pii_secret: str | None = None
     pii_key: str = "key"
+
+    @property
+    def consumer_pii_key(self) -> SecretKeyRef | None:
+        """The PII key's Secret and key that governed consumers read from their Connector's namespace."""
+        if self.service_account is None or self.pii_secret is None:
+            return None
+        return SecretKeyRef(name=self.pii_secret, key=self.pii_key)
 
     @classmethod
     def from_env(cls) -> Config:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from crds.base import SecretKeyRef
 from crds.checks import Problem, compile_error
 from crds.policy import PolicySpec, PolicyStatus, Selection
 from operators.model.status import Conditions
@@ -28,6 +29,8 @@ class Seen:
     kind: str
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    # A kafkaSource Connector: its governed consumer pods run in this namespace and mask with the PII key there.
+    kafka_source: bool = False
 
 
 def problems(spec: PolicySpec) -> list[Problem]:
@@ -56,6 +59,37 @@ def problems(spec: PolicySpec) -> list[Problem]:
                 )
             )
     return found
+
+
+def key_users(spec: PolicySpec, resources: Iterable[Seen]) -> list[str]:
+    """The namespace's kafkaSource Connectors, sorted, when the Policy hashes or tokenizes personal data: their
+    governed consumer pods do that with the PII key from a Secret of this namespace (redaction needs no key; the
+    gateway and workers take theirs from the release's namespace)."""
+    if spec.pii is None or spec.pii.action == "redact":
+        return []
+    return sorted(seen.name for seen in resources if seen.kind == "Connector" and seen.kafka_source)
+
+
+def key_problem(spec: PolicySpec, namespace: str, users: list[str], key: SecretKeyRef, lacking: str) -> Problem:
+    """``lacking``: "secret" (the key's Secret is not in ``namespace``), "key" (it has no such key) or "forbidden"
+    (the operator may not read it)."""
+    assert spec.pii is not None
+    why = (
+        f"spec.pii.action {spec.pii.action} needs the PII key, which the governed consumer pods of kafkaSource "
+        f"Connectors {', '.join(users)} read from Secret {key.name!r} (key {key.key!r}) in namespace {namespace}"
+    )
+    if lacking == "forbidden":
+        return Problem(
+            "spec.pii.action",
+            f"{why}; the operator may not read it (403 Forbidden): grant its ServiceAccount get on secrets",
+            reason="SecretsForbidden",
+        )
+    what = f"it has no key {key.key!r}" if lacking == "key" else "it does not exist"
+    return Problem(
+        "spec.pii.action",
+        f"{why}: {what}; copy the release's PII key Secret there (operator setting AIPLANE_PII_SECRET)",
+        reason="SecretMissing",
+    )
 
 
 def select(spec: PolicySpec, resources: Iterable[Seen]) -> dict[str, list[str]]:

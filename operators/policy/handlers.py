@@ -12,11 +12,14 @@ from typing import Any
 
 import kopf
 
+from operators.connector.config import Config as ConnectorConfig
 from operators.policy.evaluation import Seen
 from operators.policy.reconciler import Reconciler
 
 GROUP, VERSION = "aiplane.io", "v1alpha1"
 POLICIES = (GROUP, VERSION, "policies")
+# kopf fixes a timer's interval when the handler is registered: the Connector operator's recheck, read at import.
+RECHECK_S = ConnectorConfig.from_env().recheck_s
 
 
 @kopf.index(*POLICIES)
@@ -35,8 +38,10 @@ def policy_models(*, namespace: str | None, name: str, labels: Mapping[str, str]
 
 
 @kopf.index(GROUP, VERSION, "connectors")
-def policy_connectors(*, namespace: str | None, name: str, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
-    return {namespace: Seen("Connector", name, dict(labels))}
+def policy_connectors(
+    *, namespace: str | None, name: str, labels: Mapping[str, str], spec: kopf.Spec, **_: Any
+) -> dict[Any, Any]:
+    return {namespace: Seen("Connector", name, dict(labels), kafka_source=spec.get("type") == "kafkaSource")}
 
 
 INDEXES = ("policy_workflows", "policy_models", "policy_connectors")
@@ -50,6 +55,13 @@ def _resources(namespace: str | None, kw: Mapping[str, Any]) -> list[Seen]:
 @kopf.on.create(*POLICIES)
 @kopf.on.update(*POLICIES)
 async def evaluate_policy(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
+    reconciler: Reconciler = memo.policy_reconciler
+    await reconciler.converge(body, _resources(namespace, kw))
+
+
+@kopf.timer(*POLICIES, interval=RECHECK_S, initial_delay=RECHECK_S)
+async def recheck_policy(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
+    # Secrets are not watched (the operator may only get them, one by one): a PII key created later shows here.
     reconciler: Reconciler = memo.policy_reconciler
     await reconciler.converge(body, _resources(namespace, kw))
 

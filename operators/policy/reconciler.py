@@ -1,11 +1,16 @@
 """One evaluation of one Policy: parse, select in its namespace, check, write status when it changed.
 
+Checks include that the PII key a hashing or tokenizing Policy needs is in its namespace when kafkaSource
+Connectors there run governed consumers (which read it from there); Secrets are not watched, so the recheck timer
+notices one created later.
+
 Every trigger (the Policy changed; a Workflow, Model or Connector of its namespace came, went or changed labels)
 runs the same ``converge``, so the outcome never depends on which event came first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +20,7 @@ from typing import Any
 import kubernetes
 import pydantic
 
+from crds.base import SecretKeyRef
 from crds.checks import Problem
 from crds.policy import PolicySpec, PolicyStatus
 from operators.policy import evaluation
@@ -27,6 +33,9 @@ PLURAL = "policies"
 @dataclass
 class Reconciler:
     custom: kubernetes.client.CustomObjectsApi
+    # Reads the PII key's Secret ``key`` (the one governed Kafka consumers get); without both, it is not checked.
+    core: kubernetes.client.CoreV1Api | None = None
+    key: SecretKeyRef | None = None
     # Whole seconds, as Kubernetes writes condition times.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC).replace(microsecond=0))
     book: StatusBook = field(init=False)
@@ -61,6 +70,11 @@ class Reconciler:
             return
         selected = evaluation.select(spec, resources)
         problems = evaluation.problems(spec)
+        users = evaluation.key_users(spec, resources)
+        if users and self.core is not None and self.key is not None:
+            lacking = await asyncio.to_thread(_lacking, self.core, self.key, where)
+            if lacking is not None:
+                problems.append(evaluation.key_problem(spec, where, users, self.key, lacking))
         folded = evaluation.fold(
             previous, generation=generation, selected=selected, problems=problems, now=self.clock()
         )
@@ -72,3 +86,14 @@ class Reconciler:
 
     async def _write(self, namespace: str, name: str, uid: str, status: PolicyStatus) -> bool:
         return await self.book.write(namespace, name, uid, evaluation.to_patch(status))
+
+
+def _lacking(core: kubernetes.client.CoreV1Api, key: SecretKeyRef, namespace: str) -> str | None:
+    """What of ``key`` is not in ``namespace`` ("secret", "key"), "forbidden" if the operator may not read it."""
+    try:
+        secret = core.read_namespaced_secret(key.name, namespace)
+    except kubernetes.client.ApiException as error:
+        if error.status in (403, 404):
+            return "forbidden" if error.status == 403 else "secret"
+        raise
+    return None if key.key in (secret.data or {}) else "key"

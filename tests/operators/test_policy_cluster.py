@@ -1,5 +1,6 @@
 """The Policy operator on the real test cluster: status names what a Policy selects and follows the namespace's
-resources as they come, change labels and go; an approval rule that does not compile is Ready=False naming it."""
+resources as they come, change labels and go; an approval rule that does not compile is Ready=False naming it, and
+so is a tokenizing Policy whose namespace's governed Kafka consumers lack the PII key's Secret."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
-from tests.operators.conftest import Operator
+from tests.operators.conftest import Operator, wait_leading
 from tests.operators.kube import apply, condition, get
 
 API = "aiplane.io/v1alpha1"
@@ -104,3 +105,47 @@ def test_an_approval_rule_that_does_not_compile_is_reported(
         assert (ready["status"], ready["reason"]) == ("True", "NothingSelected"), ready
 
     assert_eventually(fixed, timeout=60)
+
+
+def test_a_tokenizing_policy_is_not_ready_until_its_namespace_has_the_pii_key(
+    crds_installed: Cluster, k8s_namespace: str, start_operator: Any
+) -> None:
+    # The chart's governed settings: consumers in a Connector's namespace read the PII key from this Secret there.
+    op: Operator = start_operator(
+        "pii-operator",
+        AIPLANE_CONNECTOR_RECHECK_S="2",
+        AIPLANE_CONNECTOR_SERVICE_ACCOUNT="kafka-source",
+        AIPLANE_PII_SECRET="aiplane-pii",
+    )
+    wait_leading(op)
+    cluster, ns = crds_installed, k8s_namespace
+    claims = {"team": "claims"}
+    source = {"bootstrapServers": "127.0.0.1:1", "topic": "claims-in", "workflow": "triage"}
+    intake = {**connector("intake", claims), "spec": {"type": "kafkaSource", "kafkaSource": source}}
+    apply(cluster, ns, intake)
+    apply(cluster, ns, policy("masking", claims, pii={"action": "tokenize"}))
+    apply(cluster, ns, policy("redacting", claims, pii={"action": "redact"}))
+
+    def ready_is(name: str, status: str, reason: str) -> str:
+        ready = condition(status_of(cluster, ns, name), "Ready")
+        assert (ready["status"], ready["reason"]) == (status, reason), ready
+        message: str = ready["message"]
+        return message
+
+    message = assert_eventually(lambda: ready_is("masking", "False", "SecretMissing"), timeout=60)
+    assert "kafkaSource Connectors intake read from Secret 'aiplane-pii' (key 'key')" in message
+    assert f"in namespace {ns}: it does not exist" in message
+    # Redaction needs no key.
+    assert_eventually(lambda: ready_is("redacting", "True", "Selecting"), timeout=60)
+
+    # Secrets are not watched: the recheck finds the one created later, and says when it lacks the key.
+    cluster.kubectl("create", "secret", "generic", "aiplane-pii", "-n", ns, "--from-literal=other=a2V5")
+    assert_eventually(lambda: "it has no key 'key'" in ready_is("masking", "False", "SecretMissing"), timeout=60)
+    cluster.kubectl("delete", "secret", "aiplane-pii", "-n", ns)
+    cluster.kubectl("create", "secret", "generic", "aiplane-pii", "-n", ns, "--from-literal=key=a2V5")
+    assert_eventually(lambda: ready_is("masking", "True", "Selecting"), timeout=60)
+
+    # Without a kafkaSource in the namespace nothing here reads the key: no longer required.
+    cluster.kubectl("delete", "secret", "aiplane-pii", "-n", ns)
+    cluster.kubectl("delete", "connector", "intake", "-n", ns)
+    assert_eventually(lambda: ready_is("masking", "True", "NothingSelected"), timeout=60)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from crds.base import SecretKeyRef
 from crds.policy import PolicySpec
-from operators.policy.evaluation import Seen, fold, problems, select
+from operators.policy.evaluation import Seen, fold, key_problem, key_users, problems, select
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NAMESPACE = [
@@ -66,3 +67,30 @@ def test_an_agent_action_rule_that_does_not_compile_is_reported() -> None:
     assert (found.field, found.reason) == ("spec.agentActions[0].when", "CelCompileError")
     assert found.message.startswith("agent action rule 'big': cannot compile CEL expression 'arguments.amount >>'")
     assert problems(spec(agentActions=[{"name": "ok", "when": "arguments.amount > 10"}])) == []
+
+
+def test_only_hashing_or_tokenizing_with_kafka_sources_needs_the_key_in_the_namespace() -> None:
+    sources = [
+        *NAMESPACE,
+        Seen("Connector", "intake", kafka_source=True),
+        Seen("Connector", "billing", kafka_source=True),
+    ]
+    assert key_users(spec(pii={"action": "tokenize"}), sources) == ["billing", "intake"]
+    assert key_users(spec(pii={"action": "hash"}), sources) == ["billing", "intake"]
+    assert key_users(spec(pii={"action": "redact"}), sources) == []
+    assert key_users(spec(), sources) == []
+    # No kafkaSource here: the gateway and workers take their key from the release's namespace.
+    assert key_users(spec(pii={"action": "tokenize"}), NAMESPACE) == []
+
+
+def test_a_missing_key_is_secret_missing_naming_the_secret() -> None:
+    tokenize = spec(pii={"action": "tokenize"})
+    key = SecretKeyRef(name="aiplane-pii", key="key")
+    missing = key_problem(tokenize, "claims", ["intake"], key, "secret")
+    status = fold(None, generation=1, selected={}, problems=[missing], now=NOW)
+    [ready] = status.conditions
+    assert (ready.status, ready.reason) == ("False", "SecretMissing")
+    assert "read from Secret 'aiplane-pii' (key 'key') in namespace claims: it does not exist" in ready.message
+    assert "kafkaSource Connectors intake" in ready.message
+    assert "it has no key 'key'" in key_problem(tokenize, "claims", ["intake"], key, "key").message
+    assert key_problem(tokenize, "claims", ["intake"], key, "forbidden").reason == "SecretsForbidden"
