@@ -61,6 +61,7 @@ from engine.models import (
 from engine.payloads import DEFAULT_INLINE_LIMIT, BlobStore, FileBlobStore, PayloadCodec
 from engine.resilience import Resilience
 from engine.runtime import records
+from engine.runtime.bulk import Batch, BatchOutcome, BulkIntake
 from engine.runtime.gate import ApprovalGate, RulesFor
 from engine.runtime.intake import Accepted, Intake, Outcome, Submission
 from engine.runtime.queue import PriorityPolicy
@@ -172,6 +173,7 @@ class Engine:
         #: The hash-chained audit log of decisions; ``audit.append(kind, subject, decision, details)``.
         self.audit = AuditLog(self.db, clock=clock)
         self.intake = Intake(self.db, self.machine, self.codec, self.idempotency, clock)
+        self.bulk = BulkIntake(self.intake)
         self.pii = self.intake.pii = pii
         if residency is not None or tenants is not None:
             self.intake.admission = Admission(tenants, residency, self._connector_region, governing)
@@ -274,31 +276,59 @@ class Engine:
             self._wake_workers()
         return outcomes
 
+    def submit_batch(self, batch: Batch) -> builtins.list[BatchOutcome]:
+        """A source's batch in one transaction (see ``engine.runtime.bulk``): one outcome per input, ``Taken`` or
+        the error that refused it."""
+        if not batch.inputs:
+            return []
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            batch = dataclasses.replace(batch, trace_contexts=[t or traceparent for t in batch.trace_contexts])
+        started = time.time_ns()
+        outcomes = self.bulk.submit(batch)
+        times = (started, time.time_ns())
+        for trace_context, outcome in zip(batch.trace_contexts, outcomes, strict=True):
+            task_id, error = (None, outcome) if isinstance(outcome, Exception) else (outcome.task_id, None)
+            where = (batch.tenant, batch.workflow, trace_context)
+            self._trace_submission(*where, task_id=task_id, error=error, size=len(outcomes), times=times)
+        if any(not isinstance(o, Exception) and o.created for o in outcomes):
+            self._wake_workers()
+        return outcomes
+
     def _trace_submissions(
         self, submissions: Sequence[Submission], outcomes: Sequence[Outcome], started: int, ended: int
     ) -> None:
         """One ``aiplane.engine.submit`` span per submission, in its own request's trace, spanning the batch's
         transaction (a batch serves many requests, so one span could sit in only one of their traces)."""
         for submission, outcome in zip(submissions, outcomes, strict=True):
-            attributes: dict[str, str | int] = {
-                ATTR_TENANT: submission.tenant,
-                ATTR_WORKFLOW: submission.workflow,
-                "aiplane.batch.size": len(submissions),
-            }
-            if isinstance(outcome, Accepted):
-                attributes[ATTR_TASK_ID] = outcome.task.id
-            span = tracer().start_span(
-                SPAN_SUBMIT,
-                context=context_from_traceparent(submission.trace_context),
-                attributes=attributes,
-                start_time=started,
-            )
-            if isinstance(outcome, Exception):
-                text = str(outcome)  # an input check's message may quote the input: masked like the input
-                if self.pii is not None:
-                    text = self.pii.text(submission.tenant, submission.workflow, text)
-                span.set_status(Status(StatusCode.ERROR, text))
-            span.end(end_time=ended)
+            task_id = outcome.task.id if isinstance(outcome, Accepted) else None
+            error = outcome if isinstance(outcome, Exception) else None
+            where = (submission.tenant, submission.workflow, submission.trace_context)
+            self._trace_submission(*where, task_id=task_id, error=error, size=len(submissions), times=(started, ended))
+
+    def _trace_submission(
+        self,
+        tenant: str,
+        workflow: str,
+        trace_context: str | None,
+        *,
+        task_id: str | None,
+        error: Exception | None,
+        size: int,
+        times: tuple[int, int],
+    ) -> None:
+        attributes: dict[str, str | int] = {ATTR_TENANT: tenant, ATTR_WORKFLOW: workflow, "aiplane.batch.size": size}
+        if task_id is not None:
+            attributes[ATTR_TASK_ID] = task_id
+        span = tracer().start_span(
+            SPAN_SUBMIT, context=context_from_traceparent(trace_context), attributes=attributes, start_time=times[0]
+        )
+        if error is not None:
+            text = str(error)  # an input check's message may quote the input: masked like the input
+            if self.pii is not None:
+                text = self.pii.text(tenant, workflow, text)
+            span.set_status(Status(StatusCode.ERROR, text))
+        span.end(end_time=times[1])
 
     def get(self, tenant: str, task_id: str) -> Task:
         with self.db.read() as conn:

@@ -1,7 +1,7 @@
 """The Kafka source runtime: each message on a topic becomes a task of a named workflow, exactly once.
 
 What a kafkaSource Connector's consumer Deployment runs (``python -m connectors.kafka.source``), and what
-``aiplane dev --kafka`` runs in-process. A poll's messages go to the engine as one batch (``Engine.submit_many``,
+``aiplane dev --kafka`` runs in-process. A poll's messages go to the engine as one batch (``Engine.submit_batch``,
 one transaction), and the batch's offsets are committed only after that transaction and the dead letters'
 acknowledgements: a crash anywhere before the commit means the messages are read again, and their idempotency
 keys (topic/partition/offset, or a CEL expression over the message) give back the tasks made the first time
@@ -39,7 +39,7 @@ from engine.errors import IdempotencyMismatchError, InvalidRequestError, PolicyD
 from engine.executors.resolvers import SecretResolver
 from engine.facade import Engine
 from engine.flow import cel
-from engine.runtime.intake import Accepted, Outcome, Submission
+from engine.runtime.bulk import Batch
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ class KafkaSource:
         secrets: SecretResolver | None = None,
         rate: Limiter | None = None,
     ) -> None:
-        """``validate``: called with the workflow version and spec before a task is written; raising refuses
-        the message, which then goes to the dead-letter topic (how policies reject input).
+        """``validate``: called with the workflow version and spec before a batch's tasks are written; raising
+        refuses the batch's messages, which then go to the dead-letter topic (how policies reject input).
         ``secrets``: where the Secret keys of the spec's ``auth`` are read (a consumer pod: the files the Connector
         operator mounts, ``DirectorySecretResolver``); the consumer and the dead-letter producer both use it.
         ``rate``: the tenant's rate limits; messages past them wait on the topic (see the module's docstring).
@@ -259,25 +259,39 @@ class KafkaSource:
 
     def _take(self, records: Sequence[Any]) -> BatchResult:
         result = BatchResult()
-        submissions: list[Submission] = []
+        values: list[Any] = []
+        keys: list[str] = []
+        traces: list[str | None] = []
         submitted: list[Any] = []
         dead: list[tuple[Any, str, str]] = []
         for record in records:
             try:
-                submissions.append(self._submission(record))
+                value = self._value(record)
+                keys.append(self._key(record, value))
             except _MalformedError as exc:
                 dead.append((record, deadletter.MALFORMED, str(exc)))
                 continue
+            values.append(value)
+            traces.append(header(record.headers, "traceparent") if record.headers else None)
             submitted.append(record)
-        outcomes = self.engine.submit_many(submissions)
+        batch = Batch(
+            tenant=self.settings.tenant,
+            workflow=self.settings.spec.workflow,
+            inputs=values,
+            keys=keys,
+            trace_contexts=traces,
+            priority=PRIORITY,
+            check=self._check,
+            validate=self.validate,
+        )
+        outcomes = self.engine.submit_batch(batch)
         for record, outcome in zip(submitted, outcomes, strict=True):
-            refusal = _refusal(outcome)
-            if refusal is not None:
-                dead.append((record, refusal, self._masked(str(outcome))))
-            elif isinstance(outcome, Accepted) and not outcome.created:
-                result.duplicates += 1
-            else:
+            if isinstance(outcome, Exception):
+                dead.append((record, _refusal(outcome), self._masked(str(outcome))))
+            elif outcome.created:
                 result.accepted += 1
+            else:
+                result.duplicates += 1
         # In the source's order, whatever stage refused them.
         for record, reason, detail in sorted(dead, key=lambda d: (d[0].partition, d[0].offset)):
             self.dead_letters.send(record, reason, detail)
@@ -293,28 +307,19 @@ class KafkaSource:
         pii = self.engine.pii
         return pii.text(self.settings.tenant, self.settings.spec.workflow, detail) if pii is not None else detail
 
-    def _submission(self, record: Any) -> Submission:
+    @staticmethod
+    def _value(record: Any) -> Any:
         try:
             value = json.loads(record.value) if record.value is not None else None
         except (ValueError, UnicodeDecodeError) as exc:
             raise _MalformedError(f"the message is not JSON: {exc}") from exc
         if value is None:
             raise _MalformedError("the message has no value")
-        return Submission(
-            tenant=self.settings.tenant,
-            workflow=self.settings.spec.workflow,
-            input=value,
-            idempotency_key=self._key(record, value),
-            priority=PRIORITY,
-            validate=lambda version, spec: self._check(value, version, spec),
-            trace_context=header(record.headers, "traceparent"),
-        )
+        return value
 
     def _check(self, value: Any, version: str, spec: WorkflowSpec) -> None:
-        """The workflow's inputSchema, then the caller's own check (policies)."""
+        """The workflow's inputSchema (the caller's own check, ``validate``, runs once per batch)."""
         self.schemas.check(self.settings.spec.workflow, version, spec.input_schema, value)
-        if self.validate is not None:
-            self.validate(version, spec)
 
     def _key(self, record: Any, value: Any) -> str:
         expression = self.settings.spec.idempotency_key
@@ -336,9 +341,13 @@ class KafkaSource:
         return str(key)
 
     def _commit(self, records: Sequence[Any]) -> None:
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        last: dict[tuple[str, int], int] = {}
         for record in records:  # in offset order per partition: the last one wins
-            offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "", -1)
+            last[record.topic, record.partition] = record.offset
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "", -1)
+            for (topic, partition), offset in last.items()
+        }
         if not offsets:
             return
         try:
@@ -373,8 +382,8 @@ class KafkaSource:
                 )
 
 
-def _refusal(outcome: Outcome) -> str | None:
-    """The dead-letter reason for an outcome, None when it is a task; raises when the batch must wait."""
+def _refusal(outcome: Exception) -> str:
+    """The dead-letter reason for a refused input; raises when the batch must wait."""
     if isinstance(outcome, WorkflowNotFoundError):
         raise SourceStalledError("workflow-missing", str(outcome))
     if isinstance(outcome, IdempotencyMismatchError):
@@ -383,6 +392,4 @@ def _refusal(outcome: Outcome) -> str | None:
         return outcome.type  # tenant-denied, residency-denied: what the gateway's problem type says
     if isinstance(outcome, InvalidRequestError | InputInvalidError):
         return deadletter.INVALID
-    if isinstance(outcome, Exception):
-        return deadletter.REFUSED
-    return None
+    return deadletter.REFUSED

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
 
 from connectors.kafka import KafkaSource, SourceSettings
 from crds.connector import KafkaSource as KafkaSourceSpec
-from engine import Engine, Outcome, Submission
+from engine import Engine
+from engine.runtime.bulk import Batch, BatchOutcome
 
 CRASH_EXIT = 137
 
@@ -29,18 +29,18 @@ def main(config_json: str) -> None:
         session_timeout=config["session_timeout"],
     )
     source = KafkaSource(engine, settings)
-    submit_many = engine.submit_many
+    submit_batch = engine.submit_batch
     batches = 0
 
-    def submit_then_die(submissions: Sequence[Submission]) -> list[Outcome]:
+    def submit_then_die(batch: Batch) -> list[BatchOutcome]:
         nonlocal batches
-        outcomes = submit_many(submissions)
+        outcomes = submit_batch(batch)
         batches += 1
         if batches == config["crash_after_batches"]:
             os._exit(CRASH_EXIT)
         return outcomes
 
-    engine.submit_many = submit_then_die  # type: ignore[method-assign]
+    engine.submit_batch = submit_then_die  # type: ignore[method-assign]
     source.run()
 
 
