@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api import logmask
 from api.fast_submit import SubmitFastPath
 from api.middleware import BodyLimitMiddleware, TelemetryMiddleware
 from api.problems import install_handlers, problem_components
@@ -102,6 +103,10 @@ def create_app(
     app.add_middleware(models.PredictFastPath, gateway=gw)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TelemetryMiddleware, log_requests=settings.access_log)
+    if engine.pii is not None:
+        # Error logs masked like the data (api.logmask); outermost, so errors before authentication are too.
+        logmask.install()
+        app.add_middleware(logmask.LogMaskingMiddleware, masking=engine.pii)
     for module in (models, tasks, lineage, agents, approvals, dead_letters, detokenize, erasures, health):
         app.include_router(module.router)
 

@@ -16,6 +16,7 @@ import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api import logmask
 from api.problems import ProblemError
 from api.state import Gateway, gateway
 from api.store import KEY_PREFIX, ApiKeyStore, Principal
@@ -82,6 +83,7 @@ async def _principal(request: Request, gw: Gateway, key: str | None) -> Principa
         )
     request.state.tenant = principal.tenant
     request.state.principal = principal.name
+    logmask.bind(tenant=principal.tenant)
     return principal
 
 

@@ -32,8 +32,9 @@ import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
+from crds.policy import PIIEntity
 from policies import metrics
 from policies.audit import Entry
 from policies.pii.detection import DEFAULT_PHONE_REGIONS, Detector, Finding, detector
@@ -354,6 +355,10 @@ class _Redact:
     unmask_roles: frozenset[str] = frozenset()
 
 
+#: Redaction of every entity aiplane detects: for text whose workflow, hence Policy, is unknown.
+REDACT_ALL = _Redact(frozenset(get_args(PIIEntity)), ())
+
+
 class WorkflowMasking:
     """What the engine calls where data is kept or sent: each workflow's PII policy and the keys, bound once.
 
@@ -440,6 +445,39 @@ class WorkflowMasking:
         """An error message or other free text bound for the store, a log line or a span."""
         pii = self._policy(workflow)
         return text if pii is None else mask_text(text, pii, tenant, self.keys)
+
+    def error_text(self, tenant: str | None, workflow: str | None, text: str, *, data: Any = None) -> str:
+        """A log line or traceback of a request whose workflow may not be known (an error before the body was
+        read, a task read). When the tenant and workflow are known, the workflow's Policy masks it as it masks the
+        workflow's data; ``data`` (the task input the error may quote) is masked as a whole first, and every value
+        that masking changed is replaced in the text too, so what only a field's label or path identifies (a name,
+        a policy reference) is caught as well. Otherwise every entity is redacted, since any governed workflow's
+        data may be in it (fail closed)."""
+        if tenant is None or workflow is None:
+            return mask_text(text, REDACT_ALL, tenant or "", None)
+        pii = self._policy(workflow)
+        if pii is None:
+            return text
+        if data is not None:
+            masked = mask(data, pii, tenant, self.keys, root="input").value
+            for clear, hidden in sorted(set(_changed(data, masked)), key=lambda pair: -len(pair[0])):
+                text = text.replace(clear, hidden)
+        return mask_text(text, pii, tenant, self.keys)
+
+
+def _changed(clear: Any, masked: Any) -> Iterator[tuple[str, str]]:
+    """(value, its masked form) for every string that masking changed, walking both structures together."""
+    if isinstance(clear, dict) and isinstance(masked, dict):
+        for key, value in clear.items():
+            if key in masked:
+                yield from _changed(value, masked[key])
+    elif isinstance(clear, list) and isinstance(masked, list) and len(clear) == len(masked):
+        for value, hidden in zip(clear, masked, strict=True):
+            yield from _changed(value, hidden)
+    elif isinstance(clear, str | int) and not isinstance(clear, bool) and clear != masked:
+        text = str(clear)
+        if len(text) >= 3:  # shorter values would rewrite unrelated characters of the text
+            yield text, str(masked)
 
 
 def masking_entry(

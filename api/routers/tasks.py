@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry.trace import Span
 
+from api import logmask
 from api.auth import Reader, Submitter, check_rate
 from api.problems import ProblemError, field_error, problem_responses
 from api.schemas import (
@@ -130,6 +131,7 @@ async def accept(
 ) -> Response:
     """Submit a task for an authenticated submitter (the route and ``api.fast_submit`` both answer with this)."""
     tenant = principal.tenant
+    logmask.bind(workflow=body.workflow.name, data=body.input)
     await check_rate(gw, tenant, body.priority)
     _check_key(idempotency_key)
     deadline = _deadline(body)

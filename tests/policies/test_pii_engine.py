@@ -9,16 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from api import create_api_key, create_app
 from crds.policy import PII
 from engine import Engine, InMemorySink, StaticConnectorResolver, StaticModelResolver, TaskState
 from engine.tracing import TaskSpanStore
 from policies.masking import WorkflowMasking, detokenize, masks_in
 from policies.tokens import MaskingKeys
+from tests.api.conftest import Served
 from tests.engine.conftest import fast_worker, wait_done
 from tests.fixtures.downstream import Downstream, Reply
 
@@ -312,3 +315,54 @@ def test_a_crashing_step_is_logged_stored_and_traced_masked(
     assert "jane.roe@example.com" not in "\n".join(f"{r.getMessage()} {r.exc_info}" for r in caplog.records)
     for span in spans.spans(task.id):
         assert "jane.roe@example.com" not in str(span.status.description)
+
+
+class _QuotingValidators:
+    """An input validator with a bug whose message quotes the task input (as a library's or a driver's error may)."""
+
+    def check(self, workflow: str, version: str, schema: Any, value: Any) -> None:
+        raise RuntimeError(f"cannot check the input of {workflow}: {value}")
+
+
+def test_a_gateway_error_quoting_the_input_is_logged_masked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    masking = WorkflowMasking(lambda workflow: POLICY, KEYS)
+    rules = {"steps": [{"name": "note", "type": "rules", "rules": {"set": {"seen": "true"}}}]}
+    try:
+        with Engine(f"sqlite:///{tmp_path / 'engine.db'}", sqlite_synchronous="NORMAL", pii=masking) as engine:
+            engine.register_workflow("claims", rules)
+            key = create_api_key(engine, "acme", "sam", ["submitter"])
+            app = create_app(engine)
+            app.state.gateway.validators = _QuotingValidators()
+            server = Served(app)
+            # uvicorn logs what escapes the app on its own logger (configured as the server starts), which does not
+            # propagate to the root one.
+            uvicorn_log.addHandler(caplog.handler)
+            try:
+                body = {"workflow": {"name": "claims"}, "input": CLAIM}
+                for mode in ("async", "sync"):  # the submission fast path, and the route
+                    response = httpx.post(
+                        f"{server.base_url}/v1/tasks?mode={mode}",
+                        json=body,
+                        headers={"Authorization": f"Bearer {key}"},
+                        timeout=30,
+                    )
+                    assert response.status_code == 500, response.text
+                    assert not any(secret in response.text for secret in SECRETS)
+            finally:
+                server.close()
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    logged = "\n".join(f"{r.getMessage()} {r.exc_info} {r.exc_text} {r.__dict__}" for r in caplog.records)
+    for secret in SECRETS[:8]:  # everything of the claim's, found by detection, by label (the name) or by path
+        assert secret not in logged, secret
+    # Both loggers logged the error, with its frames and its masked text.
+    for name in ("aiplane.gateway", "uvicorn.error"):
+        [first, *_] = [r.getMessage() for r in caplog.records if r.name == name and r.levelno >= logging.ERROR]
+        assert "RuntimeError: cannot check the input of claims" in first
+        assert "<EMAIL_ADDRESS:t:" in first
+        assert 'File "' in first
+        assert "in check" in first
+    # A request whose workflow is not known yet: every entity redacted.
+    assert "jane.roe@example.com" not in masking.error_text(None, None, f"failed on {CLAIM['claimant']['email']}")
