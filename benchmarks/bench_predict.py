@@ -12,6 +12,11 @@ requests are sequential; after a warm-up, rounds alternate a batch through the g
 spikes hit both. Every request's latency is a sample; the two comparisons are the p50 and the p99 of those samples
 (targets: p50 at most 1.10x, p99 at most 1.25x).
 
+Then throughput, the figure capacity planning starts from (docs/operations.md#capacity-planning): ``in_flight``
+clients at once, each sending ``per_client`` requests in a row, rounds alternating gateway and direct; a sample is
+a round's wall time over its requests, reported as inferences a second of one model replica (one ``bentoml serve``
+process) with and without the gateway in front.
+
 The claims service's API is ``extract``, so the gateway is asked for it with ``?api=extract``: the model gets
 ``POST /extract`` with the baseline's body, byte for byte.
 """
@@ -22,6 +27,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +53,15 @@ class Sizes:
     rounds: int = 20
     per_round: int = 40
     warmup: int = 40
+    # Throughput: clients sending at once, requests each per round, rounds per side.
+    in_flight: int = 8
+    per_client: int = 25
+    throughput_rounds: int = 6
 
     @classmethod
     def default(cls) -> Sizes:
         if smoke():
-            return cls(rounds=2, per_round=5, warmup=3)
+            return cls(rounds=2, per_round=5, warmup=3, in_flight=2, per_client=3, throughput_rounds=1)
         return cls()
 
 
@@ -86,6 +96,40 @@ def _call(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) 
     if response.status_code != 200:
         raise RuntimeError(f"POST {url} answered {response.status_code}: {response.text[:500]}")
     return elapsed
+
+
+Call = tuple[str, dict[str, str]]  # URL and headers
+
+
+def _round(clients: list[httpx.Client], call: Call, body: bytes, per_client: int) -> float:
+    """Seconds per request of one round: every client sends ``per_client`` requests, all clients at once."""
+    url, headers = call
+
+    def send(client: httpx.Client) -> None:
+        for _ in range(per_client):
+            _call(client, url, body, headers)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(send, clients))
+    return (time.perf_counter() - start) / (len(clients) * per_client)
+
+
+def _throughput(sizes: Sizes, gateway: Call, direct: Call, body: bytes) -> tuple[list[float], list[float]]:
+    """Seconds per request of each round, through the gateway and direct, ``sizes.in_flight`` requests at a time."""
+    clients = [httpx.Client(timeout=30) for _ in range(sizes.in_flight)]
+    try:
+        subject_s: list[float] = []
+        baseline_s: list[float] = []
+        _round(clients, gateway, body, 1)  # every client's connection open before the first timed round
+        _round(clients, direct, body, 1)
+        for _ in range(sizes.throughput_rounds):
+            baseline_s.append(_round(clients, direct, body, sizes.per_client))
+            subject_s.append(_round(clients, gateway, body, sizes.per_client))
+        return subject_s, baseline_s
+    finally:
+        for client in clients:
+            client.close()
 
 
 def run(sizes: Sizes | None = None) -> list[Comparison]:
@@ -123,8 +167,10 @@ def run(sizes: Sizes | None = None) -> list[Comparison]:
                     samples.extend(_call(client, url, body, headers) for _ in range(sizes.per_round))
             if "aiplane.gateway.access" not in gateway.log_tail(5):
                 raise RuntimeError(f"the gateway wrote no access log; its log ends:\n{gateway.log_tail()}")
+            rate_subject_s, rate_baseline_s = _throughput(sizes, gateway_call[1:], direct_call[1:], body)
     name = f"predict {MODEL} ({DELAY_MS} ms model delay): gateway vs BentoML direct"
     return [
         Comparison(f"{name}, p50", subject_s, baseline_s),
         Comparison(f"{name}, p99", subject_s, baseline_s, quantile=0.99),
+        Comparison(f"{name}, throughput, {sizes.in_flight} in flight", rate_subject_s, rate_baseline_s, rate=True),
     ]

@@ -47,9 +47,10 @@ def test_engine_benchmark_runs_on_postgres() -> None:
 @pytest.mark.integration
 def test_predict_benchmark_runs() -> None:
     comparisons = bench_predict.run()
-    check(comparisons, 2)
-    assert [c.quantile for c in comparisons] == [0.5, 0.99]
+    check(comparisons, 3)
+    assert [(c.quantile, c.rate) for c in comparisons] == [(0.5, False), (0.99, False), (0.5, True)]
     assert "p99" in comparisons[1].report()
+    assert "req/s" in comparisons[2].report()
 
 
 @pytest.mark.parametrize(
