@@ -36,6 +36,7 @@ from engine import Engine, InMemorySink, Record, StaticConnectorResolver, Static
 from policies.effective import Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
 from policies.payloads import PayloadLog
+from policies.quota import Quotas
 from policies.ratelimit import SharedRateLimiter
 from policies.residency import Residency
 from policies.sources import PolicySet
@@ -114,6 +115,7 @@ class DevStack:
             approval_rules=approval_rules(self.policies, self._of(Workflow)),
             agent_rules=agent_rules(self.policies, self._of(Workflow)),
             tenants=tenant_access(self.policies, self._of(Workflow)),
+            quota=Quotas(self.policies).max_in_flight,
             governing=lambda workflow: applicable(
                 self.policies.policies(), self.workflow_targets().get(workflow) or Target("Workflow", workflow)
             ),

@@ -24,6 +24,7 @@ from engine.store.purge import Retention
 from policies.effective import EffectiveAgentRule, EffectiveApproval, Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
 from policies.payloads import PayloadLog
+from policies.quota import Quotas
 from policies.residency import Residency
 from policies.retention import audit_period, retention_for
 from policies.sources import PolicySet
@@ -125,6 +126,7 @@ class ClusterSources:
             "residency": Residency(pins=pins, model_regions=self.models.regions),
             "tenants": tenants,
             "governing": governing,  # names the Policy versions behind a denial in its audit record
+            "quota": Quotas(self.policies).max_in_flight,
             # The workers' periodic purge; periods asked per workflow at each purge, so a Policy change applies to
             # the next one, and a workflow this process has not seen is not purged by a namespace's Policy.
             "retention": Retention(

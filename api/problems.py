@@ -219,6 +219,9 @@ async def _on_engine_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(field, str):
         errors = [field_error(field, exc.detail, "header" if field == "Idempotency-Key" else "body")]
     headers = {"Retry-After": "1"} if exc.http_status == 409 and exc.type.startswith("idempotency") else None
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # a quota: come back when tasks may have finished
+        headers = {"Retry-After": str(retry_after)}
     if exc.http_status >= 500:
         log.error("engine error", exc_info=exc, extra={"route": _route(request)})
     return problem_response(

@@ -136,6 +136,16 @@ class RateLimit(K8sModel):
     burst: int = Field(default=10, ge=1, le=100_000, description="Bucket size: calls allowed at once.")
 
 
+class Quota(K8sModel):
+    """How much of the engine a tenant may hold at once: a submission past it gets 429 with Retry-After."""
+
+    max_tasks_in_flight: int = Field(
+        ge=1,
+        le=10_000_000,
+        description="Unfinished tasks (queued, running or waiting for an approval) a tenant may have at once.",
+    )
+
+
 class PayloadLogging(K8sModel):
     """Sampled, masked request and response logs for debugging and drift analysis."""
 
@@ -181,6 +191,7 @@ class PolicySpec(K8sModel):
     access: Access | None = Field(default=None, description="Tenants and roles.")
     residency: Residency | None = Field(default=None, description="Regions data may go to.")
     rate_limits: list[RateLimit] = Field(default_factory=list, max_length=8, description="Rate limits per tenant.")
+    quota: Quota | None = Field(default=None, description="A per-tenant quota of tasks in flight (smallest wins).")
     payload_logging: PayloadLogging | None = Field(default=None, description="Sampled payload logs.")
     agent_actions: list[AgentActionRule] = Field(
         default_factory=list,

@@ -75,6 +75,15 @@ class PolicyDeniedError(EngineError):
         self.policies = policies
 
 
+class QuotaExceededError(EngineError):
+    """The tenant holds as many unfinished tasks as its Policies' quota allows (``policies.quota``)."""
+
+    http_status = 429
+    type = "quota-exceeded"
+    #: Seconds a client should wait before trying again: tasks finish at the workflow's pace, not the limiter's.
+    retry_after = 5
+
+
 class IdempotencyMismatchError(EngineError):
     """The idempotency key was used before with a different request body."""
 

@@ -121,6 +121,7 @@ class Engine:
         residency: Residency | None = None,
         tenants: Callable[[str], frozenset[str] | None] | None = None,
         governing: Callable[[str], Sequence[Policy]] | None = None,
+        quota: Callable[[str], int | None] | None = None,
         pii: WorkflowMasking | None = None,
         payloads: PayloadLog | None = None,
         approval_rules: RulesFor | None = None,
@@ -151,6 +152,8 @@ class Engine:
         submission they deny is refused at intake (``policies.admission``), however it comes in.
         ``governing``: the Policies that govern a workflow, by name: a denial's audit record names the versions of
         those that decided it.
+        ``quota``: a tenant's quota of unfinished tasks (``policies.quota.Quotas.max_in_flight``); a submission
+        past it is refused at intake with ``QuotaExceededError`` (429).
         """
         self.residency = residency
         self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
@@ -177,6 +180,7 @@ class Engine:
         self.pii = self.intake.pii = pii
         if residency is not None or tenants is not None:
             self.intake.admission = Admission(tenants, residency, self._connector_region, governing)
+        self.intake.quota = quota
         self.payloads = payloads
         self.retention = retention
         self.bus: Bus = bus or InMemoryBus()

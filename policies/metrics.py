@@ -13,13 +13,13 @@ from typing import Literal
 
 from prometheus_client import Counter
 
-#: Which Policy part decided: ``access`` (tenants), ``residency``, ``rate_limit``, ``approval`` (approval rules) or
-#: ``separation_of_duties`` (a submitter approving their own task).
-Check = Literal["access", "residency", "rate_limit", "approval", "separation_of_duties"]
+#: Which Policy part decided: ``access`` (tenants), ``residency``, ``rate_limit``, ``quota`` (tasks in flight),
+#: ``approval`` (approval rules) or ``separation_of_duties`` (a submitter approving their own task).
+Check = Literal["access", "residency", "rate_limit", "quota", "approval", "separation_of_duties"]
 
 DECISIONS = Counter(
     "aiplane_policy_decisions_total",
-    "Decisions of Policies where they are enforced, by check (access, residency, rate_limit, approval, "
+    "Decisions of Policies where they are enforced, by check (access, residency, rate_limit, quota, approval, "
     "separation_of_duties) and decision: deny (a submission, call, step or approval refused), and for approval "
     "rules required (a task parked on a human approval), satisfied (a workflow's own approval step already met "
     "the rules) or unsatisfiable.",

@@ -32,7 +32,13 @@ import sqlalchemy as sa
 from crds.workflow import WorkflowSpec
 from engine.clock import Clock, new_id
 from engine.durations import parse_duration
-from engine.errors import EngineError, IdempotencyMismatchError, InvalidRequestError, PolicyDeniedError
+from engine.errors import (
+    EngineError,
+    IdempotencyMismatchError,
+    InvalidRequestError,
+    PolicyDeniedError,
+    QuotaExceededError,
+)
 from engine.flow import definitions, graph
 from engine.models import Priority, StepRun, Task, TaskState
 from engine.payloads import PayloadCodec
@@ -45,6 +51,7 @@ from engine.store.idempotency import Claim, IdempotencyStore, check_key, request
 from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
 from policies import audit as decisions
+from policies import metrics as policy_metrics
 
 if TYPE_CHECKING:
     from policies.admission import Admission
@@ -56,6 +63,9 @@ _INSERT_APPROVAL = Prepared(sa.insert(approvals))
 _KEY_ROW = sa.select(idempotency_keys).where(
     idempotency_keys.c.tenant == sa.bindparam("_tenant"), idempotency_keys.c.key == sa.bindparam("_key")
 )
+_UNFINISHED = (TaskState.QUEUED, TaskState.RUNNING, TaskState.WAITING)
+_IN_FLIGHT = sa.select(sa.func.count()).where(tasks.c.tenant == sa.bindparam("tenant"), tasks.c.state.in_(_UNFINISHED))
+_QUOTA_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.bindparam("name"))))
 _CLAIM_KEYS = InsertIgnoringConflicts(idempotency_keys, [idempotency_keys.c.tenant, idempotency_keys.c.key])
 # A task-level idempotency key (a Kafka message's) finds the first task instead of failing or making a second.
 _INSERT_NEW_TASKS = InsertIgnoringConflicts(tasks, [tasks.c.id])
@@ -143,6 +153,8 @@ class Intake:
     pii: WorkflowMasking | None = None
     #: Refuses submissions a Policy denies (tenants, residency), before their input is checked; None: no Policy.
     admission: Admission | None = None
+    #: A tenant's quota of unfinished tasks (``policies.quota``; None: none); None: no Policy sets quotas.
+    quota: Callable[[str], int | None] | None = None
 
     def __init__(
         self,
@@ -171,9 +183,12 @@ class Intake:
         with self.db.write() as conn:
             heads: dict[str, str] = {}
             plans: list[_Plan] = []
+            counted: dict[str, int] = {}
             for index, submission in enumerate(batch):
                 try:
-                    plans.append(self._plan(conn, index, submission, heads, now))
+                    plan = self._plan(conn, index, submission, heads, now)
+                    self._check_quota(conn, submission.tenant, counted)
+                    plans.append(plan)
                 except EngineError as exc:
                     outcomes[index] = exc
                 except _RefusedError as refused:
@@ -183,6 +198,29 @@ class Intake:
             self._audit(conn, batch=batch, outcomes=outcomes, created=created, masked=masked, now=now)
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def _check_quota(self, conn: sa.Connection, tenant: str, counted: dict[str, int]) -> None:
+        """Refuse a submission past the tenant's quota of unfinished tasks; ``counted``: the tenant's count so
+        far in this batch (its earlier submissions included)."""
+        limit = self.quota(tenant) if self.quota is not None else None
+        if limit is None:
+            return
+        count = counted.get(tenant)
+        if count is None:
+            if conn.dialect.name == "postgresql":
+                # Gateways admitting for one tenant take turns until commit, so neither counts without the other's
+                # new tasks (SQLite's write transactions are serial already).
+                conn.execute(_QUOTA_LOCK, {"name": f"aiplane-quota:{tenant}"})
+            count = conn.execute(_IN_FLIGHT, {"tenant": tenant}).scalar_one()
+        if count >= limit:
+            policy_metrics.denied("quota")
+            raise QuotaExceededError(
+                f"tenant {tenant!r} has {count} unfinished tasks, as many as its Policies' quota allows "
+                f"(maxTasksInFlight {limit}); retry when some have finished, or ask for a larger quota",
+                tenant=tenant,
+                limit=limit,
+            )
+        counted[tenant] = count + 1
 
     # ---------------------------------------------------------------- 1. decide the rows
 
