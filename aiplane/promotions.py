@@ -3,8 +3,10 @@
 A canary whose ``spec.canary.promotion.approval`` asks for people gets one task of the workflow
 ``aiplane-model-promotion``, whose only step is an approval with the Model's roles, users, quorum and expiry. So
 people decide it like any other approval (``aiplane approvals``, ``aiplane approve``, ``/v1/approvals``, the
-gateway's role and separation-of-duties checks), the engine audits each decision, and the operator reads the
-outcome back through ``operators.model.promotion.Approvals``. The task's idempotency key is the rollout's (Model
+gateway's role checks), the engine audits each decision, and the operator reads the outcome back through
+``operators.model.promotion.Approvals``. The task is submitted as the user who requested the change (the Model's
+``aiplane.io/requested-by``), and when a Policy's rule asks for separation of duties the approval step says so,
+so the engine refuses that user's own approval. The task's idempotency key is the rollout's (Model
 uid and canary version), so asking twice, after an operator restart for instance, finds the first approval.
 """
 
@@ -46,6 +48,7 @@ def workflow(request: Request) -> WorkflowSpec:
                         "quorum": request.quorum,
                         "prompt": request.prompt,
                         "expiry": request.expiry,
+                        "separationOfDuties": request.separation_of_duties,
                     },
                 }
             ]
@@ -84,7 +87,8 @@ class EngineApprovals:
             input=request.input(),
             version=version,
             idempotency_key=request.key,
-            submitted_by=ACTOR,
+            # The task is the requester's: the engine keeps them from approving it under separation of duties.
+            submitted_by=request.requested_by or ACTOR,
             annotations=None,
         )
         [outcome] = self.engine.submit_many([submission])
@@ -168,7 +172,11 @@ class PolicyDemands:
         if needed is None:
             return None
         return Demand(
-            rules=needed.rules, roles=tuple(sorted(needed.roles)), quorum=needed.quorum, reasons=needed.reasons
+            rules=needed.rules,
+            roles=tuple(sorted(needed.roles)),
+            quorum=needed.quorum,
+            reasons=needed.reasons,
+            separation_of_duties=needed.separation_of_duties,
         )
 
 

@@ -148,6 +148,11 @@ class Approval(K8sModel):
     on_expire: Name | None = Field(
         default=None, description="Step to continue with when the approval expires (escalation); omit to fail."
     )
+    separation_of_duties: bool = Field(
+        default=False,
+        description="Whoever submitted the task may not approve it (they may still reject); the engine refuses "
+        "such an approval with 403 and records the refusal in the audit log.",
+    )
 
 
 class ActionWorkflow(K8sModel):

@@ -61,6 +61,12 @@ class NotAuthorizedError(EngineError):
     type = "not-authorized"
 
 
+class SeparationOfDutiesError(NotAuthorizedError):
+    """The approver submitted the task, and its approval step asks for separation of duties."""
+
+    type = "separation-of-duties"
+
+
 class PolicyDeniedError(EngineError):
     """A Policy refuses the submission (``policies.admission``); ``type`` is the denial's reason, e.g.
     ``tenant-denied`` or ``residency-denied``, and the problem type and dead-letter reason alike."""

@@ -31,7 +31,14 @@ from engine.bus import Bus, InMemoryBus, OutboxRelay
 from engine.callbacks import CallbackSender
 from engine.clock import Clock, utcnow
 from engine.durations import as_duration
-from engine.errors import ApprovalNotFoundError, EngineError, InvalidRequestError, StepError, TaskNotFoundError
+from engine.errors import (
+    ApprovalNotFoundError,
+    EngineError,
+    InvalidRequestError,
+    SeparationOfDutiesError,
+    StepError,
+    TaskNotFoundError,
+)
 from engine.executors.base import StepExecutor
 from engine.executors.connector import ConnectorExecutor
 from engine.executors.http import HttpCaller
@@ -467,19 +474,61 @@ class Engine:
         tenant: str | None,
         roles: frozenset[str] | set[str] | None,
     ) -> Approval:
-        with self.db.write() as conn:
-            self.machine.decide(
-                conn,
-                approval_id=approval_id,
-                approver=approver,
-                approve=approve,
-                reason=reason,
-                roles=frozenset(roles) if roles is not None else None,
-                tenant=tenant,
-                now=self.clock(),
+        try:
+            with self.db.write() as conn:
+                if approve:
+                    self._check_separation(conn, approval_id, approver, tenant)
+                self.machine.decide(
+                    conn,
+                    approval_id=approval_id,
+                    approver=approver,
+                    approve=approve,
+                    reason=reason,
+                    roles=frozenset(roles) if roles is not None else None,
+                    tenant=tenant,
+                    now=self.clock(),
+                )
+        except SeparationOfDutiesError as refused:
+            # The decision's transaction was rolled back; the refusal is a decision of its own.
+            self.audit.append(
+                "policy",
+                f"task/{refused.fields['task_id']}",
+                "deny",
+                {
+                    "reason": refused.type,
+                    "detail": refused.detail,
+                    "approval": approval_id,
+                    "step": refused.fields["step"],
+                },
+                tenant=refused.fields["tenant"],
+                actor=approver,
             )
+            raise
         self._wake_workers()
         return self.approval(approval_id)
+
+    def _check_separation(self, conn: sa.Connection, approval_id: str, approver: str, tenant: str | None) -> None:
+        """Refuse ``approver`` approving a task they submitted when its approval step asks for separation of
+        duties (``separationOfDuties``; a Model promotion's, when the Policies say so). Other checks are
+        ``StateMachine.decide``'s."""
+        row = conn.execute(
+            sa.select(approvals.c.step, tasks.c.id, tasks.c.tenant, tasks.c.workflow, tasks.c.workflow_version)
+            .add_columns(tasks.c.submitted_by)
+            .join(tasks, tasks.c.id == approvals.c.task_id)
+            .where(approvals.c.id == approval_id)
+        ).first()
+        if row is None or (tenant is not None and row.tenant != tenant) or row.submitted_by != approver:
+            return  # not found is decide's to say; someone else's task is no concern here
+        spec = definitions.load(conn, row.workflow, row.workflow_version)
+        step = next((s for s in spec.steps if s.name == row.step), None)
+        if step is not None and step.approval is not None and step.approval.separation_of_duties:
+            raise SeparationOfDutiesError(
+                f"{approver!r} requested what this approval decides (they submitted task {row.id}) and may not "
+                "approve it (separation of duties); another approver must",
+                task_id=row.id,
+                tenant=row.tenant,
+                step=row.step,
+            )
 
     # ---------------------------------------------------------------- events, dead letters, idempotency
 

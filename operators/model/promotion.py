@@ -21,6 +21,10 @@ Seen = RolloutApproval | str
 
 
 DEFAULT_EXPIRY = "24h"
+#: Who asked for the change a promotion approval decides (the user who set the Model's canary). The chart's
+#: ValidatingAdmissionPolicy (aiplane-requested-by) admits only the requesting user's own name, so the annotation
+#: is the apiserver's word, not the requester's claim.
+REQUESTED_BY = "aiplane.io/requested-by"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Demand:
     roles: tuple[str, ...]
     quorum: int
     reasons: tuple[str, ...] = ()
+    #: Whether a triggered rule asks that the requester of the change may not approve it.
+    separation_of_duties: bool = False
 
 
 # The Policies' demand for a Model's promotion to ``version`` from ``stable``; None: they demand nothing.
@@ -53,6 +59,10 @@ class Request:
     expiry: str
     # Approval rules of Policies that demand this approval (empty: the Model's own spec asks for it).
     rules: tuple[str, ...] = ()
+    # Who asked for the change (the Model's aiplane.io/requested-by annotation); empty: not known.
+    requested_by: str = ""
+    # The requester may not approve: a Policy's rule says so (separationOfDuties).
+    separation_of_duties: bool = False
 
     @property
     def key(self) -> str:
@@ -125,6 +135,8 @@ def request(model: Model, stable: str, demand: Demand | None = None) -> Request 
         quorum=quorum,
         expiry=spec.expiry if spec is not None else DEFAULT_EXPIRY,
         rules=demand.rules if demand is not None else (),
+        requested_by=str((meta.get("annotations") or {}).get(REQUESTED_BY) or ""),
+        separation_of_duties=demand.separation_of_duties if demand is not None else False,
     )
 
 

@@ -14,6 +14,7 @@ from aiplane.promotions import WORKFLOW, EngineApprovals, PolicyDemands, operato
 from crds.model import Canary, Model, ModelStatus, Rollout, RolloutApproval
 from crds.policy import Policy
 from engine import Engine
+from engine.errors import SeparationOfDutiesError
 from operators.model import promotion
 from operators.model import rollout as r
 from operators.model.config import Config
@@ -355,3 +356,44 @@ def test_a_promoted_rollout_keeps_its_approval_as_decided(engine: Engine) -> Non
     assert kept.rollout is not None
     assert kept.rollout.approval == decided
     assert engine.get("claims", opened.task_id).state == "succeeded"
+
+
+def test_the_requester_of_a_promotion_may_not_approve_it_when_a_policy_says_so(engine: Engine) -> None:
+    """Separation of duties for promotions: the Model names who asked for the canary (aiplane.io/requested-by, which
+    the chart's admission policy keeps honest), the task is theirs, and a Policy rule with separationOfDuties makes
+    the engine refuse their own approval (audited), while another approver's counts."""
+    rule = {"name": "four-eyes", "when": "model.labels.tier == 'critical'", "roles": ["approver"], "quorum": 1}
+    asked = labelled(UNGATED, tier="critical")
+    asked.metadata["annotations"] = {promotion.REQUESTED_BY: "sam"}
+    approvals = EngineApprovals(engine)
+
+    demand = PolicyDemands(PolicySet([policy("critical", [rule])]))(asked, "2.0.0", "1.0.0")
+    assert demand is not None
+    assert demand.separation_of_duties  # the field's default on an approval rule
+    wanted = promotion.request(asked, "1.0.0", demand)
+    assert wanted is not None
+    assert (wanted.requested_by, wanted.separation_of_duties) == ("sam", True)
+    opened = approvals.open(wanted)
+    assert engine.get("claims", opened.task_id).submitted_by == "sam"
+
+    with pytest.raises(SeparationOfDutiesError) as refused:
+        engine.approve(opened.id, "sam", "my own canary is fine", tenant="claims", roles={"approver"})
+    assert refused.value.http_status == 403
+    assert "separation of duties" in refused.value.detail
+    assert approvals.look("claims", opened.id).state == "pending"
+    [denial] = [r for r in engine.audit.records() if r.decision == "deny"]
+    assert (denial.kind, denial.subject, denial.actor) == ("policy", f"task/{opened.task_id}", "sam")
+    # Another approver approves.
+    engine.approve(opened.id, "ann", "reviewed", tenant="claims", roles={"approver"})
+    assert approvals.look("claims", opened.id).state == "approved"
+
+    # A rule that waives it: the requester may approve their own promotion.
+    waived = PolicyDemands(PolicySet([policy("critical", [{**rule, "separationOfDuties": False}])]))
+    later = labelled(UNGATED.model_copy(update={"version": "3.0.0"}), tier="critical")
+    later.metadata["annotations"] = {promotion.REQUESTED_BY: "sam"}
+    own = promotion.request(later, "2.0.0", waived(later, "3.0.0", "2.0.0"))
+    assert own is not None
+    assert not own.separation_of_duties
+    decided = approvals.open(own)
+    engine.approve(decided.id, "sam", "", tenant="claims", roles={"approver"})
+    assert approvals.look("claims", decided.id).state == "approved"
