@@ -43,7 +43,7 @@ from engine.retry import is_retryable, retry_delay
 from engine.runtime import gate as policy_gate
 from engine.runtime.queue import PriorityPolicy
 from engine.store import audit, outbox
-from engine.store.database import after_commit
+from engine.store.database import after_commit, pipeline
 from engine.store.prepared import Prepared
 from engine.store.schema import approvals, attempts, dead_letters, step_runs, tasks
 from engine.store.types import UTCDateTime
@@ -76,11 +76,14 @@ RELEASED_LEASE: dict[str, Any] = {"lease_owner": None, "lease_token": None, "lea
 _LOCK_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("_task_id")).with_for_update()
 _UPDATE_TASK = Prepared(sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id")))
 _UPDATE_HELD_RUN = Prepared(
-    sa.update(step_runs).where(
+    sa.update(step_runs)
+    .where(
         step_runs.c.id == sa.bindparam("_run_id"),
         step_runs.c.lease_token == sa.bindparam("_token"),
         step_runs.c.state == StepState.RUNNING,
     )
+    # Whether it matched: inside a pipeline a row count is known only once the results are read.
+    .returning(step_runs.c.id)
 )
 _FINISH_ATTEMPT = Prepared(
     sa.update(attempts).where(
@@ -92,6 +95,7 @@ _FINISH_ATTEMPT = Prepared(
 _INSERT_RUN = Prepared(sa.insert(step_runs))
 _INSERT_ATTEMPT = Prepared(sa.insert(attempts))
 _INSERT_APPROVAL = Prepared(sa.insert(approvals))
+# Whether a due runnable step of any task goes before one entered now with ``_sort_at``.
 _QUEUED_AHEAD = Prepared(
     sa.select(step_runs.c.id)
     .where(
@@ -368,6 +372,21 @@ class StateMachine:
     ) -> Completed | None:
         """Record a successful attempt and move the task on; None if this worker no longer holds the lease."""
         task = self._lock_task(conn, claimed.task_id)
+        # Once the task is locked, the writes of a step's completion and the next step's entry go to PostgreSQL
+        # together: on a step's path, round trips cost more than the statements (benchmarks/bench_engine).
+        with pipeline(conn):
+            return self._complete_locked(conn, task, claimed, outcome, now, chain=chain)
+
+    def _complete_locked(
+        self,
+        conn: sa.Connection,
+        task: sa.Row[Any],
+        claimed: Claimed,
+        outcome: StepOutcome,
+        now: datetime,
+        *,
+        chain: Chain | None,
+    ) -> Completed | None:
         encoded = self.codec.encode(outcome.output)
         done = _UPDATE_HELD_RUN.execute(
             conn,
@@ -383,7 +402,14 @@ class StateMachine:
                 "updated_at": now,
             },
         )
-        if done.rowcount != 1:
+        spec = definitions.load(conn, task.workflow, task.workflow_version)
+        following = graph.following(spec, graph.step_named(spec, claimed.step), outcome.next_step)
+        next_step = None if following is None else graph.step_named(spec, following)
+        # Asked along with the update above (one round trip), read only if the lease was held.
+        ahead = None
+        if chain is not None and next_step is not None and next_step.type in chain.types:
+            ahead = _QUEUED_AHEAD.execute(conn, {"_sort_at": self.priorities.sort_at(task.priority, now), "_now": now})
+        if done.fetchone() is None:
             return None
         # The held lease pins the run's attempt count to the claim's, so the claim tells which attempt to close.
         self._finish_attempt(conn, claimed.step_run_id, claimed.attempt, "succeeded", error=None, now=now)
@@ -392,11 +418,8 @@ class StateMachine:
         if outcome.lineage is not None:
             payload["lineage"] = outcome.lineage
         completed = outbox.event(outbox.STEP_COMPLETED, task_id=task.id, tenant=task.tenant, payload=payload, now=now)
-        spec = definitions.load(conn, task.workflow, task.workflow_version)
-        step = graph.step_named(spec, claimed.step)
         # The vars go into the same UPDATE of the task row that enters the next step or finishes the task.
         task_values = {"vars": {**task.vars, **outcome.vars}} if outcome.vars else {}
-        next_step = graph.following(spec, step, outcome.next_step)
         if next_step is None:
             if self.gate is not None and self._gated(
                 conn,
@@ -413,15 +436,10 @@ class StateMachine:
                 conn, task, TaskState.SUCCEEDED, now, result=encoded, task_values=task_values, events=[completed]
             )
             return Completed()
+        # Chained only when no due step of any task waits ahead of it: chaining never lets a task jump the queue.
+        lease = chain if ahead is not None and ahead.fetchone() is None else None
         entered = self._enter_step(
-            conn,
-            task,
-            spec,
-            graph.step_named(spec, next_step),
-            now,
-            task_values=task_values,
-            chain=chain,
-            events=[completed],
+            conn, task, spec, next_step, now, task_values=task_values, lease=lease, events=[completed]
         )
         return Completed(next=entered)
 
@@ -794,13 +812,13 @@ class StateMachine:
         now: datetime,
         *,
         task_values: dict[str, Any] | None = None,
-        chain: Chain | None = None,
+        lease: Chain | None = None,
         events: list[dict[str, Any]] | None = None,
     ) -> Claimed | None:
         """Create the next step run: runnable for a worker, or (approval) a pending approval holding no worker.
 
-        With ``chain``, a step the chaining worker can run, and that no due step is waiting ahead of, is entered
-        already leased to that worker and returned (its first attempt started); otherwise None.
+        With ``lease`` (the caller checked that chaining is allowed), the step is entered already leased to that
+        worker and returned (its first attempt started); otherwise None.
         ``task_values``: more columns for the task row's update (the vars a completed step decided); ``events``:
         outbox rows to write with this step's own.
         """
@@ -811,12 +829,7 @@ class StateMachine:
             }
             self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values, events=events)
             return None
-        worker = None
-        if chain is not None and step.type in chain.types:
-            sort_at = self.priorities.sort_at(task.priority, now)
-            if not self._queued_ahead(conn, sort_at, now):
-                worker = chain
-        entered = self.entry(task, step, now, lease=worker)
+        entered = self.entry(task, step, now, lease=lease)
         _INSERT_RUN.execute(conn, entered.run)
         _UPDATE_TASK.execute(conn, {"_task_id": task.id, **entered.task, **(task_values or {})})
         if entered.approval is not None:
@@ -919,11 +932,6 @@ class StateMachine:
             )
         task_update = {"step_seq": seq, "current_step": step.name, "state": state, "updated_at": now}
         return Entry(run=run, task=task_update, approval=approval, attempt=attempt, events=events)
-
-    @staticmethod
-    def _queued_ahead(conn: sa.Connection, sort_at: datetime, now: datetime) -> bool:
-        """Whether a due runnable step of any task goes before one entered now with ``sort_at``."""
-        return _QUEUED_AHEAD.execute(conn, {"_sort_at": sort_at, "_now": now}).fetchone() is not None
 
     def _advance(
         self,

@@ -15,6 +15,7 @@ connections) runs its body twice, and what the body counted itself would be coun
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from sqlalchemy.pool import QueuePool
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE = "aiplane_write"
 _AFTER_COMMIT = "aiplane_after_commit"
+_IDLE_SINCE = "aiplane_idle_since"
+_PIPELINE = "aiplane_pipeline"
+#: Seconds a pooled PostgreSQL connection may sit idle before it is pinged at checkout.
+PING_AFTER_IDLE_S = 1.0
 
 
 class Database:
@@ -49,9 +54,7 @@ class Database:
             if self.url.drivername == "postgresql":
                 # psycopg 3 is the driver we ship; SQLAlchemy's bare "postgresql" would pick psycopg2.
                 self.url = self.url.set(drivername="postgresql+psycopg")
-            self.engine = sa.create_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
-            )
+            self.engine = _postgres_engine(self.url, echo=echo, pool_size=pool_size)
         else:
             raise ValueError(f"unsupported database {self.url.drivername!r}: use sqlite:/// or postgresql+psycopg://")
 
@@ -82,12 +85,87 @@ class Database:
         self.engine.dispose()
 
 
+@contextlib.contextmanager
+def pipeline(conn: sa.Connection) -> Iterator[None]:
+    """Send the block's statements to PostgreSQL together instead of one round trip each (psycopg's pipeline mode).
+
+    ``Prepared`` statements are queued as they run, the server working through them meanwhile; reading a
+    statement's rows (``fetchone``...) sends what is queued and waits for the results, and the block's end waits for
+    the rest. So a row count is known only once the statement's rows are read (say RETURNING where it matters), and
+    an error of a queued statement surfaces at the next wait, as a SQLAlchemy error. Statements run through
+    SQLAlchemy wait for their results at once (it reads them right away). On SQLite (in process, no round trips) a
+    no-op.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    try:
+        info = conn.info  # the pooled connection's (unreachable through ``conn`` once it is invalidated)
+        driver: Any = conn.connection.driver_connection
+        with driver.pipeline() as queue:
+            info[_PIPELINE] = queue
+            try:
+                yield
+            finally:
+                del info[_PIPELINE]
+    except conn.dialect.loaded_dbapi.Error as exc:  # met by a read in the block or at its end, waiting on the queue
+        raise dbapi_error(conn, None, exc) from exc
+
+
+def dbapi_error(conn: sa.Connection, statement: str | None, exc: Any) -> sa.exc.StatementError:
+    """A driver error of a statement run past SQLAlchemy, as SQLAlchemy would raise it: the same exception classes
+    (``sa.exc.OperationalError``...), and a connection found dead is invalidated so the pool replaces it."""
+    invalidated = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+    if invalidated:
+        conn.invalidate(exc)
+    error: sa.exc.StatementError = sa.exc.DBAPIError.instance(
+        statement, None, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=invalidated, dialect=conn.dialect
+    )
+    return error
+
+
 def after_commit(conn: sa.Connection, action: Callable[[], None]) -> None:
     """Run ``action`` once the ``Database.write`` transaction on ``conn`` has committed, and never if it rolls back."""
     committed: list[Callable[[], None]] | None = conn.get_execution_options().get(_AFTER_COMMIT)
     if committed is None:
         raise RuntimeError("after_commit needs a transaction opened by Database.write()")
     committed.append(action)
+
+
+def _postgres_engine(url: URL, *, echo: bool, pool_size: int) -> sa.Engine:
+    # Last in, first out: a busy thread gets back the connection it just used (warm, its statements prepared),
+    # and the ones left idle are the ones that need a ping.
+    engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True, echo=echo)
+
+    # Disconnect handling: a connection that sat idle in the pool (a restarted server, a proxy's idle timeout)
+    # is pinged before use and replaced if dead. One used moments ago is not: a ping on every checkout
+    # (pool_pre_ping) was a round trip per transaction, a tenth of a worker step (benchmarks/bench_engine). If one
+    # of those did die, its first statement fails as a disconnect, SQLAlchemy replaces the pool's connections,
+    # and the worker retries the transaction (Worker._write); other callers see one error.
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise sa.exc.DisconnectionError("pooled connection was closed while idle") from exc  # pool reconnects
+            raise
+
+    # SQLAlchemy reads a statement's results as soon as it has run it: inside ``pipeline`` it must not stay queued.
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def _on_execute(conn: sa.Connection, *_: Any) -> None:
+        queue = conn.info.get(_PIPELINE)
+        if queue is not None:
+            queue.sync()
+
+    return engine
 
 
 def _sqlite_engine(url: URL, *, echo: bool, synchronous: str, pool_size: int) -> sa.Engine:

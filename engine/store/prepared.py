@@ -7,7 +7,8 @@ SQLAlchemy itself, once per dialect and set of parameter names, with the bind pr
 (so values are stored exactly as SQLAlchemy would store them); executing it is a tuple of converted values and
 one ``cursor.execute``/``executemany`` inside the caller's transaction. What it gives up: SQLAlchemy's cursor
 events and echo logging for these statements. DBAPI errors are re-raised as SQLAlchemy's (``sa.exc.DBAPIError``
-subclasses), so callers handle them as for any other statement.
+subclasses), so callers handle them as for any other statement. Inside ``database.pipeline`` statements are
+queued: reading a statement's rows sends the queue and waits; its ``rowcount`` is known only once they are read.
 
 Only plain statements qualify: no expanding (IN-list) parameters, no parameter names that need escaping.
 """
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from engine.store.database import dialect_insert
+from engine.store.database import dbapi_error, dialect_insert
 
 _Processor = Callable[[Any], Any]
 
@@ -213,7 +214,5 @@ def _run(conn: sa.Connection, compiled: _Compiled, call: Callable[[Any], Any]) -
     try:
         call(cursor)
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise sa.exc.DBAPIError.instance(
-            compiled.sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
-        ) from exc
+        raise dbapi_error(conn, compiled.sql, exc) from exc
     return cursor

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.store.database import Database, dialect_insert
+from engine.store.database import Database, dialect_insert, pipeline
 from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import events, step_runs
 
@@ -75,6 +75,29 @@ def test_database_errors_are_sqlalchemy_errors_and_roll_back(db: Database) -> No
     with pytest.raises(sa.exc.IntegrityError):
         write_twice()
     assert _raw(db, events, events.c.id) == []
+
+
+def test_in_a_pipeline_reads_see_the_queued_writes_and_errors_are_sqlalchemy_errors(db: Database) -> None:
+    insert = Prepared(sa.insert(events))
+    count = Prepared(sa.select(sa.func.count()).select_from(events).where(events.c.type == sa.bindparam("_type")))
+    mark = Prepared(sa.update(events).where(events.c.id == sa.bindparam("_id")).returning(events.c.id))
+    with db.write() as conn, pipeline(conn):
+        insert.execute(conn, _event("p1", 1))
+        insert.executemany(conn, [_event("p2", 2), _event("p3", 3)])
+        assert count.execute(conn, {"_type": "x"}).fetchone() == (3,)
+        assert mark.execute(conn, {"_id": "p1", "published_at": NOW}).fetchall() == [("p1",)]
+        assert mark.execute(conn, {"_id": "nobody", "published_at": NOW}).fetchall() == []
+        assert conn.execute(sa.select(events.c.id).where(events.c.published_at.is_not(None))).scalars().all() == ["p1"]
+        insert.execute(conn, _event("p4", 4))  # sent when the block ends
+
+    def write_a_duplicate() -> None:
+        with db.write() as conn, pipeline(conn):
+            insert.execute(conn, _event("p5", 5))
+            insert.execute(conn, _event("p1", 1))  # the same unique id again: the block's end raises, all rolls back
+
+    with pytest.raises(sa.exc.IntegrityError):
+        write_a_duplicate()
+    assert [row[0] for row in _raw(db, events, events.c.id)] == ["p1", "p2", "p3", "p4"]
 
 
 def test_statements_it_cannot_run_faithfully_are_refused(db: Database) -> None:
