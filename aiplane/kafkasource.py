@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import sys
 
-from connectors.kafka.__main__ import add_source_arguments, configure_logging, serve, settings_from
+from connectors.kafka.__main__ import add_source_arguments, configure_logging, serve, serve_metrics, settings_from
 
 NAMESPACE_HELP = (
     "follow this namespace's Policies, Workflows, Models and Connectors (default: AIPLANE_NAMESPACE); without one "
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from policies.tokens import MaskingKeyError
 
     configure_logging()
+    serve_metrics(args)
     settings = settings_from(args)
     try:
         with cluster_sources(components.cluster_namespace(args.from_cluster)) as sources:

@@ -45,12 +45,28 @@ def add_source_arguments(source: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds before the group gives a dead member's partitions away",
     )
+    source.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics (consumer lag, messages by outcome, stalls) on this port",
+    )
+    source.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics")
 
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python narrates every connection and rebalance at INFO; its warnings are what an operator needs.
     logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def serve_metrics(args: argparse.Namespace) -> None:
+    """Serve the default registry's /metrics when ``--metrics-port`` is given: the connector's series
+    (``connectors.kafka.metrics``) are set only in this process, so Prometheus reads them from it."""
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
 
 
 def settings_from(args: argparse.Namespace) -> SourceSettings:
@@ -89,6 +105,7 @@ def main(argv: list[str]) -> int:
     add_source_arguments(commands.add_parser("source", help="turn a topic's messages into tasks"))
     args = parser.parse_args(argv)
     configure_logging()
+    serve_metrics(args)
     # The gateway or an operator migrates the store; a consumer only writes tasks into it.
     engine = Engine(args.db_url, data_dir=args.data_dir, migrate_on_start=False)
     try:

@@ -172,6 +172,18 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
         *("--spec", "$(AIPLANE_CONNECTOR_SPEC)"),
         *("--db-url", "$(AIPLANE_DATABASE_URL)"),
     ]
+    template_metadata: dict[str, Any] = {"labels": labels(owner.name)}
+    ports: list[dict[str, Any]] = []
+    if config.metrics_port is not None:
+        # Only these pods set the connector metrics (consumer lag, dead letters): a PodMonitor scrapes this port.
+        args += ["--metrics-port", str(config.metrics_port)]
+        ports = [{"name": "metrics", "containerPort": config.metrics_port}]
+        if config.metrics_annotations:
+            template_metadata["annotations"] = {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(config.metrics_port),
+                "prometheus.io/path": "/metrics",
+            }
     # Only a governed consumer talks to the Kubernetes API; an ungoverned one gets no token.
     pod: dict[str, Any] = {"automountServiceAccountToken": config.service_account is not None}
     if config.service_account is not None:
@@ -190,6 +202,7 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
         "command": command,
         "args": args,
         "env": env,
+        **({"ports": ports} if ports else {}),
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         # The root filesystem is read-only; Python and the libraries it loads may still want a scratch /tmp.
@@ -214,7 +227,7 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
             # a time keeps the group consuming during a rollout.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": labels(owner.name)},
+                "metadata": template_metadata,
                 "spec": {"containers": [container], "enableServiceLinks": False, **pod},
             },
         },

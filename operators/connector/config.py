@@ -28,7 +28,12 @@ class Config:
     # they make must open with the same key everywhere.
     pii_secret: str | None = None
     pii_key: str = "key"
-
+    # The port consumers serve Prometheus /metrics on (consumer lag, messages by outcome): their container's
+    # `metrics` port, which a PodMonitor scrapes; None: no /metrics (only these pods set the connector metrics).
+    metrics_port: int | None = None
+    # Also put prometheus.io/* annotations on consumer pods, for a Prometheus without the Prometheus Operator (the
+    # chart sets this when it makes no PodMonitor, as it annotates its own pods then).
+    metrics_annotations: bool = False
     @property
     def consumer_pii_key(self) -> SecretKeyRef | None:
         """The PII key's Secret and key that governed consumers read from their Connector's namespace."""
@@ -47,4 +52,6 @@ class Config:
             service_account=os.environ.get("AIPLANE_CONNECTOR_SERVICE_ACCOUNT") or None,
             pii_secret=os.environ.get("AIPLANE_PII_SECRET") or None,
             pii_key=os.environ.get("AIPLANE_PII_SECRET_KEY", cls.pii_key),
+            metrics_port=int(port) if (port := os.environ.get("AIPLANE_CONNECTOR_METRICS_PORT")) else None,
+            metrics_annotations=os.environ.get("AIPLANE_CONNECTOR_METRICS_ANNOTATIONS", "").lower() == "true",
         )

@@ -251,6 +251,12 @@ def test_scrape_config_follows_the_cluster() -> None:
     kinds = [doc["kind"] for doc in operator_cluster]
     assert kinds.count("ServiceMonitor") == 3  # gateway, workers, operators
     assert kinds.count("PrometheusRule") == 1
+    # Kafka consumers have no Service: a PodMonitor selects the pods the Connector operator labels.
+    (monitor,) = [doc for doc in operator_cluster if doc["kind"] == "PodMonitor"]
+    assert _selects(monitor["spec"]["selector"]["matchLabels"], builders.labels("intake"))
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert _operator_env(operator_cluster)["AIPLANE_CONNECTOR_METRICS_ANNOTATIONS"] == "false"
+    assert _operator_env(plain)["AIPLANE_CONNECTOR_METRICS_ANNOTATIONS"] == "true"
     for doc in operator_cluster:
         if doc["kind"] == "Deployment":
             assert "prometheus.io/scrape" not in doc["spec"]["template"]["metadata"].get("annotations", {})
@@ -392,6 +398,25 @@ def test_operators_serve_metrics() -> None:
     assert [port["port"] for port in ingress["ingress"][0]["ports"]] == [9090, 9191]
 
 
+def test_kafka_consumers_serve_metrics_where_prometheus_may_scrape_them() -> None:
+    docs = objects(
+        render("--set", "connectors.metricsPort=9393", "--set", "metrics.scraperNamespaceSelector.team=monitoring")
+    )
+    # The operator gives consumer Deployments this port (operators/connector/config.py reads these).
+    env = _operator_env(docs)
+    assert (env["AIPLANE_CONNECTOR_METRICS_PORT"], env["AIPLANE_CONNECTOR_METRICS_ANNOTATIONS"]) == ("9393", "true")
+    policy = next(d for d in docs if d["metadata"]["name"] == "test-aiplane-kafka-source")["spec"]
+    assert policy["ingress"] == [
+        {
+            "ports": [{"protocol": "TCP", "port": 9393}],
+            "from": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}],
+        }
+    ]
+    proc = helm("template", "t", str(CHART), *TRY_OUT, "--set", "connectors.metricsPort=0", check=False)
+    assert proc.returncode != 0
+    assert "/connectors/metricsPort" in proc.stderr, proc.stderr
+
+
 def _operator_env(docs: Sequence[dict[str, Any]]) -> dict[str, str | None]:
     (operator,) = [spec for name, spec in pod_specs(docs) if name.endswith("operator")]
     return {item["name"]: item.get("value") for item in operator["containers"][0]["env"]}
@@ -464,7 +489,9 @@ def test_kafka_consumer_pods_get_a_network_policy_of_their_own() -> None:
     labels = builders.labels("intake")
     assert _selects(policy["podSelector"]["matchLabels"], labels)
     assert not _selects(policies["test-aiplane-default-deny"]["podSelector"]["matchLabels"], labels)
-    assert (policy["policyTypes"], policy["ingress"]) == (["Ingress", "Egress"], [])
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    # Only Prometheus calls them: their /metrics (the gateway's and workers' scrape allow, from any namespace).
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9090}], "from": [{"namespaceSelector": {}}]}]
     dns, store, kafka, api = policy["egress"]
     assert {port["port"] for port in dns["ports"]} == {53}
     assert store["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "postgresql"

@@ -104,6 +104,35 @@ def test_consumer_pods_meet_pod_security_restricted(config: Config) -> None:
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
+@pytest.mark.parametrize("annotate", [False, True], ids=["podmonitor", "annotations"])
+def test_consumers_serve_metrics_on_the_configured_port(annotate: bool) -> None:
+    """Only consumer pods set the connector metrics (lag, dead letters): they serve them where Prometheus looks."""
+    for governed in (False, True):
+        config = Config(service_account="sa" if governed else None, metrics_port=9191, metrics_annotations=annotate)
+        template = builders.deployment(connector(), OWNER, 1, config)["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        assert container["args"][container["args"].index("--metrics-port") + 1] == "9191"
+        assert container["ports"] == [{"name": "metrics", "containerPort": 9191}]
+        # A PodMonitor (the chart's, with the Prometheus Operator) scrapes the port; annotations are for the rest.
+        assert template["metadata"].get("annotations") == (
+            {"prometheus.io/scrape": "true", "prometheus.io/port": "9191", "prometheus.io/path": "/metrics"}
+            if annotate
+            else None
+        )
+    bare = builders.deployment(connector(), OWNER, 1, CONFIG)["spec"]["template"]
+    assert "ports" not in bare["spec"]["containers"][0]
+    assert "--metrics-port" not in bare["spec"]["containers"][0]["args"]
+
+
+def test_the_metrics_port_comes_from_the_environment() -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIPLANE_CONNECTOR_METRICS_PORT", "9191")
+        patch.setenv("AIPLANE_CONNECTOR_METRICS_ANNOTATIONS", "true")
+        config = Config.from_env()
+    assert (config.metrics_port, config.metrics_annotations) == (9191, True)
+    assert (Config.from_env().metrics_port, Config.from_env().metrics_annotations) == (None, False)
+
+
 def test_the_service_account_and_pii_key_come_from_the_environment() -> None:
     env = {"AIPLANE_CONNECTOR_SERVICE_ACCOUNT": "sa", "AIPLANE_PII_SECRET": "pii", "AIPLANE_PII_SECRET_KEY": "k"}
     with pytest.MonkeyPatch.context() as patch:
