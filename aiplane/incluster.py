@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -123,7 +124,8 @@ class ClusterSources:
             "payloads": PayloadLog(rate_for),
             "approval_rules": rules_for,
             "agent_rules": agent_rules_for,
-            "residency": Residency(pins=pins, model_regions=self.models.regions),
+            # A regional install (the chart's `region`) keeps its tasks' data in its region (policies.residency).
+            "residency": Residency(pins=pins, model_regions=self.models.regions, home=region_of_install()),
             "tenants": tenants,
             "governing": governing,  # names the Policy versions behind a denial in its audit record
             "quota": Quotas(self.policies).max_in_flight,
@@ -147,6 +149,14 @@ class ClusterSources:
             yield
         finally:
             stop_soon([sync.stop])
+
+
+#: The region a release serves (the chart's `region`, on every pod); unset: not a regional install.
+REGION_ENV = "AIPLANE_REGION"
+
+
+def region_of_install() -> str | None:
+    return os.environ.get(REGION_ENV) or None
 
 
 def _warm_up_pii(policies: tuple[Policy, ...]) -> None:

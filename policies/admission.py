@@ -91,6 +91,8 @@ class Admission:
                     {
                         "workflow": workflow,
                         "allowed_regions": ", ".join(sorted(self.residency.pinned(tenant, workflow) or ())),
+                        # A regional install's own region, which its tasks' data stays in.
+                        **({"region": self.residency.home} if self.residency.home else {}),
                     },
                     # The pin is the intersection of every residency Policy's regions: they decide together.
                     self._deciding(workflow, lambda p: p.spec.residency is not None),

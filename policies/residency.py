@@ -9,6 +9,12 @@ pinned task: where its data would go is not known, so it cannot be shown to stay
 ``Residency.check`` is what the engine's model and connector steps ask right before calling out; a refusal is a
 sentence that says which task, which system, which region and which regions were allowed (the step error's
 message, not retried: the answer does not change by trying again).
+
+A regional install (the chart's ``region``, ``AIPLANE_REGION``: one release and one store per region) is
+``Residency.home``. Its store keeps every task it takes, so the store is where a task's region is written: a task
+of a workflow pinned elsewhere is refused at intake (storing its input here would already move its data), and no
+task calls a model or connector that declares another region. Systems that declare no region stay callable for
+unpinned workflows, as without a home (pinned ones refuse them already).
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class Residency:
 
     pins: Mapping[str, frozenset[str]] | Callable[[str, str], frozenset[str] | None] = field(default_factory=dict)
     model_regions: Mapping[str, str | None] = field(default_factory=dict)
+    #: The region this install serves (``AIPLANE_REGION``); None: not a regional install.
+    home: str | None = None
 
     def pinned(self, tenant: str, workflow: str) -> frozenset[str] | None:
         if callable(self.pins):
@@ -88,11 +96,29 @@ class Residency:
     def check(self, tenant: str, workflow: str, kind: Kind, name: str, region: str | None = None) -> str | None:
         """None when the call may go ahead; otherwise why not. A model's region is looked up by name."""
         pinned = self.pinned(tenant, workflow)
-        if pinned is None:
-            return None
         if kind == "model":
             region = self.model_regions.get(name)
-        return violation(pinned, kind, name, region, workflow=workflow)
+        if pinned is not None and (why := violation(pinned, kind, name, region, workflow=workflow)) is not None:
+            return why
+        if self.home is not None and region is not None and region != self.home:
+            return (
+                f"this aiplane serves region {self.home!r} and keeps its tasks' data there; {kind} {name!r} is in "
+                f"{region!r}, so it is not called (data residency): call one in {self.home!r}, or submit the task "
+                f"to region {region!r}'s gateway"
+            )
+        return None
+
+    def intake_violation(self, tenant: str, workflow: str) -> str | None:
+        """Why this install may not take a task of ``workflow`` at all: it is pinned to regions without ``home``,
+        and the store the task would be written into is here."""
+        pinned = self.pinned(tenant, workflow)
+        if self.home is None or pinned is None or self.home in pinned:
+            return None
+        allowed = ", ".join(sorted(pinned)) or "none (its residency policies' regions do not overlap)"
+        return (
+            f"workflow {workflow!r} keeps its data in {allowed}; this aiplane serves region {self.home!r} and would "
+            "store the task here: submit it to a gateway of an allowed region"
+        )
 
     def plan_violations(
         self,
@@ -103,8 +129,10 @@ class Residency:
     ) -> list[str]:
         """Every model or connector step (and agent planner) of ``spec`` that residency would refuse
         (``step: why``), so that a submission can be refused before the task exists rather than fail half-way."""
-        if self.pinned(tenant, workflow) is None:
+        if self.pinned(tenant, workflow) is None and self.home is None:
             return []
+        if (why := self.intake_violation(tenant, workflow)) is not None:
+            return [why]
         out = []
         for step in spec.steps:
             if step.model is not None:
@@ -125,7 +153,11 @@ class Residency:
 
     @classmethod
     def from_policy_set(
-        cls, policies: PolicySet, workflows: Mapping[str, Target], model_regions: Mapping[str, str | None]
+        cls,
+        policies: PolicySet,
+        workflows: Mapping[str, Target],
+        model_regions: Mapping[str, str | None],
+        home: str | None = None,
     ) -> Residency:
         """Pins that follow ``policies`` as they change (each call asks the set's cached effective policy of the
         workflow); ``workflows`` maps a workflow name to its selection target (namespace and labels)."""
@@ -134,7 +166,7 @@ class Residency:
             target = workflows.get(workflow)
             return policies.effective(target).regions if target is not None else None
 
-        return cls(pins=pins, model_regions=dict(model_regions))
+        return cls(pins=pins, model_regions=dict(model_regions), home=home)
 
     @classmethod
     def from_manifests(
@@ -142,13 +174,14 @@ class Residency:
         policies: Iterable[Policy],
         workflows: Mapping[str, tuple[str, Mapping[str, str]]],
         model_regions: Mapping[str, str | None],
+        home: str | None = None,
     ) -> Residency:
         """From Policies, workflows (name to (namespace, labels)) and the Models' regions, as read from manifests
-        or the cluster."""
+        or the cluster; ``home``: the region of a regional install."""
         policies = list(policies)
         pins = {}
         for name, (namespace, labels) in workflows.items():
             pinned = pinned_regions(policies, namespace, labels)
             if pinned is not None:
                 pins[name] = pinned
-        return cls(pins=pins, model_regions=dict(model_regions))
+        return cls(pins=pins, model_regions=dict(model_regions), home=home)

@@ -193,6 +193,9 @@ def deployment(connector: Connector, owner: Owner, replicas: int, config: Config
         pod["serviceAccountName"] = config.service_account
         if config.pii_secret is not None:
             env.append(_secret_env("AIPLANE_PII_KEY", SecretKeyRef(name=config.pii_secret, key=config.pii_key)))
+        if config.region is not None:
+            # Its intake refuses workflows pinned to other regions, as the region's gateway does.
+            env.append({"name": "AIPLANE_REGION", "value": config.region})
     else:
         # The image's entrypoint is ``aiplane``: the source runtime replaces it rather than becoming its argument.
         command = ["python", "-m", "connectors.kafka", "source"]

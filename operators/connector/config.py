@@ -34,6 +34,10 @@ class Config:
     # Also put prometheus.io/* annotations on consumer pods, for a Prometheus without the Prometheus Operator (the
     # chart sets this when it makes no PodMonitor, as it annotates its own pods then).
     metrics_annotations: bool = False
+    # The region of the release (the chart's `region`): governed consumers keep their tasks' data in it, as the
+    # gateway and workers of that region do (policies.residency).
+    region: str | None = None
+
     @property
     def consumer_pii_key(self) -> SecretKeyRef | None:
         """The PII key's Secret and key that governed consumers read from their Connector's namespace."""
@@ -54,4 +58,5 @@ class Config:
             pii_key=os.environ.get("AIPLANE_PII_SECRET_KEY", cls.pii_key),
             metrics_port=int(port) if (port := os.environ.get("AIPLANE_CONNECTOR_METRICS_PORT")) else None,
             metrics_annotations=os.environ.get("AIPLANE_CONNECTOR_METRICS_ANNOTATIONS", "").lower() == "true",
+            region=os.environ.get("AIPLANE_REGION") or None,
         )

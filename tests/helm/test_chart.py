@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from crds.connector import Connector
 from operators.connector import builders
+from operators.connector.config import Config as ConnectorConfig
 from operators.model.config import Config
 from tests.helm.chart import CHART, REPO_ROOT, TRY_OUT, base_values, helm, objects, pod_specs, pod_template, render
 
@@ -295,6 +297,28 @@ def test_region_values_label_pods_and_pin_the_store() -> None:
             assert env["AIPLANE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "aiplane-store-eu-west-1"
         if not name.endswith(("operator", "audit-verify")):  # the verify job makes no spans
             assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+
+
+def test_a_regions_kafka_consumers_keep_its_data_as_its_gateway_does() -> None:
+    """The operator hands the release's region to governed consumers, whose intake then refuses workflows pinned
+    elsewhere (policies.residency's home), as the region's gateway and workers do."""
+    env = {k: v for k, v in _operator_env(objects(render(*VARIANTS["region"]))).items() if v is not None}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        config = ConnectorConfig.from_env()
+    source = Connector.model_validate(
+        {
+            "metadata": {"name": "intake", "namespace": "aiplane", "uid": "u"},
+            "spec": {
+                "type": "kafkaSource",
+                "kafkaSource": {"bootstrapServers": "k:9092", "topic": "t", "workflow": "w"},
+            },
+        }
+    )
+    pod = builders.deployment(source, builders.Owner("intake", "aiplane", "u"), 1, config)["spec"]["template"]["spec"]
+    consumer_env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert consumer_env["AIPLANE_REGION"] == "eu-west-1"
 
 
 def test_image_digest_wins_over_tag() -> None:

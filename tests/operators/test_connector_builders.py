@@ -124,6 +124,14 @@ def test_consumers_serve_metrics_on_the_configured_port(annotate: bool) -> None:
     assert "--metrics-port" not in bare["spec"]["containers"][0]["args"]
 
 
+def test_governed_consumers_of_a_region_know_it() -> None:
+    regional = Config(service_account="sa", region="eu-west-1")
+    (container,) = builders.deployment(connector(), OWNER, 1, regional)["spec"]["template"]["spec"]["containers"]
+    assert {"name": "AIPLANE_REGION", "value": "eu-west-1"} in container["env"]
+    (plain,) = builders.deployment(connector(), OWNER, 1, CONFIG)["spec"]["template"]["spec"]["containers"]
+    assert "AIPLANE_REGION" not in {e["name"] for e in plain["env"]}
+
+
 def test_the_metrics_port_comes_from_the_environment() -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIPLANE_CONNECTOR_METRICS_PORT", "9191")
