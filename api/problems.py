@@ -299,6 +299,8 @@ _DESCRIPTIONS = {
     409: "Conflict: the request does not apply to the current state, or its Idempotency-Key is in flight.",
     413: "The request body is larger than the gateway accepts.",
     422: "The request is well-formed but invalid; ``errors`` names the fields.",
+    429: "Over a rate limit (rate-limited) or the tenant's quota of tasks in flight (quota-exceeded); "
+    "Retry-After says when to try again.",
     502: "The upstream model failed or could not be reached.",
     503: "A dependency (the store, a model) is unavailable; retry later.",
     504: "The upstream model did not answer in time.",
