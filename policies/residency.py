@@ -100,13 +100,20 @@ class Residency:
             region = self.model_regions.get(name)
         if pinned is not None and (why := violation(pinned, kind, name, region, workflow=workflow)) is not None:
             return why
-        if self.home is not None and region is not None and region != self.home:
-            return (
-                f"this aiplane serves region {self.home!r} and keeps its tasks' data there; {kind} {name!r} is in "
-                f"{region!r}, so it is not called (data residency): call one in {self.home!r}, or submit the task "
-                f"to region {region!r}'s gateway"
-            )
-        return None
+        return self.outside_home(kind, name, region)
+
+    def outside_home(self, kind: Kind, name: str, region: str | None = None) -> str | None:
+        """Why a regional install may not send data to ``kind`` ``name`` (a model's region looked up by name),
+        whatever the workflow: it declares another region. None when it may."""
+        if kind == "model":
+            region = self.model_regions.get(name)
+        if self.home is None or region is None or region == self.home:
+            return None
+        return (
+            f"this aiplane serves region {self.home!r} and keeps its data there; {kind} {name!r} is in {region!r}, "
+            f"so it is not called (data residency): call one in {self.home!r}, or go through region {region!r}'s "
+            "gateway"
+        )
 
     def intake_violation(self, tenant: str, workflow: str) -> str | None:
         """Why this install may not take a task of ``workflow`` at all: it is pinned to regions without ``home``,

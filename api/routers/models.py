@@ -181,6 +181,11 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
     await check_rate(gw, principal.tenant, None)
     with gateway_span(request, "predict", tenant=principal.tenant) as span:
         span.set_attribute("aiplane.model.name", name)
+        residency = gw.engine.residency
+        if residency is not None and (why := residency.outside_home("model", name)) is not None:
+            # A regional install's gateway keeps the request's data in its region, as its tasks' (policies.residency).
+            mark_error(span, "residency denied")
+            raise ProblemError(403, "residency-denied", why, model=name, region=residency.home or "")
         resolver = gw.engine.model_resolver
         endpoints = resolver.endpoints(name)
         endpoint = pick_endpoint(endpoints, _rng)

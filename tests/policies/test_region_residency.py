@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from api import create_api_key, create_app
+from api.routers.models import PredictFastPath
 from crds.policy import Policy
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, Task, WorkerConfig
 from policies.residency import DENIED, Residency
@@ -144,3 +145,25 @@ def test_calls_in_the_region_go_ahead(engine: Engine, downstream: Downstream, wo
     task = _run(engine, response.json()["id"])
     assert task.state == "succeeded", task.error
     assert downstream.count(f"/models/{model}/predict") == 1
+
+
+def test_the_gateway_does_not_pass_a_prediction_to_a_model_of_another_region(
+    engine: Engine, downstream: Downstream
+) -> None:
+    key = create_api_key(engine, "acme", "alice", ["submitter"])
+    routed = create_app(engine)
+    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not PredictFastPath]  # type: ignore[comparison-overlap]
+    for app in (create_app(engine), routed):  # the predict fast path and the FastAPI route
+        with TestClient(app) as client:
+            headers = {"Authorization": f"Bearer {key}"}
+            refused = client.post("/v1/models/triage-us/predict", json={"claimId": "c-1"}, headers=headers)
+            assert refused.status_code == 403, refused.text
+            problem = refused.json()
+            assert problem["type"] == "https://aiplane.io/problems/residency-denied"
+            assert "model 'triage-us' is in 'us-east'" in problem["detail"]
+            assert (problem["model"], problem["region"]) == ("triage-us", HOME)
+            for model in ("triage-eu", "triage-anywhere"):
+                answer = client.post(f"/v1/models/{model}/predict", json={"claimId": "c-1"}, headers=headers)
+                assert answer.status_code == 200, answer.text
+    assert downstream.count("/models/triage-us/predict") == 0
+    assert downstream.count("/models/triage-eu/predict") == 2
