@@ -88,6 +88,7 @@ from engine.tracing import (
     SPAN_SUBMIT,
     context_from_traceparent,
     current_traceparent,
+    recording,
     tracer,
 )
 from engine.worker import Worker, WorkerConfig
@@ -298,7 +299,7 @@ class Engine:
         started = time.time_ns()
         outcomes = self.bulk.submit(batch)
         times = (started, time.time_ns())
-        for trace_context, outcome in zip(batch.trace_contexts, outcomes, strict=True):
+        for trace_context, outcome in zip(batch.trace_contexts, outcomes, strict=True) if recording() else ():
             task_id, error = (None, outcome) if isinstance(outcome, Exception) else (outcome.task_id, None)
             where = (batch.tenant, batch.workflow, trace_context)
             self._trace_submission(*where, task_id=task_id, error=error, size=len(outcomes), times=times)

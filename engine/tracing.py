@@ -45,6 +45,12 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
+def recording() -> bool:
+    """Whether spans can be recorded at all: False while no TracerProvider is installed (every span would be a
+    no-op), so a batch's thousand per-input spans can be skipped instead of made and thrown away."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def current_traceparent() -> str | None:
     """The W3C traceparent of the active span, or None when no span is recording.
 

@@ -33,6 +33,8 @@ class InputSchemas:
             validator = jsonschema_rs.validator_for(schema, offline=True)
             with self._lock:
                 self._validators[key] = validator
+        if validator.is_valid(value):
+            return
         problems = []
         for error in validator.iter_errors(value):
             where = "/".join(str(part) for part in error.instance_path) or "<root>"

@@ -53,12 +53,17 @@ class JSONText(sa.TypeDecorator[Any]):
         return None if value is None else json.loads(value)
 
 
-def dumps(value: Any) -> str:
-    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
-
-
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
     raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
+
+
+# What json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default) builds on
+# every call; made once (encode keeps no state between calls), as this runs for every task input and event.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept as is."""
+    return _ENCODER.encode(value)
