@@ -88,6 +88,9 @@ def test_lint(variant: str) -> None:
         (("--set", "tracing.sampleRatio=2"), "/tracing/sampleRatio"),
         (("--set", "auditVerify.anchors[0]=12:nothex"), "/auditVerify/anchors/0"),
         (("--set", "auditVerify.schedule="), "/auditVerify/schedule"),
+        (("--set", "networkPolicy.extraEgress[0].ports[0].port=0"), "/networkPolicy/extraEgress/0/ports/0/port"),
+        (("--set", "networkPolicy.extraEgress[0].form[0].ipBlock.cidr=10.0.0.0/8"), "'form' not allowed"),
+        (("--set", "gateway.ingressFrom[0].podSelector.matchLabels.app=web"), "metrics.scraperNamespaceSelector"),
     ],
 )
 def test_bad_values_fail_with_the_path(values: Sequence[str], says: str) -> None:
@@ -238,6 +241,61 @@ def test_network_policies_deny_by_default() -> None:
     assert {"protocol": "TCP", "port": 9092} in [port for rule in gateway_egress for port in rule["ports"]]
 
 
+def _policies(*values: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc["spec"] for doc in objects(render(*values)) if doc["kind"] == "NetworkPolicy"}
+
+
+def test_extra_egress_reaches_gateway_and_workers_only() -> None:
+    rule = {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    policies = _policies(
+        "--set", "networkPolicy.extraEgress[0].to[0].ipBlock.cidr=203.0.113.0/24",
+        "--set", "networkPolicy.extraEgress[0].ports[0].protocol=TCP",
+        "--set", "networkPolicy.extraEgress[0].ports[0].port=443",
+    )  # fmt: skip
+    assert rule in policies["test-aiplane-gateway-egress"]["egress"]
+    assert rule in policies["test-aiplane-worker-egress"]["egress"]
+    others = [name for name, spec in policies.items() if rule in spec.get("egress", [])]
+    assert sorted(others) == ["test-aiplane-gateway-egress", "test-aiplane-worker-egress"]
+    assert not any(rule in spec.get("egress", []) for spec in _policies().values())
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "port"),
+    [("http://otel:4318", 4318), ("http://collector.observability:14318", 14318), ("https://otel.example", 443),
+     ("http://otel", 80)],
+)  # fmt: skip
+def test_otlp_egress_takes_the_endpoints_port(endpoint: str, port: int) -> None:
+    policies = _policies("--set", f"tracing.otlpEndpoint={endpoint}")
+    for component in ("gateway", "worker"):
+        egress = policies[f"test-aiplane-{component}-egress"]["egress"]
+        # The rule with ports only (the collector's address is the user's): the one after the model servers'.
+        models = next(i for i, rule in enumerate(egress) if "model-server" in str(rule.get("to")))
+        assert egress[models + 1] == {"ports": [{"protocol": "TCP", "port": port}]}
+    assert all("4318" not in str(spec) for spec in _policies().values())
+
+
+def test_prometheus_scrapes_the_gateway_when_ingress_is_narrowed() -> None:
+    web = {"podSelector": {"matchLabels": {"app": "web"}}}
+    policies = _policies(
+        "--set", "gateway.ingressFrom[0].podSelector.matchLabels.app=web",
+        "--set", "metrics.scraperNamespaceSelector.team=monitoring",
+        "--set", "metrics.scraperPodSelector.app=prometheus",
+    )  # fmt: skip
+    clients, scrapes = policies["test-aiplane-gateway-ingress"]["ingress"]
+    port = [{"protocol": "TCP", "port": 8080}]
+    assert clients == {"ports": port, "from": [web]}
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"team": "monitoring"}},
+        "podSelector": {"matchLabels": {"app": "prometheus"}},
+    }
+    assert scrapes == {"ports": port, "from": [prometheus]}
+    # The same peer scrapes the workers, operators and Kafka consumers.
+    assert policies["test-aiplane-metrics-ingress"]["ingress"][0]["from"] == [prometheus]
+    assert policies["test-aiplane-kafka-source"]["ingress"][0]["from"] == [prometheus]
+    # Without ingressFrom everyone may call the gateway already: one rule.
+    assert _policies()["test-aiplane-gateway-ingress"]["ingress"] == [{"ports": port}]
+
+
 def test_scrape_config_follows_the_cluster() -> None:
     plain = objects(render())
     assert not [doc for doc in plain if doc["kind"] in {"ServiceMonitor", "PrometheusRule"}]
@@ -344,6 +402,8 @@ def test_gateway_and_workers_share_one_pii_key(existing: str) -> None:
     else:
         assert refs == {("test-aiplane-pii", "key")}
         assert len(base64.b64decode(made[0]["stringData"]["key"], validate=True)) == 32
+        # `helm uninstall` keeps it: without it the store's tokens and hashes could never be opened again.
+        assert made[0]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
 def test_operator_gives_consumers_this_image_and_the_store_secret() -> None:

@@ -244,3 +244,24 @@ imagePullSecrets:
   {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Prometheus as a NetworkPolicy peer (metrics.scraperNamespaceSelector, scraperPodSelector): a list to nest. */}}
+{{- define "aiplane.scraperPeer" -}}
+- namespaceSelector:
+    {{- with .Values.metrics.scraperNamespaceSelector }}
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+    {{- else }} {}
+    {{- end }}
+  {{- with .Values.metrics.scraperPodSelector }}
+  podSelector:
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+  {{- end }}
+{{- end -}}
+
+{{/* The OTLP collector's port: tracing.otlpEndpoint's, else its scheme's (the exporter uses the URL as given). */}}
+{{- define "aiplane.otlpPort" -}}
+{{- $url := urlParse .Values.tracing.otlpEndpoint -}}
+{{- (split ":" $url.host)._1 | default (ternary "443" "80" (eq $url.scheme "https")) -}}
+{{- end -}}
