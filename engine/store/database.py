@@ -207,8 +207,10 @@ def _sqlite_engine(url: URL, *, echo: bool, synchronous: str, pool_size: int) ->
     return engine
 
 
-def dialect_insert(conn: sa.Connection, table: sa.Table) -> Any:
-    """INSERT with ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (same API on SQLite and PostgreSQL)."""
+def dialect_insert(conn: sa.Connection | str, table: sa.Table) -> Any:
+    """INSERT with ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (same API on SQLite and PostgreSQL), for
+    a connection or a dialect name (statements built once, before any connection)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    return (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(table)
+    dialect = conn if isinstance(conn, str) else conn.dialect.name
+    return (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.store.database import Database
+from engine.store.database import Database, dialect_insert
 from engine.store.schema import rate_buckets as buckets
 from policies.ratelimit import Lease
 
@@ -52,7 +52,7 @@ class RateBudgetStore:
         there = _least(burst, buckets.c.tokens + _greatest(now - buckets.c.stamp, 0.0) * rate + returned)
         grant = sa.case((there >= 1.0, _least(want, there)), else_=0.0)
         first = _least(want, burst)  # a new bucket starts full
-        insert = dialect_insert_for(dialect).values(
+        insert = dialect_insert(dialect, buckets).values(
             tenant=sa.bindparam("tenant"), bucket=sa.bindparam("bucket"), tokens=burst - first, stamp=now, granted=first
         )
         return insert.on_conflict_do_update(
@@ -74,9 +74,3 @@ class RateBudgetStore:
         with self.db.write() as conn:
             granted, left = conn.execute(self._statement, params).one()
         return Lease(granted=granted, retry_after=0.0 if granted >= 1.0 else (1.0 - left) / rate)
-
-
-def dialect_insert_for(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return (sqlite.insert if dialect == "sqlite" else postgresql.insert)(buckets)
