@@ -1,5 +1,6 @@
 """The chart on the real test cluster (kube-apiserver, kwok nodes): server-side dry run, install into a namespace
-that enforces Pod Security `restricted`, every pod Running, upgrade, and an uninstall that leaves nothing."""
+that enforces Pod Security `restricted`, every pod Running, upgrade, and an uninstall that leaves nothing but the
+PII key's Secret it is told to keep."""
 
 from __future__ import annotations
 
@@ -107,6 +108,21 @@ def test_install_upgrade_uninstall_in_a_restricted_namespace(cluster: Cluster, r
         assert_eventually(verified, timeout=INSTALL_TIMEOUT_S, interval=1.0)
     finally:
         helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "4m", env=env, check=False)
+
+    # Only the PII key stays, on purpose (helm.sh/resource-policy: keep): the store's tokens open with nothing else.
+    pii_secret = f"secret/{release}-aiplane-pii"
+
+    def only_the_pii_key_left() -> None:
+        assert _leftovers(cluster, namespace, release) == [pii_secret]
+
+    assert_eventually(only_the_pii_key_left, timeout=INSTALL_TIMEOUT_S, interval=1.0)
+    # Installed again under the same name, the release takes the kept key up (its tokens open again).
+    try:
+        helm("install", release, str(CHART), "-n", namespace, *TRY_OUT, env=env)
+        assert _secret_value(cluster, namespace, f"{release}-aiplane-pii", "key") == pii_key
+    finally:
+        helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "4m", env=env, check=False)
+    cluster.kubectl("delete", pii_secret, "-n", namespace)
 
     def nothing_left() -> None:
         assert _leftovers(cluster, namespace, release) == []
