@@ -379,6 +379,28 @@ def test_a_regions_kafka_consumers_keep_its_data_as_its_gateway_does() -> None:
     assert consumer_env["AIPLANE_REGION"] == "eu-west-1"
 
 
+def test_cluster_scoped_objects_name_the_releases_namespace() -> None:
+    """Two releases of one name in two namespaces must not share (and take over) a cluster-scoped object."""
+    names = []
+    for namespace in ("team-a", "team-b"):
+        docs = objects(render(namespace=namespace))
+        scoped = {d["kind"]: d for d in docs if d["kind"].startswith(("ValidatingAdmissionPolicy", "ClusterRole"))}
+        assert set(scoped) == {
+            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ClusterRole", "ClusterRoleBinding"
+        }  # fmt: skip
+        assert scoped["ValidatingAdmissionPolicy"]["metadata"]["name"] == f"{namespace}-test-aiplane-requested-by"
+        assert (
+            scoped["ValidatingAdmissionPolicyBinding"]["spec"]["policyName"] == f"{namespace}-test-aiplane-requested-by"
+        )
+        names.append({d["metadata"]["name"] for d in scoped.values()})
+    assert not names[0] & names[1]
+    # Long names are cut before the suffix, which stays.
+    long = objects(render(release="r" * 40, namespace="n" * 40))
+    policy = next(d for d in long if d["kind"] == "ValidatingAdmissionPolicy")["metadata"]["name"]
+    assert policy.endswith("-requested-by")
+    assert len(policy) <= 63
+
+
 def test_image_digest_wins_over_tag() -> None:
     digest = "sha256:" + "a" * 64
     for _, spec in pod_specs(objects(render("--set", f"image.digest={digest}"))):
