@@ -74,6 +74,7 @@ RELEASED_LEASE: dict[str, Any] = {"lease_owner": None, "lease_token": None, "lea
 # prebuilt one and was most of a step's CPU time (benchmarks/bench_engine). UPDATEs take their SET columns from the
 # parameters' keys; WHERE parameters start with "_" so they never clash with a column.
 _LOCK_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("_task_id")).with_for_update()
+_LOCK_TASK_ROW = Prepared(_LOCK_TASK)  # the same, for a pipeline (SQLAlchemy would wait for its result at once)
 _UPDATE_TASK = Prepared(sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id")))
 _UPDATE_HELD_RUN = Prepared(
     sa.update(step_runs)
@@ -371,23 +372,27 @@ class StateMachine:
         self, conn: sa.Connection, claimed: Claimed, outcome: StepOutcome, now: datetime, *, chain: Chain | None = None
     ) -> Completed | None:
         """Record a successful attempt and move the task on; None if this worker no longer holds the lease."""
-        task = self._lock_task(conn, claimed.task_id)
-        # Once the task is locked, the writes of a step's completion and the next step's entry go to PostgreSQL
-        # together: on a step's path, round trips cost more than the statements (benchmarks/bench_engine).
+        encoded = self.codec.encode(outcome.output)
+        spec = definitions.load(conn, claimed.workflow, claimed.workflow_version)
+        # On PostgreSQL the statements go to the server together (a pipeline): on a step's path round trips cost
+        # more than the statements (benchmarks/bench_engine). The server runs them in order, the task's lock first.
         with pipeline(conn):
-            return self._complete_locked(conn, task, claimed, outcome, now, chain=chain)
+            return self._complete(conn, claimed, outcome, now, encoded=encoded, spec=spec, chain=chain)
 
-    def _complete_locked(
+    def _complete(
         self,
         conn: sa.Connection,
-        task: sa.Row[Any],
         claimed: Claimed,
         outcome: StepOutcome,
         now: datetime,
         *,
+        encoded: Encoded,
+        spec: WorkflowSpec,
         chain: Chain | None,
     ) -> Completed | None:
-        encoded = self.codec.encode(outcome.output)
+        following = graph.following(spec, graph.step_named(spec, claimed.step), outcome.next_step)
+        next_step = None if following is None else graph.step_named(spec, following)
+        locked = _LOCK_TASK_ROW.execute(conn, {"_task_id": claimed.task_id})
         done = _UPDATE_HELD_RUN.execute(
             conn,
             {
@@ -402,13 +407,14 @@ class StateMachine:
                 "updated_at": now,
             },
         )
-        spec = definitions.load(conn, task.workflow, task.workflow_version)
-        following = graph.following(spec, graph.step_named(spec, claimed.step), outcome.next_step)
-        next_step = None if following is None else graph.step_named(spec, following)
-        # Asked along with the update above (one round trip), read only if the lease was held.
+        # Asked along with the statements above (one round trip), read only if the lease was held.
         ahead = None
         if chain is not None and next_step is not None and next_step.type in chain.types:
-            ahead = _QUEUED_AHEAD.execute(conn, {"_sort_at": self.priorities.sort_at(task.priority, now), "_now": now})
+            sort_at = self.priorities.sort_at(claimed.priority, now)
+            ahead = _QUEUED_AHEAD.execute(conn, {"_sort_at": sort_at, "_now": now})
+        task = _LOCK_TASK_ROW.first(conn, locked)
+        if task is None:
+            raise TaskNotFoundError(f"no task {claimed.task_id!r}", task_id=claimed.task_id)
         if done.fetchone() is None:
             return None
         # The held lease pins the run's attempt count to the claim's, so the claim tells which attempt to close.

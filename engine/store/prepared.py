@@ -15,6 +15,7 @@ Only plain statements qualify: no expanding (IN-list) parameters, no parameter n
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Prepared:
     def __init__(self, statement: sa.Executable) -> None:
         self.statement = statement
         self._compiled: dict[tuple[str, frozenset[str]], _Compiled] = {}
+        self._rows: dict[str, Callable[[Sequence[Any]], Any]] = {}
 
     def execute(self, conn: sa.Connection, params: Mapping[str, Any]) -> Any:
         """Run once; returns the DBAPI cursor (``fetchone``/``fetchall`` for RETURNING or SELECT, ``rowcount``)."""
@@ -104,6 +106,17 @@ class Prepared:
             rows = [dict(zip(compiled.names, row, strict=True)) for row in rows]
         cursor = _run(conn, compiled, lambda cursor: cursor.executemany(compiled.sql, rows))
         return int(cursor.rowcount)
+
+    def first(self, conn: sa.Connection, cursor: Any) -> Any:
+        """The first row ``execute`` returned on ``conn`` (a SELECT, RETURNING), or None; its values converted as
+        SQLAlchemy converts them, read by column name (``row.state``) as from a SQLAlchemy row."""
+        values = cursor.fetchone()
+        if values is None:
+            return None
+        make = self._rows.get(conn.dialect.name)
+        if make is None:
+            make = self._rows[conn.dialect.name] = _row_factory(self.statement, conn.dialect)
+        return make(values)
 
     def _compile(self, dialect: Dialect, params: Mapping[str, Any]) -> _Compiled:
         cache_key = (dialect.name, frozenset(params))
@@ -185,6 +198,20 @@ def _compile(statement: sa.Executable, dialect: Dialect, params: Mapping[str, An
             value = bind.effective_value  # a value the statement carries
             fixed[name] = value if process is None else process(value)
     return _Compiled(compiler.string, names, tuple(processors), fixed, positional)
+
+
+def _row_factory(statement: sa.Executable, dialect: Dialect) -> Callable[[Sequence[Any]], Any]:
+    assert isinstance(statement, sa.sql.expression.ReturnsRows)
+    columns = list(statement.exported_columns)
+    row_type = collections.namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
+    processors = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
+
+    def make(values: Sequence[Any]) -> Any:
+        return row_type._make(
+            value if process is None else process(value) for value, process in zip(values, processors, strict=True)
+        )
+
+    return make
 
 
 def _memoized(process: _Processor) -> _Processor:

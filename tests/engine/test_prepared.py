@@ -77,6 +77,19 @@ def test_database_errors_are_sqlalchemy_errors_and_roll_back(db: Database) -> No
     assert _raw(db, events, events.c.id) == []
 
 
+def test_rows_read_by_first_hold_what_sqlalchemy_reads(db: Database) -> None:
+    with db.write() as conn:
+        Prepared(sa.insert(events)).executemany(conn, [_event("f1", {"z": [1, "é"]}), _event("f2", "text")])
+    query = sa.select(events).where(events.c.id == sa.bindparam("_id"))
+    statement = Prepared(query)
+    with db.read() as conn:
+        for event_id in ("f1", "f2"):
+            row = statement.first(conn, statement.execute(conn, {"_id": event_id}))
+            assert row._asdict() == conn.execute(query, {"_id": event_id}).one()._asdict()
+            assert row.created_at == NOW
+        assert statement.first(conn, statement.execute(conn, {"_id": "nobody"})) is None
+
+
 def test_in_a_pipeline_reads_see_the_queued_writes_and_errors_are_sqlalchemy_errors(db: Database) -> None:
     insert = Prepared(sa.insert(events))
     count = Prepared(sa.select(sa.func.count()).select_from(events).where(events.c.type == sa.bindparam("_type")))
