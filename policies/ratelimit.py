@@ -17,8 +17,8 @@ Where the buckets live:
   A lease returns what the previous one left unspent, and leased tokens go stale after ``LEASE_TTL`` seconds, so
   a replica that fell idle cannot spend old tokens on top of a refilled bucket. The sustained rate is then exact
   across any number of replicas; a burst can go over by at most what each replica holds (one chunk). An empty
-  store bucket tells the replica how long until the next token, and the replica refuses locally until then
-  instead of asking again per request.
+  store bucket tells the replica how long until the next token, and the replica refuses locally until a whole
+  chunk is due instead of asking again per request (a replica over its limit leases about once a LEASE_SECONDS).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Lease:
 
     granted: float
     retry_after: float = 0.0
+    left: float = 0.0  # the tokens the store bucket kept (under one when the grant fell short)
 
 
 class Budget(Protocol):
@@ -255,8 +256,11 @@ class RateLimiter:
             with self._lock:
                 share.held += answer.granted
                 share.expires = now + LEASE_TTL
-                if share.held < 1.0:
-                    share.empty_until = now + max(answer.retry_after, 0.001)
+                if answer.granted < want:
+                    # The store is (nearly) dry: spend what came, then refuse locally until a whole lease is due
+                    # rather than lease again per token. At saturation a replica leases about twice a LEASE_SECONDS,
+                    # and the tokens wait in the store meanwhile (the burst holds at least a lease): none are lost.
+                    share.empty_until = now + max((want - answer.left) / rate, 0.001)
 
     def _refusal(self, tenant: str, priority: str | None) -> Refusal:
         now = self.clock()

@@ -73,4 +73,4 @@ class RateBudgetStore:
             params["now"] = self.clock()
         with self.db.write() as conn:
             granted, left = conn.execute(self._statement, params).one()
-        return Lease(granted=granted, retry_after=0.0 if granted >= 1.0 else (1.0 - left) / rate)
+        return Lease(granted=granted, retry_after=0.0 if granted >= 1.0 else (1.0 - left) / rate, left=left)

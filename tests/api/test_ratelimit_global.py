@@ -16,7 +16,7 @@ from crds.policy import Policy, RateLimit
 from engine import Engine, RateBudgetStore
 from engine.store.database import Database
 from policies.effective import Target
-from policies.ratelimit import LEASE_TTL, RateLimiter, Refusal
+from policies.ratelimit import LEASE_TTL, Lease, RateLimiter, Refusal
 from policies.sources import PolicySet
 from tests.api.conftest import SETTINGS, Upstream, assert_problem, auth, workflows
 
@@ -146,3 +146,30 @@ def test_two_gateways_admit_one_limit_between_them(gateways: tuple[TestClient, T
         assert int(refused.headers["retry-after"]) >= 1
     # What was admitted is what the store holds: 6 tasks.
     assert len(one.get("/v1/tasks?limit=100", headers=auth(key)).json()["items"]) == 6
+
+
+def test_a_replica_over_its_limit_leases_once_a_chunk_and_loses_no_tokens(db: Database) -> None:
+    clock = Clock()
+    store = RateBudgetStore(db, clock=clock)
+    leases: list[float] = []
+
+    class Counting:
+        def lease(self, tenant: str, bucket: str, *, rate: float, burst: int, want: float, returned: float) -> Lease:
+            answer = store.lease(tenant, bucket, rate=rate, burst=burst, want=want, returned=returned)
+            leases.append(answer.granted)
+            return answer
+
+    limiter = RateLimiter(
+        [RateLimit(requests_per_second=100, burst=20)], clock=clock, budget=Counting()
+    )  # chunks of 10
+    assert sum(limiter.take("acme") is None for _ in range(40)) == 20  # the burst
+    leases.clear()
+    admitted = 0
+    for _ in range(100):  # a second of a flood, 4 requests every 10 ms: 4 times the rate
+        clock.now += 0.01
+        admitted += sum(limiter.take("acme") is None for _ in range(4))
+    # Refused locally until a whole chunk is due: about two leases a tenth of a second (a chunk, then what came in
+    # while it was spent), not one a token (100)...
+    assert len(leases) <= 20
+    # ...and the tokens waited in the store meanwhile: the second admits the rate, less at most a chunk in waiting.
+    assert 90 <= admitted <= 100
