@@ -47,6 +47,12 @@ def _secret_value(cluster: Cluster, namespace: str, name: str, key: str) -> str:
     return value
 
 
+def _existing(cluster: Cluster, namespace: str, names: list[str]) -> list[str]:
+    """Which of ``names`` (kind/name) exist in ``namespace``, as kubectl names them."""
+    out = cluster.kubectl("get", *names, "-n", namespace, "-o", "name", "--ignore-not-found").stdout.split()
+    return [name for name in names if any(found.endswith(name.split("/", 1)[1]) for found in out)]
+
+
 def _leftovers(cluster: Cluster, namespace: str, release: str) -> list[str]:
     """Every object labelled with the release, namespaced (in ``namespace``) or cluster-scoped."""
     selector = f"app.kubernetes.io/instance={release}"
@@ -106,6 +112,16 @@ def test_install_upgrade_uninstall_in_a_restricted_namespace(cluster: Cluster, r
             assert job["status"].get("succeeded") == 1, job["status"]
 
         assert_eventually(verified, timeout=INSTALL_TIMEOUT_S, interval=1.0)
+
+        # An upgrade that turns a part off removes its objects (helm deletes what the new manifest lacks).
+        audit_objects = [cronjob, f"networkpolicy/{release}-aiplane-audit-verify-egress"]
+        assert _existing(cluster, namespace, audit_objects) == audit_objects
+        helm(
+            "upgrade", release, str(CHART), "-n", namespace, *TRY_OUT, "--reuse-values",
+            "--set", "auditVerify.enabled=false", "--wait", "--timeout", "4m", env=env,
+        )  # fmt: skip
+        assert json.loads(helm("status", release, "-n", namespace, "-o", "json", env=env).stdout)["version"] == 3
+        assert_eventually(lambda: _existing(cluster, namespace, audit_objects) == [], timeout=60, interval=0.5)
     finally:
         helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "4m", env=env, check=False)
 
