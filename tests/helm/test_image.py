@@ -14,8 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from aiplane.modelserver import free_port
+from aiplane.processes import stop_process_group
+from engine.store.audit import AuditLog
+from engine.store.database import Database
+from engine.store.migrate import upgrade
+from engine.store.schema import audit_log
 from tests.fixtures.polling import assert_eventually
 from tests.helm.chart import REPO_ROOT, objects, pod_specs, render
 
@@ -100,6 +106,8 @@ def test_packages_come_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
         ("aiplane", "gateway", "--help"),
         ("aiplane", "worker", "--help"),
         ("aiplane", "operator", "--help"),
+        # Governed Kafka consumer pods (operators/connector/builders.py), ungoverned ones.
+        ("aiplane", "kafka-source", "--help"),
         ("python", "-m", "connectors.kafka", "source", "--help"),
     ],
 )
@@ -187,3 +195,46 @@ def test_gateway_and_worker_start_from_the_wheel(
         assert "aiplane_engine_queue_length_steps" in text
 
     assert_eventually(worker_metrics, timeout=240, retry_on=(AssertionError, httpx.TransportError))
+
+
+def test_audit_verify_runs_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    """The audit verify CronJob's command, with the store's URL from the environment as the chart gives it."""
+    url = f"sqlite:///{tmp_path / 'engine.db'}"
+    db = Database(url)
+    upgrade(db)
+    for i in range(3):
+        AuditLog(db).append("approval", f"task/T{i}", "approve", {"i": i}, tenant="acme", actor="alice")
+    env = {**os.environ, "AIPLANE_DATABASE_URL": url}
+    verify = [str(wheel_venv / "bin" / "aiplane"), "audit", "verify"]
+    proc = subprocess.run(verify, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "audit log intact: 3 records" in proc.stdout
+    with db.write() as conn:
+        conn.execute(sa.update(audit_log).where(audit_log.c.seq == 2).values(actor="mallory"))
+    db.dispose()
+    proc = subprocess.run(verify, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+
+def test_the_shipped_planner_serves_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    """What a Model without spec.image runs in aiplane's image (operators/model/builders.py): `bentoml serve` of
+    the shipped planner, imported from the installed wheel, until it answers /readyz."""
+    port = free_port()
+    log = tmp_path / "bentoml.log"
+    command = ["-m", "bentoml", "serve", "planners.service:ScriptedPlanner", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(
+        [str(wheel_venv / "bin" / "python"), *command],
+        cwd=tmp_path,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def ready() -> None:
+            assert process.poll() is None, log.read_text()
+            assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+
+        assert_eventually(ready, timeout=240, retry_on=(AssertionError, httpx.TransportError))
+    finally:
+        stop_process_group(process, 30)
