@@ -1,9 +1,11 @@
 """OTLP export as the chart configures it (tracing.otlpEndpoint): a gateway and a worker, separate processes,
-send their spans of one task to a collector under the trace id of the request that submitted it."""
+send their spans of one task to a collector under the trace id of the request that submitted it, the worker's
+call of a real model upstream included (and the upstream gets that trace id in its traceparent)."""
 
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +22,19 @@ from aiplane.modelserver import free_port
 from aiplane.tracing import TracingConfigError, configure_from_env
 from api import create_api_key
 from engine import Engine
+from tests.fixtures.downstream import Downstream
 from tests.fixtures.polling import assert_eventually
 from tests.helm.chart import objects, render
 
 AIPLANE = Path(sys.executable).with_name("aiplane")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-WORKFLOW = {"steps": [{"name": "decide", "type": "rules", "rules": {"set": {"large": "input.amount > 1000"}}}]}
+WORKFLOW = {
+    "steps": [
+        {"name": "decide", "type": "rules", "rules": {"set": {"large": "input.amount > 1000"}}},
+        {"name": "classify", "type": "model", "model": {"name": "triage"}},
+    ]
+}
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Collector(http.server.ThreadingHTTPServer):
@@ -82,7 +91,15 @@ def _chart_tracing_env() -> dict[str, str]:
     return {item["name"]: item["value"] for item in env if item["name"].startswith("OTEL_")}
 
 
-def test_one_trace_from_gateway_to_worker(collector: Collector, tmp_path: Path) -> None:
+@pytest.fixture
+def upstream() -> Iterator[Downstream]:
+    """The model: a real HTTP server that answers and keeps the requests' headers."""
+    server = Downstream()
+    yield server
+    server.close()
+
+
+def test_one_trace_from_gateway_to_worker(collector: Collector, upstream: Downstream, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'engine.db'}"
     engine = Engine(db, data_dir=tmp_path)
     engine.register_workflow("triage", WORKFLOW)
@@ -102,15 +119,21 @@ def test_one_trace_from_gateway_to_worker(collector: Collector, tmp_path: Path) 
         "AIPLANE_LOG_FORMAT": "text",
     }
     log = (tmp_path / "processes.log").open("wb")
+    models = {"triage": [{"version": "v1", "url": upstream.url("/triage"), "weight": 100}]}
+    commands = {
+        "gateway": [str(AIPLANE), "gateway", "--host", "127.0.0.1", "--port", str(gateway_port)],
+        # `aiplane worker` with models from the command line (it finds them only in a cluster otherwise).
+        "worker": [sys.executable, "-m", "tests.helm.traced_worker", db, str(tmp_path), json.dumps(models)],
+    }
     processes = [
         subprocess.Popen(
-            [str(AIPLANE), component, *args],
-            env={**base, "OTEL_SERVICE_NAME": f"aiplane-{component}"},
+            command,
+            env={**base, "OTEL_SERVICE_NAME": f"aiplane-{component}", "PYTHONPATH": str(REPO)},
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        for component, args in (("gateway", ["--host", "127.0.0.1", "--port", str(gateway_port)]), ("worker", []))
+        for component, command in commands.items()
     ]
     url = f"http://127.0.0.1:{gateway_port}"
     try:
@@ -136,6 +159,15 @@ def test_one_trace_from_gateway_to_worker(collector: Collector, tmp_path: Path) 
         assert_eventually(both_exported, timeout=30)
         names = {name for _, trace_id, name in collector.spans if trace_id == TRACE_ID}
         assert "aiplane.engine.step" in names
+
+        # The model call is in the same trace, from the worker, and the model got the trace id.
+        def model_call_exported() -> None:
+            calls = [(service, name) for service, trace_id, name in collector.spans if trace_id == TRACE_ID]
+            assert ("aiplane-worker", "aiplane.engine.model_call") in calls, collector.spans
+
+        assert_eventually(model_call_exported, timeout=30)
+        (call,) = upstream.calls["/triage/predict"]
+        assert call.headers["traceparent"].split("-")[1] == TRACE_ID
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
