@@ -36,6 +36,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "alerts.prometheusRule=true",
     ),
     "region": ("-f", str(REPO_ROOT / "helm" / "examples" / "region-eu-west-1.yaml")),
+    "region-us-east-1": ("-f", str(REPO_ROOT / "helm" / "examples" / "region-us-east-1.yaml")),
     "tryout": ("-f", str(REPO_ROOT / "helm" / "examples" / "tryout.yaml")),
 }
 # Listing or watching Secrets reads every Secret of a namespace (or the cluster); `get` reads one named Secret.
@@ -343,16 +344,20 @@ def test_runbook_base_url_is_configurable() -> None:
     assert "aiplane.github.io" not in text
 
 
-def test_region_values_label_pods_and_pin_the_store() -> None:
-    docs = objects(render(*VARIANTS["region"]))
+@pytest.mark.parametrize(("variant", "region"), [("region", "eu-west-1"), ("region-us-east-1", "us-east-1")])
+def test_region_values_label_pods_and_pin_the_store(variant: str, region: str) -> None:
+    docs = objects(render(*VARIANTS[variant]))
     for name, spec in pod_specs(docs):
         template = pod_template(next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == name))
         assert template is not None
-        assert template["metadata"]["labels"]["aiplane.io/region"] == "eu-west-1"
+        assert template["metadata"]["labels"]["aiplane.io/region"] == region
         env = {item["name"]: item for item in spec["containers"][0]["env"]}
-        assert env["AIPLANE_REGION"]["value"] == "eu-west-1"
+        assert env["AIPLANE_REGION"]["value"] == region
         if "operator" not in name:
-            assert env["AIPLANE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "aiplane-store-eu-west-1"
+            assert env["AIPLANE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"aiplane-store-{region}"
+        else:
+            # Models without spec.image run aiplane's own image, which holds the shipped planners.
+            assert env["AIPLANE_SERVING_IMAGE"]["value"] == spec["containers"][0]["image"]
         if not name.endswith(("operator", "audit-verify")):  # the verify job makes no spans
             assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
 
