@@ -1,10 +1,12 @@
 """Every PromQL expression of the dashboards and alerts parses in a real Prometheus and names only metrics that
 aiplane exports: read from the /metrics of a running gateway and worker (on PostgreSQL, as the chart runs them)
 and from what a Kafka source's and an operator's processes register (they need a broker or a cluster to run;
-their registries do not). A task run through them shows up in Prometheus as the Overview dashboard reads it."""
+their registries do not). A task run through them shows up in Prometheus as the Overview dashboard reads it, and a
+real Kafka source's consumer lag as the Connectors dashboard reads it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,9 +21,11 @@ import pytest
 from aiplane.modelserver import free_port
 from api import create_api_key
 from engine import Engine
+from tests.connectors.kafkaio import produce
+from tests.fixtures.kafka import Kafka
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.prometheus import Prometheus
-from tests.helm.promql import EXTERNAL, exported_series, expressions, metric_names
+from tests.helm.promql import EXTERNAL, dashboard_expressions, exported_series, expressions, metric_names
 
 AIPLANE = Path(sys.executable).with_name("aiplane")
 
@@ -158,3 +162,47 @@ def test_a_finished_task_reaches_prometheus_as_the_overview_reads_it(
         assert_eventually(counted, timeout=120, interval=1.0)
     finally:
         target.unlink()
+
+
+def test_consumer_lag_reaches_prometheus_as_the_connectors_dashboard_reads_it(
+    kafka: Kafka, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """A Kafka source's own /metrics (``--metrics-port``, the port the chart's PodMonitor or annotations name):
+    the only process that sets consumer lag and message outcomes."""
+    db_url = f"sqlite:///{tmp_path / 'engine.db'}"
+    engine = Engine(db_url, data_dir=tmp_path / "data")
+    engine.register_workflow("claims", {"steps": [{"name": "set", "type": "rules", "rules": {"set": {"a": "1"}}}]})
+    engine.close()
+    topic = kafka.new_topic(partitions=2, prefix="obs-in")
+    produce(kafka.bootstrap_servers, topic, [{"claimId": f"C-{n}"} for n in range(5)])
+    connector = f"obs-{uuid.uuid4().hex[:8]}"
+    spec = {"bootstrapServers": kafka.bootstrap_servers, "topic": topic, "workflow": "claims"}
+    port = free_port()
+    log = tmp_path / "source.log"
+    source = subprocess.Popen(
+        [
+            str(AIPLANE), "kafka-source", "--connector", connector, "--tenant", "acme", "--spec", json.dumps(spec),
+            "--db-url", db_url, "--data-dir", str(tmp_path / "data"),
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+        ],
+        cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    target = prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-kafka-source")
+    panels = dashboard_expressions()
+    lag = panels["connectors: Consumer lag per connector (A)"]
+    try:
+
+        def read_as_the_dashboard_does() -> None:
+            assert source.poll() is None, log.read_text()
+            # The panel's query; the other connectors' series (other tests' sources) are left out.
+            assert {r["metric"]["connector"]: r["value"][1] for r in prometheus.query(lag)}.get(connector) == "0"
+            accepted = prometheus.query(
+                f'sum(aiplane_connector_messages_total{{connector="{connector}",outcome="accepted"}})'
+            )
+            assert [r["value"][1] for r in accepted] == ["5"]
+
+        assert_eventually(read_as_the_dashboard_does, timeout=120, interval=1.0)
+    finally:
+        target.unlink()
+        source.send_signal(signal.SIGTERM)
+        assert source.wait(timeout=60) == 0, log.read_text()
