@@ -230,6 +230,22 @@ def test_a_denied_message_is_dead_lettered_with_the_reason_the_gateway_gives(
     assert governed.audit.verify().ok
 
 
+def test_a_regional_consumer_dead_letters_a_workflow_pinned_to_another_region(
+    kafka: Kafka, governed: Engine, open_sources: list[KafkaSource]
+) -> None:
+    """A consumer pod of a regional release (AIPLANE_REGION: ``Residency.home``) writes into its region's store, so
+    a message of a workflow pinned elsewhere is not taken, as the region's gateway refuses it."""
+    assert governed.residency is not None
+    governed.residency.home = "us-east"  # what aiplane.incluster gives a pod with AIPLANE_REGION=us-east
+    source, topic, dlq = _source(kafka, governed, open_sources, workflow="claims-eu")
+    produce(kafka.bootstrap_servers, topic, [{"amount": 5}])
+    assert _consume(source, 1).dead_lettered == 1
+    [dead] = read_all(kafka.bootstrap_servers, dlq, 1)
+    assert headers(dead)["aiplane-dlq-reason"] == "residency-denied"
+    assert "keeps its data in eu-west; this aiplane serves region 'us-east'" in headers(dead)["aiplane-dlq-detail"]
+    assert governed.list("acme").items == []
+
+
 def test_a_dead_letters_detail_is_masked_like_the_input(
     kafka: Kafka, governed: Engine, open_sources: list[KafkaSource]
 ) -> None:
