@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from aiplane.incluster import region_of_install
 from api import create_api_key, create_app
 from api.routers.models import PredictFastPath
 from crds.policy import Policy
@@ -167,3 +168,11 @@ def test_the_gateway_does_not_pass_a_prediction_to_a_model_of_another_region(
                 assert answer.status_code == 200, answer.text
     assert downstream.count("/models/triage-us/predict") == 0
     assert downstream.count("/models/triage-eu/predict") == 2
+
+
+def test_a_pod_of_a_regional_release_takes_its_region_from_the_chart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart sets AIPLANE_REGION from `region`; the in-cluster sources make it the Residency's home."""
+    monkeypatch.setenv("AIPLANE_REGION", "eu-west-1")
+    assert region_of_install() == "eu-west-1"
+    monkeypatch.setenv("AIPLANE_REGION", "")  # region: "" (the default): not a regional install
+    assert region_of_install() is None
