@@ -164,6 +164,7 @@ class Engine:
         past it is refused at intake with ``QuotaExceededError`` (429).
         """
         self.residency = residency
+        self.governing = governing
         self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
         if migrate_on_start:
             migrate.upgrade(self.db)
@@ -622,6 +623,7 @@ class Engine:
             clock=self.clock,
         )
         worker.pii = self.pii
+        worker.governing = self.governing
         worker.payloads = self.payloads
         worker.retention = self.purge if self.retention is not None else None
         self._workers.append(worker)

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,7 +39,7 @@ from engine.executors.base import StepContext, StepExecutor, StepOutcome
 from engine.flow import definitions, graph
 from engine.payloads import PayloadCodec
 from engine.runtime.context import TaskData, load_task_data
-from engine.runtime.transitions import Chain, Claimed, Completed, StateMachine
+from engine.runtime.transitions import Chain, Claimed, Completed, FailResult, StateMachine
 from engine.store import audit
 from engine.store.database import Database
 from engine.store.schema import idempotency_keys
@@ -55,8 +55,12 @@ from engine.tracing import (
     context_from_traceparent,
     tracer,
 )
+from policies.audit import Entry as AuditEntry
+from policies.effective import ref
+from policies.residency import DENIED as RESIDENCY_DENIED
 
 if TYPE_CHECKING:
+    from crds.policy import Policy
     from policies.audit import Entry
     from policies.masking import WorkflowMasking
     from policies.payloads import PayloadLog
@@ -106,6 +110,9 @@ class Worker:
     payloads: PayloadLog | None = None
     #: Runs one retention purge (``Engine.purge``); None when no Policy sets a retention.
     retention: Callable[[], object] | None = None
+    #: The Policies that govern a workflow, by name: a call refused for residency is audited naming those whose
+    #: residency decided it. None: the record names none.
+    governing: Callable[[str], Sequence[Policy]] | None = None
 
     def __init__(
         self,
@@ -384,7 +391,16 @@ class Worker:
             self._write(lambda conn: self.machine.defer(conn, claimed, result, self.clock()))
             metrics.DEFERRALS.labels(claimed.workflow, claimed.step).inc()
             return "deferred", None
-        failed = self._write(lambda conn: self.machine.fail(conn, claimed, result, self.clock()))
+        denial = self._residency_denial(claimed, result)
+
+        def fail(conn: sa.Connection) -> FailResult | None:
+            now = self.clock()
+            failed = self.machine.fail(conn, claimed, result, now)
+            if failed is not None and denial is not None:
+                audit.append(conn, denial, now=now)  # with the failure, in its transaction
+            return failed
+
+        failed = self._write(fail)
         if failed is None:
             return "lease_lost", None
         if failed.retrying:
@@ -392,6 +408,22 @@ class Worker:
             return "retrying", None
         metrics.DEAD_LETTERS.labels(claimed.workflow).inc()
         return "failed", None
+
+    def _residency_denial(self, claimed: Claimed, result: StepError) -> Entry | None:
+        """The audit record of a model or connector call refused for residency (``policies.residency``): kind
+        ``policy``, decision ``deny``, naming the step, why, and the versions of the workflow's residency Policies;
+        None for any other failure."""
+        if result.kind != RESIDENCY_DENIED:
+            return None
+        governing = self.governing(claimed.workflow) if self.governing is not None else ()
+        details = {
+            "reason": "residency-denied",
+            "detail": result.message,
+            "workflow": claimed.workflow,
+            "step": claimed.step,
+            "policies": sorted(str(ref(p)) for p in governing if p.spec.residency is not None),
+        }
+        return AuditEntry("policy", f"task/{claimed.task_id}", "deny", details, tenant=claimed.tenant, actor="engine")
 
     def _write(self, action: Callable[[sa.Connection], T], attempts: int = 5) -> T:
         """Run ``action`` in a write transaction, retrying transient database errors (lock timeouts, deadlocks,

@@ -13,15 +13,19 @@ import pytest
 
 from api import create_api_key, create_app
 from crds.policy import Policy
-from engine import Engine, StaticModelResolver
+from engine import Engine, StaticModelResolver, TaskState
 from engine.errors import PolicyDeniedError
 from policies.effective import Target, applicable
 from policies.residency import Residency
 from policies.sources import PolicySet
+from tests.engine.conftest import fast_worker, wait_done
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
+
+
+NO_RETRY = {"maxAttempts": 1}
 
 
 def _policy(name: str, generation: int, spec: dict[str, Any]) -> Policy:
@@ -114,5 +118,46 @@ def test_without_a_policy_source_a_denial_names_none(tmp_path: Path) -> None:
         with pytest.raises(PolicyDeniedError):
             engine.submit("acme", "w", {})
         assert _denials(engine)[0]["policies"] == []
+    finally:
+        engine.close()
+
+
+def test_a_call_refused_for_residency_at_run_time_is_audited_with_its_policies(tmp_path: Path) -> None:
+    # The workflow is not pinned when the task is accepted; a residency Policy applied before a worker runs it
+    # refuses the model call (the engine checks again before every call), and that refusal is a decision too.
+    policies = PolicySet([_policy("masking", 5, {"pii": {}})])
+    targets = {"flow": Target("Workflow", "flow", "claims", {"data": "pii"})}
+    engine = Engine(
+        f"sqlite:///{tmp_path / 'engine.db'}",
+        data_dir=tmp_path / "data",
+        model_resolver=StaticModelResolver({"triage-us": [{"version": "v1", "url": "http://x.invalid", "weight": 1}]}),
+        sqlite_synchronous="NORMAL",
+        residency=Residency.from_policy_set(policies, targets, {"triage-us": "us-east"}),
+        governing=lambda workflow: applicable(policies.policies(), targets[workflow]),
+    )
+    try:
+        engine.register_workflow(
+            "flow", {"steps": [{"name": "call", "type": "model", "model": {"name": "triage-us"}, "retry": NO_RETRY}]}
+        )
+        task = engine.submit("acme", "flow", {"claimId": "c-1"})
+        policies.replace([*policies.policies(), _policy("eu", 2, {"residency": {"regions": ["eu-west"]}})])
+        with fast_worker(engine):
+            done = wait_done(engine, "acme", task.id)
+        assert done.state == TaskState.DEAD_LETTERED
+        [denial] = [r for r in engine.audit.records() if r.decision == "deny"]
+        details = json.loads(denial.details)
+        assert (denial.kind, denial.subject, denial.tenant, denial.actor) == (
+            "policy",
+            f"task/{task.id}",
+            "acme",
+            "engine",
+        )
+        assert (details["reason"], details["step"], details["policies"]) == (
+            "residency-denied",
+            "call",
+            ["claims/eu@2"],
+        )
+        assert "keeps its data in eu-west" in details["detail"]
+        assert engine.audit.verify().ok
     finally:
         engine.close()
