@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiplane
-from aiplane import dataflow, kafkasource, logs, manifests, retention_cli
+from aiplane import dataflow, logs, manifests, retention_cli
 from aiplane.client import DEFAULT_URL, Client, GatewayError, dumps
 from aiplane.modelserver import ModelServerError
 from aiplane.settings import Settings
@@ -330,8 +330,8 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     audit.set_defaults(func=_cmd_audit)
 
 
-def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``gateway``, ``worker`` and ``operator``: what the chart's pods run."""
+def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, kafka_source: bool) -> None:
+    """``gateway``, ``worker``, ``operator`` and ``kafka-source``: what the chart's pods run."""
     operator = sub.add_parser("operator", help="run the operators against the current cluster (KUBECONFIG)")
     operator.add_argument(
         "--peering-lifetime",
@@ -372,9 +372,25 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "--from-cluster", "--models-from-cluster", dest="from_cluster", metavar="NAMESPACE", help=cluster_help
     )
     worker.set_defaults(func=_cmd_component)
+    _add_kafka_source(sub, kafka_source)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: ``aiplane kafka-source``'s line in ``aiplane --help`` (aiplane.kafkasource says the same).
+KAFKA_SOURCE_HELP = "run a kafkaSource Connector's consumer (a consumer pod)"
+
+
+def _add_kafka_source(sub: argparse._SubParsersAction[argparse.ArgumentParser], full: bool) -> None:
+    if full:
+        from aiplane import kafkasource
+
+        kafkasource.add_parser(sub)
+    else:
+        sub.add_parser("kafka-source", help=KAFKA_SOURCE_HELP)
+
+
+def build_parser(*, kafka_source: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``kafka_source=False`` lists ``kafka-source`` without its arguments: they come with
+    the consumer's modules (the engine, the Kafka client), seconds of imports every other command does without."""
     parser = argparse.ArgumentParser(prog="aiplane", description="A Kubernetes-native control plane for AI automation.")
     parser.add_argument("--version", action="version", version=f"aiplane {aiplane.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -437,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
-    _add_component_parsers(sub)
-    kafkasource.add_parser(sub)
+    _add_component_parsers(sub, kafka_source=kafka_source)
 
     sub.add_parser("crds", help="print the CustomResourceDefinitions").set_defaults(func=_cmd_crds)
 
@@ -453,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(kafka_source=argv[:1] == ["kafka-source"]).parse_args(argv)
     try:
         code: int = args.func(args)
     except GatewayError as error:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -22,14 +23,17 @@ from aiplane import manifests
 from aiplane.settings import Settings
 from crds.policy import Policy
 from crds.workflow import Workflow
-from engine.payloads import FileBlobStore, PayloadCodec
-from engine.store.audit import AuditLog
-from engine.store.database import Database
-from engine.store.purge import Purged, Retention, erase, purge
 from policies.effective import DEFAULT_NAMESPACE, Target
 from policies.erasure import ErasureRequestError
 from policies.retention import audit_period, retention_for, shared_period
 from policies.sources import PolicySet
+
+if TYPE_CHECKING:
+    # The engine is imported where a command uses it: every `aiplane` command builds this module's parsers, and
+    # importing the engine costs seconds a `submit` or `get` does not need.
+    from engine.payloads import PayloadCodec
+    from engine.store.database import Database
+    from engine.store.purge import Purged, Retention
 
 #: The engine's events topic on Kafka (connectors.kafka.DEFAULT_EVENTS_TOPIC; not imported: no Kafka client
 #: needed to purge a store).
@@ -50,6 +54,8 @@ def workflow_targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
 
 def engine_retention(policies: PolicySet, workflows: Sequence[Workflow]) -> Retention | None:
     """The engine's retention from these Policies; None (no purge at all) when none sets a retention."""
+    from engine.store.purge import Retention
+
     if not any(p.spec.retention is not None for p in policies.policies()):
         return None
     return Retention(
@@ -58,12 +64,18 @@ def engine_retention(policies: PolicySet, workflows: Sequence[Workflow]) -> Rete
 
 
 def _store(args: argparse.Namespace) -> tuple[Database, PayloadCodec]:
+    from engine.payloads import FileBlobStore, PayloadCodec
+    from engine.store.database import Database
+
     data_dir: Path = args.data_dir or Settings.from_env().data_dir
     url = args.database or os.environ.get("AIPLANE_DATABASE_URL") or f"sqlite:///{data_dir / 'engine.db'}"
     return Database(url, pool_size=1), PayloadCodec(FileBlobStore(data_dir / "blobs"))
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
+    from engine.store.audit import AuditLog
+    from engine.store.purge import purge
+
     resources = manifests.load(args.paths)
     policies = [r for r in resources if isinstance(r, Policy)]
     workflows = [r for r in resources if isinstance(r, Workflow)]
@@ -93,6 +105,8 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_erase(args: argparse.Namespace) -> int:
+    from engine.store.purge import erase
+
     db, codec = _store(args)
     try:
         erased = erase(db, codec, args.subject, fields=args.field, actor=args.actor, now=_now())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,14 @@ def test_logs_are_one_json_object_per_line(capsys: pytest.CaptureFixture[str]) -
     assert entry["task_id"] == "t1"
     assert entry["attempt"] == 2
     assert entry["level"] == "info"
+
+
+def test_client_commands_start_without_the_engine() -> None:
+    """`aiplane submit`, `get`, ... talk HTTP: importing the engine and the Kafka client for them cost seconds a
+    command (only kafka-source, and the commands that open a store, import them, when they run)."""
+    code = (
+        "import sys, aiplane.cli as c; c.build_parser(kafka_source=False); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'engine', 'connectors', 'kafka'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert proc.stdout.strip() == "[]"
