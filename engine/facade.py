@@ -190,6 +190,7 @@ class Engine:
         if residency is not None or tenants is not None:
             self.intake.admission = Admission(tenants, residency, self._connector_region, governing)
         self.intake.quota = quota
+        self.intake.governing = governing
         self.payloads = payloads
         self.retention = retention
         self.bus: Bus = bus or InMemoryBus()
@@ -640,18 +641,26 @@ class Engine:
         ).maintain()
 
     def lineage(self, tenant: str, task_id: str) -> dict[str, Any]:
-        """What produced the task's result: workflow version, input hash, Policy versions, a decision record per
-        step (``policies.lineage``)."""
+        """What produced the task's result: workflow version, input hash, Policy versions (those governing the
+        workflow at intake, and those named by the audit records of the task, its input and its steps), a decision
+        record per step (``policies.lineage``)."""
         task = self.get(tenant, task_id)
         steps = self.steps(tenant, task_id)
-        completions = [e.payload for e in self.events(task_id) if e.type == outbox.STEP_COMPLETED]
+        events = self.events(task_id)
+        completions = [e.payload for e in events if e.type == outbox.STEP_COMPLETED]
+        subject = f"task/{task_id}"
         with self.db.read() as conn:
+            # Every decision about the task and what it produced (approval rules, residency at run time, masking
+            # of its input and step outputs); a read of it later (detokenize) did not produce the result.
             details = conn.execute(
                 sa.select(audit_log.c.details).where(
-                    audit_log.c.kind == "approval-rule", audit_log.c.subject == f"task/{task_id}"
+                    sa.or_(audit_log.c.subject == subject, audit_log.c.subject.startswith(subject + "/")),
+                    audit_log.c.subject != subject + "/detokenize",
                 )
             ).scalars()
             policies = [p for text in details for p in json.loads(text).get("policies", [])]
+        # The Policies governing the workflow when the task came in, allowing decisions included.
+        policies += [p for e in events if e.type == outbox.TASK_SUBMITTED for p in e.payload.get("policies", [])]
         return lineage.record(
             task_id=task.id,
             workflow=task.workflow,

@@ -307,7 +307,7 @@ class BulkIntake:
         submitted = {
             "tenant": batch.tenant,
             "type": outbox.TASK_SUBMITTED,
-            "payload": {"workflow": batch.workflow, "version": version, "priority": level},
+            "payload": self.intake.submitted_payload(batch.workflow, version, level),
             "created_at": now,
         }
         _INSERT_EVENT.executemany_columns(

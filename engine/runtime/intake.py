@@ -52,8 +52,10 @@ from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
 from policies import audit as decisions
 from policies import metrics as policy_metrics
+from policies.effective import ref
 
 if TYPE_CHECKING:
+    from crds.policy import Policy
     from policies.admission import Admission
     from policies.masking import MaskSummary, WorkflowMasking
 
@@ -155,6 +157,9 @@ class Intake:
     admission: Admission | None = None
     #: A tenant's quota of unfinished tasks (``policies.quota``; None: none); None: no Policy sets quotas.
     quota: Callable[[str], int | None] | None = None
+    #: The Policies that govern a workflow, by name: their versions go on each new task's ``task.submitted`` event
+    #: (``policies``), for its lineage; None: not recorded.
+    governing: Callable[[str], Sequence[Policy]] | None = None
 
     def __init__(
         self,
@@ -222,6 +227,17 @@ class Intake:
             )
         counted[tenant] = count + 1
 
+    def submitted_payload(self, workflow: str, version: str, level: Priority) -> dict[str, Any]:
+        """The ``task.submitted`` event's payload; with ``policies``, the versions of the Policies governing the
+        workflow now (the tenant, residency, retention and quota decisions of intake leave no audit record of
+        their own when they allow)."""
+        payload: dict[str, Any] = {"workflow": workflow, "version": version, "priority": level}
+        if self.governing is not None:
+            governing = sorted({str(ref(policy)) for policy in self.governing(workflow)})
+            if governing:
+                payload["policies"] = governing
+        return payload
+
     # ---------------------------------------------------------------- 1. decide the rows
 
     def _plan(self, conn: sa.Connection, index: int, sub: Submission, heads: dict[str, str], now: datetime) -> _Plan:
@@ -279,7 +295,7 @@ class Intake:
             outbox.TASK_SUBMITTED,
             task_id=task["id"],
             tenant=sub.tenant,
-            payload={"workflow": sub.workflow, "version": version, "priority": level},
+            payload=self.submitted_payload(sub.workflow, version, level),
             now=now,
         )
         # The answer is decided here, before any write: what a read right after the commit would return.
