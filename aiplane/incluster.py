@@ -4,10 +4,10 @@ regions, the Connectors and the Secrets they name, and the Policies, each kept c
 
 The Policies reach the same enforcement points as in ``aiplane dev``, but follow the cluster as it changes: PII
 masking (inputs, step outputs, error texts), payload logging, residency and tenant access, the approval rules'
-gate, the agentActions rules of agent steps, the workers' retention purge, and at the gateway the rate limits and
-separation of duties. A Policy selects workflows by namespace and labels, which come from the Workflow watch. Every
-hook is installed even while no Policy asks for it, since one may be applied later; an ungoverned workflow costs a
-cached lookup per call.
+gate, the agentActions rules of agent steps, the workers' retention purge (and after it the Kafka topics'
+retention, ``aiplane.kafka_retention``), and at the gateway the rate limits and separation of duties. A Policy
+selects workflows by namespace and labels, which come from the Workflow watch. Every hook is installed even while
+no Policy asks for it, since one may be applied later; an ungoverned workflow costs a cached lookup per call.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiplane.kafka_retention import EVENTS_BOOTSTRAP_ENV, KafkaRetention
+from crds.workflow import WorkflowSpec
 from engine.store.purge import Retention
 from policies.effective import EffectiveAgentRule, EffectiveApproval, Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
@@ -72,6 +74,7 @@ class ClusterSources:
     policies: PolicySet
     #: Filled by the Workflow watch that ``registering`` starts.
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    specs: dict[str, WorkflowSpec] = field(default_factory=dict)
 
     @property
     def workflows(self) -> WorkflowTargets:
@@ -115,6 +118,7 @@ class ClusterSources:
         # The key from AIPLANE_PII_KEY(_FILE), shared by every replica; without one, hash and tokenize policies
         # fall back to redaction (policies.masking fails closed) rather than each pod making a key of its own.
         keys = MaskingKeys.from_env()
+        periods = retention_for(self.policies.effective, self.workflows)
         self.policies.on_change(_warm_up_pii)
         return {
             "model_resolver": self.models,
@@ -131,9 +135,19 @@ class ClusterSources:
             "quota": Quotas(self.policies).max_in_flight,
             # The workers' periodic purge; periods asked per workflow at each purge, so a Policy change applies to
             # the next one, and a workflow this process has not seen is not purged by a namespace's Policy.
+            # After each purge, Kafka topics' retention.ms follows too (aiplane.kafka_retention): the events topic
+            # (with AIPLANE_KAFKA_BOOTSTRAP_SERVERS) and the topics of the kafkaSink Connectors the workflows use.
             "retention": Retention(
-                retention_for(self.policies.effective, self.workflows),
+                periods,
                 audit=lambda: audit_period(self.policies.policies()),
+                after=KafkaRetention(
+                    policies=self.policies.policies,
+                    periods=periods,
+                    workflows=lambda: dict(self.specs),
+                    connectors=self.connectors.connector,
+                    secrets=self.secrets,
+                    events=os.environ.get(EVENTS_BOOTSTRAP_ENV, "").strip() or None,
+                ),
             ),
         }
 
@@ -144,6 +158,7 @@ class ClusterSources:
 
         sync = KubeWorkflowSync(self.client, self.namespace, registry)
         sync.labels = self.labels
+        sync.specs = self.specs
         sync.start()
         try:
             yield

@@ -58,6 +58,8 @@ class KubeWorkflowSync:
         #: name -> the Workflow's labels as last seen (kept after a delete: its running tasks are still governed),
         #: what Policies select workflows by.
         self.labels: dict[str, dict[str, str]] = {}
+        #: name -> the spec registered last: which Connectors it publishes to (Kafka topic retention).
+        self.specs: dict[str, WorkflowSpec] = {}
         self._watch = NamespaceWatch(
             client,
             namespace,
@@ -89,6 +91,7 @@ class KubeWorkflowSync:
         if found is None or self.registered.get(name) == found[0]:
             return
         version, spec = found
+        self.specs[name] = spec
         try:
             registered = self.registry.register_workflow(name, spec)
         except Exception:  # the store is down, or refuses it: the next event or relist tries again

@@ -2,8 +2,9 @@
 CronJob; and ``engine_retention``, the engine's periodic purge as ``aiplane dev`` wires it from manifests.
 
 Both commands work on the store directly (like ``aiplane audit``): ``--database`` (or ``AIPLANE_DATABASE_URL``,
-else the dev data directory's SQLite file) and ``--data-dir`` for the blobs. ``purge`` reads Policies and
-Workflows from manifest files or folders, so it applies exactly the retention those Policies declare.
+else the dev data directory's SQLite file) and ``--data-dir`` for the blobs. ``purge`` reads Policies,
+Workflows and Connectors from manifest files or folders, so it applies exactly the retention those Policies declare
+(with ``--kafka``, to the events topic and the kafkaSink topics too: ``aiplane.kafka_retention``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from aiplane import manifests
+from aiplane import kafka_retention, manifests
 from aiplane.settings import Settings
+from crds.connector import Connector
 from crds.policy import Policy
 from crds.workflow import Workflow
 from policies.effective import DEFAULT_NAMESPACE, Target
 from policies.erasure import ErasureRequestError
-from policies.retention import audit_period, retention_for, shared_period
+from policies.retention import audit_period, retention_for
 from policies.sources import PolicySet
 
 if TYPE_CHECKING:
@@ -35,9 +37,8 @@ if TYPE_CHECKING:
     from engine.store.database import Database
     from engine.store.purge import Purged, Retention
 
-#: The engine's events topic on Kafka (connectors.kafka.DEFAULT_EVENTS_TOPIC; not imported: no Kafka client
-#: needed to purge a store).
-EVENTS_TOPIC = "aiplane.events"
+#: The engine's events topic on Kafka.
+EVENTS_TOPIC = kafka_retention.EVENTS_TOPIC
 
 
 def workflow_targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
@@ -91,12 +92,25 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     report = purged.as_dict()
-    events = shared_period(policies, "events")
-    if args.kafka and events is not None:
-        from policies.retention_kafka import TopicRetentionError, set_topic_retention
+    if args.kafka:
+        from aiplane.components import SECRETS_DIR_ENV
+        from aiplane.kafka_retention import KafkaRetention
+        from engine.executors.resolvers import DirectorySecretResolver
+        from policies.retention_kafka import TopicRetentionError
 
+        connectors = {r.metadata["name"]: r.spec for r in resources if isinstance(r, Connector)}
+        secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+        topics = KafkaRetention(
+            policies=lambda: policies,
+            periods=periods,
+            workflows=lambda: {w.metadata["name"]: w.spec for w in workflows},
+            connectors=connectors.get,
+            secrets=DirectorySecretResolver(secrets_dir) if secrets_dir else None,
+            events=args.kafka,
+            events_topic=args.events_topic,
+        )
         try:
-            report["topics"] = set_topic_retention(args.kafka, {args.events_topic: events})
+            report["topics"] = topics.apply()
         except TopicRetentionError as error:
             print(f"aiplane purge: {error}", file=sys.stderr)
             return 1
@@ -141,7 +155,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     purge_parser = sub.add_parser("purge", help="delete data past the retention its Policies set")
     purge_parser.add_argument("paths", nargs="+", type=Path, help="manifest files or folders (Policies, Workflows)")
     store_args(purge_parser)
-    purge_parser.add_argument("--kafka", default=None, help="bootstrap servers: also set the events topic retention")
+    purge_parser.add_argument(
+        "--kafka",
+        default=None,
+        help="the events bus's bootstrap servers: also set the events topic's retention, and that of the topics of "
+        "the kafkaSink Connectors the Workflows publish to (on their own clusters; auth Secrets from "
+        "AIPLANE_SECRETS_DIR)",
+    )
     purge_parser.add_argument("--events-topic", default=EVENTS_TOPIC, help="the engine's events topic")
     purge_parser.set_defaults(func=_cmd_purge)
 

@@ -10,6 +10,8 @@ What each data class covers in aiplane's store (``engine.store.purge``):
 - ``inputs``: a finished task's input;
 - ``results``: a finished task's result, its variables, its step outputs and callback payloads;
 - ``events``: a finished task's published events (the outbox), and the events topic on Kafka;
+- on Kafka, ``results`` also sets the topic of each kafkaSink Connector the workflows publish to
+  (``sink_periods``);
 - ``payloadLogs``: the ``aiplane.payloads`` log records, which aiplane does not keep: the log store they are
   routed to applies the period;
 - ``audit``: the audit log, pruned with ``AuditLog.prune``.
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from crds.policy import Policy
+from crds.workflow import WorkflowSpec
 from policies.effective import DataClass, EffectivePolicy, Target, parse_duration
 
 #: Data classes kept in aiplane's store, per workflow.
@@ -82,3 +85,26 @@ def shared_period(policies: Iterable[Policy], data_class: DataClass) -> timedelt
     Policy asks for; None when none says."""
     periods = _periods(policies, data_class)
     return min(periods) if periods else None
+
+
+def connectors_called(spec: WorkflowSpec) -> set[str]:
+    """The Connectors a workflow sends data to: its connector steps' and its agents' connector actions."""
+    called = {step.connector.name for step in spec.steps if step.connector is not None}
+    for step in spec.steps:
+        if step.agent is not None:
+            called.update(action.connector.name for action in step.agent.actions if action.connector is not None)
+    return called
+
+
+def sink_periods(workflows: Mapping[str, WorkflowSpec], periods: RetentionFor) -> dict[str, timedelta]:
+    """Per Connector (by name), how long a topic it publishes to keeps records: the shortest ``results``
+    retention of the workflows that send to it (strictest wins: one topic holds every publisher's results). A
+    Connector none of whose workflows sets one is left out (kept as the broker keeps it)."""
+    found: dict[str, timedelta] = {}
+    for workflow, spec in workflows.items():
+        period = periods(workflow).get("results")
+        if period is None:
+            continue
+        for connector in connectors_called(spec):
+            found[connector] = min(period, found.get(connector, period))
+    return found

@@ -4,7 +4,8 @@ as the broker's default (a week, or forever with compaction).
 ``set_topic_retention`` sets ``retention.ms`` per topic with the admin client's incremental alter (kafka-python
 uses IncrementalAlterConfigs where the broker has it, so the topic's other settings stay as they are). The purge
 calls it with the events topic and the shortest ``retention.events`` of all Policies (one topic carries every
-workflow's events).
+workflow's events), and with each kafkaSink Connector's topic and the shortest ``retention.results`` of the
+workflows that publish to it (``aiplane.kafka_retention``).
 """
 
 from __future__ import annotations
@@ -25,14 +26,22 @@ def retention_ms(period: timedelta) -> int:
     return max(1, int(period.total_seconds() * 1000))
 
 
-def set_topic_retention(bootstrap_servers: str, topics: Mapping[str, timedelta], **client: Any) -> dict[str, int]:
-    """Set ``retention.ms`` of each topic; returns what was set. ``client``: more KafkaAdminClient settings (SASL,
-    TLS). Raises TopicRetentionError naming every topic the broker refused."""
+def set_topic_retention(
+    bootstrap_servers: str, topics: Mapping[str, timedelta], *, skip_missing: bool = False, **client: Any
+) -> dict[str, int]:
+    """Set ``retention.ms`` of each topic; returns what was set. ``skip_missing``: leave out topics the cluster
+    does not have (yet: a sink's topic appears with its first record), rather than fail. ``client``: more
+    KafkaAdminClient settings (SASL, TLS). Raises TopicRetentionError naming every topic the broker refused."""
     if not topics:
         return {}
     wanted = {topic: retention_ms(period) for topic, period in sorted(topics.items())}
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="aiplane-retention", **client)
     try:
+        if skip_missing:
+            existing = set(admin.list_topics())
+            wanted = {topic: ms for topic, ms in wanted.items() if topic in existing}
+            if not wanted:
+                return {}
         resources = [
             ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": str(ms)})
             for topic, ms in wanted.items()
