@@ -83,7 +83,7 @@ def serve_gateway(
                 oidc=OIDCVerifier(oidc) if oidc is not None else None,
             )
             if sources is not None:
-                follow_policies(app.state.gateway, sources.policies, sources.workflows)
+                follow_policies(app.state.gateway, sources.policies, sources.workflows, models=sources.model_target)
             log.info("gateway starting", extra={"host": host, "port": port})
             uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
