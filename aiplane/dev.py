@@ -35,6 +35,7 @@ from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
 from policies.effective import Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
+from policies.model_calls import ModelPolicies, default_target
 from policies.payloads import PayloadLog
 from policies.quota import Quotas
 from policies.ratelimit import SharedRateLimiter
@@ -120,7 +121,7 @@ class DevStack:
                 self.policies.policies(), self.workflow_targets().get(workflow) or Target("Workflow", workflow)
             ),
             retention=engine_retention(self.policies, self._of(Workflow)),
-            payloads=payload_log(self.policies, self._of(Workflow)),
+            payloads=payload_log(self.policies, self._of(Workflow), self.model_target),
             residency=Residency.from_policy_set(
                 self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}
             ),
@@ -142,6 +143,15 @@ class DevStack:
             )
             for w in self._of(Workflow)
         }
+
+    def model_target(self, name: str) -> Target:
+        """A Model as Policies select it (namespace and labels of its manifest)."""
+        for model in self._of(Model):
+            if model.metadata["name"] == name:
+                return Target(
+                    "Model", name, model.metadata.get("namespace", "default"), model.metadata.get("labels") or {}
+                )
+        return default_target(name)
 
     def stop(self) -> None:
         if self.embedded_kafka is not None:
@@ -189,8 +199,11 @@ def _targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
     }
 
 
-def payload_log(policies: PolicySet, workflows: Sequence[Workflow]) -> PayloadLog | None:
-    """Sampled step payload logs (``aiplane.payloads`` logger), or None when no Policy asks for them."""
+def payload_log(
+    policies: PolicySet, workflows: Sequence[Workflow], models: Callable[[str], Target] = default_target
+) -> PayloadLog | None:
+    """Sampled step payload logs (``aiplane.payloads`` logger), or None when no Policy asks for them; a Policy
+    that selects a Model (``models`` gives its target) samples and masks the model steps calling it too."""
     if not any(p.spec.payload_logging is not None for p in policies.policies()):
         return None
     targets = _targets(workflows)
@@ -198,7 +211,8 @@ def payload_log(policies: PolicySet, workflows: Sequence[Workflow]) -> PayloadLo
     def rate_for(workflow: str) -> float | None:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).payload_sample_rate
 
-    return PayloadLog(rate_for)
+    model_policies = ModelPolicies(policies, models, MaskingKeys.from_env())
+    return PayloadLog(rate_for, model_rate_for=model_policies.sample_rate, model_masking=model_policies.masking)
 
 
 def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any] | None:
@@ -282,6 +296,12 @@ def serve(manifests_dir: Path, data_dir: Path, host: str, port: int, kafka: str 
         app = create_app(engine, GatewaySettings())
         # The manifests' rate limits, at the gateway. Not separation of duties: dev has one principal holding every
         # role, and the demo approves what it submitted.
-        follow_policies(app.state.gateway, stack.policies, stack.workflow_targets(), separation_of_duties=False)
+        follow_policies(
+            app.state.gateway,
+            stack.policies,
+            stack.workflow_targets(),
+            separation_of_duties=False,
+            models=stack.model_target,
+        )
         with engine.worker():
             uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

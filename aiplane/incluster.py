@@ -26,6 +26,7 @@ from crds.workflow import WorkflowSpec
 from engine.store.purge import Retention
 from policies.effective import EffectiveAgentRule, EffectiveApproval, Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
+from policies.model_calls import ModelPolicies
 from policies.payloads import PayloadLog
 from policies.quota import Quotas
 from policies.residency import Residency
@@ -84,6 +85,10 @@ class ClusterSources:
         target = self.workflows.get(workflow)
         return self.policies.effective(target) if target is not None else None
 
+    def model_target(self, model: str) -> Target:
+        """A Model as Policies select it (the Model watch's namespace and labels)."""
+        return self.models.target(model)
+
     def engine_options(self) -> dict[str, Any]:
         """Resolvers and policy hooks for ``Engine(...)``. Raises ``MaskingKeyError`` for a malformed PII key."""
 
@@ -119,13 +124,17 @@ class ClusterSources:
         # fall back to redaction (policies.masking fails closed) rather than each pod making a key of its own.
         keys = MaskingKeys.from_env()
         periods = retention_for(self.policies.effective, self.workflows)
+        model_policies = ModelPolicies(self.policies, self.model_target, keys)
         self.policies.on_change(_warm_up_pii)
         return {
             "model_resolver": self.models,
             "connector_resolver": self.connectors,
             "secret_resolver": self.secrets,
             "pii": WorkflowMasking(pii_for, keys),
-            "payloads": PayloadLog(rate_for),
+            # Policies that select a Model sample and mask its calls' payloads too (by the Model watch's labels).
+            "payloads": PayloadLog(
+                rate_for, model_rate_for=model_policies.sample_rate, model_masking=model_policies.masking
+            ),
             "approval_rules": rules_for,
             "agent_rules": agent_rules_for,
             # A regional install (the chart's `region`) keeps its tasks' data in its region (policies.residency).

@@ -17,6 +17,7 @@ import pydantic
 
 from aiplane.kubewatch import Body, NamespaceWatch
 from crds.model import Endpoint
+from policies.effective import Target
 
 log = logging.getLogger(__name__)
 PLURAL = "models"
@@ -31,6 +32,8 @@ class KubeModelResolver:
         self._prediction_fields: dict[str, str] = {}
         #: Model name -> ``spec.region`` (None: none declared), what residency checks a model call against.
         self.regions: dict[str, str | None] = {}
+        #: Model name -> its labels, what Policies select it by (``target``).
+        self.labels: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._watch = NamespaceWatch(
             client, namespace, PLURAL, on_list=self._listed, on_event=self._changed, watch_timeout_s=watch_timeout_s
@@ -39,6 +42,10 @@ class KubeModelResolver:
     def endpoints(self, model: str) -> Sequence[Endpoint]:
         with self._lock:
             return self._endpoints.get(model, [])
+
+    def target(self, model: str) -> Target:
+        """The Model as Policies select it: this namespace and its labels (none while it is not known)."""
+        return Target("Model", model, self.namespace, self.labels.get(model) or {})
 
     def prediction_field(self, model: str) -> str | None:
         """The answer field holding the predicted class, while the Model's canary asks for drift analysis."""
@@ -56,7 +63,7 @@ class KubeModelResolver:
         # (every watch timeout), a call would find no endpoint, or no region for residency.
         listed = {item["metadata"]["name"] for item in items}
         with self._lock:
-            for known in (self._endpoints, self._prediction_fields, self.regions):
+            for known in (self._endpoints, self._prediction_fields, self.regions, self.labels):
                 for gone in known.keys() - listed:
                     known.pop(gone, None)
         for item in items:
@@ -70,6 +77,7 @@ class KubeModelResolver:
         with self._lock:
             self._endpoints.pop(name, None)
             self.regions.pop(name, None)
+            self.labels.pop(name, None)
             self._prediction_fields.pop(name, None)
 
     def _set(self, body: dict[str, Any]) -> None:
@@ -86,6 +94,8 @@ class KubeModelResolver:
         with self._lock:
             self._endpoints[name] = endpoints
             self.regions[name] = str(region) if region else None
+            labels = body["metadata"].get("labels") or {}
+            self.labels[name] = {str(k): str(v) for k, v in labels.items()}  # a new dict: a change shows
             if isinstance(field, str) and field:
                 self._prediction_fields[name] = field
             else:

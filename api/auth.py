@@ -24,6 +24,8 @@ from crds.policy import Policy
 from engine import Engine
 from policies.access_oidc import Identity, JwksUnavailableError, TokenError
 from policies.effective import Target, applicable
+from policies.model_calls import ModelPolicies, TargetOf, default_target
+from policies.payloads import PayloadLog
 from policies.ratelimit import LEASE, RateLimiter, Refusal
 from policies.sources import PolicySet
 
@@ -129,12 +131,18 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
 
 
 def follow_policies(
-    gw: Gateway, policies: PolicySet, workflows: Mapping[str, Target], *, separation_of_duties: bool = True
+    gw: Gateway,
+    policies: PolicySet,
+    workflows: Mapping[str, Target],
+    *,
+    separation_of_duties: bool = True,
+    models: TargetOf = default_target,
 ) -> None:
     """Enforce ``policies`` in the gateway from now on, following their changes: the token buckets are rebuilt on
-    every change (so a change refills them) and separation of duties asks for the workflow's Policies per approval
-    (unless ``separation_of_duties`` is off). ``workflows`` maps a workflow name to its selection target
-    (namespace and labels)."""
+    every change (so a change refills them), separation of duties asks for the workflow's Policies per approval
+    (unless ``separation_of_duties`` is off), and predictions follow the Policies that select their Model
+    (``policies.model_calls``). ``workflows`` maps a workflow name to its selection target (namespace and labels),
+    ``models`` a Model's name to its target."""
 
     def rebuild(current: tuple[Policy, ...]) -> None:
         # One attribute swap: safe from the watch's thread. Tokens the old limiter held are dropped, not spent.
@@ -146,6 +154,10 @@ def follow_policies(
 
     if separation_of_duties:
         gw.governing = governing
+    # The engine's PII keys (None without a pii Policy in aiplane dev: hash and tokenize then redact).
+    keys = gw.engine.pii.keys if gw.engine.pii is not None else None
+    gw.model_policies = ModelPolicies(policies, models, keys)
+    gw.payloads = PayloadLog(lambda workflow: None, model_masking=gw.model_policies.masking)
     policies.on_change(rebuild)
 
 

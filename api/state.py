@@ -18,6 +18,8 @@ from api.validation import InputValidators
 from crds.policy import Policy
 from engine import Engine, IdempotencyStore, TaskSpanStore
 from policies.access_oidc import OIDCVerifier
+from policies.model_calls import ModelPolicies
+from policies.payloads import PayloadLog
 from policies.ratelimit import Budget, RateLimiter
 
 
@@ -43,6 +45,11 @@ class Gateway:
     #: The Policies that govern a workflow (by name), for the checks the gateway makes at call time (separation
     #: of duties); none until a policy source is plugged in.
     governing: Callable[[str], Sequence[Policy]] = field(default=lambda workflow: ())
+    #: The Policies that select Models, for predictions (tenant access, masking, payload logging); None until a
+    #: policy source is plugged in (``api.auth.follow_policies``).
+    model_policies: ModelPolicies | None = None
+    #: Logs the sampled predictions of Models whose Policies ask for payload logs.
+    payloads: PayloadLog | None = None
 
     def __post_init__(self) -> None:
         self.submissions = SubmitBatcher(self.engine)

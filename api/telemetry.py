@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -94,9 +94,16 @@ def install_span_store() -> TaskSpanStore:
 
 @contextlib.contextmanager
 def gateway_span(
-    conn: HTTPConnection, operation: str, *, task_id: str | None = None, tenant: str | None = None
+    conn: HTTPConnection,
+    operation: str,
+    *,
+    task_id: str | None = None,
+    tenant: str | None = None,
+    mask: Callable[[str], str] | None = None,
 ) -> Iterator[Span]:
-    """A server span ``aiplane.gateway.<operation>`` continuing the request's ``traceparent``."""
+    """A server span ``aiplane.gateway.<operation>`` continuing the request's ``traceparent``. ``mask``: applied
+    to the text of an exception that ends the span (its exception event and status), whose message may quote
+    personal data (a model's answer to a prediction)."""
     attributes: dict[str, Any] = {"http.route": _route(conn), "http.request.method": conn.scope.get("method", "")}
     if task_id is not None:
         attributes[ATTR_TASK_ID] = task_id
@@ -108,10 +115,21 @@ def gateway_span(
         context=parent,
         kind=SpanKind.SERVER,
         attributes=attributes,
-        record_exception=True,
-        set_status_on_exception=True,
+        record_exception=mask is None,
+        set_status_on_exception=mask is None,
     ) as span:
-        yield span
+        if mask is None:
+            yield span
+            return
+        try:
+            yield span
+        except BaseException as exc:
+            # What the SDK records on its own, with the text masked (and no traceback: its frames quote it too).
+            text = mask(str(exc))
+            event = {"exception.type": type(exc).__qualname__, "exception.message": text, "exception.escaped": "True"}
+            span.add_event("exception", event)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {text}"))
+            raise
 
 
 _PROPAGATED = ("traceparent", "tracestate", "baggage")

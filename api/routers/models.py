@@ -11,20 +11,27 @@ answer alike).
 
 The live version is picked at random by the traffic weights the Model operator publishes (the canary split), the
 W3C ``traceparent`` of the gateway span goes upstream, and upstream failures become 502/504 problems.
+
+The Policies that select the Model govern the call (``policies.model_calls``, plugged in by
+``api.auth.follow_policies``): a tenant they leave out is refused (403, audited, as a regional install's refusal of
+a Model in another region is), the span's error text and the sampled payload log are masked by the Model's ``pii``.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from opentelemetry import propagate
+from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import predictions
@@ -32,10 +39,13 @@ from api.asgi import ClientGoneError, handled, read_body, route_path
 from api.auth import SUBMITTERS, authorize, check_rate
 from api.problems import FieldError, ProblemError, field_error, problem_responses
 from api.state import Gateway
+from api.store import Principal
 from api.telemetry import MODEL_CALL_DURATION, gateway_span, mark_error
 from api.upstream import Answer, UpstreamTimeoutError, UpstreamUnreachableError
 from crds.base import DNS_LABEL_PATTERN
 from engine import pick_endpoint
+from policies import metrics as policy_metrics
+from policies.model_calls import ModelCall
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -178,14 +188,12 @@ _BodyReader = Callable[[], Awaitable[bytes]]
 async def call_model(gw: Gateway, request: Request, name: str, api: str, read_body: _BodyReader) -> Answer:
     """The model's answer to this request (status below 400), or a ``ProblemError`` saying why there is none."""
     principal = await authorize(request, gw, SUBMITTERS)
-    await check_rate(gw, principal.tenant, None)
-    with gateway_span(request, "predict", tenant=principal.tenant) as span:
+    tenant = principal.tenant
+    await check_rate(gw, tenant, None)
+    governed, mask = _governed(gw, name, tenant)
+    with gateway_span(request, "predict", tenant=tenant, mask=mask) as span:
         span.set_attribute("aiplane.model.name", name)
-        residency = gw.engine.residency
-        if residency is not None and (why := residency.outside_home("model", name)) is not None:
-            # A regional install's gateway keeps the request's data in its region, as its tasks' (policies.residency).
-            mark_error(span, "residency denied")
-            raise ProblemError(403, "residency-denied", why, model=name, region=residency.home or "")
+        await _admit(gw, span, principal, name, governed)
         resolver = gw.engine.model_resolver
         endpoints = resolver.endpoints(name)
         endpoint = pick_endpoint(endpoints, _rng)
@@ -247,6 +255,8 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
             field = predictions.prediction_field(resolver, name)
             if field is not None:  # only while a canary's drift is measured
                 predictions.count(namespace, name, endpoint.version, answer.content, field)
+            if governed is not None and governed.sampled(_rng):
+                await _log_payload(gw, governed, version=endpoint.version, request=body, answer=answer.content)
             return answer
         excerpt = answer.content[:1024].decode("utf-8", "replace")
         if status in _CLIENT_ERRORS or status == 429:
@@ -269,6 +279,75 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
             version=endpoint.version,
             upstream_status=status,
         )
+
+
+def _governed(gw: Gateway, name: str, tenant: str) -> tuple[ModelCall | None, Callable[[str], str] | None]:
+    """What the Policies selecting the Model say for this tenant (cached per model, tenant and PolicySet version),
+    and the mask of an error's text, which may quote the model's answer (None: not masked)."""
+    model_policies = gw.model_policies
+    if model_policies is None:
+        return None, None
+    governed = model_policies.call(name, tenant)
+    return governed, model_policies.text_mask(governed)
+
+
+async def _admit(gw: Gateway, span: Span, principal: Principal, name: str, governed: ModelCall | None) -> None:
+    """Refuse (403, audited) a call the Model's Policies deny the tenant (deny wins) or that would take the data out
+    of a regional install's region."""
+    if governed is not None and governed.denial is not None:
+        mark_error(span, "tenant denied")
+        policy_metrics.denied("access")
+        await _audit_denial(gw, principal, name, reason="tenant-denied", detail=governed.denial, by=governed.denied_by)
+        raise ProblemError(403, "tenant-denied", governed.denial, model=name, tenant=principal.tenant)
+    residency = gw.engine.residency
+    if residency is not None and (why := residency.outside_home("model", name)) is not None:
+        # A regional install's gateway keeps the request's data in its region, as its tasks' (policies.residency).
+        mark_error(span, "residency denied")
+        policy_metrics.denied("residency")
+        home = residency.home or ""
+        # No Policy decides this (the install's region does); the record names the Model's residency Policies.
+        deciding = governed.residency_policies if governed is not None else ()
+        await _audit_denial(gw, principal, name, reason="residency-denied", detail=why, by=deciding, region=home)
+        raise ProblemError(403, "residency-denied", why, model=name, region=home)
+
+
+async def _audit_denial(
+    gw: Gateway, principal: Principal, model: str, *, reason: str, detail: str, by: Iterable[str], **facts: str
+) -> None:
+    """A refused prediction on the audit log, as intake's refusals are: kind ``policy``, decision ``deny``, subject
+    ``model/<name>/predict``, with the Policy versions that decided it (never the request's data)."""
+    details = {"reason": reason, "detail": detail, "model": model, "by": principal.name, "policies": sorted(by)}
+    details.update(facts)
+    await anyio.to_thread.run_sync(
+        lambda: gw.engine.audit.append(
+            "policy", f"model/{model}/predict", "deny", details, tenant=principal.tenant, actor="gateway"
+        )
+    )
+
+
+def _json(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", "replace")  # masked as text
+
+
+async def _log_payload(gw: Gateway, call: ModelCall, *, version: str, request: bytes, answer: bytes) -> None:
+    """A sampled prediction's request and answer to the payload log, masked by the Model's Policies; the masking
+    (presidio, milliseconds) runs off the event loop."""
+    payloads = gw.payloads
+    if payloads is None:
+        return
+    await anyio.to_thread.run_sync(
+        lambda: payloads.prediction(
+            tenant=call.tenant,
+            model=call.model,
+            version=version,
+            request=_json(request),
+            answer=_json(answer),
+            rate=call.sample_rate or 0.0,
+        )
+    )
 
 
 def _forwarded_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

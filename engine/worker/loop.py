@@ -294,6 +294,8 @@ class Worker:
                     step=claimed.step,
                     input=ctx.input,
                     output=result.output,
+                    # A model step's Model: Policies selecting it sample and mask its calls too.
+                    model=(result.lineage or {}).get("model") if claimed.step_type == "model" else None,
                 )
             if isinstance(result, StepError):
                 span.set_status(Status(StatusCode.ERROR, str(result)))
