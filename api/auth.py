@@ -16,7 +16,7 @@ import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api import logmask
+from api import floods, logmask
 from api.problems import ProblemError
 from api.state import Gateway, gateway
 from api.store import KEY_PREFIX, ApiKeyStore, Principal
@@ -26,7 +26,7 @@ from policies.access_oidc import Identity, JwksUnavailableError, TokenError
 from policies.effective import Target, applicable
 from policies.model_calls import ModelPolicies, TargetOf, default_target
 from policies.payloads import PayloadLog
-from policies.ratelimit import LEASE, RateLimiter, Refusal
+from policies.ratelimit import LEASE, RateLimiter, Refusal, limiting
 from policies.sources import PolicySet
 
 bearer = HTTPBearer(
@@ -154,6 +154,7 @@ def follow_policies(
 
     if separation_of_duties:
         gw.governing = governing
+    gw.limiting = lambda tenant, reason, bucket: limiting(policies.policies(), tenant, reason, bucket)
     # The engine's PII keys (None without a pii Policy in aiplane dev: hash and tokenize then redact).
     keys = gw.engine.pii.keys if gw.engine.pii is not None else None
     gw.model_policies = ModelPolicies(policies, models, keys)
@@ -170,6 +171,9 @@ async def check_rate(gw: Gateway, tenant: str, priority: str | None) -> None:
     if refusal is LEASE:
         refusal = await anyio.to_thread.run_sync(limiter.take, tenant, priority)
     if isinstance(refusal, Refusal):
+        await floods.refused(
+            gw, tenant, "rate-limited", refusal.priority, refusal.describe(), limit=refusal.rate, burst=refusal.burst
+        )
         raise ProblemError(
             429,
             "rate-limited",

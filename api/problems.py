@@ -26,6 +26,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api import floods
 from engine import EngineError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -222,6 +223,11 @@ async def _on_engine_error(request: Request, exc: Exception) -> JSONResponse:
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:  # a quota: come back when tasks may have finished
         headers = {"Retry-After": str(retry_after)}
+    if exc.type == "quota-exceeded" and isinstance(fields.get("tenant"), str):
+        limit = fields.get("limit")
+        await floods.refused(
+            request.app.state.gateway, fields["tenant"], exc.type, "tasks-in-flight", exc.detail, limit=limit
+        )
     if exc.http_status >= 500:
         log.error("engine error", exc_info=exc, extra={"route": _route(request)})
     return problem_response(

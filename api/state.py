@@ -18,6 +18,7 @@ from api.validation import InputValidators
 from crds.policy import Policy
 from engine import Engine, IdempotencyStore, TaskSpanStore
 from policies.access_oidc import OIDCVerifier
+from policies.coalesce import Coalescer
 from policies.model_calls import ModelPolicies
 from policies.payloads import PayloadLog
 from policies.ratelimit import Budget, RateLimiter
@@ -50,6 +51,10 @@ class Gateway:
     model_policies: ModelPolicies | None = None
     #: Logs the sampled predictions of Models whose Policies ask for payload logs.
     payloads: PayloadLog | None = None
+    #: Which 429s get an audit record (``api.floods``): one per tenant and bucket per second.
+    refusals: Coalescer = field(default_factory=Coalescer)
+    #: The Policies whose rate limits or quota (``reason``, ``bucket``) apply to a tenant, named by a 429's record.
+    limiting: Callable[[str, str, str], Sequence[Policy]] = field(default=lambda tenant, reason, bucket: ())
 
     def __post_init__(self) -> None:
         self.submissions = SubmitBatcher(self.engine)

@@ -146,6 +146,23 @@ def limits_from_policies(policies: Iterable[Policy]) -> tuple[list[RateLimit], d
     return everyone, named
 
 
+def limiting(policies: Iterable[Policy], tenant: str, reason: str, bucket: str) -> list[Policy]:
+    """The Policies behind a 429 of ``tenant``, for its audit record: for ``rate-limited`` those with a rate limit
+    of ``bucket`` (a priority class or ``*``), for ``quota-exceeded`` those with a quota; of each, those that apply
+    to the tenant (``access.tenants`` names it, or is empty)."""
+    out = []
+    for policy in policies:
+        spec = policy.spec
+        if reason == "quota-exceeded":
+            relevant = spec.quota is not None
+        else:
+            relevant = any((limit.priority or ALL) == bucket for limit in spec.rate_limits)
+        tenants = spec.access.tenants if spec.access is not None else []
+        if relevant and (not tenants or tenant in tenants):
+            out.append(policy)
+    return out
+
+
 class RateLimiter:
     """Token buckets per (tenant, priority class). ``take`` answers None (go on) or a ``Refusal`` (429).
 
