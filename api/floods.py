@@ -20,7 +20,8 @@ log = logging.getLogger("aiplane.gateway")
 
 async def refused(gw: Gateway, tenant: str, reason: str, bucket: str, detail: str, **facts: Any) -> None:
     """Count one 429 of ``tenant`` for ``reason`` (``rate-limited``, ``quota-exceeded``) and ``bucket`` (a
-    priority class, ``*``, or ``tasks-in-flight``); append its coalesced record when one is due."""
+    priority class, ``*``, ``tasks-in-flight`` or ``tasks-in-flight/<priority class>``); append its coalesced
+    record when one is due."""
     count = gw.refusals.note((tenant, reason, bucket))
     if count is None:
         return

@@ -224,10 +224,9 @@ async def _on_engine_error(request: Request, exc: Exception) -> JSONResponse:
     if retry_after is not None:  # a quota: come back when tasks may have finished
         headers = {"Retry-After": str(retry_after)}
     if exc.type == "quota-exceeded" and isinstance(fields.get("tenant"), str):
-        limit = fields.get("limit")
-        await floods.refused(
-            request.app.state.gateway, fields["tenant"], exc.type, "tasks-in-flight", exc.detail, limit=limit
-        )
+        limit, priority = fields.get("limit"), fields.get("priority")
+        bucket = "tasks-in-flight" + (f"/{priority}" if priority else "")  # a priority class's quota, or all's
+        await floods.refused(request.app.state.gateway, fields["tenant"], exc.type, bucket, exc.detail, limit=limit)
     if exc.http_status >= 500:
         log.error("engine error", exc_info=exc, extra={"route": _route(request)})
     return problem_response(

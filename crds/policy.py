@@ -137,12 +137,17 @@ class RateLimit(K8sModel):
 
 
 class Quota(K8sModel):
-    """How much of the engine a tenant may hold at once: a submission past it gets 429 with Retry-After."""
+    """How much of the engine a tenant may hold at once (optionally per priority class): a submission past it
+    gets 429 with Retry-After."""
 
     max_tasks_in_flight: int = Field(
         ge=1,
         le=10_000_000,
         description="Unfinished tasks (queued, running or waiting for an approval) a tenant may have at once.",
+    )
+    priority: Literal["high", "normal", "low"] | None = Field(
+        default=None,
+        description="Priority class the quota counts and applies to; omit for all of a tenant's tasks.",
     )
 
 
@@ -191,7 +196,9 @@ class PolicySpec(K8sModel):
     access: Access | None = Field(default=None, description="Tenants and roles.")
     residency: Residency | None = Field(default=None, description="Regions data may go to.")
     rate_limits: list[RateLimit] = Field(default_factory=list, max_length=8, description="Rate limits per tenant.")
-    quota: Quota | None = Field(default=None, description="A per-tenant quota of tasks in flight (smallest wins).")
+    quota: Quota | None = Field(
+        default=None, description="A per-tenant quota of tasks in flight, of one priority class or all (smallest wins)."
+    )
     payload_logging: PayloadLogging | None = Field(default=None, description="Sampled payload logs.")
     agent_actions: list[AgentActionRule] = Field(
         default_factory=list,

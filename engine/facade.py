@@ -129,7 +129,7 @@ class Engine:
         residency: Residency | None = None,
         tenants: Callable[[str], frozenset[str] | None] | None = None,
         governing: Callable[[str], Sequence[Policy]] | None = None,
-        quota: Callable[[str], int | None] | None = None,
+        quota: Callable[[str, str | None], int | None] | None = None,
         pii: WorkflowMasking | None = None,
         payloads: PayloadLog | None = None,
         approval_rules: RulesFor | None = None,
@@ -160,8 +160,9 @@ class Engine:
         submission they deny is refused at intake (``policies.admission``), however it comes in.
         ``governing``: the Policies that govern a workflow, by name: a denial's audit record names the versions of
         those that decided it.
-        ``quota``: a tenant's quota of unfinished tasks (``policies.quota.Quotas.max_in_flight``); a submission
-        past it is refused at intake with ``QuotaExceededError`` (429).
+        ``quota``: a tenant's quota of unfinished tasks of all priority classes (None) or of one
+        (``policies.quota.Quotas.max_in_flight``); a submission past either is refused at intake with
+        ``QuotaExceededError`` (429).
         """
         self.residency = residency
         self.governing = governing

@@ -148,13 +148,14 @@ def limits_from_policies(policies: Iterable[Policy]) -> tuple[list[RateLimit], d
 
 def limiting(policies: Iterable[Policy], tenant: str, reason: str, bucket: str) -> list[Policy]:
     """The Policies behind a 429 of ``tenant``, for its audit record: for ``rate-limited`` those with a rate limit
-    of ``bucket`` (a priority class or ``*``), for ``quota-exceeded`` those with a quota; of each, those that apply
-    to the tenant (``access.tenants`` names it, or is empty)."""
+    of ``bucket`` (a priority class or ``*``), for ``quota-exceeded`` those with a quota of ``bucket``'s class
+    (``tasks-in-flight/<class>``; ``tasks-in-flight``: all classes); of each, those that apply to the tenant
+    (``access.tenants`` names it, or is empty)."""
     out = []
     for policy in policies:
         spec = policy.spec
-        if reason == "quota-exceeded":
-            relevant = spec.quota is not None
+        if reason == "quota-exceeded":  # bucket tasks-in-flight, or tasks-in-flight/<priority class>
+            relevant = spec.quota is not None and spec.quota.priority == (bucket.partition("/")[2] or None)
         else:
             relevant = any((limit.priority or ALL) == bucket for limit in spec.rate_limits)
         tenants = spec.access.tenants if spec.access is not None else []

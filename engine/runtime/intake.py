@@ -67,6 +67,7 @@ _KEY_ROW = sa.select(idempotency_keys).where(
 )
 _UNFINISHED = (TaskState.QUEUED, TaskState.RUNNING, TaskState.WAITING)
 _IN_FLIGHT = sa.select(sa.func.count()).where(tasks.c.tenant == sa.bindparam("tenant"), tasks.c.state.in_(_UNFINISHED))
+_IN_FLIGHT_OF_CLASS = _IN_FLIGHT.where(tasks.c.priority == sa.bindparam("priority"))
 _QUOTA_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.bindparam("name"))))
 _CLAIM_KEYS = InsertIgnoringConflicts(idempotency_keys, [idempotency_keys.c.tenant, idempotency_keys.c.key])
 # A task-level idempotency key (a Kafka message's) finds the first task instead of failing or making a second.
@@ -155,8 +156,9 @@ class Intake:
     pii: WorkflowMasking | None = None
     #: Refuses submissions a Policy denies (tenants, residency), before their input is checked; None: no Policy.
     admission: Admission | None = None
-    #: A tenant's quota of unfinished tasks (``policies.quota``; None: none); None: no Policy sets quotas.
-    quota: Callable[[str], int | None] | None = None
+    #: A tenant's quota of unfinished tasks, of all priority classes (None) or one (``policies.quota``; None:
+    #: none); None: no Policy sets quotas.
+    quota: Callable[[str, str | None], int | None] | None = None
     #: The Policies that govern a workflow, by name: their versions go on each new task's ``task.submitted`` event
     #: (``policies``), for its lineage; None: not recorded.
     governing: Callable[[str], Sequence[Policy]] | None = None
@@ -188,11 +190,11 @@ class Intake:
         with self.db.write() as conn:
             heads: dict[str, str] = {}
             plans: list[_Plan] = []
-            counted: dict[str, int] = {}
+            counted: dict[tuple[str, str | None], int] = {}
             for index, submission in enumerate(batch):
                 try:
                     plan = self._plan(conn, index, submission, heads, now)
-                    self._check_quota(conn, submission.tenant, counted)
+                    self._check_quota(conn, submission, counted)
                     plans.append(plan)
                 except EngineError as exc:
                     outcomes[index] = exc
@@ -204,28 +206,43 @@ class Intake:
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
 
-    def _check_quota(self, conn: sa.Connection, tenant: str, counted: dict[str, int]) -> None:
-        """Refuse a submission past the tenant's quota of unfinished tasks; ``counted``: the tenant's count so
-        far in this batch (its earlier submissions included)."""
-        limit = self.quota(tenant) if self.quota is not None else None
-        if limit is None:
+    def _check_quota(self, conn: sa.Connection, sub: Submission, counted: dict[tuple[str, str | None], int]) -> None:
+        """Refuse a submission past its tenant's quota of unfinished tasks, of all priority classes or of its own;
+        ``counted``: the tenant's counts so far in this batch (its earlier submissions included)."""
+        if self.quota is None:
             return
-        count = counted.get(tenant)
-        if count is None:
-            if conn.dialect.name == "postgresql":
-                # Gateways admitting for one tenant take turns until commit, so neither counts without the other's
-                # new tasks (SQLite's write transactions are serial already).
-                conn.execute(_QUOTA_LOCK, {"name": f"aiplane-quota:{tenant}"})
-            count = conn.execute(_IN_FLIGHT, {"tenant": tenant}).scalar_one()
-        if count >= limit:
-            policy_metrics.denied("quota")
-            raise QuotaExceededError(
-                f"tenant {tenant!r} has {count} unfinished tasks, as many as its Policies' quota allows "
-                f"(maxTasksInFlight {limit}); retry when some have finished, or ask for a larger quota",
-                tenant=tenant,
-                limit=limit,
-            )
-        counted[tenant] = count + 1
+        tenant, priority = sub.tenant, parse_priority(sub.priority).value
+        limits = [(None, self.quota(tenant, None)), (priority, self.quota(tenant, priority))]
+        checked = [(of, limit) for of, limit in limits if limit is not None]
+        if not checked:
+            return
+        if conn.dialect.name == "postgresql" and not any(key[0] == tenant for key in counted):
+            # Gateways admitting for one tenant take turns until commit, so neither counts without the other's
+            # new tasks (SQLite's write transactions are serial already).
+            conn.execute(_QUOTA_LOCK, {"name": f"aiplane-quota:{tenant}"})
+        counts: list[tuple[tuple[str, str | None], int]] = []
+        for of, limit in checked:
+            key = (tenant, of)
+            count = counted.get(key)
+            if count is None:
+                if of is None:
+                    count = conn.execute(_IN_FLIGHT, {"tenant": tenant}).scalar_one()
+                else:
+                    count = conn.execute(_IN_FLIGHT_OF_CLASS, {"tenant": tenant, "priority": of}).scalar_one()
+            if count >= limit:
+                policy_metrics.denied("quota")
+                what = "unfinished tasks" if of is None else f"unfinished {of}-priority tasks"
+                raise QuotaExceededError(
+                    f"tenant {tenant!r} has {count} {what}, as many as its Policies' quota allows "
+                    f"(maxTasksInFlight {limit}{'' if of is None else f' for priority {of}'}); retry when some "
+                    "have finished, or ask for a larger quota",
+                    tenant=tenant,
+                    limit=limit,
+                    **({"priority": of} if of is not None else {}),
+                )
+            counts.append((key, count))
+        for key, count in counts:  # counted only once every quota let it in
+            counted[key] = count + 1
 
     def submitted_payload(self, workflow: str, version: str, level: Priority) -> dict[str, Any]:
         """The ``task.submitted`` event's payload; with ``policies``, the versions of the Policies governing the

@@ -3,6 +3,7 @@ gateways on one PostgreSQL hold one quota between them; past it, 429 quota-excee
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,16 +12,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import create_api_key, create_app
+from api.auth import follow_policies
 from crds.policy import Policy
-from engine import Engine
+from engine import Engine, Submission
 from engine.errors import QuotaExceededError
 from policies.quota import Quotas, quotas_from_policies
 from policies.sources import PolicySet
 from tests.api.conftest import SETTINGS, assert_problem, auth, workflows
 
 
-def _quota(name: str, limit: int, tenants: list[str] | None = None) -> Policy:
-    spec: dict[str, object] = {"quota": {"maxTasksInFlight": limit}}
+def _quota(name: str, limit: int, tenants: list[str] | None = None, priority: str | None = None) -> Policy:
+    spec: dict[str, object] = {"quota": {"maxTasksInFlight": limit, **({"priority": priority} if priority else {})}}
     if tenants:
         spec["access"] = {"tenants": tenants}
     return Policy.model_validate({"metadata": {"name": name, "namespace": "claims"}, "spec": spec})
@@ -50,6 +52,57 @@ def test_a_submission_past_the_quota_is_refused_in_code_too(tmp_path: Path) -> N
         engine.submit("acme", "echo", {"claimId": "c-3"})
         policies.replace([])  # no quota any more: the next call sees it
         engine.submit("acme", "echo", {"claimId": "c-4"})
+
+
+def test_a_priority_class_has_a_quota_of_its_own() -> None:
+    policies = [_quota("all", 10), _quota("low", 2, priority="low"), _quota("acme-low", 1, ["acme"], priority="low")]
+    assert quotas_from_policies(policies) == (10, {})  # the quotas of all classes only
+    assert quotas_from_policies(policies, "low") == (2, {"acme": 1})
+    quotas = Quotas(policies)
+    assert [quotas.max_in_flight("globex", p) for p in (None, "low", "high")] == [10, 2, None]
+    assert quotas.max_in_flight("acme", "low") == 1
+
+
+def test_a_submission_fits_the_quota_of_its_class_and_that_of_all(tmp_path: Path) -> None:
+    """Low-priority work stops at its class's quota while high-priority submissions still get in, up to the
+    tenant's quota of all classes; through the gateway the 429 names the class."""
+    policies = PolicySet([_quota("all", 4), _quota("batch", 2, priority="low")])
+    with Engine(f"sqlite:///{tmp_path / 'e.db'}", quota=Quotas(policies).max_in_flight) as engine:
+        engine.register_workflow("echo", workflows()["echo"])
+        # In one batch too: the intake counts the batch's own submissions per class.
+        outcomes = engine.submit_many(
+            [Submission(tenant="acme", workflow="echo", input={"n": n}, priority="low") for n in range(3)]
+        )
+        assert [type(o).__name__ for o in outcomes] == ["Accepted", "Accepted", "QuotaExceededError"]
+        refused = outcomes[2]
+        assert isinstance(refused, QuotaExceededError)
+        assert "2 unfinished low-priority tasks" in refused.detail
+        assert "maxTasksInFlight 2 for priority low" in refused.detail
+        assert refused.fields["priority"] == "low"
+        engine.submit("acme", "echo", {"n": 3}, priority="high")
+        engine.submit("globex", "echo", {"n": 0}, priority="low")  # another tenant's class quota is its own
+        key = create_api_key(engine, "acme", "alice", ["submitter"])
+        app = create_app(engine, SETTINGS)
+        follow_policies(app.state.gateway, policies, {})  # names the Policies of a 429 on the audit log
+        with TestClient(app) as client:
+            body = {"workflow": {"name": "echo"}, "input": {"claimId": "c-4"}, "priority": "low"}
+            problem = assert_problem(client.post("/v1/tasks", json=body, headers=auth(key)), 429, "quota-exceeded")
+            assert (problem["priority"], problem["limit"]) == ("low", 2)
+            assert client.post("/v1/tasks", json={**body, "priority": "normal"}, headers=auth(key)).status_code == 202
+            # Four in flight now: the quota of all classes refuses even a high-priority one.
+            problem = assert_problem(
+                client.post("/v1/tasks", json={**body, "priority": "high"}, headers=auth(key)), 429, "quota-exceeded"
+            )
+            assert problem["limit"] == 4
+            assert "priority" not in problem
+        # Each refusal on the audit log under its class's bucket, naming only the Policies of that class's quota.
+        denials = [
+            (r.subject, json.loads(r.details)["policies"]) for r in engine.audit.records() if r.decision == "deny"
+        ]
+        assert denials == [
+            ("tenant/acme/quota-exceeded/tasks-in-flight/low", ["claims/batch"]),
+            ("tenant/acme/quota-exceeded/tasks-in-flight", ["claims/all"]),
+        ]
 
 
 @pytest.fixture
