@@ -66,6 +66,7 @@ class DevStack:
     policies: PolicySet = field(default_factory=PolicySet)
     #: Runs the postgres Connectors' statements (a pool per Connector).
     postgres: PostgresClient = field(default_factory=PostgresClient)
+    _model_targets: dict[str, Target] | None = field(default=None, repr=False)
 
     def _of(self, kind: type[Resource]) -> list[Any]:
         return [resource for resource in self.resources if isinstance(resource, kind)]
@@ -145,13 +146,15 @@ class DevStack:
         }
 
     def model_target(self, name: str) -> Target:
-        """A Model as Policies select it (namespace and labels of its manifest)."""
-        for model in self._of(Model):
-            if model.metadata["name"] == name:
-                return Target(
-                    "Model", name, model.metadata.get("namespace", "default"), model.metadata.get("labels") or {}
+        """A Model as Policies select it (namespace and labels of its manifest); asked on every prediction."""
+        if self._model_targets is None:
+            self._model_targets = {
+                m.metadata["name"]: Target(
+                    "Model", m.metadata["name"], m.metadata.get("namespace", "default"), m.metadata.get("labels") or {}
                 )
-        return default_target(name)
+                for m in self._of(Model)
+            }
+        return self._model_targets.get(name) or default_target(name)
 
     def stop(self) -> None:
         if self.embedded_kafka is not None:

@@ -34,6 +34,7 @@ class KubeModelResolver:
         self.regions: dict[str, str | None] = {}
         #: Model name -> its labels, what Policies select it by (``target``).
         self.labels: dict[str, dict[str, str]] = {}
+        self._targets: dict[str, Target] = {}  # made once per change: asked on every prediction
         self._lock = threading.Lock()
         self._watch = NamespaceWatch(
             client, namespace, PLURAL, on_list=self._listed, on_event=self._changed, watch_timeout_s=watch_timeout_s
@@ -45,7 +46,8 @@ class KubeModelResolver:
 
     def target(self, model: str) -> Target:
         """The Model as Policies select it: this namespace and its labels (none while it is not known)."""
-        return Target("Model", model, self.namespace, self.labels.get(model) or {})
+        found = self._targets.get(model)
+        return found if found is not None else Target("Model", model, self.namespace, {})
 
     def prediction_field(self, model: str) -> str | None:
         """The answer field holding the predicted class, while the Model's canary asks for drift analysis."""
@@ -63,7 +65,7 @@ class KubeModelResolver:
         # (every watch timeout), a call would find no endpoint, or no region for residency.
         listed = {item["metadata"]["name"] for item in items}
         with self._lock:
-            for known in (self._endpoints, self._prediction_fields, self.regions, self.labels):
+            for known in (self._endpoints, self._prediction_fields, self.regions, self.labels, self._targets):
                 for gone in known.keys() - listed:
                     known.pop(gone, None)
         for item in items:
@@ -78,6 +80,7 @@ class KubeModelResolver:
             self._endpoints.pop(name, None)
             self.regions.pop(name, None)
             self.labels.pop(name, None)
+            self._targets.pop(name, None)
             self._prediction_fields.pop(name, None)
 
     def _set(self, body: dict[str, Any]) -> None:
@@ -95,7 +98,8 @@ class KubeModelResolver:
             self._endpoints[name] = endpoints
             self.regions[name] = str(region) if region else None
             labels = body["metadata"].get("labels") or {}
-            self.labels[name] = {str(k): str(v) for k, v in labels.items()}  # a new dict: a change shows
+            self.labels[name] = {str(k): str(v) for k, v in labels.items()}
+            self._targets[name] = Target("Model", name, self.namespace, self.labels[name])
             if isinstance(field, str) and field:
                 self._prediction_fields[name] = field
             else:

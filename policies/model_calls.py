@@ -93,7 +93,7 @@ class ModelPolicies:
                     self._cache = {}
                     self._revision = revision
         found = self._cache.get((model, tenant))
-        if found is not None and found.target == target:
+        if found is not None and (found.target is target or found.target == target):
             return found
         decided = self._decide(model, tenant, target)
         if revision == self.policies.revision:  # not computed from Policies that changed meanwhile

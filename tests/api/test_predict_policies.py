@@ -21,6 +21,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from aiplane import manifests
+from aiplane.dev import DevStack
 from aiplane.kubemodels import KubeModelResolver
 from api import create_api_key, create_app
 from api.auth import follow_policies
@@ -265,3 +267,15 @@ def test_a_cluster_models_labels_are_what_policies_select_it_by() -> None:
     assert resolver.target("triage") == TARGETS["triage"]
     resolver._changed("DELETED", {"metadata": {"name": "triage"}})
     assert resolver.target("triage") == Target("Model", "triage", "claims", {})
+
+
+def test_aiplane_dev_selects_models_by_their_manifests_labels(tmp_path: Path) -> None:
+    examples = Path(__file__).parents[2] / "examples" / "claims-triage"
+    stack = DevStack(manifests_dir=examples, data_dir=tmp_path, resources=manifests.load([examples]))
+    target = stack.model_target("claims-extractor")
+    assert (target.namespace, target.labels["app.kubernetes.io/part-of"]) == ("default", "claims-triage")
+    assert stack.model_target("claims-extractor") is target  # made once
+    assert stack.model_target("unknown") == default_target("unknown")
+    # The example's Policy selects its Model: predictions are sampled for the payload log as it says.
+    policies = PolicySet([r for r in stack.resources if isinstance(r, Policy)])
+    assert ModelPolicies(policies, stack.model_target).call("claims-extractor", "dev").sample_rate == 0.01
