@@ -26,6 +26,7 @@ from aiplane import tracing
 
 if TYPE_CHECKING:
     from aiplane.incluster import ClusterSources
+    from connectors.kafka.bus import KafkaBus
     from engine import Engine
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ NAMESPACE_ENV = "AIPLANE_NAMESPACE"
 #: The former name of ``AIPLANE_NAMESPACE``, from when only Models were read from the cluster.
 MODELS_NAMESPACE_ENV = "AIPLANE_MODELS_NAMESPACE"
 SECRETS_DIR_ENV = "AIPLANE_SECRETS_DIR"
+# The engine's event bus (the chart's kafka.bootstrapServers): set, the workers' outbox relay publishes task events
+# to Kafka; unset, they stay in the process (nothing outside it subscribes).
+KAFKA_BOOTSTRAP_ENV = "AIPLANE_KAFKA_BOOTSTRAP_SERVERS"
 
 
 class MissingDatabaseError(ValueError):
@@ -122,8 +126,9 @@ def run_worker(
         options["secret_resolver"] = DirectorySecretResolver(secrets_dir) if secrets_dir else None
     sink = ConnectorRecordSink(options["connector_resolver"], options["secret_resolver"])
     postgres = PostgresClient()
+    bus = _kafka_bus()
     try:
-        engine = Engine(db_url, data_dir=data_dir, sink=sink, postgres=postgres, **options)
+        engine = Engine(db_url, data_dir=data_dir, sink=sink, postgres=postgres, bus=bus, **options)
         try:
             with sources.registering(engine) if sources is not None else contextlib.nullcontext():
                 _work(engine, concurrency, metrics_port, metrics_host)
@@ -132,8 +137,22 @@ def run_worker(
     finally:
         sink.close()
         postgres.close()
+        if bus is not None:
+            bus.close()
         if provider is not None:
             provider.shutdown()
+
+
+def _kafka_bus(environ: dict[str, str] | None = None) -> KafkaBus | None:
+    """The Kafka bus ``AIPLANE_KAFKA_BOOTSTRAP_SERVERS`` names (events topic ``aiplane.events``), or None."""
+    env = os.environ if environ is None else environ
+    bootstrap = env.get(KAFKA_BOOTSTRAP_ENV, "").strip()
+    if not bootstrap:
+        return None
+    from connectors.kafka.bus import KafkaBus
+
+    log.info("task events go to Kafka", extra={"bootstrap_servers": bootstrap})
+    return KafkaBus(bootstrap)
 
 
 def _work(engine: Engine, concurrency: int, metrics_port: int | None, metrics_host: str) -> None:

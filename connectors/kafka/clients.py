@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 import threading
 from typing import Any
@@ -14,6 +15,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from crds.base import SecretKeyRef
 from crds.connector import KafkaAuth
 from engine.executors.resolvers import SecretResolver
+
+log = logging.getLogger(__name__)
 
 
 class SecretMissingError(LookupError):
@@ -98,7 +101,14 @@ class Producer:
         self.ack_timeout = ack_timeout
         self._settings: dict[str, Any] = {"client_id": client_id, "ack_timeout": ack_timeout, **overrides}
         self._lock = threading.Lock()
-        self._producer: KafkaProducer | None = producer(bootstrap_servers, **self._settings)
+        self._producer: KafkaProducer | None = None
+        try:
+            self._producer = producer(bootstrap_servers, **self._settings)
+        except KafkaError as error:
+            # A broker still starting (pods come up in any order) is not a reason to refuse to start: sends fail
+            # and their callers retry (the relay leaves events in the outbox), and the first one that finds the
+            # broker makes the producer.
+            log.warning("no Kafka broker at %s yet (%s); will connect on the first send", bootstrap_servers, error)
 
     def _current(self) -> KafkaProducer:
         with self._lock:
