@@ -23,6 +23,7 @@ import uvicorn
 
 from aiplane import manifests
 from aiplane.modelserver import ModelServer, served_by, stand_in, working_dir
+from aiplane.policyfiles import PolicyFileWatch
 from aiplane.retention_cli import engine_retention
 from api.app import create_app
 from api.auth import create_api_key, follow_policies
@@ -66,6 +67,8 @@ class DevStack:
     policies: PolicySet = field(default_factory=PolicySet)
     #: Runs the postgres Connectors' statements (a pool per Connector).
     postgres: PostgresClient = field(default_factory=PostgresClient)
+    #: Re-reads the manifests' Policies when a file changes (``aiplane.policyfiles``), from ``start`` to ``stop``.
+    policy_watch: PolicyFileWatch | None = None
     _model_targets: dict[str, Target] | None = field(default=None, repr=False)
 
     def _of(self, kind: type[Resource]) -> list[Any]:
@@ -134,6 +137,7 @@ class DevStack:
             # After the workflows: a source's first batch would otherwise stall on a workflow not yet registered.
             # Their own token buckets, following the Policies' rate limits as the gateway's do.
             self.embedded_kafka.start_sources(self.engine, DEV_TENANT, rate=SharedRateLimiter(self.policies))
+        self.policy_watch = PolicyFileWatch([self.manifests_dir], self.policies).start()
         return self.engine
 
     def workflow_targets(self) -> dict[str, Target]:
@@ -157,6 +161,8 @@ class DevStack:
         return self._model_targets.get(name) or default_target(name)
 
     def stop(self) -> None:
+        if self.policy_watch is not None:
+            self.policy_watch.stop()
         if self.embedded_kafka is not None:
             self.embedded_kafka.close()
         if self.engine is not None:

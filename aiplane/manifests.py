@@ -16,7 +16,9 @@ from crds import API_GROUP, RESOURCES, Resource, Workflow, checks
 KINDS: dict[str, type[Resource]] = {resource.KIND: resource for resource in RESOURCES}
 
 
-@dataclass(frozen=True)
+# Not frozen: raising sets __traceback__ on the exception, which a frozen dataclass refuses (FrozenInstanceError in
+# place of the error, seen when it is raised inside a contextmanager).
+@dataclass(eq=False)
 class ManifestError(Exception):
     """A manifest that cannot be used, with where it is and what to fix."""
 
@@ -27,7 +29,8 @@ class ManifestError(Exception):
         return f"{self.source}: {self.problem}"
 
 
-def _files(paths: Iterable[Path]) -> Iterator[Path]:
+def files(paths: Iterable[Path]) -> Iterator[Path]:
+    """The manifest files of ``paths``: files as given, and the YAML files under folders, in name order."""
     for path in paths:
         if path.is_dir():
             yield from sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
@@ -72,7 +75,7 @@ def parse(document: dict[str, Any], source: str) -> Resource | None:
 def load(paths: Iterable[Path]) -> list[Resource]:
     """All aiplane resources in the given files and folders, in file order; the first bad one raises."""
     resources: list[Resource] = []
-    for file in _files(paths):
+    for file in files(paths):
         try:
             documents = list(yaml.safe_load_all(file.read_text()))
         except (OSError, yaml.YAMLError) as error:

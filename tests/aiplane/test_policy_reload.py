@@ -1,0 +1,99 @@
+"""``aiplane dev``'s Policies follow their files: an edit to a Policy manifest applies to the next submission within
+seconds, without a restart; a manifest that no longer parses leaves the Policies in force as they were."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aiplane import manifests
+from aiplane.dev import DevStack
+from aiplane.policyfiles import PolicyFileWatch
+from crds.policy import Policy
+from engine.errors import PolicyDeniedError
+from policies.sources import PolicySet
+from tests.fixtures.polling import assert_eventually
+
+WORKFLOW = {
+    "apiVersion": "aiplane.io/v1alpha1",
+    "kind": "Workflow",
+    "metadata": {"name": "claims", "labels": {"team": "claims"}},
+    "spec": {"steps": [{"name": "decide", "type": "rules", "rules": {"set": {"ok": "true"}}}]},
+}
+
+
+def _policy(tenants: list[str], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "aiplane.io/v1alpha1",
+        "kind": "Policy",
+        "metadata": {"name": "who"},
+        "spec": {"selector": {"matchLabels": {"team": "claims"}}, "access": {"tenants": tenants}, **spec},
+    }
+
+
+def _write(path: Path, document: dict[str, Any]) -> None:
+    # Through a temporary file and a rename, as editors save: the watch never reads half a file.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(document))
+    tmp.replace(path)
+
+
+def test_an_edited_policy_file_applies_to_the_next_submission(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "workflow.yaml").write_text(yaml.safe_dump(WORKFLOW))
+    policy = folder / "policy.yaml"
+    _write(policy, _policy(["acme"]))
+    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
+    try:
+        engine = stack.start()
+        assert stack.policy_watch is not None
+        stack.policy_watch.interval = 0.05  # polls every second in `aiplane dev`
+        engine.submit("acme", "claims", {})
+        with pytest.raises(PolicyDeniedError):
+            engine.submit("globex", "claims", {})
+
+        _write(policy, _policy(["globex"]))
+
+        def globex_admitted() -> None:
+            engine.submit("globex", "claims", {})
+
+        assert_eventually(globex_admitted, timeout=10, retry_on=(PolicyDeniedError,))
+        with pytest.raises(PolicyDeniedError):
+            engine.submit("acme", "claims", {})
+    finally:
+        stack.stop()
+
+
+def _tenants(policies: PolicySet) -> list[str]:
+    [policy] = policies.policies()
+    assert policy.spec.access is not None
+    return policy.spec.access.tenants
+
+
+def test_a_broken_manifest_keeps_the_policies_in_force(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    policy = tmp_path / "policy.yaml"
+    _write(policy, _policy(["acme"]))
+    policies = PolicySet(r for r in manifests.load([tmp_path]) if isinstance(r, Policy))
+    watch = PolicyFileWatch([tmp_path], policies)
+    assert not watch.check()  # nothing changed: nothing read
+
+    policy.write_text("apiVersion: aiplane.io/v1alpha1\nkind: Policy\nmetadata: {name: who}\nspec: {quota: {}}\n")
+    with caplog.at_level(logging.ERROR, logger="aiplane.policyfiles"):
+        assert not watch.check()
+        assert not watch.check()  # the same broken file: logged once
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "maxTasksInFlight" in caplog.records[0].message
+    assert _tenants(policies) == ["acme"]
+
+    # Fixed, with a part the stack did not wire at start: applied, and the restart it needs is logged.
+    _write(policy, _policy(["globex"], approvals=[{"name": "all", "when": "true"}]))
+    with caplog.at_level(logging.WARNING, logger="aiplane.policyfiles"):
+        assert watch.check()
+    assert _tenants(policies) == ["globex"]
+    assert "restart" in caplog.records[-1].message
+    assert "approvals" in caplog.records[-1].message
