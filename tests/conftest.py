@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from engine import TaskSpanStore
 from engine.store.database import Database
 from engine.store.migrate import upgrade
+from tests.fixtures.reports import write_reports
 
 pytest_plugins = [
     "tests.fixtures.cluster",
@@ -33,6 +34,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The figures tests measured (PII detection's recall and precision per entity), after the results."""
+    write_reports(config, terminalreporter)
 
 
 @pytest.fixture(scope="module")

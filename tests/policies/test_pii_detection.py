@@ -9,8 +9,8 @@ check digits, incident dates, nine-digit order and tracking numbers, timestamps)
 recall would let a recognizer that flags any long digit run pass; masking a look-alike costs readability, not
 privacy, which is why the floor is not 1.
 
-The table prints with ``pytest -s`` and is written to ``pii-report.txt`` under pytest's temporary directory; the
-assertion message carries it too.
+The table is in the terminal summary of every run that includes these tests (``tests.fixtures.reports``), is
+written to ``pii-report.txt`` under pytest's temporary directory, and the assertion message carries it too.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 from crds.policy import PII
 from policies.masking import MASK, mask
 from policies.tokens import MaskingKeys
+from tests.fixtures.reports import add_report
 from tests.policies.pii_dataset import ENTITIES, Sample, generate, hard
 
 RECALL_FLOOR = 0.95
@@ -94,12 +95,15 @@ def render(table: dict[str, dict[str, float]], records: int, elapsed: float, siz
     return "\n".join(lines)
 
 
-def test_recall_and_precision_per_entity_on_the_labelled_set(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_recall_and_precision_per_entity_on_the_labelled_set(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> None:
     samples = generate(300)
     mask(samples[0].record, POLICY, "eval", KEYS)  # builds the recognizers: not part of the throughput
     table, elapsed, size = score(samples)
     report = render(table, len(samples), elapsed, size)
     print("\nPII detection on the generated set\n" + report)
+    add_report(pytestconfig, "PII detection on the generated set", report)
     out: Path = tmp_path_factory.mktemp("pii") / "pii-report.txt"
     out.write_text(report + "\n")
     assert set(table) == set(ENTITIES), report
@@ -111,13 +115,14 @@ def test_recall_and_precision_per_entity_on_the_labelled_set(tmp_path_factory: p
     assert not low, f"below recall {RECALL_FLOOR} or precision {PRECISION_FLOOR}:\n{report}"
 
 
-def test_known_misses_are_reported(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_known_misses_are_reported(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> None:
     """Not a floor: where the detector is known to miss (names in prose, bare-digit phones, unlabelled birth
     dates), measured so the report says how much."""
     samples = hard(100)
     table, elapsed, size = score(samples)
     report = render(table, len(samples), elapsed, size)
     print("\nPII detection, known misses (no floor)\n" + report)
+    add_report(pytestconfig, "PII detection, known misses (no floor)", report)
     (tmp_path_factory.mktemp("pii") / "pii-known-misses.txt").write_text(report + "\n")
     assert all(row["precision"] == 1.0 for row in table.values() if row["found"]), report
 
