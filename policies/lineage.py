@@ -8,7 +8,9 @@ step a decision record:
   ``explanation`` when its service returns them (the explainability hook of the BentoML service contract: an
   API whose output object has an ``explanation`` key, and optionally ``scores``, gets them recorded here);
 - connector steps: the Connector's name;
-- rules steps: the variables they set and the branch they took (their output);
+- rules steps: the variables they set and the branch they took (their output), and which rules fired: each branch
+  condition tried, in order, with its verdict (``branches``: ``when``, ``next``, ``matched``; the first that matched
+  is the one taken, and those after it were not tried);
 - approval steps: the decision and who decided.
 
 The engine records what produced each step's output with the step's completion event (``StepOutcome.lineage``);

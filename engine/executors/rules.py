@@ -27,6 +27,8 @@ class RulesExecutor:
                 task_vars[key] = value
             variables = cel.activation(ctx.input, ctx.steps, task_vars)
             chosen: str | None = None
+            # Which rules fired, for the step's decision record: each condition tried, in order, and its verdict.
+            tried: list[dict[str, Any]] = []
             for index, branch in enumerate(rules.branches):
                 label = f"{where} rules.branches[{index}].when"
                 matched = cel.evaluate(branch.when, variables, where=label)
@@ -36,9 +38,15 @@ class RulesExecutor:
                         f"{label}: {branch.when!r} gave {matched!r}, not a boolean",
                         retryable=False,
                     )
+                tried.append({"when": branch.when, "next": branch.next, "matched": matched})
                 if matched:
                     chosen = branch.next
                     break
             if chosen is None:
                 chosen = rules.default
-        return StepOutcome(output={"vars": decided, "next": chosen}, vars=decided, next_step=chosen)
+        return StepOutcome(
+            output={"vars": decided, "next": chosen},
+            vars=decided,
+            next_step=chosen,
+            lineage={"branches": tried} if rules.branches else None,
+        )

@@ -29,7 +29,14 @@ def test_lineage_names_every_producer_of_the_result(engine: Engine, downstream: 
                 {
                     "name": "decide",
                     "type": "rules",
-                    "rules": {"set": {"alert": "steps.score.output.scores.fraud > 0.5"}},
+                    "rules": {
+                        "set": {"alert": "steps.score.output.scores.fraud > 0.5"},
+                        "branches": [
+                            {"when": "input.a > 5", "next": "notify"},
+                            {"when": "vars.alert", "next": "notify"},
+                            {"when": "true", "next": "notify"},
+                        ],
+                    },
                 },
                 connector_step("notify"),
             ]
@@ -50,7 +57,15 @@ def test_lineage_names_every_producer_of_the_result(engine: Engine, downstream: 
         "scores": {"fraud": 0.91},
         "explanation": {"top": ["amount"]},
     }
-    assert decide["decision"] == {"vars": {"alert": True}, "next": None}
+    # Which rules fired: the conditions tried in order with their verdicts (the one after the match never ran).
+    assert decide["decision"] == {
+        "vars": {"alert": True},
+        "next": "notify",
+        "branches": [
+            {"when": "input.a > 5", "next": "notify", "matched": False},
+            {"when": "vars.alert", "next": "notify", "matched": True},
+        ],
+    }
     assert notify["decision"] == {"connector": "c"}
     assert [s["state"] for s in found["steps"]] == ["succeeded"] * 3
 
