@@ -124,7 +124,8 @@ class DevStack:
             governing=lambda workflow: applicable(
                 self.policies.policies(), self.workflow_targets().get(workflow) or Target("Workflow", workflow)
             ),
-            retention=engine_retention(self.policies, self._of(Workflow)),
+            # With --kafka, each purge also sets the events and sink topics' retention (aiplane.kafka_retention).
+            retention=engine_retention(self.policies, self._of(Workflow), kafka=self.kafka, connectors=connectors),
             payloads=payload_log(self.policies, self._of(Workflow), self.model_target),
             residency=Residency.from_policy_set(
                 self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}

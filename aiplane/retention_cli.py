@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from aiplane import kafka_retention, manifests
+from aiplane.kafka_retention import KafkaRetention
 from aiplane.settings import Settings
-from crds.connector import Connector
+from crds.connector import Connector, ConnectorSpec
 from crds.policy import Policy
 from crds.workflow import Workflow
 from policies.effective import DEFAULT_NAMESPACE, Target
@@ -53,15 +54,30 @@ def workflow_targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
     }
 
 
-def engine_retention(policies: PolicySet, workflows: Sequence[Workflow]) -> Retention | None:
-    """The engine's retention from these Policies; None (no purge at all) when none sets a retention."""
+def engine_retention(
+    policies: PolicySet,
+    workflows: Sequence[Workflow],
+    *,
+    kafka: str | None = None,
+    connectors: Mapping[str, ConnectorSpec] | None = None,
+) -> Retention | None:
+    """The engine's retention from these Policies; None (no purge at all) when none sets a retention. With
+    ``kafka`` (the events bus's bootstrap servers) each purge also sets the retention of the events topic and of
+    the kafkaSink ``connectors``' topics (``aiplane.kafka_retention``)."""
     from engine.store.purge import Retention
 
     if not any(p.spec.retention is not None for p in policies.policies()):
         return None
-    return Retention(
-        retention_for(policies.effective, workflow_targets(workflows)), audit=lambda: audit_period(policies.policies())
+    periods = retention_for(policies.effective, workflow_targets(workflows))
+    specs = {w.metadata["name"]: w.spec for w in workflows}
+    topics = KafkaRetention(
+        policies=policies.policies,
+        periods=periods,
+        workflows=lambda: specs,
+        connectors=dict(connectors or {}).get,
+        events=kafka,
     )
+    return Retention(periods, audit=lambda: audit_period(policies.policies()), after=topics if kafka else None)
 
 
 def _store(args: argparse.Namespace) -> tuple[Database, PayloadCodec]:
@@ -94,7 +110,6 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     report = purged.as_dict()
     if args.kafka:
         from aiplane.components import SECRETS_DIR_ENV
-        from aiplane.kafka_retention import KafkaRetention
         from engine.executors.resolvers import DirectorySecretResolver
         from policies.retention_kafka import TopicRetentionError
 

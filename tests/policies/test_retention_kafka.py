@@ -5,6 +5,7 @@ kafkaSink Connector's topic the shortest results retention of the workflows publ
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ import yaml
 
 from aiplane import manifests
 from aiplane.cli import main
+from aiplane.dev import DevStack
 from aiplane.kafka_retention import KafkaRetention
 from aiplane.retention_cli import workflow_targets
+from connectors.kafka import DEFAULT_EVENTS_TOPIC
 from crds.connector import Connector, ConnectorSpec
 from crds.policy import Policy
 from crds.workflow import Workflow, WorkflowSpec
@@ -158,3 +161,39 @@ def test_a_cluster_that_refuses_does_not_stop_the_others(kafka: Kafka) -> None:
     with pytest.raises(TopicRetentionError, match=r"127\.0\.0\.1:1"):
         hook.apply()
     assert topic_retention(kafka.bootstrap_servers, sink) == 3_600_000
+
+
+def test_aiplane_dev_with_kafka_sets_topic_retention_on_each_purge(kafka: Kafka, tmp_path: Path) -> None:
+    """``aiplane dev --kafka``: the Connectors point at the one broker, and the engine's purge sets its topics."""
+    sink = f"dev-sink-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    documents = [
+        _doc("Policy", "keep", {"selector": {}, "retention": {"events": "30d", "results": "10d"}}),
+        _doc(
+            "Workflow",
+            "claims",
+            {
+                "steps": [
+                    {"name": "decide", "type": "rules", "rules": {"set": {"ok": "true"}}},
+                    {"name": "publish", "type": "connector", "connector": {"name": "out"}, "end": True},
+                ]
+            },
+        ),
+        # The cluster's address, as in a real manifest: dev points it at --kafka.
+        _doc("Connector", "out", {"type": "kafkaSink", "kafkaSink": {"bootstrapServers": "kafka:9092", "topic": sink}}),
+    ]
+    (folder / "all.yaml").write_text(yaml.safe_dump_all(documents))
+    stack = DevStack(
+        manifests_dir=folder,
+        data_dir=tmp_path / "data",
+        resources=manifests.load([folder]),
+        kafka=kafka.bootstrap_servers,
+    )
+    try:
+        engine = stack.start()  # makes the sink topic (and the events topic) on the broker
+        engine.purge()
+    finally:
+        stack.stop()
+    assert topic_retention(kafka.bootstrap_servers, sink) == 10 * DAY_MS
+    assert topic_retention(kafka.bootstrap_servers, DEFAULT_EVENTS_TOPIC) == 30 * DAY_MS
