@@ -6,8 +6,9 @@ refuses thousands of times a second, and one hash-chained record each (a lock of
 turn every flood into a write load on the store and fill the log with copies. So the first refusal of a key in a
 window is recorded, with ``count``: itself and the refusals of that key since the previous record, which were
 counted in memory, not recorded. A flood is then one record per second per tenant and bucket (per gateway
-replica), and the counts add up to every refusal except those after a key's last record, which the next refusal
-of that key carries (and ``aiplane_policy_decisions_total`` counts all of them as they happen).
+replica), and the counts add up to every refusal: those after a key's last record are carried by its next refusal's
+record, or written by ``drain`` when the process stops (``aiplane_policy_decisions_total`` counts every one as it
+happens).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
 WINDOW_S = 1.0
 
@@ -28,10 +30,11 @@ class Coalescer:
         self._lock = threading.Lock()
         # key -> [time of its last record, refusals since it not yet recorded]
         self._state: dict[Hashable, list[float]] = {}
+        self._last: dict[Hashable, Any] = {}  # key -> what its latest refusal said, for ``drain``
 
-    def note(self, key: Hashable) -> int | None:
-        """Count one refusal of ``key``; the number of refusals to record now (this one included), or None when a
-        record of ``key`` was written less than ``window`` ago."""
+    def note(self, key: Hashable, info: Any = None) -> int | None:
+        """Count one refusal of ``key`` (``info``: what it said, kept for ``drain``); the number of refusals to
+        record now (this one included), or None when a record of ``key`` was written less than ``window`` ago."""
         now = self.clock()
         with self._lock:
             state = self._state.get(key)
@@ -39,7 +42,19 @@ class Coalescer:
                 state = self._state[key] = [float("-inf"), 0.0]
             state[1] += 1
             if now - state[0] < self.window:
+                self._last[key] = info
                 return None
             count = int(state[1])
             state[0], state[1] = now, 0.0
+            self._last.pop(key, None)
             return count
+
+    def drain(self) -> list[tuple[Hashable, int, Any]]:
+        """(key, count, info of its latest refusal) of every key with refusals not yet recorded, which are then
+        recorded as far as this object knows: for a process on its way out, so the counts add up."""
+        with self._lock:
+            pending = [(key, int(state[1]), self._last.get(key)) for key, state in self._state.items() if state[1]]
+            for state in self._state.values():
+                state[1] = 0.0
+            self._last.clear()
+            return pending

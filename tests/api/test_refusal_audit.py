@@ -110,3 +110,20 @@ def test_a_quota_refusal_is_audited_coalesced(engine: Engine, gateway: tuple[Tes
     assert (details["count"], details["limit"]) == (1, 1)
     assert details["policies"] == ["claims/small@1"]
     assert "maxTasksInFlight 1" in details["detail"]
+
+
+def test_a_gateway_that_stops_records_the_refusals_it_coalesced(engine: Engine) -> None:
+    app = create_app(engine, SETTINGS)
+    follow_policies(app.state.gateway, PolicySet(POLICIES), {})
+    app.state.gateway.refusals = Coalescer(clock=Clock())  # the clock never moves: one record, then coalesced
+    key = create_api_key(engine, "acme", "alice", ["submitter"])
+    with TestClient(app) as client:
+        answers = [client.post("/v1/models/echo/predict", json={}, headers=auth(key)).status_code for _ in range(6)]
+        assert answers == [200, 200, 429, 429, 429, 429]
+        assert [d["count"] for _, _, d in _denials(engine)] == [1]
+    # The app's shutdown wrote the three refusals no record stood for yet, with the last one's facts.
+    [first, last] = _denials(engine)
+    assert (last[0], last[2]["count"], last[2]["burst"]) == ("tenant/acme/rate-limited/*", 3, 2)
+    assert last[2]["policies"] == first[2]["policies"] == ["claims/slow@1"]
+    assert "over its rate limit" in last[2]["detail"]
+    assert engine.audit.verify().ok
