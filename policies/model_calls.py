@@ -5,6 +5,8 @@ A Policy whose ``selector.kinds`` names Model governs such a call as it governs 
 
 - ``access.tenants``: a tenant every tenant-listing Policy allows may call the Model; any other is refused (deny
   wins), naming the Policies that left it out (for the audit record, not for the caller);
+- ``residency.regions``: the Model is called only while its region (``spec.region``) is among them (a Model
+  that declares none is refused, as to a pinned task);
 - ``pii``: what the gateway keeps or sends of the call (payload logs, span error texts) is masked by the Model's
   combined ``pii``; the caller's answer is the model's own;
 - ``payloadLogging.sampleRate``: the share of calls whose request and answer are logged, masked.
@@ -50,6 +52,17 @@ class ModelCall:
     residency_policies: tuple[str, ...] = ()
     pii: EffectivePII | None = None
     sample_rate: float | None = None
+    #: The regions the Model's residency Policies let its data go to (their intersection); None: not pinned.
+    regions: frozenset[str] | None = None
+
+    def residency_violation(self, region: str | None) -> str | None:
+        """Why the Model, in ``region`` (None: it declares none), may not be called under its residency Policies;
+        None when it may."""
+        if self.regions is None or (region is not None and region in self.regions):
+            return None
+        allowed = ", ".join(sorted(self.regions)) or "none (its residency policies' regions do not overlap)"
+        where = f"is in {region!r}" if region is not None else "declares no region (set spec.region on the Model)"
+        return f"model {self.model!r} keeps its data in {allowed} by its Policies, but it {where}; it is not called"
 
     def sampled(self, rng: random.Random) -> bool:
         """Whether this call's request and answer go to the payload log (a call has no task id to hash)."""
@@ -127,4 +140,5 @@ class ModelPolicies:
             residency_policies=tuple(sorted(str(ref(p)) for p in governing if p.spec.residency is not None)),
             pii=effective.pii,
             sample_rate=effective.payload_sample_rate,
+            regions=effective.regions,
         )

@@ -300,6 +300,16 @@ async def _admit(gw: Gateway, span: Span, principal: Principal, name: str, gover
         await _audit_denial(gw, principal, name, reason="tenant-denied", detail=governed.denial, by=governed.denied_by)
         raise ProblemError(403, "tenant-denied", governed.denial, model=name, tenant=principal.tenant)
     residency = gw.engine.residency
+    if governed is not None and governed.regions is not None:
+        region = residency.model_regions.get(name) if residency is not None else None
+        if (why := governed.residency_violation(region)) is not None:
+            mark_error(span, "residency denied")
+            policy_metrics.denied("residency")
+            by = governed.residency_policies
+            await _audit_denial(gw, principal, name, reason="residency-denied", detail=why, by=by)
+            raise ProblemError(
+                403, "residency-denied", why, model=name, allowed_regions=", ".join(sorted(governed.regions))
+            )
     if residency is not None and (why := residency.outside_home("model", name)) is not None:
         # A regional install's gateway keeps the request's data in its region, as its tasks' (policies.residency).
         mark_error(span, "residency denied")

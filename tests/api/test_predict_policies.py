@@ -46,7 +46,19 @@ EMAIL = "jane.doe@example.com"
 TARGETS = {
     "triage": Target("Model", "triage", "claims", {"team": "claims"}),
     "triage-us": Target("Model", "triage-us", "claims", {"team": "claims"}),
+    # Pinned by a residency Policy: one in its region, one that declares none.
+    "eu-ok": Target("Model", "eu-ok", "claims", {"zone": "eu"}),
+    "eu-nowhere": Target("Model", "eu-nowhere", "claims", {"zone": "eu"}),
 }
+EU_ONLY = Policy.model_validate(
+    {
+        "metadata": {"name": "eu-only", "namespace": "claims", "generation": 5},
+        "spec": {
+            "selector": {"kinds": ["Model"], "matchLabels": {"zone": "eu"}},
+            "residency": {"regions": ["eu-west"]},
+        },
+    }
+)
 
 
 def _target(model: str) -> Target:
@@ -75,7 +87,7 @@ def upstream() -> Iterator[Downstream]:
 
 @pytest.fixture
 def policies() -> PolicySet:
-    return PolicySet([_policy(tenants=["acme"])])
+    return PolicySet([_policy(tenants=["acme"]), EU_ONLY])
 
 
 @pytest.fixture
@@ -87,11 +99,11 @@ def engine(tmp_path: Path, upstream: Downstream, policies: PolicySet) -> Iterato
         model_resolver=StaticModelResolver(
             {
                 name: [{"version": "v1", "url": upstream.url(f"/models/{name}"), "weight": 100}]
-                for name in ("triage", "open", "triage-us")
+                for name in ("triage", "open", "triage-us", "eu-ok", "eu-nowhere")
             }
         ),
         sqlite_synchronous="NORMAL",
-        residency=Residency(model_regions={"triage-us": "us-east"}, home="eu-west"),
+        residency=Residency(model_regions={"triage-us": "us-east", "eu-ok": "eu-west"}, home="eu-west"),
         payloads=PayloadLog(
             lambda workflow: None, model_rate_for=model_policies.sample_rate, model_masking=model_policies.masking
         ),
@@ -188,6 +200,27 @@ def test_a_residency_refusal_of_a_prediction_is_audited(
         assert details["region"] == "eu-west"
         assert "model 'triage-us' is in 'us-east'" in details["detail"]
         assert details["policies"] == []  # the install's region decided; the Model's Policies have no residency part
+
+
+def test_a_model_outside_its_residency_policies_regions_is_not_called(
+    engine: Engine, policies: PolicySet, upstream: Downstream
+) -> None:
+    acme = create_api_key(engine, "acme", "alice", ["submitter"])
+    headers = {"Authorization": f"Bearer {acme}"}
+    for app in _apps(engine, policies):
+        with TestClient(app) as client:
+            refused = client.post("/v1/models/eu-nowhere/predict", json={}, headers=headers)
+            assert refused.status_code == 403, refused.text
+            problem = refused.json()
+            assert problem["type"] == "https://aiplane.io/problems/residency-denied"
+            assert "model 'eu-nowhere' keeps its data in eu-west by its Policies" in problem["detail"]
+            assert "declares no region" in problem["detail"]
+            assert client.post("/v1/models/eu-ok/predict", json={}, headers=headers).status_code == 200
+    assert (upstream.count("/models/eu-nowhere/predict"), upstream.count("/models/eu-ok/predict")) == (0, 2)
+    denials = _denials(engine)
+    assert [(s, d["reason"], d["policies"]) for s, _, d in denials] == [
+        ("model/eu-nowhere/predict", "residency-denied", ["claims/eu-only@5"])
+    ] * 2
 
 
 def _logged(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
