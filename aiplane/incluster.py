@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiplane.kafka_retention import EVENTS_BOOTSTRAP_ENV, KafkaRetention
+from aiplane.components import KAFKA_BOOTSTRAP_ENV
+from aiplane.kafka_retention import KafkaRetention
 from crds.workflow import WorkflowSpec
 from engine.store.purge import Retention
 from policies.effective import EffectiveAgentRule, EffectiveApproval, Target, applicable
@@ -155,7 +156,7 @@ class ClusterSources:
                     workflows=lambda: dict(self.specs),
                     connectors=self.connectors.connector,
                     secrets=self.secrets,
-                    events=os.environ.get(EVENTS_BOOTSTRAP_ENV, "").strip() or None,
+                    events=os.environ.get(KAFKA_BOOTSTRAP_ENV, "").strip() or None,
                 ),
             ),
         }

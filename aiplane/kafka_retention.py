@@ -28,8 +28,6 @@ from policies.retention import RetentionFor, shared_period, sink_periods
 
 log = logging.getLogger(__name__)
 
-#: The cluster of the engine's events bus (the chart's kafka.bootstrapServers), as the workers read it.
-EVENTS_BOOTSTRAP_ENV = "AIPLANE_KAFKA_BOOTSTRAP_SERVERS"
 #: connectors.kafka.DEFAULT_EVENTS_TOPIC (not imported: the Kafka connector package loads the engine).
 EVENTS_TOPIC = "aiplane.events"
 

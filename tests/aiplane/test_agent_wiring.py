@@ -42,7 +42,7 @@ def test_the_cluster_sources_give_the_engine_the_agent_rules() -> None:
         namespace="default",
         client=cast(Any, None),
         models=cast(Any, SimpleNamespace(regions=lambda: {})),
-        connectors=cast(Any, None),
+        connectors=cast(Any, SimpleNamespace(connector=lambda name: None)),
         secrets=cast(Any, None),
         policies=PolicySet(POLICIES),
         labels={"claims-completion": {"app.kubernetes.io/part-of": "claims-triage"}},
