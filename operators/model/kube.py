@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -103,7 +104,8 @@ def new_api_client(pool_size: int = 16) -> kubernetes.client.ApiClient:
     try:
         load_incluster(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        load_kubeconfig(client_configuration=configuration)
+        # KUBECONFIG as it is now: the library's default path was read from the environment when it was imported.
+        load_kubeconfig(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
     # The handlers apply children from several threads at once; the default pool of 4 would make them queue.
     configuration.connection_pool_maxsize = pool_size
     return kubernetes.client.ApiClient(configuration)
