@@ -36,7 +36,7 @@ from engine.durations import parse_duration
 from engine.errors import EngineError, IdempotencyMismatchError, InvalidRequestError
 from engine.flow import definitions, graph
 from engine.models import Priority, TaskState
-from engine.runtime.intake import Accepted, Intake, Submission
+from engine.runtime.intake import Accepted, Intake, Submission, fresh_task_columns
 from engine.runtime.queue import parse_priority
 from engine.runtime.transitions import Entry, step_idempotency_key
 from engine.store import audit, outbox
@@ -259,23 +259,13 @@ class BulkIntake:
             "tenant": batch.tenant,
             "workflow": batch.workflow,
             "workflow_version": version,
-            "state": TaskState.QUEUED,
             "priority": level,
-            "result": None,
-            "result_ref": None,
-            "vars": {},
-            "error": None,
-            "current_step": None,
-            "step_seq": 0,
             "deadline": now + parse_duration(spec.sla.deadline) if spec.sla is not None else None,
-            "sla_breached_at": None,
             "annotations": None,
             "callback_url": None,
             "submitted_by": None,
             "request_key": None,
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": None,
+            **fresh_task_columns(now),
             **template.task,
         }
         columns: dict[str, Sequence[Any]] = {

@@ -283,18 +283,10 @@ class Intake:
             "tenant": sub.tenant,
             "workflow": sub.workflow,
             "workflow_version": version,
-            "state": TaskState.QUEUED,
             "priority": level,
             "input": encoded.inline,
             "input_ref": encoded.ref,
-            "result": None,
-            "result_ref": None,
-            "vars": {},
-            "error": None,
-            "current_step": None,
-            "step_seq": 0,
             "deadline": _deadline(spec, sub.deadline, now),
-            "sla_breached_at": None,
             "idempotency_key": sub.idempotency_key,
             "request_hash": request_hash(sub.input) if sub.idempotency_key is not None else None,
             "trace_context": sub.trace_context,
@@ -302,9 +294,7 @@ class Intake:
             "callback_url": sub.callback_url,
             "submitted_by": sub.submitted_by,
             "request_key": sub.request.key if sub.request is not None else None,
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": None,
+            **fresh_task_columns(now),
         }
         entry = self.machine.entry(SimpleNamespace(**task), graph.first_step(spec), now)
         task.update(entry.task)
@@ -449,6 +439,24 @@ class Intake:
             [records.step_run(self.codec, run) for run in runs],
             created=False,
         )
+
+
+def fresh_task_columns(now: datetime) -> dict[str, Any]:
+    """The columns of a task row that every new task starts with, whatever submitted it (this intake or the
+    batch intake of Kafka sources): queued, nothing run, nothing finished."""
+    return {
+        "state": TaskState.QUEUED,
+        "result": None,
+        "result_ref": None,
+        "vars": {},
+        "error": None,
+        "current_step": None,
+        "step_seq": 0,
+        "sla_breached_at": None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": None,
+    }
 
 
 def _deadline(spec: WorkflowSpec, deadline: datetime | timedelta | None, now: datetime) -> datetime | None:
