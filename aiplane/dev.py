@@ -127,6 +127,8 @@ class DevStack:
             # With --kafka, each purge also sets the events and sink topics' retention (aiplane.kafka_retention).
             retention=engine_retention(self.policies, self._of(Workflow), kafka=self.kafka, connectors=connectors),
             payloads=payload_log(self.policies, self._of(Workflow), self.model_target),
+            # Policies that select a Model refuse its calls by tenant or residency, as the gateway's predictions.
+            model_policies=ModelPolicies(self.policies, self.model_target, MaskingKeys.from_env()),
             residency=Residency.from_policy_set(
                 self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}
             ),

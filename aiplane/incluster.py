@@ -140,6 +140,8 @@ class ClusterSources:
             "agent_rules": agent_rules_for,
             # A regional install (the chart's `region`) keeps its tasks' data in its region (policies.residency).
             "residency": Residency(pins=pins, model_regions=self.models.regions, home=region_of_install()),
+            # Policies that select a Model refuse its calls by tenant or residency, as the gateway's predictions.
+            "model_policies": model_policies,
             "tenants": tenants,
             "governing": governing,  # names the Policy versions behind a denial in its audit record
             "quota": Quotas(self.policies).max_in_flight,

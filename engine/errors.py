@@ -119,6 +119,7 @@ class StepError(Exception):
         retryable: bool,
         status: int | None = None,
         retry_after: timedelta | None = None,
+        policies: tuple[str, ...] = (),
     ) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
@@ -126,6 +127,8 @@ class StepError(Exception):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        #: The Policy versions that refused the call (a policy denial's audit record names them).
+        self.policies = policies
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "message": self.message, "retryable": self.retryable}

@@ -98,6 +98,7 @@ from policies.residency import Residency
 
 if TYPE_CHECKING:
     from policies.masking import WorkflowMasking
+    from policies.model_calls import ModelPolicies
     from policies.payloads import PayloadLog
 
 MAX_PAGE = 500
@@ -135,6 +136,7 @@ class Engine:
         approval_rules: RulesFor | None = None,
         retention: Retention | None = None,
         agent_rules: AgentRulesFor | None = None,
+        model_policies: ModelPolicies | None = None,
     ) -> None:
         """Open the store at ``db_url`` (``sqlite:///path`` or ``postgresql+psycopg://...``) and migrate it.
 
@@ -154,6 +156,9 @@ class Engine:
         ``WorkerConfig.retention_interval`` (``Engine.purge``). None: nothing is purged.
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
+        ``model_policies``: the Policies that select Models (``policies.model_calls``): a model step (or an agent's
+        model action) whose Model's Policies refuse the task's tenant or keep its data out of the Model's region
+        fails with a TenantDenied or ResidencyDenied step error, as the gateway's predict route refuses the call.
         ``agent_rules``: a workflow's effective Policy agentActions rules by workflow name (``policies.agents``);
         agent steps ask them before each action. None: no rule applies.
         ``tenants``: the tenants a workflow's Policies allow (None: any), by workflow name. With ``residency``, a
@@ -165,6 +170,7 @@ class Engine:
         ``QuotaExceededError`` (429).
         """
         self.residency = residency
+        self.model_policies = model_policies
         self.governing = governing
         self.db = Database(db_url, sqlite_synchronous=sqlite_synchronous)
         if migrate_on_start:
@@ -580,7 +586,9 @@ class Engine:
 
     def executors(self) -> dict[str, StepExecutor]:
         """The step executors a worker of this engine uses, by step type."""
-        model = ModelExecutor(self.model_resolver, self.http, self.rng, residency=self.residency)
+        model = ModelExecutor(
+            self.model_resolver, self.http, self.rng, residency=self.residency, model_policies=self.model_policies
+        )
         connector = ConnectorExecutor(
             self.connector_resolver,
             self.http,

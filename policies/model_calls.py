@@ -11,6 +11,10 @@ A Policy whose ``selector.kinds`` names Model governs such a call as it governs 
   combined ``pii``; the caller's answer is the model's own;
 - ``payloadLogging.sampleRate``: the share of calls whose request and answer are logged, masked.
 
+The engine's model steps ask the same decision before each call (``ModelCall.refusal``, with the Model's region):
+a refused call fails the step, not retried, with a ``TenantDenied`` or ``ResidencyDenied`` error naming the
+Policies, and the model is not called.
+
 ``ModelPolicies.call(model, tenant)`` answers from a cache that holds one ``ModelCall`` per (model, tenant) and is
 emptied when the PolicySet changes (its ``revision``) or when the Model's labels do (the target is compared), so
 a call costs a revision check, the target and one dictionary lookup.
@@ -23,6 +27,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from policies.effective import DEFAULT_NAMESPACE, EffectivePII, Target, applicable, ref
 from policies.masking import WorkflowMasking
@@ -31,10 +36,24 @@ from policies.tokens import MaskingKeys
 
 TargetOf = Callable[[str], Target]
 
+#: The step error kind of a model step whose Model's Policies refuse the task's tenant (a residency refusal's kind
+#: is ``policies.residency.DENIED``).
+TENANT_DENIED = "TenantDenied"
+
 
 def default_target(model: str) -> Target:
     """A Model known by name only: unlabelled, in the namespace ``default`` (manifests without one)."""
     return Target("Model", model, DEFAULT_NAMESPACE, {})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call the Model's Policies refuse: ``reason`` (the problem type and audit reason), why, and the versions
+    of the Policies that decided it (``namespace/name@version``)."""
+
+    reason: Literal["tenant-denied", "residency-denied"]
+    detail: str
+    policies: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,16 @@ class ModelCall:
         allowed = ", ".join(sorted(self.regions)) or "none (its residency policies' regions do not overlap)"
         where = f"is in {region!r}" if region is not None else "declares no region (set spec.region on the Model)"
         return f"model {self.model!r} keeps its data in {allowed} by its Policies, but it {where}; it is not called"
+
+    def refusal(self, region: str | None) -> Refusal | None:
+        """Why the Model's Policies refuse this call (the tenant first: deny wins), the Model being in ``region``
+        (None: it declares none); None when they allow it. What the gateway's predict route and the engine's
+        model steps both ask."""
+        if self.denial is not None:
+            return Refusal("tenant-denied", self.denial, self.denied_by)
+        if (why := self.residency_violation(region)) is not None:
+            return Refusal("residency-denied", why, self.residency_policies)
+        return None
 
     def sampled(self, rng: random.Random) -> bool:
         """Whether this call's request and answer go to the payload log (a call has no task id to hash)."""

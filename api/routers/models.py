@@ -294,22 +294,21 @@ def _governed(gw: Gateway, name: str, tenant: str) -> tuple[ModelCall | None, Ca
 async def _admit(gw: Gateway, span: Span, principal: Principal, name: str, governed: ModelCall | None) -> None:
     """Refuse (403, audited) a call the Model's Policies deny the tenant (deny wins) or that would take the data out
     of a regional install's region."""
-    if governed is not None and governed.denial is not None:
-        mark_error(span, "tenant denied")
-        policy_metrics.denied("access")
-        await _audit_denial(gw, principal, name, reason="tenant-denied", detail=governed.denial, by=governed.denied_by)
-        raise ProblemError(403, "tenant-denied", governed.denial, model=name, tenant=principal.tenant)
     residency = gw.engine.residency
-    if governed is not None and governed.regions is not None:
+    if governed is not None:
         region = residency.model_regions.get(name) if residency is not None else None
-        if (why := governed.residency_violation(region)) is not None:
+        refused = governed.refusal(region)  # the decision the engine's model steps take too
+        if refused is not None and refused.reason == "tenant-denied":
+            mark_error(span, "tenant denied")
+            policy_metrics.denied("access")
+            await _audit_denial(gw, principal, name, reason=refused.reason, detail=refused.detail, by=refused.policies)
+            raise ProblemError(403, refused.reason, refused.detail, model=name, tenant=principal.tenant)
+        if refused is not None:
             mark_error(span, "residency denied")
             policy_metrics.denied("residency")
-            by = governed.residency_policies
-            await _audit_denial(gw, principal, name, reason="residency-denied", detail=why, by=by)
-            raise ProblemError(
-                403, "residency-denied", why, model=name, allowed_regions=", ".join(sorted(governed.regions))
-            )
+            await _audit_denial(gw, principal, name, reason=refused.reason, detail=refused.detail, by=refused.policies)
+            allowed = ", ".join(sorted(governed.regions or ()))
+            raise ProblemError(403, refused.reason, refused.detail, model=name, allowed_regions=allowed)
     if residency is not None and (why := residency.outside_home("model", name)) is not None:
         # A regional install's gateway keeps the request's data in its region, as its tasks' (policies.residency).
         mark_error(span, "residency denied")

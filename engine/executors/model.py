@@ -1,10 +1,14 @@
-"""Model steps: POST to a Model's BentoML API, on a live version picked by traffic weight."""
+"""Model steps: POST to a Model's BentoML API, on a live version picked by traffic weight.
+
+Before the call: the workflow's residency (``policies.residency``), then the Policies that select the Model
+(``policies.model_calls``: tenant access and residency, as for a prediction through the gateway). A refusal fails
+the step without retries and the model is not called."""
 
 from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import StepDeferredError, StepError
 from engine.executors.base import StepContext, StepOutcome
@@ -15,6 +19,10 @@ from engine.metrics import MODEL_CALL_DURATION
 from engine.tracing import ATTR_TASK_ID, SPAN_MODEL_CALL, tracer
 from policies import metrics as policy_metrics
 from policies import residency as residency_rules
+from policies.model_calls import TENANT_DENIED
+
+if TYPE_CHECKING:
+    from policies.model_calls import ModelPolicies
 
 MODEL_UNAVAILABLE = "ModelUnavailable"
 
@@ -34,9 +42,11 @@ class ModelExecutor:
         rng: random.Random | None = None,
         *,
         residency: residency_rules.Residency | None = None,
+        model_policies: ModelPolicies | None = None,
     ) -> None:
         self.resolver = resolver
         self.residency = residency
+        self.model_policies = model_policies
         self.http = http
         self.rng = rng or random.Random()
         # The namespace of the resolver's Models (a cluster's resolver knows it; the static ones do not).
@@ -49,6 +59,8 @@ class ModelExecutor:
         if denied is not None:  # not retried: the answer does not change by trying again
             policy_metrics.denied("residency")
             raise StepError(residency_rules.DENIED, denied, retryable=False)
+        if self.model_policies is not None:
+            self.check_model_policies(ctx.tenant, call.name)
         endpoint = pick_endpoint(self.resolver.endpoints(call.name), self.rng)
         if endpoint is None:
             # Retryable: a model that is rolling out or scaling from zero has no live endpoint for a moment.
@@ -85,6 +97,24 @@ class ModelExecutor:
                     )
         lineage = {"model": call.name, "version": endpoint.version, "endpoint": url}
         return StepOutcome(output=output, lineage=lineage)
+
+    def check_model_policies(self, tenant: str, model: str) -> None:
+        """Raise the step error of a call the Model's own Policies refuse ``tenant`` (``ModelCall.refusal``, the
+        gateway's predict decision): not retried, naming the Policies and why."""
+        assert self.model_policies is not None
+        region = self.residency.model_regions.get(model) if self.residency is not None else None
+        refused = self.model_policies.call(model, tenant).refusal(region)
+        if refused is None:
+            return
+        tenant_denied = refused.reason == "tenant-denied"
+        policy_metrics.denied("access" if tenant_denied else "residency")
+        by = ", ".join(refused.policies) or "its Policies"
+        raise StepError(
+            TENANT_DENIED if tenant_denied else residency_rules.DENIED,
+            f"{refused.detail} (Policy {by} selecting model {model!r})",
+            retryable=False,
+            policies=refused.policies,
+        )
 
 
 def _outcome(error: StepError) -> str:

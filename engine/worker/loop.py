@@ -57,6 +57,7 @@ from engine.tracing import (
 )
 from policies.audit import Entry as AuditEntry
 from policies.effective import ref
+from policies.model_calls import TENANT_DENIED as MODEL_TENANT_DENIED
 from policies.residency import DENIED as RESIDENCY_DENIED
 
 if TYPE_CHECKING:
@@ -393,7 +394,7 @@ class Worker:
             self._write(lambda conn: self.machine.defer(conn, claimed, result, self.clock()))
             metrics.DEFERRALS.labels(claimed.workflow, claimed.step).inc()
             return "deferred", None
-        denial = self._residency_denial(claimed, result)
+        denial = self._policy_denial(claimed, result)
 
         def fail(conn: sa.Connection) -> FailResult | None:
             now = self.clock()
@@ -411,19 +412,28 @@ class Worker:
         metrics.DEAD_LETTERS.labels(claimed.workflow).inc()
         return "failed", None
 
-    def _residency_denial(self, claimed: Claimed, result: StepError) -> Entry | None:
-        """The audit record of a model or connector call refused for residency (``policies.residency``): kind
-        ``policy``, decision ``deny``, naming the step, why, and the versions of the workflow's residency Policies;
-        None for any other failure."""
-        if result.kind != RESIDENCY_DENIED:
+    def _policy_denial(self, claimed: Claimed, result: StepError) -> Entry | None:
+        """The audit record of a model or connector call refused by Policy: for residency (``policies.residency``)
+        or by the Policies selecting the Model (``policies.model_calls``, tenant or residency): kind ``policy``,
+        decision ``deny``, naming the step, why, and the versions of the Policies that decided it (those the error
+        names, else the workflow's residency Policies); None for any other failure."""
+        if result.kind == RESIDENCY_DENIED:
+            reason = "residency-denied"
+        elif result.kind == MODEL_TENANT_DENIED:
+            reason = "tenant-denied"
+        else:
             return None
-        governing = self.governing(claimed.workflow) if self.governing is not None else ()
+        if result.policies:
+            deciding = sorted(result.policies)
+        else:
+            governing = self.governing(claimed.workflow) if self.governing is not None else ()
+            deciding = sorted(str(ref(p)) for p in governing if p.spec.residency is not None)
         details = {
-            "reason": "residency-denied",
+            "reason": reason,
             "detail": result.message,
             "workflow": claimed.workflow,
             "step": claimed.step,
-            "policies": sorted(str(ref(p)) for p in governing if p.spec.residency is not None),
+            "policies": deciding,
         }
         return AuditEntry("policy", f"task/{claimed.task_id}", "deny", details, tenant=claimed.tenant, actor="engine")
 
