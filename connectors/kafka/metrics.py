@@ -31,6 +31,13 @@ STALLS = Counter(
     "Batches a source could not complete (store or broker unavailable, workflow missing) and will read again.",
     ["connector", "reason"],
 )
+WAITING = Gauge(
+    "aiplane_connector_waiting_messages",
+    "Messages a Kafka source left on its topic at its last poll, to be read again, by what it waits on: "
+    "rate-limited (the tenant's rate limit) or quota-exceeded (the tenant's quota of tasks in flight); 0 once "
+    "it takes them.",
+    ["connector", "reason"],
+)
 RECORDS_SENT = Counter(
     "aiplane_connector_records_sent_total",
     "Records a Kafka sink published, by topic.",

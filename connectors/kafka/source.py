@@ -13,7 +13,12 @@ tenant or a residency the workflow's Policies deny (dead-lettered with that reas
 ``residency-denied``); the workers' approval gate holds them as any task. A tenant over its rate limit is slowed
 down, not refused: the messages past the limit are left on the topic (offsets not committed, partitions rewound)
 and read again once the bucket refills, so the limit shows as consumer lag rather than as dead letters someone
-must put back.
+must put back. A tenant at its quota of tasks in flight (``quota.maxTasksInFlight``) is back-pressure the same way:
+the engine takes only the messages the quota leaves room for (the first ones of each partition), and the source
+commits no further than those, leaves the rest on the topic and reads them again after ``retry_backoff``, until
+tasks finish and make room; nothing is dead-lettered for it. While it waits,
+``aiplane_connector_waiting_messages{reason="quota-exceeded"}`` counts the messages it left, and a log line says
+why.
 """
 
 from __future__ import annotations
@@ -35,7 +40,13 @@ from connectors.kafka.codec import header
 from connectors.kafka.validation import InputInvalidError, InputSchemas
 from crds.connector import KafkaSource as KafkaSourceSpec
 from crds.workflow import WorkflowSpec
-from engine.errors import IdempotencyMismatchError, InvalidRequestError, PolicyDeniedError, WorkflowNotFoundError
+from engine.errors import (
+    IdempotencyMismatchError,
+    InvalidRequestError,
+    PolicyDeniedError,
+    QuotaExceededError,
+    WorkflowNotFoundError,
+)
 from engine.executors.resolvers import SecretResolver
 from engine.facade import Engine
 from engine.flow import cel
@@ -98,9 +109,11 @@ class BatchResult:
     accepted: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
-    #: Messages left on the topic for now (a rate limit), read again after ``retry_after`` seconds.
+    #: Messages left on the topic for now (a rate limit, a quota), read again after ``retry_after`` seconds.
     deferred: int = 0
     retry_after: float = 0.0
+    #: Why they were left: ``rate-limited`` or ``quota-exceeded``.
+    waits_on: str | None = None
 
     @property
     def consumed(self) -> int:
@@ -218,23 +231,22 @@ class KafkaSource:
         records = [record for partition_records in batches.values() for record in partition_records]
         records, deferred, throttle = self._admit(records)
         try:
-            result = self._take(records) if records else BatchResult()
-            self._commit(records)
+            result, waiting, quota = self._take(records) if records else (BatchResult(), [], None)
+            self._commit([record for record in records if record not in waiting] if waiting else records)
         except BaseException:
             self.dead_letters.discard()
             self._rewind([*records, *deferred])
             raise
-        if deferred:
+        if waiting:  # the quota's: these and everything after them on their partitions wait
+            assert quota is not None
+            self._wait(result, [*waiting, *deferred], "quota-exceeded", self.settings.retry_backoff, quota.detail)
+        elif deferred:
             assert throttle is not None
-            self._rewind(deferred)
-            result.deferred, result.retry_after = len(deferred), throttle.retry_after
-            log.info(
-                "source %s: %d message(s) wait on the topic: %s",
-                self.settings.connector,
-                len(deferred),
-                throttle.describe(),
+            self._wait(result, deferred, "rate-limited", throttle.retry_after, throttle.describe())
+        for reason in ("quota-exceeded", "rate-limited"):
+            metrics.WAITING.labels(self.settings.connector, reason).set(
+                result.deferred if result.waits_on == reason else 0
             )
-            metrics.STALLS.labels(self.settings.connector, "rate-limited").inc()
         for outcome, count in (
             ("accepted", result.accepted),
             ("duplicate", result.duplicates),
@@ -245,6 +257,13 @@ class KafkaSource:
         metrics.BATCH_DURATION.labels(self.settings.connector).observe(time.perf_counter() - started)
         self._measure_lag()
         return result
+
+    def _wait(self, result: BatchResult, records: Sequence[Any], reason: str, retry_after: float, why: str) -> None:
+        """Leave ``records`` on the topic (rewound, not committed) to be read again after ``retry_after``."""
+        self._rewind(records)
+        result.deferred, result.retry_after, result.waits_on = len(records), retry_after, reason
+        log.info("source %s: %d message(s) wait on the topic: %s", self.settings.connector, len(records), why)
+        metrics.STALLS.labels(self.settings.connector, reason).inc()
 
     def _admit(self, records: list[Any]) -> tuple[list[Any], list[Any], Throttle | None]:
         """(taken, deferred, why): the records the tenant's rate limits admit now, in order, and the rest. A prefix
@@ -257,7 +276,11 @@ class KafkaSource:
                 return records[:index], records[index:], throttle
         return records, [], None
 
-    def _take(self, records: Sequence[Any]) -> BatchResult:
+    def _take(self, records: Sequence[Any]) -> tuple[BatchResult, list[Any], QuotaExceededError | None]:
+        """Submit the records' tasks and dead-letter what was refused: (what happened, the records left on the
+        topic for the tenant's quota, its refusal). The quota takes the first records of a partition; the ones it
+        left, and whatever follows them on their partition, wait (a record after them is not dead-lettered now:
+        it is read again)."""
         result = BatchResult()
         values: list[Any] = []
         keys: list[str] = []
@@ -285,7 +308,20 @@ class KafkaSource:
             validate=self.validate,
         )
         outcomes = self.engine.submit_batch(batch)
+        quota: QuotaExceededError | None = None
+        held: dict[tuple[str, int], int] = {}  # per partition, the first offset the quota left
         for record, outcome in zip(submitted, outcomes, strict=True):
+            if isinstance(outcome, QuotaExceededError):
+                quota = outcome
+                where = (record.topic, record.partition)
+                held[where] = min(held.get(where, record.offset), record.offset)
+        waiting = [r for r in records if r.offset >= held.get((r.topic, r.partition), r.offset + 1)]
+        if waiting:
+            dead = [d for d in dead if d[0].offset < held.get((d[0].topic, d[0].partition), d[0].offset + 1)]
+        for record, outcome in zip(submitted, outcomes, strict=True):
+            if record.offset >= held.get((record.topic, record.partition), record.offset + 1):
+                assert isinstance(outcome, QuotaExceededError), "the quota takes a prefix of each partition"
+                continue
             if isinstance(outcome, Exception):
                 dead.append((record, _refusal(outcome), self._masked(str(outcome))))
             elif outcome.created:
@@ -300,7 +336,7 @@ class KafkaSource:
             self.dead_letters.confirm()
         except KafkaError as exc:
             raise SourceStalledError("dead-letter-unavailable", f"dead-letter topic: {exc}") from exc
-        return result
+        return result, waiting, quota
 
     def _masked(self, detail: str) -> str:
         """A refusal's text, masked as the workflow's input is: an input check may quote the input."""

@@ -17,6 +17,12 @@ key twice in one batch) are they told apart, each repeated one answered with the
 
 A batch the Policies deny (tenant, residency: their audit records), or whose workflow starts with a step that
 writes more than a step run (an approval), goes through ``Intake.submit`` instead, as one submission per input.
+
+Quotas (``policies.quota``) hold for a batch as for the gateway's submissions: in the write transaction the
+tenant's unfinished tasks are counted (of all classes, and of the batch's class), and only as many inputs as both
+quotas leave room for are taken, the first ones in the batch's order; each of the rest is answered with
+``QuotaExceededError`` and nothing is written for it. A source leaves those messages on its topic and reads them
+again later (``connectors.kafka.source``): the quota is back-pressure, not a refusal.
 """
 
 from __future__ import annotations
@@ -33,10 +39,18 @@ import sqlalchemy as sa
 from crds.workflow import WorkflowSpec
 from engine.clock import new_id, new_ids
 from engine.durations import parse_duration
-from engine.errors import EngineError, IdempotencyMismatchError, InvalidRequestError
+from engine.errors import EngineError, IdempotencyMismatchError, InvalidRequestError, QuotaExceededError
 from engine.flow import definitions, graph
 from engine.models import Priority, TaskState
-from engine.runtime.intake import Accepted, Intake, Submission, fresh_task_columns
+from engine.runtime.intake import (
+    _IN_FLIGHT,
+    _IN_FLIGHT_OF_CLASS,
+    _QUOTA_LOCK,
+    Accepted,
+    Intake,
+    Submission,
+    fresh_task_columns,
+)
 from engine.runtime.queue import parse_priority
 from engine.runtime.transitions import Entry, step_idempotency_key
 from engine.store import audit, outbox
@@ -133,6 +147,7 @@ class BulkIntake:
         accepted = self._check(batch, inputs, version, spec, outcomes)
         if accepted:
             with intake.db.write() as conn:
+                accepted = self._within_quota(conn, batch.tenant, level, accepted, outcomes)
                 created = self._write(
                     conn,
                     batch=batch,
@@ -253,6 +268,8 @@ class BulkIntake:
         outcomes: list[BatchOutcome | None],
     ) -> list[tuple[int, str]]:
         """Insert the tasks, and the first step run and event of the new ones: (index, task id) of those."""
+        if not accepted:  # the quota left no room
+            return []
         ids = new_ids(len(accepted))
         level = template.run["priority"]
         shared: dict[str, Any] = {
@@ -304,6 +321,47 @@ class BulkIntake:
             conn, len(task_ids), {"id": new_ids(len(task_ids)), "task_id": task_ids}, submitted
         )
         return created
+
+    def _within_quota(
+        self,
+        conn: sa.Connection,
+        tenant: str,
+        level: Priority,
+        accepted: list[_Checked],
+        outcomes: list[BatchOutcome | None],
+    ) -> list[_Checked]:
+        """The first of ``accepted`` that the tenant's quotas (of all classes and of ``level``) leave room for;
+        the others are answered with ``QuotaExceededError``. Counted in this transaction, as ``Intake`` counts."""
+        quota = self.intake.quota
+        if quota is None:
+            return accepted
+        limits = [(of, limit) for of in (None, level.value) if (limit := quota(tenant, of)) is not None]
+        if not limits:
+            return accepted
+        if conn.dialect.name == "postgresql":  # take turns with gateways admitting for the tenant (see Intake)
+            conn.execute(_QUOTA_LOCK, {"name": f"aiplane-quota:{tenant}"})
+        room, refusal = len(accepted), None
+        for of, limit in limits:
+            if of is None:
+                count = conn.execute(_IN_FLIGHT, {"tenant": tenant}).scalar_one()
+            else:
+                count = conn.execute(_IN_FLIGHT_OF_CLASS, {"tenant": tenant, "priority": of}).scalar_one()
+            if limit - count < room:
+                room = max(limit - count, 0)
+                what = "unfinished tasks" if of is None else f"unfinished {of}-priority tasks"
+                refusal = QuotaExceededError(
+                    f"tenant {tenant!r} has {count} {what}, as many as its Policies' quota allows "
+                    f"(maxTasksInFlight {limit}{'' if of is None else f' for priority {of}'}); the rest waits "
+                    "until some have finished",
+                    tenant=tenant,
+                    limit=limit,
+                    **({"priority": of} if of is not None else {}),
+                )
+        if refusal is None:
+            return accepted
+        for checked in accepted[room:]:
+            outcomes[checked.item] = refusal
+        return accepted[:room]
 
     def _insert_tasks(self, conn: sa.Connection) -> Prepared:
         """Tasks whose idempotency key is there already are not inserted (the row count says how many went in)."""
