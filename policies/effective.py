@@ -87,9 +87,18 @@ class PolicyRef:
     name: str
     generation: int | None = None
     resource_version: str | None = None
+    #: A Policy without a generation (read from a file by ``aiplane dev`` or a CLI command, never applied to a
+    #: cluster) is versioned by its content: ``content_digest``.
+    digest: str | None = None
+
+    @property
+    def version(self) -> str:
+        """``metadata.generation`` when the Policy has one, else its content digest."""
+        return str(self.generation) if self.generation is not None else self.digest or ""
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}" + (f"@{self.generation}" if self.generation is not None else "")
+        version = self.version
+        return f"{self.namespace}/{self.name}" + (f"@{version}" if version else "")
 
 
 def namespace_of(policy: Policy) -> str:
@@ -104,7 +113,29 @@ def ref(policy: Policy) -> PolicyRef:
         name=str(metadata.get("name", "")),
         generation=int(generation) if generation is not None else None,
         resource_version=metadata.get("resourceVersion"),
+        digest=content_digest(policy) if generation is None else None,
     )
+
+
+#: id(policy) -> (policy, digest); the entry holds the Policy, so its id is not reused while the entry stands.
+_DIGESTS: dict[int, tuple[Policy, str]] = {}
+_DIGESTS_MAX = 4096
+
+
+def content_digest(policy: Policy) -> str:
+    """The version of a Policy that has no ``metadata.generation`` (a manifest file's): the first 12 hex digits of
+    the sha256 of its spec as canonical JSON, so an edit gives another version and the same content the same one,
+    on every machine. Computed once per Policy object (audit records ask for it per decision)."""
+    found = _DIGESTS.get(id(policy))
+    if found is not None and found[0] is policy:
+        return found[1]
+    spec = policy.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    if len(_DIGESTS) >= _DIGESTS_MAX:  # Policies replaced by many reloads: forget them all, recompute the live ones
+        _DIGESTS.clear()
+    _DIGESTS[id(policy)] = (policy, digest)
+    return digest
 
 
 def selects(policy: Policy, target: Target) -> bool:
@@ -189,7 +220,7 @@ class EffectivePolicy:
     @property
     def fingerprint(self) -> str:
         """A short hash of which Policy versions apply, for lineage and caches."""
-        text = json.dumps([[r.namespace, r.name, r.generation, r.resource_version] for r in self.sources])
+        text = json.dumps([[r.namespace, r.name, r.generation, r.resource_version, r.digest] for r in self.sources])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def allows_tenant(self, tenant: str) -> Decision:

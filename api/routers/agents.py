@@ -31,7 +31,10 @@ class AgentDecision(ApiModel):
     reasoning: str = Field(description="The planner's reasoning.")
     decision: Literal["allowed", "denied", "invalid", "done", "escalated", "limit"]
     reason: str = Field(description="Why: the policy rule, the schema problem, the limit or the escalation.")
-    policies: list[str] = Field(description="Policy versions behind the decision (namespace/name@generation).")
+    policies: list[str] = Field(
+        description="Policy versions behind the decision (namespace/name@version: its generation, or a file "
+        "Policy's content digest)."
+    )
     state: Literal["running", "succeeded", "failed", "denied", "invalid", "done", "escalated", "limit"]
     cost: float = Field(description="Model-call units spent: the planner call and, once run, the action.")
     attempts: int = Field(description="Attempts of the action.")

@@ -42,7 +42,10 @@ class LineageView(ApiModel):
     task_id: str
     workflow: WorkflowRef
     input_hash: str | None = Field(description="sha256 of the stored input (canonical JSON); null once purged.")
-    policies: list[str] = Field(description="Policy versions (namespace/name@generation) that decided on it.")
+    policies: list[str] = Field(
+        description="Policy versions (namespace/name@version: its generation, or a file Policy's content digest) "
+        "that decided on it."
+    )
     steps: list[StepDecision]
 
 

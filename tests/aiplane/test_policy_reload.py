@@ -3,7 +3,9 @@ seconds, without a restart; a manifest that no longer parses leaves the Policies
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from aiplane.dev import DevStack
 from aiplane.policyfiles import PolicyFileWatch
 from crds.policy import Policy
 from engine.errors import PolicyDeniedError
+from policies.effective import ref
 from policies.sources import PolicySet
 from tests.fixtures.polling import assert_eventually
 
@@ -97,3 +100,51 @@ def test_a_broken_manifest_keeps_the_policies_in_force(tmp_path: Path, caplog: p
     assert _tenants(policies) == ["globex"]
     assert "restart" in caplog.records[-1].message
     assert "approvals" in caplog.records[-1].message
+
+
+def test_a_file_policy_is_named_by_a_version_of_its_content(tmp_path: Path) -> None:
+    """Manifest files carry no generation: their Policies are versioned by a digest of the spec, so audit records
+    and lineage name them ``namespace/name@version`` as they name a cluster's Policies, and an edit shows."""
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "workflow.yaml").write_text(yaml.safe_dump(WORKFLOW))
+    policy = folder / "policy.yaml"
+    _write(policy, _policy(["acme"]))
+    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
+    try:
+        engine = stack.start()
+        assert stack.policy_watch is not None
+        stack.policy_watch.interval = 0.05
+        with pytest.raises(PolicyDeniedError) as first:
+            engine.submit("globex", "claims", {})
+        [named] = first.value.policies
+        assert re.fullmatch(r"default/who@[0-9a-f]{12}", named), named
+        # The same content read again (another process, a restart) is the same version.
+        [reread] = [r for r in manifests.load([folder]) if isinstance(r, Policy)]
+        assert str(ref(reread)) == named
+
+        _write(policy, _policy(["initech"]))
+
+        def edited() -> str:
+            with pytest.raises(PolicyDeniedError) as again:
+                engine.submit("globex", "claims", {})
+            [version] = again.value.policies
+            assert version != named
+            return version
+
+        renamed = assert_eventually(edited, timeout=10)
+        records = [json.loads(r.details) for r in engine.audit.records() if r.decision == "deny"]
+        assert (records[0]["policies"], records[-1]["policies"]) == ([named], [renamed])
+
+        with_generation = _policy(["initech"])
+        with_generation["metadata"]["generation"] = 7  # a generation written in the file wins
+        _write(policy, with_generation)
+
+        def generation_named() -> None:
+            with pytest.raises(PolicyDeniedError) as again:
+                engine.submit("globex", "claims", {})
+            assert again.value.policies == ("default/who@7",)
+
+        assert_eventually(generation_named, timeout=10)
+    finally:
+        stack.stop()

@@ -25,7 +25,7 @@ def _quota(name: str, limit: int, tenants: list[str] | None = None, priority: st
     spec: dict[str, object] = {"quota": {"maxTasksInFlight": limit, **({"priority": priority} if priority else {})}}
     if tenants:
         spec["access"] = {"tenants": tenants}
-    return Policy.model_validate({"metadata": {"name": name, "namespace": "claims"}, "spec": spec})
+    return Policy.model_validate({"metadata": {"name": name, "namespace": "claims", "generation": 1}, "spec": spec})
 
 
 def test_the_smallest_quota_that_applies_wins() -> None:
@@ -100,8 +100,8 @@ def test_a_submission_fits_the_quota_of_its_class_and_that_of_all(tmp_path: Path
             (r.subject, json.loads(r.details)["policies"]) for r in engine.audit.records() if r.decision == "deny"
         ]
         assert denials == [
-            ("tenant/acme/quota-exceeded/tasks-in-flight/low", ["claims/batch"]),
-            ("tenant/acme/quota-exceeded/tasks-in-flight", ["claims/all"]),
+            ("tenant/acme/quota-exceeded/tasks-in-flight/low", ["claims/batch@1"]),
+            ("tenant/acme/quota-exceeded/tasks-in-flight", ["claims/all@1"]),
         ]
 
 
