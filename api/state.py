@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import anyio.to_thread
 from fastapi import Request
 
-from api import floods
+from api import admitted, floods
 from api.batching import SubmitBatcher
 from api.settings import GatewaySettings
 from api.store import ApiKeyStore
@@ -55,6 +55,9 @@ class Gateway:
     payloads: PayloadLog | None = None
     #: Which 429s get an audit record (``api.floods``): one per tenant and bucket per second.
     refusals: Coalescer = field(default_factory=Coalescer)
+    #: Which predictions allowed under a Model's Policies get an audit record (``api.admitted``): one per tenant,
+    #: Model and Policy versions per second.
+    admitted: Coalescer = field(default_factory=Coalescer)
     #: The Policies whose rate limits or quota (``reason``, ``bucket``) apply to a tenant, named by a 429's record.
     limiting: Callable[[str, str, str], Sequence[Policy]] = field(default=lambda tenant, reason, bucket: ())
 
@@ -80,6 +83,7 @@ class Gateway:
             self.http = None
         # The 429s counted since their bucket's last audit record, so the records add up to every one given.
         await anyio.to_thread.run_sync(lambda: floods.flush(self))
+        await anyio.to_thread.run_sync(lambda: admitted.flush(self))
 
 
 def gateway(request: Request) -> Gateway:

@@ -19,6 +19,7 @@ from typing import Literal
 from crds.policy import Policy
 from crds.workflow import WorkflowSpec
 from policies import metrics
+from policies.audit import Entry
 from policies.effective import ref
 from policies.residency import Residency
 
@@ -98,3 +99,40 @@ class Admission:
                     self._deciding(workflow, lambda p: p.spec.residency is not None),
                 )
         return None
+
+
+@dataclass(frozen=True)
+class Governance:
+    """The Policies that governed an admitted submission, for its ``policy``/``allow`` audit record: their versions
+    (``namespace/name@generation``) and the intake checks they set that it passed (``access``: a tenant list;
+    ``residency``: regions). Made only when at least one Policy governs the workflow: no Policy, no record."""
+
+    policies: tuple[str, ...]
+    checks: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, governing: Sequence[Policy], *, tenants: bool = True, residency: bool = True) -> Governance | None:
+        """``governing``'s versions; ``tenants``/``residency``: whether intake checks those parts at all (an engine
+        given no tenant access or residency does not, whatever the Policies say). None when no Policy governs."""
+        if not governing:
+            return None
+        checks = []
+        if tenants and any(p.spec.access is not None and p.spec.access.tenants for p in governing):
+            checks.append("access")
+        if residency and any(p.spec.residency is not None for p in governing):
+            checks.append("residency")
+        return cls(tuple(sorted({str(ref(p)) for p in governing})), tuple(checks))
+
+    def allow_entry(
+        self, task_id: str, *, tenant: str, workflow: str, version: str, by: str | None, actor: str = "engine"
+    ) -> Entry:
+        """The record of a task admitted under these Policies: kind ``policy``, decision ``allow``, subject
+        ``task/<id>``, as a denial's record on ``workflow/<name>/submission`` is shaped (never the input)."""
+        details = {
+            "workflow": workflow,
+            "version": version,
+            "by": by,
+            "checks": list(self.checks),
+            "policies": list(self.policies),
+        }
+        return Entry("policy", f"task/{task_id}", "allow", details, tenant=tenant, actor=actor)

@@ -49,6 +49,22 @@ class Coalescer:
             self._last.pop(key, None)
             return count
 
+    def overdue(self) -> list[tuple[Hashable, int, Any]]:
+        """(key, count, info) of every key whose uncounted decisions have waited a whole window since its last
+        record, which are then recorded as far as this object knows: asked when some record is written anyway, so
+        a key that went quiet (or whose Policies changed, for keys naming their versions) does not hold its count
+        until ``drain``."""
+        now = self.clock()
+        with self._lock:
+            due = [
+                (key, int(state[1]), self._last.pop(key, None))
+                for key, state in self._state.items()
+                if state[1] and now - state[0] >= self.window
+            ]
+            for key, _, _ in due:
+                self._state[key][:] = [now, 0.0]
+            return due
+
     def drain(self) -> list[tuple[Hashable, int, Any]]:
         """(key, count, info of its latest refusal) of every key with refusals not yet recorded, which are then
         recorded as far as this object knows: for a process on its way out, so the counts add up."""

@@ -73,6 +73,9 @@ class ModelCall:
     sample_rate: float | None = None
     #: The regions the Model's residency Policies let its data go to (their intersection); None: not pinned.
     regions: frozenset[str] | None = None
+    #: Every Policy version that selects the Model (``namespace/name@generation``), named by the coalesced allow
+    #: records of its calls (``api.admitted``); empty: no Policy governs the call, nothing is recorded.
+    policies: tuple[str, ...] = ()
 
     def residency_violation(self, region: str | None) -> str | None:
         """Why the Model, in ``region`` (None: it declares none), may not be called under its residency Policies;
@@ -170,4 +173,5 @@ class ModelPolicies:
             pii=effective.pii,
             sample_rate=effective.payload_sample_rate,
             regions=effective.regions,
+            policies=tuple(sorted({str(ref(p)) for p in governing})),
         )

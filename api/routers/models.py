@@ -34,7 +34,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import predictions
+from api import admitted, predictions
 from api.asgi import ClientGoneError, handled, read_body, route_path
 from api.auth import SUBMITTERS, authorize, check_rate
 from api.problems import FieldError, ProblemError, field_error, problem_responses
@@ -193,7 +193,7 @@ async def call_model(gw: Gateway, request: Request, name: str, api: str, read_bo
     governed, mask = _governed(gw, name, tenant)
     with gateway_span(request, "predict", tenant=tenant, mask=mask) as span:
         span.set_attribute("aiplane.model.name", name)
-        await _admit(gw, span, principal, name, governed)
+        await _admit_and_record(gw, span, principal, name, governed)
         resolver = gw.engine.model_resolver
         endpoints = resolver.endpoints(name)
         endpoint = pick_endpoint(endpoints, _rng)
@@ -289,6 +289,15 @@ def _governed(gw: Gateway, name: str, tenant: str) -> tuple[ModelCall | None, Ca
         return None, None
     governed = model_policies.call(name, tenant)
     return governed, model_policies.text_mask(governed)
+
+
+async def _admit_and_record(
+    gw: Gateway, span: Span, principal: Principal, name: str, governed: ModelCall | None
+) -> None:
+    """``_admit``, then the call's allow record when Policies govern it (coalesced: ``api.admitted``)."""
+    await _admit(gw, span, principal, name, governed)
+    if governed is not None:
+        await admitted.allowed(gw, governed)
 
 
 async def _admit(gw: Gateway, span: Span, principal: Principal, name: str, governed: ModelCall | None) -> None:

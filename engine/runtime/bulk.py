@@ -60,6 +60,8 @@ from engine.store.schema import events, step_runs, tasks
 from engine.store.types import dumps
 
 if TYPE_CHECKING:
+    from policies.admission import Governance
+    from policies.audit import Entry as AuditEntry
     from policies.masking import MaskSummary
 
 #: Most values in one ``IN (...)`` of the rare reads (SQLite's limit on parameters is far above).
@@ -145,6 +147,7 @@ class BulkIntake:
                 result = intake.pii.mask_input(batch.tenant, batch.workflow, value)
                 inputs[index], masked[index] = result.value, result.summary
         accepted = self._check(batch, inputs, version, spec, outcomes)
+        governance = intake.governance(batch.workflow)
         if accepted:
             with intake.db.write() as conn:
                 accepted = self._within_quota(conn, batch.tenant, level, accepted, outcomes)
@@ -155,22 +158,40 @@ class BulkIntake:
                     spec=spec,
                     template=template,
                     version=version,
+                    governance=governance,
                     now=now,
                     outcomes=outcomes,
                 )
                 for index, task_id in created:
                     outcomes[index] = Taken(task_id, True)
-                if intake.pii is not None:
-                    entries = [
-                        intake.pii.audit_entry(
-                            batch.tenant, batch.workflow, f"task/{task_id}/input", summary, actor="engine"
-                        )
-                        for index, task_id in created
-                        if (summary := masked[index])
-                    ]
-                    audit.append_many(conn, entries, now=now)
+                audit.append_many(conn, self._entries(batch, created, masked, version, governance), now=now)
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def _entries(
+        self,
+        batch: Batch,
+        created: list[tuple[int, str]],
+        masked: list[MaskSummary | None],
+        version: str,
+        governance: Governance | None,
+    ) -> list[AuditEntry]:
+        """The audit records of the new tasks, as ``Intake`` writes them: an allow record each when a Policy governs
+        the workflow, a masking record each whose input was masked."""
+        pii = self.intake.pii
+        entries: list[AuditEntry] = []
+        for index, task_id in created:
+            if governance is not None:
+                entries.append(
+                    governance.allow_entry(
+                        task_id, tenant=batch.tenant, workflow=batch.workflow, version=version, by=None
+                    )
+                )
+            if pii is not None and (summary := masked[index]):
+                entries.append(
+                    pii.audit_entry(batch.tenant, batch.workflow, f"task/{task_id}/input", summary, actor="engine")
+                )
+        return entries
 
     def _one_by_one(self, batch: Batch, version: str) -> list[BatchOutcome]:
         """The batch through ``Intake.submit``, as submissions; the same outcomes, as ``Taken``."""
@@ -264,6 +285,7 @@ class BulkIntake:
         spec: WorkflowSpec,
         template: Entry,
         version: str,
+        governance: Governance | None,
         now: datetime,
         outcomes: list[BatchOutcome | None],
     ) -> list[tuple[int, str]]:
@@ -314,7 +336,7 @@ class BulkIntake:
         submitted = {
             "tenant": batch.tenant,
             "type": outbox.TASK_SUBMITTED,
-            "payload": self.intake.submitted_payload(batch.workflow, version, level),
+            "payload": self.intake.submitted_payload(batch.workflow, version, level, governance),
             "created_at": now,
         }
         _INSERT_EVENT.executemany_columns(

@@ -52,7 +52,7 @@ from engine.store.prepared import InsertIgnoringConflicts, Prepared
 from engine.store.schema import approvals, idempotency_keys, step_runs, tasks
 from policies import audit as decisions
 from policies import metrics as policy_metrics
-from policies.effective import ref
+from policies.admission import Governance
 
 if TYPE_CHECKING:
     from crds.policy import Policy
@@ -147,6 +147,8 @@ class _Plan:
     entry: Entry
     events: list[dict[str, Any]]
     accepted: Accepted
+    #: The Policies that governed the submission (its allow record); None: none did, no record.
+    governance: Governance | None = None
     record: dict[str, Any] | None = None
     claim: Claim | None = field(default=None)
 
@@ -160,7 +162,7 @@ class Intake:
     #: none); None: no Policy sets quotas.
     quota: Callable[[str, str | None], int | None] | None = None
     #: The Policies that govern a workflow, by name: their versions go on each new task's ``task.submitted`` event
-    #: (``policies``), for its lineage; None: not recorded.
+    #: (``policies``), for its lineage, and on its ``policy``/``allow`` audit record; None: neither is written.
     governing: Callable[[str], Sequence[Policy]] | None = None
 
     def __init__(
@@ -189,11 +191,12 @@ class Intake:
         outcomes: list[Outcome | None] = [None] * len(batch)
         with self.db.write() as conn:
             heads: dict[str, str] = {}
+            governed: dict[str, Governance | None] = {}
             plans: list[_Plan] = []
             counted: dict[tuple[str, str | None], int] = {}
             for index, submission in enumerate(batch):
                 try:
-                    plan = self._plan(conn, index, submission, heads, now)
+                    plan = self._plan(conn, index, submission, heads, now, governed=governed)
                     self._check_quota(conn, submission, counted)
                     plans.append(plan)
                 except EngineError as exc:
@@ -244,20 +247,41 @@ class Intake:
         for key, count in counts:  # counted only once every quota let it in
             counted[key] = count + 1
 
-    def submitted_payload(self, workflow: str, version: str, level: Priority) -> dict[str, Any]:
+    def governance(self, workflow: str) -> Governance | None:
+        """The Policies governing ``workflow`` now, as its new tasks' allow records and events name them; None when
+        none does (or no policy source is wired): then no allow record is written."""
+        if self.governing is None:
+            return None
+        admission = self.admission
+        return Governance.of(
+            self.governing(workflow),
+            tenants=admission is not None and admission.tenants is not None,
+            residency=admission is not None and admission.residency is not None,
+        )
+
+    @staticmethod
+    def submitted_payload(
+        workflow: str, version: str, level: Priority, governance: Governance | None
+    ) -> dict[str, Any]:
         """The ``task.submitted`` event's payload; with ``policies``, the versions of the Policies governing the
-        workflow now (the tenant, residency, retention and quota decisions of intake leave no audit record of
-        their own when they allow)."""
+        workflow now (as the task's allow record names them), for its lineage."""
         payload: dict[str, Any] = {"workflow": workflow, "version": version, "priority": level}
-        if self.governing is not None:
-            governing = sorted({str(ref(policy)) for policy in self.governing(workflow)})
-            if governing:
-                payload["policies"] = governing
+        if governance is not None:
+            payload["policies"] = list(governance.policies)
         return payload
 
     # ---------------------------------------------------------------- 1. decide the rows
 
-    def _plan(self, conn: sa.Connection, index: int, sub: Submission, heads: dict[str, str], now: datetime) -> _Plan:
+    def _plan(
+        self,
+        conn: sa.Connection,
+        index: int,
+        sub: Submission,
+        heads: dict[str, str],
+        now: datetime,
+        *,
+        governed: dict[str, Governance | None],
+    ) -> _Plan:
         level = parse_priority(sub.priority)
         try:
             encoded = self.codec.encode(sub.input)
@@ -298,11 +322,15 @@ class Intake:
         }
         entry = self.machine.entry(SimpleNamespace(**task), graph.first_step(spec), now)
         task.update(entry.task)
+        if sub.workflow in governed:  # asked once per workflow and batch
+            governance = governed[sub.workflow]
+        else:
+            governance = governed[sub.workflow] = self.governance(sub.workflow)
         submitted = outbox.event(
             outbox.TASK_SUBMITTED,
             task_id=task["id"],
             tenant=sub.tenant,
-            payload=self.submitted_payload(sub.workflow, version, level),
+            payload=self.submitted_payload(sub.workflow, version, level, governance),
             now=now,
         )
         # The answer is decided here, before any write: what a read right after the commit would return.
@@ -311,7 +339,7 @@ class Intake:
             dataclasses.replace(records.task(self.codec, SimpleNamespace(**task), payloads=False), input=sub.input),
             [records.step_run(self.codec, SimpleNamespace(**entry.run))],
         )
-        plan = _Plan(index, sub, task, entry, [submitted, *entry.events], accepted)
+        plan = _Plan(index, sub, task, entry, [submitted, *entry.events], accepted, governance)
         if sub.request is not None:
             respond = sub.request.respond
             response = respond(accepted.task, accepted.steps) if respond is not None else None
@@ -391,9 +419,13 @@ class Intake:
         - a denial (tenant, residency): kind ``policy``, decision ``deny``, subject ``workflow/<name>/submission``,
           with the reason and its text (which names tenants, steps and regions, never the input) and the Policy
           versions that decided it (``policies``, as masking records and lineage name them);
+        - an admission: kind ``policy``, decision ``allow``, subject ``task/<id>``, one per new task of a workflow
+          that at least one Policy governs (``Governance.allow_entry``: the Policy versions and the checks passed);
+          none when no Policy governs it, so ungoverned intake writes no audit row;
         - a masking: one record per new task whose input was masked (``WorkflowMasking.audit_entry``), so a masked
-          input is never stored without the record of what was masked. Tasks given back by their idempotency key
-          were recorded when they were made."""
+          input is never stored without the record of what was masked.
+
+        Tasks given back by their idempotency key were recorded when they were made."""
         entries = [
             decisions.Entry(
                 "policy",
@@ -412,15 +444,25 @@ class Intake:
             for sub, outcome in zip(batch, outcomes, strict=True)
             if isinstance(outcome, PolicyDeniedError)
         ]
-        if self.pii is not None:
-            entries += [
-                self.pii.audit_entry(
-                    p.submission.tenant, p.submission.workflow, f"task/{p.task['id']}/input", summary, actor="engine"
+        pii = self.pii
+        for p in created:
+            sub = p.submission
+            if p.governance is not None:
+                entries.append(
+                    p.governance.allow_entry(
+                        p.task["id"],
+                        tenant=sub.tenant,
+                        workflow=sub.workflow,
+                        version=p.task["workflow_version"],
+                        by=sub.submitted_by,
+                    )
                 )
-                for p in created
-                if (summary := masked[p.index])
-            ]
-        audit.append_many(conn, entries, now=now)
+            if pii is not None and (summary := masked[p.index]):
+                entries.append(
+                    pii.audit_entry(sub.tenant, sub.workflow, f"task/{p.task['id']}/input", summary, actor="engine")
+                )
+        if entries:
+            audit.append_many(conn, entries, now=now)
 
     def _earlier_task(self, conn: sa.Connection, plan: _Plan) -> Outcome:
         task = plan.task

@@ -152,6 +152,13 @@ class AuditLog:
         with self.db.write() as conn:
             return append(conn, entry, now=self.clock())
 
+    def append_many(self, entries: Sequence[Entry]) -> list[Record]:
+        """Record several decisions in one transaction (one lock of the chain head), in order."""
+        if not entries:
+            return []
+        with self.db.write() as conn:
+            return append_many(conn, entries, now=self.clock())
+
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sa.Connection]:
         # One snapshot for the head and the records, so appends made while an export or a verification reads
