@@ -417,6 +417,11 @@ class WorkflowMasking:
         """``input``, with what was masked (for the task's audit record)."""
         return self._masked(tenant, workflow, value, "input")
 
+    def mask_at(self, tenant: str, workflow: str, value: Any, root: str) -> Masked:
+        """A value kept under ``root`` (its paths start there: an agent step's proposal or observation), with what
+        was masked (for its audit record)."""
+        return self._masked(tenant, workflow, value, root)
+
     def mask_step(
         self, tenant: str, workflow: str, step: str, output: Any, variables: Any
     ) -> tuple[Any, Any, MaskSummary]:

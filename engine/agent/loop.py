@@ -34,7 +34,7 @@ from crds import checks
 from crds.planner import ActionSpec, Budget, PlanRequest, PlanResponse
 from crds.workflow import Agent, AgentAction, ConnectorCall, ModelCall, Step
 from engine.agent import metrics
-from engine.agent.records import FINAL_DECISIONS, ActionRecord, Checkpoints, Decision, Holder
+from engine.agent.records import FINAL_DECISIONS, ActionRecord, Checkpoints, Decision, Holder, proposal_subject
 from engine.clock import Clock, utcnow
 from engine.durations import parse_duration
 from engine.errors import StepDeferredError, StepError
@@ -50,6 +50,7 @@ from policies import residency as residency_rules
 from policies.effective import EffectiveAgentRule
 
 if TYPE_CHECKING:
+    from policies.audit import Entry as AuditEntry
     from policies.masking import WorkflowMasking
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class AgentExecutor:
                 records.append(self._record_limit(holder, agent, seq, stop))
                 continue
             request = self._request(agent, goal, state, records, deadline)
-            proposal = self._masked_proposal(ctx, self._plan(ctx, agent, request, seq))
+            proposal, masking = self._masked_proposal(ctx, self._plan(ctx, agent, request, seq), seq)
             records.append(
                 self._decide(
                     ctx,
@@ -172,6 +173,7 @@ class AgentExecutor:
                     proposal=proposal,
                     records=records,
                     data_class=data_class,
+                    masking=masking,
                 )
             )
 
@@ -248,7 +250,12 @@ class AgentExecutor:
 
     def _plan(self, ctx: StepContext, agent: Agent, request: PlanRequest, seq: int) -> PlanResponse:
         planner = agent.planner
-        denied = self.residency.check(ctx.tenant, ctx.workflow, "model", planner.model) if self.residency else None
+        residency = self.residency
+        denied = (
+            residency.check(ctx.tenant, ctx.workflow, "model", planner.model, task_region=ctx.region)
+            if residency
+            else None
+        )
         if denied is not None:  # the planner would see the task's data: not retried, the answer stays the same
             raise StepError(residency_rules.DENIED, f"planner: {denied}", retryable=False)
         endpoint = pick_endpoint(self.models.endpoints(planner.model), self.rng)
@@ -285,17 +292,30 @@ class AgentExecutor:
             span.set_attribute("aiplane.agent.confidence", proposal.confidence)
         return proposal
 
-    def _masked_proposal(self, ctx: StepContext, proposal: PlanResponse) -> PlanResponse:
+    def _masked_proposal(
+        self, ctx: StepContext, proposal: PlanResponse, seq: int
+    ) -> tuple[PlanResponse, AuditEntry | None]:
+        """The proposal as it is kept, and the audit record of what was masked in its arguments and result (None:
+        nothing). Its free-text reasoning is masked too, but not recorded (free text, as error texts)."""
         if self.pii is None:
-            return proposal
+            return proposal, None
         tenant, workflow, step = ctx.tenant, ctx.workflow, ctx.step.name
-        return proposal.model_copy(
+        root = f"steps.{step}.proposals.{seq}"
+        arguments = self.pii.mask_at(tenant, workflow, proposal.arguments, f"{root}.arguments")
+        result = self.pii.mask_at(tenant, workflow, proposal.result, f"{root}.result")
+        masked = proposal.model_copy(
             update={
-                "arguments": self.pii.output(tenant, workflow, step, proposal.arguments),
-                "result": self.pii.output(tenant, workflow, step, proposal.result),
+                "arguments": arguments.value,
+                "result": result.value,
                 "reasoning": self.pii.text(tenant, workflow, proposal.reasoning),
             }
         )
+        if not (arguments.summary or result.summary):
+            return masked, None
+        first = arguments.summary if arguments.summary else result.summary  # its action
+        summary = replace(first, items=arguments.summary.items + result.summary.items)
+        subject = proposal_subject(ctx.task_id, step, seq)
+        return masked, self.pii.audit_entry(tenant, workflow, subject, summary, actor="engine")
 
     def _decide(
         self,
@@ -307,8 +327,10 @@ class AgentExecutor:
         proposal: PlanResponse,
         records: Sequence[ActionRecord],
         data_class: str | None,
+        masking: AuditEntry | None = None,
     ) -> ActionRecord:
-        """Check a proposal and record it with its decision."""
+        """Check a proposal and record it with its decision (and ``masking``, the record of what was masked in
+        it)."""
         action = next((a for a in agent.actions if a.name == proposal.action), None)
         target = _target(action) if action is not None else None
         decision, reason, policies = self._judge(
@@ -335,6 +357,7 @@ class AgentExecutor:
                 target=target,
                 cost=agent.planner.cost,
                 now=self.clock(),
+                masking=masking,
             )
 
     def _judge(
@@ -428,11 +451,13 @@ class AgentExecutor:
         if self.residency is None:
             return None
         if action.model is not None:
-            return self.residency.check(ctx.tenant, ctx.workflow, "model", action.model.name)
+            return self.residency.check(ctx.tenant, ctx.workflow, "model", action.model.name, task_region=ctx.region)
         if action.connector is not None:
             spec = self.connectors.connector(action.connector.name)
             region = spec.region if spec is not None else None
-            return self.residency.check(ctx.tenant, ctx.workflow, "connector", action.connector.name, region)
+            return self.residency.check(
+                ctx.tenant, ctx.workflow, "connector", action.connector.name, region, task_region=ctx.region
+            )
         return None
 
     # ---------------------------------------------------------------- acting
@@ -456,8 +481,14 @@ class AgentExecutor:
             else:
                 succeeded, observation, error, attempts = self._run_call(ctx, action, record)
             span.set_attribute("aiplane.agent.outcome", "succeeded" if succeeded else "failed")
+        masking = None
         if self.pii is not None:
-            observation = self.pii.output(ctx.tenant, ctx.workflow, ctx.step.name, observation)
+            root = f"steps.{ctx.step.name}.proposals.{record.seq}.observation"
+            masked = self.pii.mask_at(ctx.tenant, ctx.workflow, observation, root)
+            observation = masked.value
+            if masked.summary:
+                subject = proposal_subject(ctx.task_id, ctx.step.name, record.seq)
+                masking = self.pii.audit_entry(ctx.tenant, ctx.workflow, subject, masked.summary, actor="engine")
             if error is not None and isinstance(error.get("message"), str):
                 error = {**error, "message": self.pii.text(ctx.tenant, ctx.workflow, error["message"])}
         metrics.ACTIONS.labels(ctx.workflow, "succeeded" if succeeded else "failed").inc()
@@ -471,6 +502,7 @@ class AgentExecutor:
             attempts=attempts,
             target=target,
             now=self.clock(),
+            masking=masking,
         )
 
     def _run_call(

@@ -126,7 +126,12 @@ class Holder:
 
 
 def _subject(holder: Holder, seq: int) -> str:
-    return f"task/{holder.task_id}/step/{holder.step}/proposal/{seq}"
+    return proposal_subject(holder.task_id, holder.step, seq)
+
+
+def proposal_subject(task_id: str, step: str, seq: int) -> str:
+    """The audit subject of an agent step's proposal ``seq`` (its decision, action and masking records)."""
+    return f"task/{task_id}/step/{step}/proposal/{seq}"
 
 
 def fingerprint(value: Any) -> str:
@@ -177,8 +182,10 @@ class Checkpoints:
         target: str | None,
         cost: float,
         now: datetime,
+        masking: Entry | None = None,
     ) -> ActionRecord:
-        """Record a proposal and its decision (the action, if allowed, runs after this)."""
+        """Record a proposal and its decision (the action, if allowed, runs after this); ``masking``: the audit
+        record of what was masked in the proposal, appended with it."""
         state: State = "running" if decision == "allowed" else decision
         finished = None if state == "running" else now
         row = {
@@ -215,7 +222,7 @@ class Checkpoints:
             self._check_lease(conn, holder)
             conn.execute(sa.insert(agent_actions).values(**row))
             entry = Entry(AUDIT_PROPOSAL, _subject(holder, seq), decision, details, tenant=holder.tenant)
-            audit.append(conn, entry, now=now)
+            audit.append_many(conn, [entry] if masking is None else [entry, masking], now=now)
         return _as_record(row, proposal)
 
     def started_child(self, holder: Holder, record: ActionRecord, child_task_id: str) -> ActionRecord:
@@ -238,8 +245,10 @@ class Checkpoints:
         attempts: int,
         target: str,
         now: datetime,
+        masking: Entry | None = None,
     ) -> ActionRecord:
-        """Record how an allowed action ended: what the planner is told next."""
+        """Record how an allowed action ended: what the planner is told next; ``masking``: the audit record of
+        what was masked in the observation, appended with it."""
         state: State = "succeeded" if succeeded else "failed"
         encoded = self.codec.encode(observation) if succeeded else None
         cost = record.cost + action_cost
@@ -270,7 +279,7 @@ class Checkpoints:
                 )
             )
             entry = Entry(AUDIT_ACTION, _subject(holder, record.seq), state, details, tenant=holder.tenant)
-            audit.append(conn, entry, now=now)
+            audit.append_many(conn, [entry] if masking is None else [entry, masking], now=now)
         return dataclasses.replace(
             record,
             state=state,

@@ -195,6 +195,17 @@ def test_personal_data_in_proposals_and_observations_is_masked_before_it_is_reco
     with engine.db.read() as conn:
         stored = " ".join(str(value) for row in conn.execute(sa.select(agent_actions)) for value in row)
     assert "jane.doe" not in stored
+    # Each masking is on the audit log with the proposal it belongs to (the proposal's, then its observation's):
+    # paths, never the value.
+    proposal = f"task/{task.id}/step/agent/proposal/1"
+    masks = [json.loads(r.details) for r in engine.audit.records() if (r.subject, r.decision) == (proposal, "mask")]
+    assert [m["paths"] for m in masks] == [
+        ["steps.agent.proposals.1.arguments.document"],
+        ["steps.agent.proposals.1.observation.contact"],
+    ]
+    assert {m["action"] for m in masks} == {"redact"}
+    assert "jane.doe" not in "".join(r.details for r in engine.audit.records())
+    assert engine.audit.verify().ok
 
 
 def test_residency_denies_an_action_out_of_region_and_refuses_a_planner_out_of_region(
