@@ -10,10 +10,16 @@ store's default ``sqlite_synchronous=FULL`` (an fsync per commit) and with ``NOR
 Baseline: a bare FastAPI route under the same uvicorn settings, in its own process, that reads the body and
 answers the same JSON document (the gateway's own answer to the warm-up request) with 202 and a Location.
 
-Both are driven by the same load generator (``benchmarks.servers.run_load``: N keep-alive connections on
+For scale, a third server is measured against the same baseline: the bare route that also appends each request
+to SQLite (standard-library sqlite3, group-committed on a thread like the gateway's submissions, the same
+``synchronous``): what durability alone costs, before authentication, idempotency, policy, tracing and the
+task's own rows.
+
+All are driven by the same load generator (``benchmarks.servers.run_load``: N keep-alive connections on
 loopback, a fixed number of requests per round), in interleaved rounds. The ratio is subject over baseline
 seconds per request, so the throughput share is its inverse (target: the gateway at 40% or more of the bare
-app's requests per second).
+app's requests per second). Each report also gives the CPU time each server process spent per request over its
+rounds, which on a shared machine says what a request costs even where a server did not get a whole core.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,7 @@ PATH = "/v1/tasks?mode=async"
 class Sizes:
     rounds: int = 5
     gateway_requests: int = 120
+    append_requests: int = 400
     bare_requests: int = 1000
     warmup: int = 30
     concurrency: int = 16
@@ -56,7 +63,7 @@ class Sizes:
     @classmethod
     def default(cls) -> Sizes:
         if smoke():
-            return cls(rounds=2, gateway_requests=20, bare_requests=40, warmup=5, concurrency=4)
+            return cls(rounds=2, gateway_requests=20, append_requests=20, bare_requests=40, warmup=5, concurrency=4)
         return cls()
 
 
@@ -98,28 +105,68 @@ def _sample_answer(gateway: ServedProcess, key: str) -> tuple[dict[str, Any], di
     return body, {"Location": response.headers["location"]}
 
 
-def measure(sizes: Sizes, synchronous: str, work: Path) -> Comparison:
-    db_url = f"sqlite:///{work / synchronous.lower() / 'engine.db'}"
+@dataclass
+class _Side:
+    """One server's samples (seconds per request, per round) and the CPU seconds it spent over them."""
+
+    server: ServedProcess
+    requests: int
+    samples: list[float] = field(default_factory=list)
+    cpu_s: float | None = 0.0
+
+    def round(self, key: str, concurrency: int) -> None:
+        before = self.server.cpu_seconds()
+        result = run_load(
+            self.server.url, requests(self.server.url, key, self.requests), concurrency=concurrency, expect=202
+        )
+        after = self.server.cpu_seconds()
+        self.samples.append(result.per_request_s)
+        if self.cpu_s is not None and before is not None and after is not None:
+            self.cpu_s += after - before
+        else:
+            self.cpu_s = None
+
+    def cpu_per_request(self) -> float | None:
+        return None if self.cpu_s is None else self.cpu_s / (self.requests * len(self.samples))
+
+
+def _compare(name: str, subject: _Side, baseline: _Side) -> Comparison:
+    cpu = subject.cpu_per_request(), baseline.cpu_per_request()
+    cpu_s = (cpu[0], cpu[1]) if cpu[0] is not None and cpu[1] is not None else None
+    return Comparison(name, subject.samples, baseline.samples, rate=True, cpu_s=cpu_s)
+
+
+def measure(sizes: Sizes, synchronous: str, work: Path) -> list[Comparison]:
+    scratch = work / synchronous.lower()
+    db_url = f"sqlite:///{scratch / 'engine.db'}"
     key = _prepare(db_url)
     gateway_config = {"db_url": db_url, "sqlite_synchronous": synchronous}
-    with served("gateway", gateway_config, work / synchronous.lower()) as gateway:
+    with served("gateway", gateway_config, scratch) as gateway:
         body, headers = _sample_answer(gateway, key)
         bare_config = {"path": "/v1/tasks", "status": 202, "body": body, "headers": headers}
-        with served("bare", bare_config, work / synchronous.lower()) as bare:
-            subject_s: list[float] = []
-            baseline_s: list[float] = []
-            for server, count in ((gateway, sizes.warmup), (bare, sizes.warmup)):
-                run_load(server.url, requests(server.url, key, count), concurrency=sizes.concurrency, expect=202)
+        append_config = {**bare_config, "db_path": str(scratch / "append.db"), "sqlite_synchronous": synchronous}
+        with served("bare", bare_config, scratch) as bare, served("append", append_config, scratch) as append:
+            sides = [
+                _Side(bare, sizes.bare_requests),
+                _Side(append, sizes.append_requests),
+                _Side(gateway, sizes.gateway_requests),
+            ]
+            for side in sides:
+                run_load(
+                    side.server.url,
+                    requests(side.server.url, key, sizes.warmup),
+                    concurrency=sizes.concurrency,
+                    expect=202,
+                )
             for _ in range(sizes.rounds):
-                for server, count, samples in (
-                    (bare, sizes.bare_requests, baseline_s),
-                    (gateway, sizes.gateway_requests, subject_s),
-                ):
-                    payloads = requests(server.url, key, count)
-                    result = run_load(server.url, payloads, concurrency=sizes.concurrency, expect=202)
-                    samples.append(result.per_request_s)
-    name = f"POST /v1/tasks?mode=async, {sizes.concurrency} connections, sqlite {synchronous}: gateway vs bare app"
-    return Comparison(name, subject_s, baseline_s, rate=True)
+                for side in sides:
+                    side.round(key, sizes.concurrency)
+    baseline, appended, subject = sides
+    where = f"{sizes.concurrency} connections, sqlite {synchronous}"
+    return [
+        _compare(f"POST /v1/tasks?mode=async, {where}: gateway vs bare app", subject, baseline),
+        _compare(f"(for scale) durable append only (sqlite3, group commit), {where}: vs bare app", appended, baseline),
+    ]
 
 
 def run(sizes: Sizes | None = None) -> list[Comparison]:
@@ -128,5 +175,5 @@ def run(sizes: Sizes | None = None) -> list[Comparison]:
     with scratch_dir("aiplane-bench-submit-") as work:
         for synchronous in ("FULL", "NORMAL"):
             (work / synchronous.lower()).mkdir()
-            results.append(measure(sizes, synchronous, work))
+            results.extend(measure(sizes, synchronous, work))
     return results

@@ -15,6 +15,9 @@ class Comparison:
     ``quantile``: which quantile of each side's samples is compared (0.5, the median, by default; 0.99 for a p99
     of per-request latencies). ``rate``: the samples are seconds per operation of a throughput measurement; the
     report then also shows operations per second and the subject's throughput as a share of the baseline's.
+    ``cpu_s``: the CPU seconds per operation that the subject's and the baseline's server processes spent over
+    the measured rounds, when known: on a shared machine a server may not get a whole core, and CPU time says
+    what a request costs wherever its wall time went.
     """
 
     name: str
@@ -22,6 +25,7 @@ class Comparison:
     baseline_s: list[float]
     quantile: float = 0.5
     rate: bool = False
+    cpu_s: tuple[float, float] | None = None
 
     @property
     def subject(self) -> float:
@@ -40,13 +44,19 @@ class Comparison:
         if self.rate:
             return (
                 f"{self.name}: subject {1 / self.subject:.0f} req/s, baseline {1 / self.baseline:.0f} req/s, "
-                f"throughput {100 / self.ratio:.1f}% of baseline, ratio {self.ratio:.2f}x"
+                f"throughput {100 / self.ratio:.1f}% of baseline, ratio {self.ratio:.2f}x{self._cpu()}"
             )
         label = "" if self.quantile == 0.5 else f"p{self.quantile * 100:g} "
         return (
             f"{self.name}: subject {label}{self.subject * 1e6:.1f} µs, baseline {label}{self.baseline * 1e6:.1f} µs, "
             f"ratio {self.ratio:.2f}x"
         )
+
+    def _cpu(self) -> str:
+        if self.cpu_s is None:
+            return ""
+        subject, baseline = self.cpu_s
+        return f"; server CPU per request: subject {subject * 1e3:.3f} ms, baseline {baseline * 1e3:.3f} ms"
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -9,6 +9,9 @@ settings (its defaults: uvloop and httptools where installed, one worker process
 - either kind logs as ``aiplane`` does (``aiplane.logs.configure``) when the config names a ``log_level``;
   otherwise only uvicorn's warnings are logged.
 - ``bare``: a FastAPI app with one route that reads the request body and answers a fixed JSON document.
+- ``append``: the bare app that first appends each request (a fresh id, its Idempotency-Key and body) to a SQLite
+  table with the standard library's sqlite3, group-committed on a worker thread as the gateway's submissions are.
+  The least a durable submission can do in this process model: what durability alone costs against the bare app.
 
 To see where a server's time goes, attach a sampling profiler to its process while a benchmark runs, e.g.
 ``py-spy record -p <pid> -f raw --threads`` (``ServedProcess.process.pid``).
@@ -25,16 +28,19 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
@@ -117,6 +123,17 @@ class ServedProcess:
         except OSError:
             return "(no log)"
 
+    def cpu_seconds(self) -> float | None:
+        """User plus system CPU time the server process has used so far, or None where /proc does not say."""
+        if self.process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        # utime and stime: fields 14 and 15 of proc(5), counted from the state field (the 3rd) after the name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is not None:
             stop_process_group(self.process, timeout)
@@ -156,7 +173,8 @@ def _gateway_app(config: Mapping[str, Any]) -> tuple[FastAPI, Engine]:
     return create_app(engine, GatewaySettings(**(config.get("settings") or {}))), engine
 
 
-def _bare_app(config: Mapping[str, Any]) -> FastAPI:
+def _bare_app(config: Mapping[str, Any], keep: Callable[[Request, bytes], Awaitable[None]] | None = None) -> FastAPI:
+    """``keep``: awaited with each request and its body before the answer (the ``append`` kind's write)."""
     # (Request is imported at module level: FastAPI resolves the handler's annotations in its module.)
     body = config["body"]
     status = int(config.get("status", 200))
@@ -164,7 +182,9 @@ def _bare_app(config: Mapping[str, Any]) -> FastAPI:
     app = FastAPI()
 
     async def handler(request: Request) -> JSONResponse:
-        await request.body()
+        raw = await request.body()
+        if keep is not None:
+            await keep(request, raw)
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def healthz() -> dict[str, str]:
@@ -173,6 +193,37 @@ def _bare_app(config: Mapping[str, Any]) -> FastAPI:
     app.add_api_route(config["path"], handler, methods=["POST"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
     return app
+
+
+def _append_app(config: Mapping[str, Any]) -> FastAPI:
+    db = sqlite3.connect(config["db_path"], check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={config.get('sqlite_synchronous', 'FULL')}")
+    db.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, body BLOB)")
+    pending: list[tuple[tuple[str, str | None, bytes], asyncio.Future[None]]] = []
+    writer: list[asyncio.Task[None]] = []
+
+    def write(rows: list[tuple[str, str | None, bytes]]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO requests VALUES (?, ?, ?)", rows)
+        db.execute("COMMIT")
+
+    async def write_batches() -> None:
+        while pending:
+            batch = pending[:]
+            pending.clear()
+            await anyio.to_thread.run_sync(write, [row for row, _ in batch])
+            for _, done in batch:
+                done.set_result(None)
+
+    async def append(request: Request, raw: bytes) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending.append(((uuid.uuid4().hex, request.headers.get("idempotency-key"), raw), done))
+        if not writer or writer[0].done():
+            writer[:] = [asyncio.create_task(write_batches())]
+        await done
+
+    return _bare_app(config, keep=append)
 
 
 def _exit(*_: object) -> None:
@@ -190,6 +241,8 @@ def _serve(kind: str, fd: int, config: Mapping[str, Any]) -> None:
         app, engine = _gateway_app(config)
     elif kind == "bare":
         app = _bare_app(config)
+    elif kind == "append":
+        app = _append_app(config)
     else:
         raise SystemExit(f"unknown server kind {kind!r}")
     sock = socket.socket(fileno=fd)

@@ -29,9 +29,14 @@ def check(comparisons: list[Comparison], count: int) -> None:
 
 def test_submit_benchmark_runs() -> None:
     comparisons = bench_submit.run()
-    check(comparisons, 2)
+    check(comparisons, 4)  # gateway and durable append, each vs the bare app, with FULL and NORMAL
     assert all(c.rate for c in comparisons)
     assert all("req/s" in c.report() for c in comparisons)
+    # Linux's /proc gives each server's CPU time: every report says what a request cost each side.
+    for comparison in comparisons:
+        assert comparison.cpu_s is not None, comparison.name
+        assert all(0 <= cpu < 1 for cpu in comparison.cpu_s), comparison.report()
+        assert "server CPU per request" in comparison.report()
 
 
 def test_engine_benchmark_runs_on_sqlite() -> None:
@@ -64,6 +69,11 @@ def test_percentile_interpolates_between_ranks(quantile: float, expected: float)
 def test_rate_comparison_reports_throughput() -> None:
     report = Comparison("submit", subject_s=[0.002, 0.002], baseline_s=[0.001, 0.001], rate=True).report()
     assert report == "submit: subject 500 req/s, baseline 1000 req/s, throughput 50.0% of baseline, ratio 2.00x"
+
+
+def test_rate_comparison_reports_server_cpu_when_known() -> None:
+    report = Comparison("s", subject_s=[0.002], baseline_s=[0.001], rate=True, cpu_s=(0.0015, 0.0003)).report()
+    assert report.endswith("; server CPU per request: subject 1.500 ms, baseline 0.300 ms")
 
 
 def test_quantile_comparison_labels_the_quantile() -> None:
