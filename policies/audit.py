@@ -65,9 +65,16 @@ class Entry:
             if not value or len(value) > limit:
                 raise AuditEntryError(f"audit {name} must be 1-{limit} characters, got {value!r}")
         try:
-            canonical_json(dict(self.details))
+            text = canonical_json(dict(self.details))
         except (TypeError, ValueError) as error:
             raise AuditEntryError(f"audit details must be JSON (strings, numbers, lists, objects): {error}") from None
+        # Kept for ``seal``, which stores this text: an intake batch seals a record per task, and serialising the
+        # details once instead of twice is a good part of what a record costs.
+        object.__setattr__(self, "_details_text", text)
+
+    def details_text(self) -> str:
+        """``details`` as canonical JSON, as checked when the entry was made (what its record stores)."""
+        return str(self.__dict__["_details_text"])
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ def seal(entry: Entry, *, after: Head | None, record_id: str, at: datetime) -> R
         decision=entry.decision,
         tenant=entry.tenant,
         actor=entry.actor,
-        details=canonical_json(dict(entry.details)),
+        details=entry.details_text(),
         prev_hash=GENESIS if after is None else after.hash,
         hash="",
     )
