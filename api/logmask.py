@@ -8,8 +8,9 @@ loggers that log a request's errors (the gateway's exception handlers and uvicor
 application", which Starlette's last-resort handler re-raises to), turns every warning or error of such a request
 into one masked line: its message and the formatted exception chain, masked by the workflow's Policy (and every
 value of the task input that the Policy masks, wherever the text quotes it), or with every entity redacted while
-the workflow is unknown (``WorkflowMasking.error_text``). Outside a request, or
-without masking, records pass as they are.
+the workflow is unknown (``WorkflowMasking.error_text``). A prediction binds its Model instead, with the masking of
+the Policies that select it (``policies.model_calls``): its errors are masked by the Model's own ``pii``, as a
+task's are by its workflow's. Outside a request, or without masking, records pass as they are.
 """
 
 from __future__ import annotations
@@ -34,14 +35,24 @@ class _Bound:
     tenant: str | None = None
     workflow: str | None = None
     data: Any = None
+    #: A prediction's Model and the masking of its Policies (by Model name); they take the workflow's place.
+    model: str | None = None
+    model_masking: WorkflowMasking | None = None
 
 
 _bound: ContextVar[_Bound | None] = ContextVar("aiplane_log_masking", default=None)
 
 
-def bind(*, tenant: str | None = None, workflow: str | None = None, data: Any = None) -> None:
-    """What the request is now known to be about: its tenant, its workflow and the task input it carries (a no-op
-    outside a masked request)."""
+def bind(
+    *,
+    tenant: str | None = None,
+    workflow: str | None = None,
+    data: Any = None,
+    model: str | None = None,
+    model_masking: WorkflowMasking | None = None,
+) -> None:
+    """What the request is now known to be about: its tenant, its workflow and the task input it carries, or the
+    Model it calls with the masking of the Model's Policies (a no-op outside a masked request)."""
     current = _bound.get()
     if current is not None:
         _bound.set(
@@ -50,6 +61,8 @@ def bind(*, tenant: str | None = None, workflow: str | None = None, data: Any = 
                 tenant=tenant or current.tenant,
                 workflow=workflow or current.workflow,
                 data=data if data is not None else current.data,
+                model=model or current.model,
+                model_masking=model_masking or current.model_masking,
             )
         )
 
@@ -62,7 +75,10 @@ class MaskingFilter(logging.Filter):
         text = record.getMessage()
         if record.exc_info is not None and record.exc_info[1] is not None:
             text += "\n" + "".join(traceback.format_exception(record.exc_info[1])).rstrip()
-        record.msg = bound.masking.error_text(bound.tenant, bound.workflow, text, data=bound.data)
+        if bound.model is not None and bound.model_masking is not None:
+            record.msg = bound.model_masking.error_text(bound.tenant, bound.model, text, data=bound.data)
+        else:
+            record.msg = bound.masking.error_text(bound.tenant, bound.workflow, text, data=bound.data)
         record.args = None
         record.exc_info = None
         record.exc_text = None

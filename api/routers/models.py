@@ -34,7 +34,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import admitted, predictions
+from api import admitted, logmask, predictions
 from api.asgi import ClientGoneError, handled, read_body, route_path
 from api.auth import SUBMITTERS, authorize, check_rate
 from api.problems import FieldError, ProblemError, field_error, problem_responses
@@ -288,6 +288,8 @@ def _governed(gw: Gateway, name: str, tenant: str) -> tuple[ModelCall | None, Ca
     if model_policies is None:
         return None, None
     governed = model_policies.call(name, tenant)
+    # Error logs of the call masked by the Model's own Policies rather than every entity (api.logmask).
+    logmask.bind(tenant=tenant, model=name, model_masking=model_policies.masking)
     return governed, model_policies.text_mask(governed)
 
 
