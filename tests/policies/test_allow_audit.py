@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from aiplane.cli import main
 from api import create_api_key, create_app
 from api.auth import follow_policies
+from api.routers.models import PredictFastPath
 from crds.policy import Policy
 from engine import Accepted, Engine, StaticModelResolver, Submission
 from engine.runtime.bulk import Batch, Taken
@@ -213,25 +214,28 @@ def test_allowed_predictions_are_coalesced_records_that_count_every_call(tmp_pat
     try:
         key = create_api_key(engine, "acme", "alice", ["submitter"])
         headers = {"Authorization": f"Bearer {key}"}
-        app = create_app(engine)
-        gw = app.state.gateway
-        follow_policies(gw, POLICIES, {}, models=lambda model: MODELS.get(model) or default_target(model))
-        gw.admitted = Coalescer(window=3600)  # a whole test in one window
-        with TestClient(app) as client:
-            for _ in range(3):
-                assert client.post("/v1/models/triage/predict", json={"x": 1}, headers=headers).status_code == 200
-            assert client.post("/v1/models/open/predict", json={"x": 1}, headers=headers).status_code == 200
-            # The first call is recorded before the model answers it; the two after it are counted.
-            [first] = _records(engine, "allow")
-        assert upstream.count("/models/triage/predict") == 3
-        # The gateway's shutdown records the coalesced calls: the counts add up to every allowed call.
-        records = _records(engine, "allow")
-        assert [r.subject for r in records] == ["model/triage/predict"] * 2
-        assert records[0] == first
-        details = [json.loads(r.details) for r in records]
-        assert [d["count"] for d in details] == [1, 2]
-        assert {(r.tenant, r.actor) for r in records} == {("acme", "gateway")}
-        assert details[0] == {"model": "triage", "count": 1, "window": 3600, "policies": ["claims/claims-models@6"]}
+        fast, routed = create_app(engine), create_app(engine)  # the predict fast path, and the FastAPI route
+        routed.user_middleware = [m for m in routed.user_middleware if m.cls is not PredictFastPath]  # type: ignore[comparison-overlap]
+        for served, app in enumerate((fast, routed)):
+            gw = app.state.gateway
+            follow_policies(gw, POLICIES, {}, models=lambda model: MODELS.get(model) or default_target(model))
+            gw.admitted = Coalescer(window=3600)  # a whole test in one window
+            with TestClient(app) as client:
+                for _ in range(3):
+                    assert client.post("/v1/models/triage/predict", json={"x": 1}, headers=headers).status_code == 200
+                assert client.post("/v1/models/open/predict", json={"x": 1}, headers=headers).status_code == 200
+                # The first call is recorded before the model answers it; the two after it are counted.
+                first = _records(engine, "allow")[-1]
+                assert json.loads(first.details)["count"] == 1
+            # The gateway's shutdown records the coalesced calls: the counts add up to every allowed call.
+            records = _records(engine, "allow")[2 * served :]
+            assert [r.subject for r in records] == ["model/triage/predict"] * 2
+            assert records[0] == first
+            details = [json.loads(r.details) for r in records]
+            assert [d["count"] for d in details] == [1, 2]
+            assert {(r.tenant, r.actor) for r in records} == {("acme", "gateway")}
+            assert details[0] == {"model": "triage", "count": 1, "window": 3600, "policies": ["claims/claims-models@6"]}
+        assert upstream.count("/models/triage/predict") == 6
         assert engine.audit.verify().ok
     finally:
         engine.close()
