@@ -411,7 +411,7 @@ def test_service_extracts_claims(claims_service: str) -> None:
         assert body["policy_number"] == "PL-12345678"
         assert body["fields_found"] == ["amount", "currency", "incident_date", "policy_number"]
         assert body["model_version"] == MODEL_VERSION
-        assert set(body["class_probabilities"]) == set(CLAIM_TYPES)
+        assert set(body["scores"]) == set(CLAIM_TYPES)
         assert 1 <= len(body["explanation"]) <= 5
         assert all(item["weight"] > 0 for item in body["explanation"])
 

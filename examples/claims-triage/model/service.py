@@ -5,10 +5,11 @@ Serve it (from the repository root; ``claims-triage`` has a dash, so it is a wor
     bentoml serve --working-dir examples/claims-triage/model service:ClaimsExtractor --host 127.0.0.1 --port 3000
 
 APIs (POST, JSON): ``/extract`` ``{"document": "..."}`` -> claim type, confidence, amount, currency, incident date,
-policy number, the fields found and the words that drove the class; ``/explain`` ``{"document": "...", "top_k": 10}``
--> the words for and against the predicted class; ``/info`` ``{}`` -> model version, held-out metrics, fault
-settings. Probes from BentoML: ``/livez``, ``/readyz`` (ready once the weights are loaded), ``/healthz``,
-``/metrics``; the OpenAPI document is at ``/docs.json``.
+policy number, the fields found, every claim type's probability (``scores``) and the words that drove the class
+(``explanation``; the two keys aiplane copies into the step's decision record, its explainability hook);
+``/explain`` ``{"document": "...", "top_k": 10}`` -> the words for and against the predicted class; ``/info``
+``{}`` -> model version, held-out metrics, fault settings. Probes from BentoML: ``/livez``, ``/readyz`` (ready
+once the weights are loaded), ``/healthz``, ``/metrics``; the OpenAPI document is at ``/docs.json``.
 
 Bad input (missing, empty or blank document, more than 100,000 characters) is answered 400 with the offending
 field and what to fix, never 500. Weights: loaded from ``$AIPLANE_CLAIMS_MODEL_DIR`` (default
@@ -72,7 +73,10 @@ class ClaimExtraction(BaseModel):
 
     claim_type: ClaimType = Field(description="Predicted kind of claim.")
     confidence: float = Field(ge=0.0, le=1.0, description="Calibrated probability of claim_type.")
-    class_probabilities: dict[str, float] = Field(description="Calibrated probability of every claim type.")
+    scores: dict[str, float] = Field(
+        description="Calibrated probability of every claim type (recorded in the step's decision record, with "
+        "explanation: aiplane's explainability hook)."
+    )
     amount: float | None = Field(description="Claimed amount (two decimals), null when none was found.")
     currency: Currency | None = Field(description="ISO 4217 code of the amount, null when no amount was found.")
     incident_date: dt.date | None = Field(description="Date of the incident (ISO 8601), null when none was found.")
@@ -155,7 +159,7 @@ class ClaimsExtractor:
         return ClaimExtraction(
             claim_type=cast(ClaimType, prediction.claim_type),
             confidence=round(prediction.confidence, 6),
-            class_probabilities={name: round(p, 6) for name, p in prediction.probabilities.items()},
+            scores={name: round(p, 6) for name, p in prediction.probabilities.items()},
             amount=float(fields.amount) if fields.amount is not None else None,
             currency=cast(Currency | None, fields.currency),
             incident_date=fields.incident_date,
