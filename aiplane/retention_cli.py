@@ -134,11 +134,20 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_erase(args: argparse.Namespace) -> int:
-    from engine.store.purge import erase
+    from engine.store.purge import erase, remaining
 
     db, codec = _store(args)
     try:
-        erased = erase(db, codec, args.subject, fields=args.field, actor=args.actor, now=_now())
+        # Without the engine's sinks, no tombstones: the sink topics holding the subject's records are reported.
+        erased = erase(
+            db,
+            codec,
+            args.subject,
+            fields=args.field,
+            actor=args.actor,
+            now=_now(),
+            beyond=lambda found: {"remaining": remaining(found)},
+        )
     except ErasureRequestError as error:
         print(f"aiplane erase: {error}", file=sys.stderr)
         return 2
@@ -152,6 +161,8 @@ def _cmd_erase(args: argparse.Namespace) -> int:
         "tasks": len(erased.tasks),
         "events": erased.events,
         "blobs": erased.blobs,
+        "payloadLogs": erased.payload_logs,
+        "remaining": erased.beyond.get("remaining", []),
         "auditRecord": erased.record,
     }
     print(json.dumps(report, sort_keys=True))

@@ -159,6 +159,7 @@ def follow_policies(
     keys = gw.engine.pii.keys if gw.engine.pii is not None else None
     gw.model_policies = ModelPolicies(policies, models, keys)
     gw.payloads = PayloadLog(lambda workflow: None, model_masking=gw.model_policies.masking)
+    gw.payloads.keep = gw.engine.payload_logs.keep  # kept in the store, where retention and erasure reach them
     policies.on_change(rebuild)
 
 

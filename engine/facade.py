@@ -10,6 +10,8 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,19 +75,21 @@ from engine.runtime.gate import ApprovalGate, RulesFor
 from engine.runtime.intake import Accepted, Intake, Outcome, Submission
 from engine.runtime.queue import PriorityPolicy
 from engine.runtime.transitions import StateMachine
-from engine.sinks import InMemorySink, RecordSink
+from engine.sinks import InMemorySink, Record, RecordSink
 from engine.store import migrate, outbox, purge
 from engine.store.audit import AuditLog
 from engine.store.blobs import DatabaseBlobStore
 from engine.store.database import Database
 from engine.store.idempotency import DEFAULT_TTL, IdempotencyStore
-from engine.store.purge import Erased, Purged, Retention
+from engine.store.payload_logs import PayloadLogStore
+from engine.store.purge import Erased, Found, Purged, Retention, SentRecord
 from engine.store.schema import approvals, audit_log, dead_letters, step_runs, tasks
 from engine.tracing import (
     ATTR_TASK_ID,
     ATTR_TENANT,
     ATTR_WORKFLOW,
     SPAN_SUBMIT,
+    TaskSpanStore,
     context_from_traceparent,
     current_traceparent,
     recording,
@@ -95,6 +99,8 @@ from engine.worker import Worker, WorkerConfig
 from policies import lineage
 from policies.admission import Admission
 from policies.residency import Residency
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from policies.masking import WorkflowMasking
@@ -199,6 +205,10 @@ class Engine:
         self.intake.quota = quota
         self.intake.governing = governing
         self.payloads = payloads
+        #: Sampled payload logs, where retention and erasure reach them (``engine.store.payload_logs``).
+        self.payload_logs = PayloadLogStore(self.db, clock)
+        if payloads is not None and payloads.keep is None:
+            payloads.keep = self.payload_logs.keep
         self.retention = retention
         self.bus: Bus = bus or InMemoryBus()
         self.relay = OutboxRelay(self.db, self.bus, clock=clock)
@@ -709,10 +719,62 @@ class Engine:
             self.retention.after(purged)
         return purged
 
-    def erase(self, subject: str, *, fields: Sequence[str] = (), actor: str, tenant: str | None = None) -> Erased:
+    def erase(
+        self,
+        subject: str,
+        *,
+        fields: Sequence[str] = (),
+        actor: str,
+        tenant: str | None = None,
+        spans: TaskSpanStore | None = None,
+    ) -> Erased:
         """Remove every task of a data subject (in ``tenant`` only, when given) and audit it
-        (``engine.store.purge.erase``)."""
-        return purge.erase(self.db, self.codec, subject, fields=fields, actor=actor, now=self.clock(), tenant=tenant)
+        (``engine.store.purge.erase``); ``spans``: the span store of ``GET /v1/tasks/{id}/trace`` to forget the
+        tasks' spans in. Beyond the store: each kafkaSink record the tasks published gets a tombstone (its key, no
+        value), and ``Erased.beyond["remaining"]`` says where copies stay until their own retention."""
+        return purge.erase(
+            self.db,
+            self.codec,
+            subject,
+            fields=fields,
+            actor=actor,
+            now=self.clock(),
+            tenant=tenant,
+            beyond=lambda found: self._erase_beyond(found, spans),
+        )
+
+    def _erase_beyond(self, found: Found, spans: TaskSpanStore | None) -> dict[str, Any]:
+        """Forget the erased tasks' spans, tombstone their sink records' keys, and report (by place and count,
+        never by key or value) what stays outside the store."""
+        report: dict[str, Any] = {}
+        remaining: list[dict[str, Any]] = []
+        if spans is not None:
+            report["spans"] = spans.forget(found.tasks)
+            if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+                remaining.append({"place": "tracing-backend", "tasks": len(found.tasks), "until": "its retention"})
+        periods = self.retention.periods if self.retention is not None else None
+        remaining.extend(
+            purge.remaining(
+                found,
+                tombstone=self._tombstone,
+                results_period=(lambda workflow: periods(workflow).get("results")) if periods is not None else None,
+            )
+        )
+        report["remaining"] = remaining
+        return report
+
+    def _tombstone(self, sent: SentRecord) -> bool:
+        """Publish a tombstone for a sink record's key through the sink that sent it; False if it could not."""
+        try:
+            with self.db.read() as conn:
+                spec = definitions.load(conn, sent.workflow, sent.version)
+            step = next((s for s in spec.steps if s.name == sent.step), None)
+            connector = step.connector.name if step is not None and step.connector is not None else None
+            self.sink.send(Record(topic=sent.topic, key=sent.key, value=None, tombstone=True, connector=connector))
+        except Exception:  # the broker down, a Connector gone: reported as records without a tombstone
+            log.warning("erasure: no tombstone for a record on topic %s", sent.topic, exc_info=True)
+            return False
+        return True
 
     def _wake_workers(self) -> None:
         for worker in self._workers:

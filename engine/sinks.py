@@ -20,6 +20,8 @@ class Record:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: The kafkaSink Connector the record is for: a sink serving several clusters routes by it.
     connector: str | None = None
+    #: A tombstone (the key, no value): a compacted topic then drops the key's earlier records (a GDPR erasure).
+    tombstone: bool = False
 
 
 class RecordSink(Protocol):

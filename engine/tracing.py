@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -111,6 +112,11 @@ class TaskSpanStore(SpanProcessor):
                 spans.append(span)
             while len(self._spans) > self.max_tasks:
                 self._spans.popitem(last=False)
+
+    def forget(self, task_ids: Iterable[str]) -> int:
+        """Drop the spans of ``task_ids`` (a GDPR erasure); how many spans went."""
+        with self._lock:
+            return sum(len(self._spans.pop(task_id, ())) for task_id in task_ids)
 
     def spans(self, task_id: str) -> list[ReadableSpan]:
         with self._lock:

@@ -13,7 +13,10 @@ Model's ``pii`` (the caller's answer is not).
 What is logged has already been through the workflow's PII masking (the engine masks inputs at intake and outputs
 in the worker, before this sees them), so payload logs are masked like everything else. They go to the
 ``aiplane.payloads`` logger, one structured record per step: route that logger where payload logs are kept (with
-their own retention, ``retention.payloadLogs``).
+their own retention, ``retention.payloadLogs``). Unless ``keep`` is set: then each record goes there (an engine
+keeps them in its store, ``engine.store.payload_logs``, where retention purges them and a GDPR erasure removes a
+subject's), and the log line only says one was kept, without ``input`` and ``output``, so no copy of the payloads
+is left outside aiplane's reach.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from policies.masking import WorkflowMasking
 
 LOGGER = "aiplane.payloads"
+#: What a kept record's log line carries instead of the payloads.
+KEPT_FIELDS = ("input", "output")
 
 
 def sampled(task_id: str, rate: float) -> bool:
@@ -56,6 +61,21 @@ class PayloadLog:
         self.model_rate_for = model_rate_for
         self.model_masking = model_masking
         self.log = logger or logging.getLogger(LOGGER)
+        #: Where records go instead of the log line's payloads (``engine.store.payload_logs.PayloadLogStore.keep``);
+        #: None: the log line carries them.
+        self.keep: Callable[[dict[str, Any]], None] | None = None
+
+    def _emit(self, message: str, record: dict[str, Any]) -> None:
+        keep = self.keep
+        if keep is None:
+            self.log.info(message, extra=record)
+            return
+        try:
+            keep(record)
+        except Exception:  # a debugging aid must not fail the step or the call it samples
+            self.log.warning("%s not kept", message, exc_info=True)
+            return
+        self.log.info(message, extra={**{k: v for k, v in record.items() if k not in KEPT_FIELDS}, "kept": True})
 
     def step(
         self,
@@ -81,9 +101,9 @@ class PayloadLog:
             if self.model_masking is not None:  # a Model's pii masks its calls' payloads, on top of the workflow's
                 input = self.model_masking.input(tenant, model, input)
                 output = self.model_masking.output(tenant, model, step, output)
-        self.log.info(
+        self._emit(
             "step payload",
-            extra={
+            {
                 "tenant": tenant,
                 "workflow": workflow,
                 "task_id": task_id,
@@ -101,9 +121,9 @@ class PayloadLog:
         if self.model_masking is not None:
             request = self.model_masking.input(tenant, model, request)
             answer = self.model_masking.output(tenant, model, "predict", answer)
-        self.log.info(
+        self._emit(
             "prediction payload",
-            extra={
+            {
                 "tenant": tenant,
                 "model": model,
                 "version": version,

@@ -12,8 +12,8 @@ What each data class covers in aiplane's store (``engine.store.purge``):
 - ``events``: a finished task's published events (the outbox), and the events topic on Kafka;
 - on Kafka, ``results`` also sets the topic of each kafkaSink Connector the workflows publish to
   (``sink_periods``);
-- ``payloadLogs``: the ``aiplane.payloads`` log records, which aiplane does not keep: the log store they are
-  routed to applies the period;
+- ``payloadLogs``: the workflow's payload log records the engine keeps (``engine.store.payload_logs``), from when
+  each was written;
 - ``audit``: the audit log, pruned with ``AuditLog.prune``.
 
 Periods run from when the task finished; a task still running keeps everything. No Policy, no period: the data is

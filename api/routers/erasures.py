@@ -32,11 +32,28 @@ class ErasureRequest(RequestModel):
     )
 
 
+class Remaining(ApiModel):
+    """A place outside the store that keeps copies of the subject's data until its own retention."""
+
+    place: str = Field(description="kafka-topic (a kafkaSink topic), events (the events bus), tracing-backend.")
+    topic: str | None = Field(default=None, description="The Kafka topic, for a kafka-topic.")
+    records: int | None = Field(default=None, description="Records of the erased tasks there.")
+    tombstones: int | None = Field(default=None, description="Of those, keys a tombstone was published for.")
+    tasks: int | None = Field(default=None, description="Erased tasks whose spans were exported there.")
+    retention_seconds: float | None = Field(default=None, description="The topic's retention by the Policies.")
+    until: str = Field(description="What removes them.")
+
+
 class ErasureView(ApiModel):
     """What was erased; the subject appears only as its digest."""
 
     subject_digest: str = Field(description="sha256 of the subject id, as the audit record names it.")
     tasks: int = Field(description="Tasks erased.")
+    payload_logs: int = Field(description="Payload log records erased.")
+    spans: int = Field(description="Spans of the tasks this gateway kept for their traces, forgotten.")
+    remaining: list[Remaining] = Field(
+        description="Where copies stay until their own retention (Kafka topics, the events bus, a tracing backend)."
+    )
     audit_record: int = Field(description="Sequence number of the erasure's audit record.")
 
 
@@ -52,8 +69,17 @@ async def erase(
     with gateway_span(request, "erase", tenant=principal.tenant):
         try:
             erased = await anyio.to_thread.run_sync(
-                lambda: gw.engine.erase(body.subject, fields=body.fields, actor=principal.name, tenant=principal.tenant)
+                lambda: gw.engine.erase(
+                    body.subject, fields=body.fields, actor=principal.name, tenant=principal.tenant, spans=gw.spans
+                )
             )
         except ErasureRequestError as error:
             raise ProblemError(422, "validation-failed", str(error)) from None
-    return ErasureView(subject_digest=erased.subject_digest, tasks=len(erased.tasks), audit_record=erased.record)
+    return ErasureView(
+        subject_digest=erased.subject_digest,
+        tasks=len(erased.tasks),
+        payload_logs=erased.payload_logs,
+        spans=erased.beyond.get("spans", 0),
+        remaining=[Remaining.model_validate(entry) for entry in erased.beyond.get("remaining", ())],
+        audit_record=erased.record,
+    )

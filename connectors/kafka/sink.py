@@ -33,7 +33,7 @@ class KafkaRecordSink:
         )
 
     def send(self, record: Record) -> None:
-        value = json.dumps(record.value, separators=(",", ":")).encode()
+        value = None if record.tombstone else json.dumps(record.value, separators=(",", ":")).encode()
         headers = [(name, text.encode()) for name, text in record.headers.items()]
         future = self._producer.send(record.topic, key=record.key.encode(), value=value, headers=headers)
         try:

@@ -5,7 +5,10 @@ applied to the engine's tables and blobs.
 ``policies.retention`` for what each class covers) and prunes the audit log to the longest audit period.
 ``erase`` removes every task of one data subject with everything that hangs off it (step runs and their
 outputs, attempts, approvals, callbacks, dead letters, events, the request's idempotency record, blobs no other
-row refers to) and records the erasure in the audit log, in the same transaction.
+row refers to, the tasks' kept payload logs) and records the erasure in the audit log, in the same transaction.
+What the subject's tasks sent out of the store (published events, kafkaSink records) cannot be deleted here: the
+erasure finds it (``Found``) and hands it to ``beyond``, the engine's part (spans it keeps, tombstones, and a report
+of what stays where until its own retention), whose answer goes into the audit record too.
 
 On SQLite an erasure also zeroes the freed pages (``secure_delete``) and truncates the write-ahead log, so the
 subject's bytes are gone from the files, not only from the tables. On PostgreSQL deleted rows stay in the heap
@@ -23,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.payloads import PayloadCodec
-from engine.store import audit
+from engine.store import audit, payload_logs
 from engine.store.audit import AuditLog
 from engine.store.blobs import DatabaseBlobStore
 from engine.store.database import Database
@@ -57,6 +60,7 @@ class Purged:
     events: int = 0
     blobs: int = 0
     audit: int = 0
+    payload_logs: int = 0
     workflows: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,6 +68,7 @@ class Purged:
             "inputs": self.inputs,
             "results": self.results,
             "events": self.events,
+            "payloadLogs": self.payload_logs,
             "blobs": self.blobs,
             "audit": self.audit,
             "workflows": self.workflows,
@@ -85,14 +90,39 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class SentRecord:
+    """A record a kafkaSink step of an erased task published (the step's output names its topic and key)."""
+
+    workflow: str
+    version: str
+    step: str
+    topic: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Found:
+    """What an erasure found that the subject's tasks sent beyond the store, for ``erase``'s ``beyond``."""
+
+    tasks: tuple[str, ...]
+    #: Events of the tasks the outbox had published to the bus.
+    published_events: int
+    records: tuple[SentRecord, ...]
+
+
+@dataclass(frozen=True)
 class Erased:
-    """What one erasure removed; ``record`` is the audit record's seq."""
+    """What one erasure removed; ``record`` is the audit record's seq; ``beyond``: what ``erase``'s ``beyond``
+    reported (spans forgotten, tombstones sent, ``remaining``: where the subject's data stays until its own
+    retention), as in the audit record."""
 
     subject_digest: str
     tasks: tuple[str, ...]
     events: int
     blobs: int
     record: int
+    payload_logs: int = 0
+    beyond: dict[str, Any] = field(default_factory=dict)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -118,7 +148,11 @@ def purge(
     with db.read() as conn:
         names = [row.name for row in conn.execute(sa.select(workflow_heads.c.name).order_by(workflow_heads.c.name))]
     for workflow in names:
-        cut = cutoffs(retention_for(workflow), now)
+        periods = retention_for(workflow)
+        if (logs := periods.get("payload_logs")) is not None:  # from when each was written
+            with db.write() as conn:
+                purged.payload_logs += payload_logs.purge(conn, workflow, now - logs)
+        cut = cutoffs(periods, now)
         if not cut.any:
             continue
         refs: set[str] = set()
@@ -198,7 +232,14 @@ def _subject_tasks(
     conn: sa.Connection, codec: PayloadCodec, subject: str, fields: tuple[tuple[str, ...], ...], tenant: str | None
 ) -> list[Any]:
     query = sa.select(
-        tasks.c.id, tasks.c.tenant, tasks.c.annotations, tasks.c.input, tasks.c.input_ref, tasks.c.request_key
+        tasks.c.id,
+        tasks.c.tenant,
+        tasks.c.workflow,
+        tasks.c.workflow_version,
+        tasks.c.annotations,
+        tasks.c.input,
+        tasks.c.input_ref,
+        tasks.c.request_key,
     )
     if tenant is not None:
         query = query.where(tasks.c.tenant == tenant)
@@ -223,9 +264,12 @@ def erase(
     actor: str,
     now: datetime,
     tenant: str | None = None,
+    beyond: Callable[[Found], dict[str, Any]] | None = None,
 ) -> Erased:
     """Remove every task of ``subject`` (in ``tenant`` only, when given: a tenant admin's request) and what hangs
-    off it, and audit the erasure (see the module docstring)."""
+    off it, and audit the erasure (see the module docstring). ``beyond`` is called in the transaction, before the
+    audit record, with what the tasks sent out of the store; what it answers (never the subject in clear) goes into
+    the record."""
     check_subject(subject)
     paths = parse_fields(fields)
     digest = subject_digest(subject)
@@ -235,8 +279,15 @@ def erase(
         rows = _subject_tasks(conn, codec, subject, paths, tenant)
         ids = [row.id for row in rows]
         refs = {r for row in rows for r in (row.input_ref,) if r}
-        removed_events = 0
+        removed_events = published = removed_logs = 0
+        sent: list[SentRecord] = []
+        where = {row.id: (row.workflow, row.workflow_version) for row in rows}
         for chunk in _chunks(ids):
+            published += conn.execute(
+                sa.select(sa.func.count()).where(events.c.task_id.in_(chunk), events.c.published_at.is_not(None))
+            ).scalar_one()
+            sent.extend(_sent_records(conn, codec, chunk, where))
+            removed_logs += payload_logs.erase(conn, chunk)
             refs.update(
                 r for (r,) in conn.execute(sa.select(tasks.c.result_ref).where(tasks.c.id.in_(chunk))) if r is not None
             )
@@ -265,12 +316,15 @@ def erase(
                     )
                 )
         blobs = _drop_unreferenced(conn, codec, refs)
+        reported = beyond(Found(tuple(ids), published, tuple(sent))) if beyond is not None and ids else {}
         details = {
             "subjectDigest": digest,
             "tasks": ids,
             "fields": [".".join(p) for p in paths],
             "events": removed_events,
             "blobs": blobs,
+            "payloadLogs": removed_logs,
+            **reported,
         }
         record = audit.append(
             conn, Entry("erasure", f"subject/{digest}", "erased", details, tenant=tenant, actor=actor), now=now
@@ -280,7 +334,61 @@ def erase(
     if db.is_sqlite:
         _checkpoint(db)
     log.info("erased %d tasks of a subject", len(ids), extra={"subject_digest": digest, "audit_seq": record.seq})
-    return Erased(digest, tuple(ids), removed_events, blobs, record.seq)
+    return Erased(digest, tuple(ids), removed_events, blobs, record.seq, removed_logs, reported)
+
+
+def remaining(
+    found: Found,
+    *,
+    tombstone: Callable[[SentRecord], bool] | None = None,
+    results_period: Callable[[str], timedelta | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Where the erased tasks' data stays outside the store until its own retention, by place and count (never a
+    key or a value): the events the outbox published (the events topic on Kafka) and, per kafkaSink topic, the
+    records the tasks' steps published, how many of their keys got a ``tombstone`` (a compacted topic drops a
+    tombstoned key's records at its next compaction) and the topic's retention by ``results_period`` (the shortest
+    of its workflows')."""
+    places: list[dict[str, Any]] = []
+    if found.published_events:
+        places.append({"place": "events", "records": found.published_events, "until": "the events topic's retention"})
+    topics: dict[str, dict[str, Any]] = {}
+    for sent in found.records:
+        entry = topics.setdefault(
+            sent.topic,
+            {
+                "place": "kafka-topic",
+                "topic": sent.topic,
+                "records": 0,
+                "tombstones": 0,
+                "until": "compaction of the tombstoned keys, or the topic's retention",
+            },
+        )
+        entry["records"] += 1
+        if tombstone is not None and tombstone(sent):
+            entry["tombstones"] += 1
+        period = results_period(sent.workflow) if results_period is not None else None
+        if period is not None:
+            seconds = period.total_seconds()
+            entry["retentionSeconds"] = min(entry.get("retentionSeconds", seconds), seconds)
+    return [*places, *topics.values()]
+
+
+def _sent_records(
+    conn: sa.Connection, codec: PayloadCodec, chunk: Sequence[str], where: dict[str, tuple[str, str]]
+) -> list[SentRecord]:
+    """The kafkaSink records the tasks' connector steps published: such a step's output is ``{topic, key}``."""
+    query = sa.select(step_runs.c.task_id, step_runs.c.name, step_runs.c.output, step_runs.c.output_ref).where(
+        step_runs.c.task_id.in_(chunk),
+        step_runs.c.type == "connector",
+        sa.or_(step_runs.c.output.is_not(None), step_runs.c.output_ref.is_not(None)),
+    )
+    found = []
+    for row in conn.execute(query):
+        output = codec.decode(row.output, row.output_ref)
+        if isinstance(output, dict) and set(output) == {"topic", "key"}:
+            workflow, version = where[row.task_id]
+            found.append(SentRecord(workflow, version, row.name, str(output["topic"]), str(output["key"])))
+    return found
 
 
 def _checkpoint(db: Database) -> None:

@@ -346,3 +346,19 @@ rate_buckets = sa.Table(
     # tokens it came out of, and RETURNING gives both from one statement.
     sa.Column("granted", sa.Float, nullable=False),
 )
+
+# Sampled payload logs (``policies.payloads``), kept where retention purges them and an erasure finds them.
+payload_logs = sa.Table(
+    "payload_logs",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("workflow", NAME),
+    sa.Column("model", NAME),
+    # None for a gateway prediction, which has no task.
+    sa.Column("task_id", ID),
+    sa.Column("record", JSONText, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "task_id"),
+    sa.Index(None, "workflow", "created_at"),
+)

@@ -253,11 +253,17 @@ def test_predictions_of_a_governed_model_are_logged_and_traced_masked(
             assert client.post("/v1/models/open/predict", json={"email": EMAIL}, headers=headers).status_code == 200
     logged = _logged(caplog, "prediction payload")
     assert len(logged) == 2  # one success per app, sample rate 1
-    for record in logged:
+    for record in logged:  # the payloads are kept in the store, not in the log line
         assert (record.model, record.tenant, record.sample_rate) == ("triage", "acme", 1.0)  # type: ignore[attr-defined]
-        assert record.input == {"email": "<EMAIL_ADDRESS>"}  # type: ignore[attr-defined]
-        assert record.output["received"] == {"email": "<EMAIL_ADDRESS>"}  # type: ignore[attr-defined]
+        assert record.kept is True  # type: ignore[attr-defined]
+    kept = engine.payload_logs.records(tenant="acme")
+    assert len(kept) == 2
+    for entry in kept:
+        assert (entry["model"], entry["tenant"], entry["sample_rate"]) == ("triage", "acme", 1.0)
+        assert entry["input"] == {"email": "<EMAIL_ADDRESS>"}
+        assert entry["output"]["received"] == {"email": "<EMAIL_ADDRESS>"}
     assert EMAIL not in caplog.text
+    assert EMAIL not in json.dumps(kept)
     spans: list[ReadableSpan] = [s for s in exported.get_finished_spans() if s.name == "aiplane.gateway.predict"]
     failed = [s for s in spans if s.status.description]
     assert len(failed) == 2
@@ -288,9 +294,10 @@ def test_the_engines_model_calls_are_logged_by_the_models_rate_and_masked(
         assert_eventually(finished, timeout=30, interval=0.02)
     logged = _logged(caplog, "step payload")
     assert [(r.workflow, r.model) for r in logged] == [("call-triage", "triage")]  # type: ignore[attr-defined]
-    (record,) = logged
-    assert record.output["received"] == {"email": "<EMAIL_ADDRESS>"}  # type: ignore[attr-defined]
-    assert record.input == {"email": "<EMAIL_ADDRESS>"}  # type: ignore[attr-defined]
+    (kept,) = engine.payload_logs.records(task_id=ids[0])
+    assert kept["output"]["received"] == {"email": "<EMAIL_ADDRESS>"}
+    assert kept["input"] == {"email": "<EMAIL_ADDRESS>"}
+    assert engine.payload_logs.records(task_id=ids[1]) == []
     assert EMAIL not in caplog.text
 
 
