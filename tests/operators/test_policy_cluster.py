@@ -42,6 +42,15 @@ def connector(name: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def model(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "Model",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"bento": "service:ClaimsExtractor", "version": "1.0.0"},
+    }
+
+
 def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     found = get(cluster, namespace, "policy", name)
     return found
@@ -78,6 +87,29 @@ def test_status_follows_what_the_policy_selects(
     cluster.kubectl("delete", "-n", ns, "connector", "claims-sink")
     cluster.kubectl("label", "-n", ns, "workflow", "fraud-check", "team=fraud", "--overwrite")
     assert_eventually(lambda: selecting(["intake", "triage"], []), timeout=60)
+
+
+def test_status_names_the_models_a_policy_selects(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    cluster, ns = crds_installed, k8s_namespace
+    apply(cluster, ns, model("extractor", {"team": "claims"}))
+    apply(cluster, ns, model("fraud-scorer", {"team": "fraud"}))
+    governance = policy("claims-models", {"team": "claims"}, residency={"regions": ["eu-west"]})
+    governance["spec"]["selector"]["kinds"] = ["Model"]
+    apply(cluster, ns, governance)
+
+    def selecting(models: list[str]) -> None:
+        found = status_of(cluster, ns, "claims-models")
+        ready = condition(found, "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "Selecting"), ready
+        assert found["status"]["selection"].get("models", []) == models
+        assert found["status"]["selected"] == len(models)
+        assert f", {len(models)} Model{'' if len(models) == 1 else 's'}, " in ready["message"], ready
+
+    assert_eventually(lambda: selecting(["extractor"]), timeout=60)
+    cluster.kubectl("label", "-n", ns, "model", "fraud-scorer", "team=claims", "--overwrite")
+    assert_eventually(lambda: selecting(["extractor", "fraud-scorer"]), timeout=60)
 
 
 def test_an_approval_rule_that_does_not_compile_is_reported(
