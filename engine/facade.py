@@ -170,7 +170,8 @@ class Engine:
         ``tenants``: the tenants a workflow's Policies allow (None: any), by workflow name. With ``residency``, a
         submission they deny is refused at intake (``policies.admission``), however it comes in.
         ``governing``: the Policies that govern a workflow, by name: a denial's audit record names the versions of
-        those that decided it.
+        those that decided it, and each new task of a workflow they govern gets a ``policy``/``allow`` record
+        naming them all (none when no Policy governs it).
         ``quota``: a tenant's quota of unfinished tasks of all priority classes (None) or of one
         (``policies.quota.Quotas.max_in_flight``); a submission past either is refused at intake with
         ``QuotaExceededError`` (429).
