@@ -179,6 +179,14 @@ class SubmitTaskRequest(RequestModel):
     callback_url: AnyHttpUrl | None = Field(
         default=None, description="URL told about the task's completion (stored; delivery comes later)."
     )
+    region: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="The region the task's data stays in: its model and connector calls go only to systems in this "
+        "region. It may narrow the regions its workflow's residency Policies allow, never widen them (a region "
+        "outside them is refused with 422 naming the allowed ones); omit it to follow the workflow's regions.",
+    )
 
     @field_validator("sla")
     @classmethod
@@ -302,6 +310,9 @@ class TaskView(TaskSummary):
     steps: list[StepView] = Field(default_factory=list, description="Step runs in the order they were entered.")
     policy: PolicyAnnotations | None = Field(default=None, description="Policy annotations given at submission.")
     callback_url: str | None = None
+    region: str | None = Field(
+        default=None, description="The region the task's data stays in, when it was submitted with one."
+    )
 
     @classmethod
     def build(cls, task: Task, steps: list[StepRun]) -> TaskView:
@@ -314,6 +325,7 @@ class TaskView(TaskSummary):
             steps=[StepView.of(s) for s in steps],
             policy=PolicyAnnotations.model_validate(task.annotations) if task.annotations else None,
             callback_url=task.callback_url,
+            region=task.region,
         )
 
 

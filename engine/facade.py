@@ -270,8 +270,10 @@ class Engine:
         deadline: datetime | timedelta | None = None,
         idempotency_key: str | None = None,
         version: str | None = None,
+        region: str | None = None,
     ) -> Task:
-        """Start a task of ``workflow`` (its current version unless ``version`` is given).
+        """Start a task of ``workflow`` (its current version unless ``version`` is given); ``region``: where its
+        data stays, within its workflow's residency regions (``policies.residency``).
 
         ``deadline`` overrides the workflow's ``sla.deadline``. With ``idempotency_key``, submitting the same
         input again returns the first task (and another input with the same key raises
@@ -285,6 +287,7 @@ class Engine:
             deadline=deadline,
             idempotency_key=idempotency_key,
             version=version,
+            region=region,
         )
         [outcome] = self.submit_many([submission])
         if isinstance(outcome, Exception):
@@ -597,8 +600,10 @@ class Engine:
 
     def executors(self) -> dict[str, StepExecutor]:
         """The step executors a worker of this engine uses, by step type."""
+        # Without residency Policies a task may still carry a region of its own: its calls are checked against it.
+        residency = self.residency or Residency()
         model = ModelExecutor(
-            self.model_resolver, self.http, self.rng, residency=self.residency, model_policies=self.model_policies
+            self.model_resolver, self.http, self.rng, residency=residency, model_policies=self.model_policies
         )
         connector = ConnectorExecutor(
             self.connector_resolver,
@@ -606,7 +611,7 @@ class Engine:
             self.secret_resolver,
             self.sink,
             postgres=self.postgres,
-            residency=self.residency,
+            residency=residency,
         )
         agent = AgentExecutor(
             Checkpoints(self.db, self.codec),
@@ -617,7 +622,7 @@ class Engine:
             connector=connector,
             children=_ChildTasks(self),
             rules_for=self.agent_rules,
-            residency=self.residency,
+            residency=residency,
             clock=self.clock,
             rng=self.rng,
             pii=self.pii,
@@ -691,6 +696,7 @@ class Engine:
             ],
             completions=completions,
             policies=policies,
+            region=task.region,
         )
 
     def agent_decisions(self, tenant: str, task_id: str) -> builtins.list[dict[str, Any]]:

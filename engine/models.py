@@ -81,6 +81,8 @@ class Task:
     submitted_by: str | None = None
     #: The Idempotency-Key of the gateway request that made the task.
     request_key: str | None = None
+    #: The region the task's data stays in (submitted with it); None: its workflow's residency pin alone.
+    region: str | None = None
 
     @property
     def done(self) -> bool:

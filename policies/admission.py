@@ -62,7 +62,9 @@ class Admission:
             return ()
         return tuple(sorted(str(ref(policy)) for policy in self.governing(workflow) if decided(policy)))
 
-    def check(self, tenant: str, workflow: str, spec: WorkflowSpec) -> Denial | None:
+    def check(self, tenant: str, workflow: str, spec: WorkflowSpec, region: str | None = None) -> Denial | None:
+        """Why the Policies refuse a task of ``tenant`` and ``workflow`` (``region``: the task's own region, which
+        narrows where its steps may send data); None when they admit it."""
         if self.tenants is not None:
             allowed = self.tenants(workflow)
             if allowed is not None and tenant not in allowed:
@@ -83,7 +85,7 @@ class Admission:
                     ),
                 )
         if self.residency is not None:
-            violations = self.residency.plan_violations(tenant, workflow, spec, self.connector_region)
+            violations = self.residency.plan_violations(tenant, workflow, spec, self.connector_region, region)
             if violations:
                 metrics.denied("residency")
                 return Denial(

@@ -58,10 +58,11 @@ def record(
     steps: Iterable[Mapping[str, Any]],
     completions: Iterable[Mapping[str, Any]],
     policies: Iterable[str] = (),
+    region: str | None = None,
 ) -> dict[str, Any]:
     """The lineage of one task. ``steps``: its step runs in order (name, type, seq, state, output);
     ``completions``: the payloads of its ``step.completed`` events, in order; ``policies``: the Policy versions
-    named by its audit records."""
+    named by its audit records; ``region``: the task's own region (None: its workflow's pin alone)."""
     produced: dict[str, Mapping[str, Any]] = {}
     for payload in completions:
         lineage = payload.get("lineage")
@@ -71,6 +72,7 @@ def record(
         "taskId": task_id,
         "workflow": {"name": workflow, "version": workflow_version},
         "inputHash": input_hash(input),
+        "region": region,
         "policies": sorted(set(policies)),
         "steps": [
             {

@@ -15,6 +15,13 @@ A regional install (the chart's ``region``, ``AIPLANE_REGION``: one release and 
 of a workflow pinned elsewhere is refused at intake (storing its input here would already move its data), and no
 task calls a model or connector that declares another region. Systems that declare no region stay callable for
 unpinned workflows, as without a home (pinned ones refuse them already).
+
+A task may carry a region of its own (``region`` in ``POST /v1/tasks``): its data stays in that one region. It can
+only narrow what its workflow allows, never widen it: a region outside the workflow's pinned regions (or, on a
+regional install, other than its home) is refused at submission (``region_violation``, a 422 naming the allowed
+regions), and at call time the task's region is checked after the workflow's pin, so a model or connector must be
+in both (a system that declares no region is refused, as to a pinned workflow). A task without a region is governed
+by its workflow's pin alone; tasks of Kafka sources have none (they take their workflow's pin).
 """
 
 from __future__ import annotations
@@ -48,6 +55,21 @@ def violation(pinned: frozenset[str] | None, kind: Kind, name: str, region: str 
         return (
             f"workflow {workflow!r} keeps its data in {allowed}; {kind} {name!r} is in {region!r}, so it is not "
             "called (data residency)"
+        )
+    return None
+
+
+def task_violation(task_region: str, kind: Kind, name: str, region: str | None) -> str | None:
+    """Why a task pinned to ``task_region`` may not call ``kind`` ``name`` in ``region``; None if it may."""
+    if region is None:
+        return (
+            f"this task's data stays in {task_region!r} (the task's region), but {kind} {name!r} declares no region; "
+            f"set spec.region on the {kind.capitalize()} or call one in {task_region!r}"
+        )
+    if region != task_region:
+        return (
+            f"this task's data stays in {task_region!r} (the task's region); {kind} {name!r} is in {region!r}, so it "
+            "is not called (data residency)"
         )
     return None
 
@@ -93,14 +115,45 @@ class Residency:
             return self.pins(tenant, workflow)
         return self.pins.get(workflow)
 
-    def check(self, tenant: str, workflow: str, kind: Kind, name: str, region: str | None = None) -> str | None:
-        """None when the call may go ahead; otherwise why not. A model's region is looked up by name."""
+    def check(
+        self,
+        tenant: str,
+        workflow: str,
+        kind: Kind,
+        name: str,
+        region: str | None = None,
+        *,
+        task_region: str | None = None,
+    ) -> str | None:
+        """None when the call may go ahead; otherwise why not. A model's region is looked up by name;
+        ``task_region``: the task's own region (None: it has none), which narrows the workflow's pin."""
         pinned = self.pinned(tenant, workflow)
         if kind == "model":
             region = self.model_regions.get(name)
         if pinned is not None and (why := violation(pinned, kind, name, region, workflow=workflow)) is not None:
             return why
+        if task_region is not None and (why := task_violation(task_region, kind, name, region)) is not None:
+            return why
         return self.outside_home(kind, name, region)
+
+    def region_violation(self, tenant: str, workflow: str, region: str) -> tuple[str, frozenset[str]] | None:
+        """Why a task of ``workflow`` may not be pinned to ``region`` (it would widen what its workflow's
+        residency Policies or this install's region allow), with the regions it may take; None when it may."""
+        pinned = self.pinned(tenant, workflow)
+        if pinned is not None and region not in pinned:
+            allowed = ", ".join(sorted(pinned)) or "none (its residency policies' regions do not overlap)"
+            return (
+                f"region {region!r} is outside the regions workflow {workflow!r} keeps its data in ({allowed}): a "
+                "task's region may narrow its workflow's regions, never widen them; give one of them, or none",
+                pinned,
+            )
+        if self.home is not None and region != self.home:
+            return (
+                f"this aiplane serves region {self.home!r} and stores its tasks there; a task whose data stays in "
+                f"{region!r} is submitted to a gateway of region {region!r}",
+                frozenset({self.home}),
+            )
+        return None
 
     def outside_home(self, kind: Kind, name: str, region: str | None = None) -> str | None:
         """Why a regional install may not send data to ``kind`` ``name`` (a model's region looked up by name),
@@ -133,25 +186,26 @@ class Residency:
         workflow: str,
         spec: WorkflowSpec,
         connector_region: Callable[[str], str | None],
+        task_region: str | None = None,
     ) -> list[str]:
         """Every model or connector step (and agent planner) of ``spec`` that residency would refuse
-        (``step: why``), so that a submission can be refused before the task exists rather than fail half-way."""
-        if self.pinned(tenant, workflow) is None and self.home is None:
+        (``step: why``), so that a submission can be refused before the task exists rather than fail half-way;
+        ``task_region``: the submitted task's own region."""
+        if self.pinned(tenant, workflow) is None and self.home is None and task_region is None:
             return []
         if (why := self.intake_violation(tenant, workflow)) is not None:
             return [why]
         out = []
         for step in spec.steps:
             if step.model is not None:
-                why = self.check(tenant, workflow, "model", step.model.name)
+                why = self.check(tenant, workflow, "model", step.model.name, task_region=task_region)
             elif step.agent is not None:
                 # The planner sees the task's data at every proposal; the actions are checked one by one when the
                 # planner proposes them (a refused action is told to the planner, not a refused task).
-                why = self.check(tenant, workflow, "model", step.agent.planner.model)
+                why = self.check(tenant, workflow, "model", step.agent.planner.model, task_region=task_region)
             elif step.connector is not None:
-                why = self.check(
-                    tenant, workflow, "connector", step.connector.name, connector_region(step.connector.name)
-                )
+                region = connector_region(step.connector.name)
+                why = self.check(tenant, workflow, "connector", step.connector.name, region, task_region=task_region)
             else:
                 continue
             if why is not None:

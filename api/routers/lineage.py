@@ -42,6 +42,9 @@ class LineageView(ApiModel):
     task_id: str
     workflow: WorkflowRef
     input_hash: str | None = Field(description="sha256 of the stored input (canonical JSON); null once purged.")
+    region: str | None = Field(
+        default=None, description="The region the task's data stayed in, when submitted with one; null: its workflow's."
+    )
     policies: list[str] = Field(
         description="Policy versions (namespace/name@version: its generation, or a file Policy's content digest) "
         "that decided on it."

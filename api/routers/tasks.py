@@ -174,6 +174,7 @@ async def accept(
                 callback_url=str(body.callback_url) if body.callback_url is not None else None,
                 submitted_by=principal.name,
                 trace_context=current_traceparent(),
+                region=body.region,
                 validate=validate,
             )
         )

@@ -38,6 +38,8 @@ class StepContext:
     lease_token: str = ""
     #: The submitting request's W3C traceparent (child tasks continue its trace).
     trace_context: str | None = None
+    #: The task's own region (None: none): model and connector calls outside it are refused (``policies.residency``).
+    region: str | None = None
 
     @property
     def is_retry(self) -> bool:

@@ -72,7 +72,9 @@ class ConnectorExecutor:
         if spec is None:
             raise StepError(CONNECTOR_NOT_FOUND, f"connector {call.name!r} does not exist", retryable=True)
         if self.residency is not None:
-            denied = self.residency.check(ctx.tenant, ctx.workflow, "connector", call.name, spec.region)
+            denied = self.residency.check(
+                ctx.tenant, ctx.workflow, "connector", call.name, spec.region, task_region=ctx.region
+            )
             if denied is not None:
                 policy_metrics.denied("residency")
                 raise StepError(residency_rules.DENIED, denied, retryable=False)

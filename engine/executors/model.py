@@ -55,7 +55,10 @@ class ModelExecutor:
     def execute(self, ctx: StepContext) -> StepOutcome:
         call = ctx.step.model
         assert call is not None
-        denied = self.residency.check(ctx.tenant, ctx.workflow, "model", call.name) if self.residency else None
+        residency = self.residency
+        denied = (
+            residency.check(ctx.tenant, ctx.workflow, "model", call.name, task_region=ctx.region) if residency else None
+        )
         if denied is not None:  # not retried: the answer does not change by trying again
             policy_metrics.denied("residency")
             raise StepError(residency_rules.DENIED, denied, retryable=False)

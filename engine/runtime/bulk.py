@@ -304,6 +304,7 @@ class BulkIntake:
             "callback_url": None,
             "submitted_by": None,
             "request_key": None,
+            "region": None,  # a source's tasks have no region of their own: their workflow's pin governs them
             **fresh_task_columns(now),
             **template.task,
         }

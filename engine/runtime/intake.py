@@ -104,6 +104,8 @@ class Submission:
     submitted_by: str | None = None
     #: W3C traceparent the task's step spans continue.
     trace_context: str | None = None
+    #: The region the task's data stays in; narrows its workflow's residency pin (``policies.residency``).
+    region: str | None = None
     #: Called with the resolved version and its spec before anything is written; raises to refuse the input.
     validate: Callable[[str, WorkflowSpec], None] | None = None
 
@@ -294,7 +296,9 @@ class Intake:
             version = heads[sub.workflow] = definitions.head_version(conn, sub.workflow)
         spec = definitions.load(conn, sub.workflow, version)
         if self.admission is not None:
-            denial = self.admission.check(sub.tenant, sub.workflow, spec)
+            if sub.region is not None:
+                _check_region(self.admission, sub)
+            denial = self.admission.check(sub.tenant, sub.workflow, spec, sub.region)
             if denial is not None:
                 raise PolicyDeniedError(denial.detail, reason=denial.reason, policies=denial.policies, **denial.fields)
         if sub.validate is not None:
@@ -318,6 +322,7 @@ class Intake:
             "callback_url": sub.callback_url,
             "submitted_by": sub.submitted_by,
             "request_key": sub.request.key if sub.request is not None else None,
+            "region": sub.region,
             **fresh_task_columns(now),
         }
         entry = self.machine.entry(SimpleNamespace(**task), graph.first_step(spec), now)
@@ -499,6 +504,16 @@ def fresh_task_columns(now: datetime) -> dict[str, Any]:
         "updated_at": now,
         "finished_at": None,
     }
+
+
+def _check_region(admission: Admission, sub: Submission) -> None:
+    """Refuse (422) a task region that would widen its workflow's residency pin or leave this install's region."""
+    assert sub.region is not None
+    residency = admission.residency
+    refused = residency.region_violation(sub.tenant, sub.workflow, sub.region) if residency is not None else None
+    if refused is not None:
+        why, allowed = refused
+        raise InvalidRequestError(why, field="region", allowed_regions=", ".join(sorted(allowed)))
 
 
 def _deadline(spec: WorkflowSpec, deadline: datetime | timedelta | None, now: datetime) -> datetime | None:

@@ -33,6 +33,7 @@ def task(codec: PayloadCodec, row: Any, *, payloads: bool) -> Task:
         callback_url=row.callback_url,
         submitted_by=row.submitted_by,
         request_key=row.request_key,
+        region=row.region,
     )
 
 

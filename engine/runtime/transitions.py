@@ -126,6 +126,8 @@ class Claimed:
     idempotency_key: str
     trace_context: str | None
     deadline: datetime | None
+    #: The task's own region (``tasks.region``): its model and connector calls stay there.
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class Entry:
             idempotency_key=run["idempotency_key"],
             trace_context=task.trace_context,
             deadline=task.deadline,
+            region=task.region,
         )
 
 
@@ -342,6 +345,7 @@ class StateMachine:
                     idempotency_key=run.idempotency_key,
                     trace_context=task.trace_context,
                     deadline=task.deadline,
+                    region=task.region,
                 )
             )
         return claimed

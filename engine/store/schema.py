@@ -80,6 +80,8 @@ tasks = sa.Table(
     sa.Column("callback_url", sa.String(2048)),
     sa.Column("submitted_by", TENANT),
     sa.Column("request_key", sa.String(255)),
+    # The region the task's data stays in, when the submitter pinned it (narrowing its workflow's residency pin).
+    sa.Column("region", sa.String(63)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),

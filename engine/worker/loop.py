@@ -347,6 +347,7 @@ class Worker:
             step_run_id=claimed.step_run_id,
             lease_token=claimed.lease_token,
             trace_context=claimed.trace_context,
+            region=claimed.region,
         )
 
     def _execute(self, ctx: StepContext) -> StepOutcome | StepError | StepDeferredError:
@@ -435,6 +436,8 @@ class Worker:
             "step": claimed.step,
             "policies": deciding,
         }
+        if claimed.region is not None:  # the task's own region, which narrowed what its Policies allow
+            details["region"] = claimed.region
         return AuditEntry("policy", f"task/{claimed.task_id}", "deny", details, tenant=claimed.tenant, actor="engine")
 
     def _write(self, action: Callable[[sa.Connection], T], attempts: int = 5) -> T:
