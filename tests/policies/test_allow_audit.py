@@ -199,10 +199,11 @@ def test_a_batch_writes_one_allow_record_per_new_task(engine: Engine) -> None:
     assert engine.audit.verify().ok
 
 
-def test_allowed_predictions_are_coalesced_records_that_count_every_call(tmp_path: Path) -> None:
+def test_allowed_predictions_are_coalesced_records_that_count_every_call(db_url: str, tmp_path: Path) -> None:
     upstream = Downstream()
     engine = Engine(
-        f"sqlite:///{tmp_path / 'engine.db'}",
+        db_url,
+        data_dir=tmp_path / "data",
         model_resolver=StaticModelResolver(
             {
                 name: [{"version": "v1", "url": upstream.url(f"/models/{name}"), "weight": 100}]
