@@ -626,6 +626,7 @@ class Engine:
             clock=self.clock,
             rng=self.rng,
             pii=self.pii,
+            check_model=model.check_model_policies if self.model_policies is not None else None,
         )
         return {"model": model, "connector": connector, "rules": RulesExecutor(), "agent": agent}
 

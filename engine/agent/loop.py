@@ -108,6 +108,7 @@ class AgentExecutor:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         pii: WorkflowMasking | None = None,
+        check_model: Callable[[str, str], None] | None = None,
     ) -> None:
         self.checkpoints = checkpoints
         self.models = models
@@ -124,6 +125,10 @@ class AgentExecutor:
         #: Masks proposals and observations before they are recorded, acted on or shown to the planner, as step
         #: inputs and outputs are (``policies.masking``).
         self.pii = pii
+        #: Raises the step error of a call to a Model its own Policies refuse the tenant (``policies.model_calls``;
+        #: ``ModelExecutor.check_model_policies``), asked before each planner call; actions go through the model
+        #: executor, which asks it too. None: no Policy selects Models.
+        self.check_model = check_model
         self._validators: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- the loop
@@ -258,6 +263,8 @@ class AgentExecutor:
         )
         if denied is not None:  # the planner would see the task's data: not retried, the answer stays the same
             raise StepError(residency_rules.DENIED, f"planner: {denied}", retryable=False)
+        if self.check_model is not None:
+            self.check_model(ctx.tenant, planner.model)
         endpoint = pick_endpoint(self.models.endpoints(planner.model), self.rng)
         if endpoint is None:
             raise StepError(MODEL_UNAVAILABLE, f"planner model {planner.model!r} has no live endpoint", retryable=True)

@@ -135,3 +135,30 @@ def test_calls_the_models_policies_allow_go_ahead(engine: Engine, upstream: Down
     assert task["state"] == "succeeded", task
     assert upstream.count(f"/m/{model}/predict") == 1
     assert _denials(engine) == []
+
+
+def test_an_agents_planner_is_a_model_call_its_policies_govern(engine: Engine, upstream: Downstream) -> None:
+    agent = {
+        "goal": "Triage claim {{ input.claimId }}",
+        "planner": {"model": "triage"},
+        "actions": [{"name": "score", "description": "Score the claim.", "model": {"name": "eu-ok"}}],
+    }
+    engine.register_workflow("agentic", {"steps": [{"name": "agent", "type": "agent", "agent": agent}]})
+    key = create_api_key(engine, "globex", "alice", ["submitter"])
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(engine)) as client, engine.worker(WorkerConfig(poll_interval=0.02)):
+        body = {"workflow": {"name": "agentic"}, "input": {"claimId": "c-1"}}
+        submitted = client.post("/v1/tasks", json=body, headers=headers)
+        assert submitted.status_code == 202, submitted.text
+
+        def finished() -> dict[str, Any]:
+            task: dict[str, Any] = client.get(f"/v1/tasks/{submitted.json()['id']}", headers=headers).json()
+            assert task["state"] in {"failed", "dead_lettered"}, task["state"]
+            return task
+
+        task = assert_eventually(finished, timeout=30, interval=0.05)
+    assert task["error"]["kind"] == TENANT_DENIED
+    assert "claims/claims-models@3" in task["error"]["message"]
+    assert not [path for path in upstream.calls if path.startswith("/m/")]  # the planner never saw the task
+    [denial] = _denials(engine)
+    assert (denial["reason"], denial["step"]) == ("tenant-denied", "agent")
