@@ -778,6 +778,9 @@ class Engine:
                 spec = definitions.load(conn, sent.workflow, sent.version)
             step = next((s for s in spec.steps if s.name == sent.step), None)
             connector = step.connector.name if step is not None and step.connector is not None else None
+            if sent.action is not None and step is not None and step.agent is not None:  # an agent's action
+                action = next((a for a in step.agent.actions if a.name == sent.action), None)
+                connector = action.connector.name if action is not None and action.connector is not None else None
             self.sink.send(Record(topic=sent.topic, key=sent.key, value=None, tombstone=True, connector=connector))
         except Exception:  # the broker down, a Connector gone: reported as records without a tombstone
             log.warning("erasure: no tombstone for a record on topic %s", sent.topic, exc_info=True)

@@ -91,13 +91,15 @@ class Retention:
 
 @dataclass(frozen=True)
 class SentRecord:
-    """A record a kafkaSink step of an erased task published (the step's output names its topic and key)."""
+    """A record a kafkaSink step of an erased task published (the step's output names its topic and key), or one of
+    its agent step's connector actions (``action``: the action's name; its observation names them)."""
 
     workflow: str
     version: str
     step: str
     topic: str
     key: str
+    action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,27 @@ def _sent_records(
         if isinstance(output, dict) and set(output) == {"topic", "key"}:
             workflow, version = where[row.task_id]
             found.append(SentRecord(workflow, version, row.name, str(output["topic"]), str(output["key"])))
+    actions = (
+        sa.select(
+            agent_actions.c.task_id,
+            step_runs.c.name,
+            agent_actions.c.proposal,
+            agent_actions.c.observation,
+            agent_actions.c.observation_ref,
+        )
+        .join(step_runs, step_runs.c.id == agent_actions.c.step_run_id)
+        .where(
+            agent_actions.c.task_id.in_(chunk),
+            sa.or_(agent_actions.c.observation.is_not(None), agent_actions.c.observation_ref.is_not(None)),
+        )
+    )
+    for taken in conn.execute(actions):
+        observation = codec.decode(taken.observation, taken.observation_ref)
+        action = taken.proposal.get("action") if isinstance(taken.proposal, dict) else None
+        if isinstance(observation, dict) and set(observation) == {"topic", "key"} and isinstance(action, str):
+            workflow, version = where[taken.task_id]
+            topic, key = str(observation["topic"]), str(observation["key"])
+            found.append(SentRecord(workflow, version, taken.name, topic, key, action))
     return found
 
 
