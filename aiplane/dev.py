@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from aiplane import manifests
 from aiplane.modelserver import ModelServer, served_by, stand_in, working_dir
@@ -34,6 +35,7 @@ from connectors.postgres import PostgresClient
 from crds import Connector, Model, Policy, Resource, Workflow
 from crds.base import Role
 from engine import Engine, InMemorySink, Record, StaticConnectorResolver, StaticModelResolver
+from policies.access_oidc import OIDCConfig, OIDCVerifier
 from policies.effective import Target, applicable
 from policies.masking import WorkflowMasking, compile_policy
 from policies.model_calls import ModelPolicies, default_target
@@ -142,6 +144,21 @@ class DevStack:
             self.embedded_kafka.start_sources(self.engine, DEV_TENANT, rate=SharedRateLimiter(self.policies))
         self.policy_watch = PolicyFileWatch([self.manifests_dir], self.policies).start()
         return self.engine
+
+    def gateway(self, oidc: OIDCVerifier | None = None) -> FastAPI:
+        """The gateway app of the started stack, following the manifests' Policies (rate limits, role bindings,
+        predictions). Not separation of duties: dev's own key holds every role, and the demo approves what it
+        submitted."""
+        assert self.engine is not None, "start the stack first"
+        app = create_app(self.engine, GatewaySettings(), oidc=oidc)
+        follow_policies(
+            app.state.gateway,
+            self.policies,
+            self.workflow_targets(),
+            separation_of_duties=False,
+            models=self.model_target,
+        )
+        return app
 
     def workflow_targets(self) -> dict[str, Target]:
         """Each workflow as Policies select it (namespace and labels)."""
@@ -305,15 +322,7 @@ def serve(manifests_dir: Path, data_dir: Path, host: str, port: int, kafka: str 
                 "repair costs $1,200.00\"}}'",
                 flush=True,
             )
-        app = create_app(engine, GatewaySettings())
-        # The manifests' rate limits, at the gateway. Not separation of duties: dev has one principal holding every
-        # role, and the demo approves what it submitted.
-        follow_policies(
-            app.state.gateway,
-            stack.policies,
-            stack.workflow_targets(),
-            separation_of_duties=False,
-            models=stack.model_target,
-        )
+        oidc = OIDCConfig.from_env(os.environ)  # AIPLANE_OIDC_*, as `aiplane gateway`: tokens besides the key
+        app = stack.gateway(OIDCVerifier(oidc) if oidc is not None else None)
         with engine.worker():
             uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

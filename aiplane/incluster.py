@@ -5,9 +5,10 @@ regions, the Connectors and the Secrets they name, and the Policies, each kept c
 The Policies reach the same enforcement points as in ``aiplane dev``, but follow the cluster as it changes: PII
 masking (inputs, step outputs, error texts), payload logging, residency and tenant access, the approval rules'
 gate, the agentActions rules of agent steps, the workers' retention purge (and after it the Kafka topics'
-retention, ``aiplane.kafka_retention``), and at the gateway the rate limits and separation of duties. A Policy
-selects workflows by namespace and labels, which come from the Workflow watch. Every hook is installed even while
-no Policy asks for it, since one may be applied later; an ungoverned workflow costs a cached lookup per call.
+retention, ``aiplane.kafka_retention``), and at the gateway the rate limits, separation of duties and the roles
+``access.roles`` binds (``api.auth.follow_policies``). A Policy selects workflows by namespace and labels, which
+come from the Workflow watch. Every hook is installed even while no Policy asks for it, since one may be applied
+later; an ungoverned workflow costs a cached lookup per call.
 """
 
 from __future__ import annotations

@@ -2,13 +2,16 @@
 
 An API key (``aip_...``) maps to a tenant, a principal name and roles (``crds.base.Role``), from the engine's
 database. When the gateway has an OIDC verifier, any other bearer token is taken as a JWT from the identity
-provider: tenant, subject and roles come from its claims (``policies.access_oidc``). Every route that touches
+provider: tenant, subject, groups and roles come from its claims (``policies.access_oidc``). Either way, the roles
+the Policies the gateway follows bind to the principal (or its groups) in its tenant are added per request
+(``policies.access.RoleGrants``), so a Policy change applies to the next request. Every route that touches
 tasks or approvals runs as the caller's tenant: the engine is always asked with that tenant, so another tenant's
 ids are simply not found (404, never 403, so ids do not leak across tenants).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Annotated
 
@@ -22,6 +25,7 @@ from api.state import Gateway, gateway
 from api.store import KEY_PREFIX, ApiKeyStore, Principal
 from crds.policy import Policy
 from engine import Engine
+from policies.access import RoleGrants
 from policies.access_oidc import Identity, JwksUnavailableError, TokenError
 from policies.effective import Target, applicable
 from policies.model_calls import ModelPolicies, TargetOf, default_target
@@ -83,6 +87,11 @@ async def _principal(request: Request, gw: Gateway, key: str | None) -> Principa
             "the API key is unknown or revoked; ask an admin of your tenant for a valid key",
             headers={"WWW-Authenticate": 'Bearer realm="aiplane", error="invalid_token"'},
         )
+    grants = gw.grants
+    if grants:
+        granted = grants.roles_for(principal.tenant, principal.name, principal.groups)
+        if not granted <= principal.roles:
+            principal = dataclasses.replace(principal, roles=principal.roles | granted)
     request.state.tenant = principal.tenant
     request.state.principal = principal.name
     logmask.bind(tenant=principal.tenant)
@@ -115,7 +124,11 @@ async def _token_principal(gw: Gateway, token: str) -> Principal:
 
 def _from_identity(identity: Identity) -> Principal:
     return Principal(
-        tenant=identity.tenant, name=identity.subject, roles=identity.roles, key_id=f"oidc:{identity.subject}"
+        tenant=identity.tenant,
+        name=identity.subject,
+        roles=identity.roles,
+        key_id=f"oidc:{identity.subject}",
+        groups=identity.groups,
     )
 
 
@@ -138,15 +151,16 @@ def follow_policies(
     separation_of_duties: bool = True,
     models: TargetOf = default_target,
 ) -> None:
-    """Enforce ``policies`` in the gateway from now on, following their changes: the token buckets are rebuilt on
-    every change (so a change refills them), separation of duties asks for the workflow's Policies per approval
-    (unless ``separation_of_duties`` is off), and predictions follow the Policies that select their Model
-    (``policies.model_calls``). ``workflows`` maps a workflow name to its selection target (namespace and labels),
-    ``models`` a Model's name to its target."""
+    """Enforce ``policies`` in the gateway from now on, following their changes: the token buckets and the role
+    grants (``access.roles``) are rebuilt on every change (so a change refills the buckets), separation of duties
+    asks for the workflow's Policies per approval (unless ``separation_of_duties`` is off), and predictions follow
+    the Policies that select their Model (``policies.model_calls``). ``workflows`` maps a workflow name to its
+    selection target (namespace and labels), ``models`` a Model's name to its target."""
 
     def rebuild(current: tuple[Policy, ...]) -> None:
         # One attribute swap: safe from the watch's thread. Tokens the old limiter held are dropped, not spent.
         gw.limiter = RateLimiter.from_policies(current, budget=gw.budget)
+        gw.grants = RoleGrants.from_policies(current)
 
     def governing(workflow: str) -> Sequence[Policy]:
         target = workflows.get(workflow)

@@ -19,6 +19,7 @@ from api.upstream import ModelClient
 from api.validation import InputValidators
 from crds.policy import Policy
 from engine import Engine, IdempotencyStore, TaskSpanStore
+from policies.access import RoleGrants
 from policies.access_oidc import OIDCVerifier
 from policies.coalesce import Coalescer
 from policies.model_calls import ModelPolicies
@@ -45,6 +46,9 @@ class Gateway:
     budget: Budget | None = None
     #: Verifies OIDC bearer tokens (JWTs) besides API keys; None accepts API keys only.
     oidc: OIDCVerifier | None = None
+    #: The roles Policies' ``access.roles`` grant, added to every caller's own (none until a policy source is
+    #: plugged in by ``api.auth.follow_policies``, which swaps it on every Policy change).
+    grants: RoleGrants = field(default_factory=RoleGrants)
     #: The Policies that govern a workflow (by name), for the checks the gateway makes at call time (separation
     #: of duties); none until a policy source is plugged in.
     governing: Callable[[str], Sequence[Policy]] = field(default=lambda workflow: ())

@@ -40,12 +40,14 @@ def hash_key(plaintext: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a tenant, a name within it, and the roles the API key grants."""
+    """Who is calling: a tenant, a name within it, and its roles (the credential's and those Policies grant)."""
 
     tenant: str
     name: str
     roles: frozenset[str]
     key_id: str
+    #: An OIDC token's groups, which Policies' role bindings may name; none for an API key.
+    groups: frozenset[str] = frozenset()
 
     def has_any(self, roles: Iterable[str]) -> bool:
         return "admin" in self.roles or not self.roles.isdisjoint(roles)

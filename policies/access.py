@@ -1,7 +1,14 @@
 """Access decisions that do not depend on how the caller authenticated: role grants and separation of duties.
 
 Roles are per tenant: an API key carries its own, an OIDC token its ``roles`` claim, and Policies' ``access.roles``
-grant more to subjects or groups (``RoleBinding``). ``admin`` holds every role.
+grant more (``RoleBinding``), as Kubernetes RoleBindings do: grants only add up, across Policies and to what the
+credential carries, and nothing a Policy says takes a role away. A binding names principals: an API key's
+principal name, an OIDC token's subject or one of its groups. It grants in the tenants its Policy's
+``access.tenants`` lists (every tenant when it lists none), and only ever in the tenant the caller's credential
+names: no binding moves a caller to another tenant. It does not depend on the Policy's selector (a role is held
+tenant-wide). ``RoleGrants`` answers "which roles do the Policies grant this principal" per request, so a change
+to the Policies applies to the next request, including for tokens and keys already verified. ``admin`` holds
+every role.
 
 Separation of duties: whoever submitted a task may not decide its approval when an approval rule of a Policy that
 governs the workflow says so (``separationOfDuties``, true by default) or the gateway enforces it for every
@@ -10,7 +17,7 @@ approval (its default; see docs/security.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import get_args
 
 from crds.base import Role
@@ -18,12 +25,6 @@ from crds.policy import Policy, RoleBinding
 
 ROLES: frozenset[str] = frozenset(get_args(Role))
 EVERY_TENANT = "*"
-
-
-def granted_roles(bindings: Iterable[RoleBinding], subject: str, groups: Iterable[str] = ()) -> frozenset[str]:
-    """Roles that ``bindings`` grant to ``subject`` or to any of its ``groups``."""
-    names = {subject, *groups}
-    return frozenset(b.role for b in bindings if not names.isdisjoint(b.subjects))
 
 
 def bindings_from_policies(policies: Iterable[Policy]) -> dict[str, list[RoleBinding]]:
@@ -37,6 +38,38 @@ def bindings_from_policies(policies: Iterable[Policy]) -> dict[str, list[RoleBin
         for tenant in access.tenants or [EVERY_TENANT]:
             out.setdefault(tenant, []).extend(access.roles)
     return out
+
+
+class RoleGrants:
+    """The roles Policies' ``access.roles`` grant, indexed by tenant and principal: built once per Policy change,
+    asked per request (a few dictionary look-ups)."""
+
+    def __init__(self, bindings: Mapping[str, Iterable[RoleBinding]] | None = None) -> None:
+        index: dict[str, dict[str, set[str]]] = {}
+        for tenant, granted in (bindings or {}).items():
+            by_subject = index.setdefault(tenant, {})
+            for binding in granted:
+                for subject in binding.subjects:
+                    by_subject.setdefault(subject, set()).add(binding.role)
+        self._index = {t: {s: frozenset(r) for s, r in subjects.items()} for t, subjects in index.items()}
+
+    @classmethod
+    def from_policies(cls, policies: Iterable[Policy]) -> RoleGrants:
+        return cls(bindings_from_policies(policies))
+
+    def __bool__(self) -> bool:
+        return bool(self._index)
+
+    def roles_for(self, tenant: str, principal: str, groups: Iterable[str] = ()) -> frozenset[str]:
+        """Roles granted in ``tenant`` to ``principal`` or to one of its ``groups`` (empty when none)."""
+        names = (principal, *groups)
+        found: set[str] = set()
+        for scope in (EVERY_TENANT, tenant):
+            by_subject = self._index.get(scope)
+            if by_subject:
+                for name in names:
+                    found.update(by_subject.get(name, ()))
+        return frozenset(found)
 
 
 def tenant_allowed(policies: Sequence[Policy], tenant: str) -> bool:

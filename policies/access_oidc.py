@@ -9,7 +9,9 @@ a gateway needs around it:
 - the JWKS fetched once and cached for ``jwks_ttl``; a token with an unknown ``kid`` refreshes it (key rotation),
   at most once per ``refresh_interval``, so a flood of made-up kids cannot turn into a flood of fetches;
 - the tenant from one claim (``tenant_claim``), roles from another (``roles_claim``, a list or a space-separated
-  string; unknown names are ignored), plus any ``RoleBinding`` naming the subject or one of its groups.
+  string; unknown names are ignored) and groups from a third (``groups_claim``). The roles Policies bind to the
+  subject or its groups are added per request by the gateway (``policies.access.RoleGrants``), not here: a
+  verified token is cached, and a Policy change must apply to it too.
 
 Blocking (the JWKS fetch): callers on an event loop use ``cached`` first and run ``verify`` in a thread.
 """
@@ -19,14 +21,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
 
-from crds.policy import RoleBinding
-from policies.access import ROLES, granted_roles
+from policies.access import ROLES
 
 DEFAULT_ALGORITHMS = ("RS256", "ES256")
 ENV_PREFIX = "AIPLANE_OIDC_"
@@ -60,8 +61,6 @@ class OIDCConfig:
     jwks_ttl: float = 300.0
     refresh_interval: float = 10.0
     fetch_timeout: float = 5.0
-    #: Role grants per tenant (``*`` for every tenant), by subject or group, as Policies' ``access.roles`` say.
-    bindings: Mapping[str, Sequence[RoleBinding]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OIDCConfig | None:
@@ -98,6 +97,7 @@ class Identity:
 
     tenant: str
     subject: str
+    #: The roles the token's claim names (Policies' bindings are added by the gateway).
     roles: frozenset[str]
     groups: frozenset[str]
     expires: float  # unix time
@@ -184,9 +184,7 @@ class OIDCVerifier:
         if not isinstance(subject, str) or not 1 <= len(subject) <= 253:
             raise TokenError(f"the token's {config.subject_claim!r} claim must be a string of 1-253 characters")
         groups = frozenset(_strings(claims.get(config.groups_claim)))
-        own = frozenset(r for r in _strings(claims.get(config.roles_claim)) if r in ROLES)
-        bindings = [*config.bindings.get("*", ()), *config.bindings.get(tenant, ())]
-        roles = own | granted_roles(bindings, subject, groups)
+        roles = frozenset(r for r in _strings(claims.get(config.roles_claim)) if r in ROLES)
         return Identity(tenant=tenant, subject=subject, roles=roles, groups=groups, expires=float(claims["exp"]))
 
     # ------------------------------------------------------------ keys

@@ -9,8 +9,9 @@ contain every ``selector.matchLabels`` pair (no pairs: every resource of those k
 Combination, when several Policies govern one resource. The result does not depend on the order the policies come
 in (they are sorted by namespace and name first) and always errs on the side of less access and less data:
 
-- access: a tenant must be allowed by every Policy that lists tenants (deny wins); a subject holds a role only if
-  every Policy that binds that role grants it to them;
+- access: a tenant must be allowed by every Policy that lists tenants (deny wins). Role bindings
+  (``access.roles``) are not part of a target's effective policy: they are grants per tenant, not per resource, and
+  add up across Policies (``policies.access.RoleGrants``);
 - residency: the allowed regions are the intersection; an empty intersection allows no region at all;
 - PII: the union of entities and always-personal fields; the strictest action (redact > hash > tokenize); the
   unmask roles are those every tokenizing Policy grants;
@@ -206,8 +207,6 @@ class EffectivePolicy:
     approvals: tuple[EffectiveApproval, ...] = ()
     #: None: every tenant; otherwise the tenants every tenant-listing Policy allows.
     tenants: frozenset[str] | None = None
-    #: role → subjects; a role absent here is not restricted by any Policy.
-    role_bindings: Mapping[str, frozenset[str]] = field(default_factory=dict)
     #: None: any region; otherwise the regions every residency Policy allows (possibly none).
     regions: frozenset[str] | None = None
     #: priority class (or ``*``) → the strictest limit.
@@ -314,15 +313,6 @@ def combine(policies: Iterable[Policy]) -> EffectivePolicy:
     if not ordered:
         return EffectivePolicy()
     tenant_lists = [frozenset(p.spec.access.tenants) for p in ordered if p.spec.access and p.spec.access.tenants]
-    bindings: dict[str, frozenset[str]] = {}
-    for policy in ordered:
-        if policy.spec.access is None:
-            continue
-        granted: dict[str, set[str]] = {}
-        for binding in policy.spec.access.roles:
-            granted.setdefault(binding.role, set()).update(binding.subjects)
-        for role, subjects in granted.items():
-            bindings[role] = bindings[role] & subjects if role in bindings else frozenset(subjects)
     region_lists = [frozenset(p.spec.residency.regions) for p in ordered if p.spec.residency]
     approvals, conflicts = _combine_approvals(ordered)
     rates = [p.spec.payload_logging.sample_rate for p in ordered if p.spec.payload_logging]
@@ -334,7 +324,6 @@ def combine(policies: Iterable[Policy]) -> EffectivePolicy:
         retention=_combine_retention(ordered),
         approvals=approvals,
         tenants=frozenset.intersection(*tenant_lists) if tenant_lists else None,
-        role_bindings=dict(sorted(bindings.items())),
         regions=frozenset.intersection(*region_lists) if region_lists else None,
         rate_limits=_combine_limits(limit for p in ordered for limit in p.spec.rate_limits),
         payload_sample_rate=min(rates) if rates else None,

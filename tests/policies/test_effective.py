@@ -11,6 +11,7 @@ import pytest
 
 from aiplane import manifests
 from crds.policy import Policy
+from policies.access import RoleGrants
 from policies.effective import (
     EffectivePolicy,
     Limit,
@@ -75,7 +76,25 @@ def test_access_deny_wins() -> None:
     assert not refused.allowed
     assert "globex" in refused.reason
     assert [str(r) for r in refused.policies] == ["default/a@1", "default/b@1", "default/c@1"]
-    assert result.role_bindings == {"approver": {"bo"}, "auditor": {"di"}}
+
+
+def test_role_bindings_add_up_per_tenant_whatever_the_policies_select() -> None:
+    """Role bindings are grants, as Kubernetes RoleBindings are: every Policy's add to the others' and to the
+    credential's own, in the tenants that Policy lists (every tenant when it lists none)."""
+    grants = RoleGrants.from_policies(
+        [
+            policy("a", access={"tenants": ["acme", "globex"], "roles": [{"role": "approver", "subjects": ["al"]}]}),
+            policy("b", access={"tenants": ["acme"], "roles": [{"role": "approver", "subjects": ["bo", "leads"]}]}),
+            policy("c", labels={"team": "fraud"}, access={"roles": [{"role": "auditor", "subjects": ["di", "bo"]}]}),
+            policy("d", residency={"regions": ["eu-west"]}),
+        ]
+    )
+    assert grants.roles_for("acme", "al") == {"approver"}
+    assert grants.roles_for("acme", "bo") == {"approver", "auditor"}  # a second Policy adds, never narrows
+    assert grants.roles_for("acme", "cy", ["leads"]) == {"approver"}  # by group
+    assert grants.roles_for("globex", "bo") == {"auditor"}  # b grants in acme only
+    assert grants.roles_for("initech", "al") == frozenset()
+    assert not RoleGrants.from_policies([policy("d", residency={"regions": ["eu-west"]})])
 
 
 def test_residency_intersects_and_an_empty_intersection_allows_nothing() -> None:
