@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -30,27 +30,50 @@ QUOTA = 3
 MESSAGES = 10
 
 
+SCHEMA_WORKFLOW = {**RULES_WORKFLOW, "inputSchema": {"type": "object", "required": ["amount"]}}
+Sources = Callable[[int], tuple[KafkaSource, str, str]]
+
+
 @pytest.fixture
-def source(kafka: Kafka, make_engine: EngineFactory) -> Iterator[tuple[KafkaSource, str, str]]:
-    """A source of tenant acme, whose Policy allows it 3 tasks in flight; (source, topic, dead-letter topic)."""
+def sources(kafka: Kafka, make_engine: EngineFactory) -> Iterator[Sources]:
+    """Makes a source of tenant acme on a new topic of N partitions, whose Policy allows acme 3 tasks in flight;
+    (source, topic, dead-letter topic)."""
     quota = Policy.model_validate(
         {"metadata": {"name": "small"}, "spec": {"access": {"tenants": ["acme"]}, "quota": {"maxTasksInFlight": QUOTA}}}
     )
     engine = make_engine(quota=Quotas(PolicySet([quota])).max_in_flight)
-    engine.register_workflow("claims", RULES_WORKFLOW)
-    topic = kafka.new_topic(partitions=2, prefix="quota-in")
-    dlq = kafka.new_topic(partitions=1, prefix="quota-dlq")
-    config = SourceSettings(
-        connector=f"quota-{uuid.uuid4().hex[:6]}",
-        tenant="acme",
-        spec=KafkaSourceSpec.model_validate(
-            {"bootstrapServers": kafka.bootstrap_servers, "topic": topic, "workflow": "claims", "deadLetterTopic": dlq}
-        ),
-        batch_size=50,
-        poll_timeout=0.2,
-    )
-    with KafkaSource(engine, config) as source:
-        yield source, topic, dlq
+    engine.register_workflow("claims", SCHEMA_WORKFLOW)
+    opened: list[KafkaSource] = []
+
+    def make(partitions: int) -> tuple[KafkaSource, str, str]:
+        topic = kafka.new_topic(partitions=partitions, prefix="quota-in")
+        dlq = kafka.new_topic(partitions=1, prefix="quota-dlq")
+        config = SourceSettings(
+            connector=f"quota-{uuid.uuid4().hex[:6]}",
+            tenant="acme",
+            spec=KafkaSourceSpec.model_validate(
+                {
+                    "bootstrapServers": kafka.bootstrap_servers,
+                    "topic": topic,
+                    "workflow": "claims",
+                    "deadLetterTopic": dlq,
+                }
+            ),
+            batch_size=50,
+            poll_timeout=0.2,
+        )
+        source = KafkaSource(engine, config)
+        opened.append(source)
+        return source, topic, dlq
+
+    yield make
+    for source in opened:
+        source.close()
+
+
+@pytest.fixture
+def source(sources: Sources) -> tuple[KafkaSource, str, str]:
+    return sources(2)
 
 
 def _poll(source: KafkaSource) -> BatchResult:
@@ -116,3 +139,32 @@ def test_a_source_at_its_quota_takes_exactly_the_room_and_the_rest_once_tasks_fi
     assert _waiting(kafka_source.settings.connector) == 0
     with pytest.raises(AssertionError):  # nothing was dead-lettered on the way
         read_all(kafka.bootstrap_servers, dlq, 1, timeout=1.0)
+
+
+def test_messages_behind_a_waiting_one_wait_too_and_refusals_among_them_are_dead_lettered_once(
+    kafka: Kafka, sources: Sources
+) -> None:
+    kafka_source, topic, dlq = sources(1)
+    engine, group = kafka_source.engine, kafka_source.settings.group_id
+    produce(kafka.bootstrap_servers, topic, [{"amount": 0.0}, {"amount": 1.0}, {"amount": 2.0}, {"amount": 3.0}])
+    produce(kafka.bootstrap_servers, topic, [b"not json"], raw=True)  # offset 4: malformed
+    produce(kafka.bootstrap_servers, topic, [{"no": "amount"}, {"amount": 6.0}])  # 5: invalid; 6
+
+    def first_quota_full() -> None:
+        batch = _poll(kafka_source)
+        assert batch.accepted == QUOTA
+        assert (batch.dead_lettered, batch.deferred) == (0, 7 - QUOTA)  # the refusals wait behind offset 3
+
+    assert_eventually(first_quota_full, timeout=60, interval=0)
+    assert committed(kafka.bootstrap_servers, group, topic) == QUOTA
+    with fast_worker(engine):
+
+        def all_taken() -> None:
+            _poll(kafka_source)
+            assert committed(kafka.bootstrap_servers, group, topic) == 7
+
+        assert_eventually(all_taken, timeout=60, interval=0.05)
+    assert _amounts(engine) == [0.0, 1.0, 2.0, 3.0, 6.0]
+    letters = read_all(kafka.bootstrap_servers, dlq, 2)
+    assert sorted(r.offset for r in letters) == [0, 1]  # each refusal dead-lettered once, in order
+    assert [dict(r.headers)["aiplane-dlq-offset"] for r in letters] == [b"4", b"5"]
