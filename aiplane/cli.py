@@ -154,7 +154,8 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     task_input = json.loads(Path(args.input[1:]).read_text() if args.input.startswith("@") else args.input)
-    print(dumps(_client(args).submit(args.workflow, task_input, wait=args.wait, key=args.idempotency_key)))
+    client = _client(args)
+    print(dumps(client.submit(args.workflow, task_input, wait=args.wait, key=args.idempotency_key, region=args.region)))
     return 0
 
 
@@ -388,6 +389,17 @@ def _add_kafka_source(sub: argparse._SubParsersAction[argparse.ArgumentParser], 
         sub.add_parser("kafka-source", help=KAFKA_SOURCE_HELP)
 
 
+def _submit_arguments(submit: argparse.ArgumentParser) -> None:
+    submit.add_argument("workflow")
+    submit.add_argument("input", help="the input as JSON, or @file.json")
+    submit.add_argument("--wait", type=float, default=None, help="wait up to this many seconds for the result")
+    submit.add_argument("--idempotency-key", default=None, help="reuse to make a retried submission safe")
+    submit.add_argument(
+        "--region", default=None, help="keep the task's data in this region (within its workflow's residency regions)"
+    )
+    submit.set_defaults(func=_cmd_submit)
+
+
 def build_parser(*, kafka_source: bool = True) -> argparse.ArgumentParser:
     """The whole command line. ``kafka_source=False`` lists ``kafka-source`` without its arguments: they come with
     the consumer's modules (the engine, the Kafka client), seconds of imports every other command does without."""
@@ -419,12 +431,7 @@ def build_parser(*, kafka_source: bool = True) -> argparse.ArgumentParser:
         command.add_argument("--api-key", default=None, help="API key (AIPLANE_API_KEY)")
         return command
 
-    submit = client_parser("submit", "submit a task to a workflow")
-    submit.add_argument("workflow")
-    submit.add_argument("input", help="the input as JSON, or @file.json")
-    submit.add_argument("--wait", type=float, default=None, help="wait up to this many seconds for the result")
-    submit.add_argument("--idempotency-key", default=None, help="reuse to make a retried submission safe")
-    submit.set_defaults(func=_cmd_submit)
+    _submit_arguments(client_parser("submit", "submit a task to a workflow"))
 
     get = client_parser("get", "show a task (or its --trace or --events)")
     get.add_argument("task")

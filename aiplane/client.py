@@ -48,10 +48,18 @@ class Client:
         return response.json() if response.content else None
 
     def submit(
-        self, workflow: str, task_input: dict[str, Any], *, wait: float | None = None, key: str | None = None
+        self,
+        workflow: str,
+        task_input: dict[str, Any],
+        *,
+        wait: float | None = None,
+        key: str | None = None,
+        region: str | None = None,
     ) -> Any:
         params = {"mode": "sync", "wait": str(wait)} if wait else {"mode": "async"}
-        body = {"workflow": {"name": workflow}, "input": task_input}
+        body: dict[str, Any] = {"workflow": {"name": workflow}, "input": task_input}
+        if region is not None:
+            body["region"] = region
         headers = {"Idempotency-Key": key or str(uuid.uuid4())}
         return self._request("POST", "/v1/tasks", params=params, json=body, headers=headers)
 

@@ -44,6 +44,14 @@ def test_submit_approve_and_follow_a_task(
     assert "approval.decided" in json.dumps(events)
 
 
+def test_submit_a_task_with_its_own_region(served: Served, keys: Keys, capsys: pytest.CaptureFixture[str]) -> None:
+    task = _run(
+        capsys, "submit", "gated", "{}", "--region", "eu-west", "--url", served.base_url, "--api-key", keys.alice
+    )
+    assert isinstance(task, dict)
+    assert task["region"] == "eu-west"
+
+
 def test_gateway_problems_are_reported_not_raised(
     served: Served, keys: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
