@@ -21,8 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from aiplane.dev import DEV_TENANT, running
-from api import GatewaySettings, create_api_key, create_app
-from api.auth import follow_policies
+from api import create_api_key
 from engine import Engine
 from engine import Record as SinkRecord
 from engine.tracing import TaskSpanStore
@@ -163,15 +162,8 @@ def _submit(action: str, mode: str, tmp_path: Path) -> Run:
     with running(manifests, data_dir) as stack:
         assert stack.engine is not None
         engine = stack.engine
-        # The gateway as `aiplane dev` serves it: the manifests' Policies, followed.
-        app = create_app(engine, GatewaySettings(sync_poll_interval=0.02))
-        follow_policies(
-            app.state.gateway,
-            stack.policies,
-            stack.workflow_targets(),
-            separation_of_duties=False,
-            models=stack.model_target,
-        )
+        # The gateway `aiplane dev` serves: the manifests' Policies, followed.
+        app = stack.gateway()
         key = create_api_key(engine, DEV_TENANT, "intake", ["submitter", "auditor"])
         headers = {"Authorization": f"Bearer {key}"}
         server = Served(app)
