@@ -8,12 +8,6 @@ keys (topic/partition/offset, or a CEL expression over the message) give back th
 instead of new ones. A message that cannot become a task goes to the dead-letter topic with the reason in its
 headers; a batch that fails as a whole (store down, workflow not registered) is read again after a pause.
 
-While a batch's transaction runs (on a writer thread: SQLite and PostgreSQL drivers release the GIL while the
-database works), the consumer reads the next batch ahead, so fetching and decoding records overlaps the store's
-writes instead of waiting for them (benchmarks/bench_source: the source's throughput went from 35-38% of a raw
-consume loop's to XX%). Read-ahead records are only in memory: nothing is committed for them, every rewind puts
-them back, and a rebalance during the read drops them (the new positions come from the committed offsets).
-
 Policies govern these tasks as they govern the gateway's: the engine's intake masks their input and refuses a
 tenant or a residency the workflow's Policies deny (dead-lettered with that reason, ``tenant-denied`` or
 ``residency-denied``); the workers' approval gate holds them as any task. A tenant over its rate limit is slowed
@@ -29,17 +23,15 @@ why.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
@@ -58,7 +50,7 @@ from engine.errors import (
 from engine.executors.resolvers import SecretResolver
 from engine.facade import Engine
 from engine.flow import cel
-from engine.runtime.bulk import Batch, BatchOutcome
+from engine.runtime.bulk import Batch
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +168,7 @@ class KafkaSource:
         # Metadata first: a group leader that assigns before it knows the topic's partitions assigns none (and
         # kafka-python was seen not to rebalance when they became known).
         self.consumer.partitions_for_topic(spec.topic)
-        self.consumer.subscribe([spec.topic], listener=_Rebalances(self))
+        self.consumer.subscribe([spec.topic])
         producer = clients.Producer(
             spec.bootstrap_servers,
             client_id=f"aiplane-source-{settings.connector}-dlq",
@@ -187,11 +179,6 @@ class KafkaSource:
             producer, settings.dead_letter_topic, settings.connector, settings.ack_timeout
         )
         self._stopped = threading.Event()
-        #: The next batch, read while the current one was written (``_submit``); empty when none.
-        self._ahead: dict[TopicPartition, list[Any]] = {}
-        #: Set by the rebalance listener: the group moved partitions during the last poll.
-        self._rebalanced = False
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"aiplane-source-{settings.connector}")
         self._counters = {
             outcome: metrics.MESSAGES.labels(settings.connector, outcome)
             for outcome in ("accepted", "duplicate", "dead_lettered")
@@ -220,8 +207,6 @@ class KafkaSource:
 
     def close(self) -> None:
         """Leave the group (its partitions go to the other members at once) and close the clients."""
-        self._ahead = {}  # never committed: whoever reads the partitions next reads them
-        self._writer.shutdown(wait=True)
         self.consumer.close(autocommit=False)
         self.dead_letters.producer.close()
 
@@ -236,11 +221,9 @@ class KafkaSource:
 
     def poll_once(self) -> BatchResult:
         """Read one batch, submit it, dead-letter what it refused, commit; or rewind and raise."""
-        batches, self._ahead = self._ahead, {}
-        if not batches:
-            batches = self.consumer.poll(
-                timeout_ms=int(self.settings.poll_timeout * 1000), max_records=self.settings.batch_size
-            )
+        batches = self.consumer.poll(
+            timeout_ms=int(self.settings.poll_timeout * 1000), max_records=self.settings.batch_size
+        )
         if not batches:
             self._measure_lag()
             return BatchResult()
@@ -252,7 +235,7 @@ class KafkaSource:
             self._commit([record for record in records if record not in waiting] if waiting else records)
         except BaseException:
             self.dead_letters.discard()
-            self._rewind([*records, *deferred, *self._take_ahead()])
+            self._rewind([*records, *deferred])
             raise
         if waiting:  # the quota's: these and everything after them on their partitions wait
             assert quota is not None
@@ -276,9 +259,8 @@ class KafkaSource:
         return result
 
     def _wait(self, result: BatchResult, records: Sequence[Any], reason: str, retry_after: float, why: str) -> None:
-        """Leave ``records`` on the topic (rewound, not committed) to be read again after ``retry_after``; the
-        records read ahead too, as they follow them."""
-        self._rewind([*records, *self._take_ahead()])
+        """Leave ``records`` on the topic (rewound, not committed) to be read again after ``retry_after``."""
+        self._rewind(records)
         result.deferred, result.retry_after, result.waits_on = len(records), retry_after, reason
         log.info("source %s: %d message(s) wait on the topic: %s", self.settings.connector, len(records), why)
         metrics.STALLS.labels(self.settings.connector, reason).inc()
@@ -325,7 +307,7 @@ class KafkaSource:
             check=self._check,
             validate=self.validate,
         )
-        outcomes = self._submit(batch)
+        outcomes = self.engine.submit_batch(batch)
         quota: QuotaExceededError | None = None
         held: dict[tuple[str, int], int] = {}  # per partition, the first offset the quota left
         for record, outcome in zip(submitted, outcomes, strict=True):
@@ -354,35 +336,6 @@ class KafkaSource:
         except KafkaError as exc:
             raise SourceStalledError("dead-letter-unavailable", f"dead-letter topic: {exc}") from exc
         return result, waiting, quota
-
-    def _submit(self, batch: Batch) -> list[BatchOutcome]:
-        """``Engine.submit_batch`` on the writer thread, reading the next batch meanwhile (see the module)."""
-        written = self._writer.submit(contextvars.copy_context().run, self.engine.submit_batch, batch)
-        try:
-            self._read_ahead()
-        finally:
-            outcomes = written.result()
-        return outcomes
-
-    def _read_ahead(self) -> None:
-        """What the consumer has fetched already, without waiting, kept for the next ``poll_once``."""
-        self._rebalanced = False
-        try:
-            ahead = self.consumer.poll(timeout_ms=0, max_records=self.settings.batch_size)
-        except KafkaError as exc:  # nothing was read: the next poll_once polls, and meets it before any write
-            log.debug("source %s: reading ahead failed: %s", self.settings.connector, exc)
-            return
-        if self._rebalanced:
-            # Positions were reset to the committed offsets, which do not count the batch being written yet: the
-            # records may be that batch again. Read them after it is committed instead.
-            self._rewind([record for records in ahead.values() for record in records])
-            return
-        self._ahead = ahead
-
-    def _take_ahead(self) -> list[Any]:
-        """The records read ahead, forgotten (their partitions are to be rewound to them)."""
-        ahead, self._ahead = self._ahead, {}
-        return [record for records in ahead.values() for record in records]
 
     def _masked(self, detail: str) -> str:
         """A refusal's text, masked as the workflow's input is: an input check may quote the input."""
@@ -454,29 +407,14 @@ class KafkaSource:
             highwater = self.consumer.highwater(tp)
             if highwater is None:  # nothing fetched from it yet
                 continue
-            ahead = self._ahead.get(tp)
             try:
-                # The records read ahead are not taken yet: they are lag too.
-                position = ahead[0].offset if ahead else self.consumer.position(tp, timeout_ms=0)
+                position = self.consumer.position(tp, timeout_ms=0)
             except KafkaError:
                 continue
             if position is not None:
                 metrics.CONSUMER_LAG.labels(self.settings.connector, tp.topic, str(tp.partition)).set(
                     max(highwater - position, 0)
                 )
-
-
-class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
-    """Tells the source that the group moved partitions (its positions were reset) during a poll."""
-
-    def __init__(self, source: KafkaSource) -> None:
-        self.source = source
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.source._rebalanced = True
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.source._rebalanced = True
 
 
 def _refusal(outcome: Exception) -> str:
