@@ -8,8 +8,8 @@ the steps it runs.
 With ``--from-cluster NAMESPACE`` (or ``AIPLANE_NAMESPACE``) both follow that namespace (``aiplane.incluster``):
 its valid Workflows are registered into the store, model calls go by the Models' ``status.endpoints``, connector
 steps use its Connectors and Secrets, and its Policies govern (PII masking, residency, approval rules, payload
-logs; at the gateway also rate limits and separation of duties). Without it, a worker has no models and no
-connectors: only rules steps run.
+logs; at the gateway also rate limits, separation of duties and role bindings). Without it, a worker has no
+models and no connectors: only rules steps run.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING
 from aiplane import tracing
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from aiplane.incluster import ClusterSources
     from connectors.kafka.bus import KafkaBus
     from engine import Engine
@@ -69,31 +72,46 @@ def serve_gateway(
     its Policies."""
     import uvicorn
 
-    from api.app import create_app
-    from api.auth import follow_policies
-    from api.settings import GatewaySettings
     from engine import Engine
-    from policies.access_oidc import OIDCConfig, OIDCVerifier
 
     provider = tracing.configure_from_env("aiplane-gateway")
-    oidc = OIDCConfig.from_env(os.environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
     options = sources.engine_options() if sources is not None else {}
     engine = Engine(db_url, data_dir=data_dir, **options)
     try:
         with sources.registering(engine) if sources is not None else contextlib.nullcontext():
-            app = create_app(
-                engine,
-                GatewaySettings(public_base_url=public_base_url),
-                oidc=OIDCVerifier(oidc) if oidc is not None else None,
-            )
-            if sources is not None:
-                follow_policies(app.state.gateway, sources.policies, sources.workflows, models=sources.model_target)
+            app = gateway_app(engine, public_base_url, sources=sources)
             log.info("gateway starting", extra={"host": host, "port": port})
             uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         engine.close()
         if provider is not None:
             provider.shutdown()  # flushes the spans still batched
+
+
+def gateway_app(
+    engine: Engine,
+    public_base_url: str = "",
+    *,
+    sources: ClusterSources | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> FastAPI:
+    """The app ``serve_gateway`` serves: API keys, and OIDC tokens when ``AIPLANE_OIDC_*`` is set; with
+    ``sources``, the namespace's Policies enforced and followed as they change (rate limits, role bindings,
+    separation of duties, predictions)."""
+    from api.app import create_app
+    from api.auth import follow_policies
+    from api.settings import GatewaySettings
+    from policies.access_oidc import OIDCConfig, OIDCVerifier
+
+    oidc = OIDCConfig.from_env(environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
+    app = create_app(
+        engine,
+        GatewaySettings(public_base_url=public_base_url),
+        oidc=OIDCVerifier(oidc) if oidc is not None else None,
+    )
+    if sources is not None:
+        follow_policies(app.state.gateway, sources.policies, sources.workflows, models=sources.model_target)
+    return app
 
 
 def run_worker(

@@ -43,8 +43,11 @@ class KubePolicyWatch:
         *,
         namespace: str | None = None,
         watch_timeout_s: int = 60,
+        parse: Callable[[dict[str, Any]], Policy] = parse,
     ) -> None:
+        """``parse``: the Policy schema this process knows (a cluster's CRD may be newer than the process)."""
         self.api = kubernetes.client.CustomObjectsApi(client)
+        self._parse = parse
         self.policies = policies if policies is not None else PolicySet()
         self.namespace = namespace
         self.watch_timeout_s = watch_timeout_s
@@ -72,12 +75,18 @@ class KubePolicyWatch:
 
     def _parsed(self, body: dict[str, Any]) -> Policy | None:
         try:
-            return parse(body)
+            return self._parse(body)
         except pydantic.ValidationError as error:
-            namespace, name = _key(body)
+            key = _key(body)
+            kept = next((p for p in self.policies.policies() if key_of(p) == key), None)
             log.warning(
-                "policy does not parse; its last good version stays in force",
-                extra={"policy": f"{namespace}/{name}", "error": str(error)},
+                "policy %s/%s (generation %s) does not parse; %s",
+                *key,
+                (body.get("metadata") or {}).get("generation"),
+                f"its last good version (generation {kept.metadata.get('generation')}) stays in force"
+                if kept is not None
+                else "this process never had a good version of it: it governs nothing here",
+                extra={"policy": f"{key[0]}/{key[1]}", "error": str(error)},
             )
             return None
 
