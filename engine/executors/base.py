@@ -40,6 +40,9 @@ class StepContext:
     trace_context: str | None = None
     #: The task's own region (None: none): model and connector calls outside it are refused (``policies.residency``).
     region: str | None = None
+    #: Calls of this attempt that Policies governed and allowed, as the executor found them (``{"model": name,
+    #: "policies": [versions]}``); the worker records each as a ``policy``/``allow`` record with the attempt's result.
+    allowed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_retry(self) -> bool:

@@ -63,7 +63,7 @@ class ModelExecutor:
             policy_metrics.denied("residency")
             raise StepError(residency_rules.DENIED, denied, retryable=False)
         if self.model_policies is not None:
-            self.check_model_policies(ctx.tenant, call.name)
+            self.check_model_policies(ctx.tenant, call.name, ctx)
         endpoint = pick_endpoint(self.resolver.endpoints(call.name), self.rng)
         if endpoint is None:
             # Retryable: a model that is rolling out or scaling from zero has no live endpoint for a moment.
@@ -101,13 +101,17 @@ class ModelExecutor:
         lineage = {"model": call.name, "version": endpoint.version, "endpoint": url}
         return StepOutcome(output=output, lineage=lineage)
 
-    def check_model_policies(self, tenant: str, model: str) -> None:
+    def check_model_policies(self, tenant: str, model: str, ctx: StepContext | None = None) -> None:
         """Raise the step error of a call the Model's own Policies refuse ``tenant`` (``ModelCall.refusal``, the
-        gateway's predict decision): not retried, naming the Policies and why."""
+        gateway's predict decision): not retried, naming the Policies and why. A call they allow is noted on
+        ``ctx`` (``StepContext.allowed``) when any Policy selects the Model, for the attempt's allow record."""
         assert self.model_policies is not None
         region = self.residency.model_regions.get(model) if self.residency is not None else None
-        refused = self.model_policies.call(model, tenant).refusal(region)
+        decided = self.model_policies.call(model, tenant)
+        refused = decided.refusal(region)
         if refused is None:
+            if ctx is not None and decided.policies:
+                ctx.allowed.append({"model": model, "policies": list(decided.policies)})
             return
         tenant_denied = refused.reason == "tenant-denied"
         policy_metrics.denied("access" if tenant_denied else "residency")

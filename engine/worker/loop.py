@@ -303,7 +303,7 @@ class Worker:
                 span.set_attribute("error.type", result.kind)
         with self._inflight_lock:
             self._reporting.add(claimed.step_run_id)  # cleared with the in-flight entry, in _run_tracked
-        label, chained = self._report(claimed, result, masking)
+        label, chained = self._report(claimed, result, masking, _allowed(claimed, ctx))
         if label == "lease_lost":
             log.warning(
                 "worker %s lost the lease of step %s of task %s; its result was discarded",
@@ -373,18 +373,25 @@ class Worker:
             return StepError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)
 
     def _report(
-        self, claimed: Claimed, result: StepOutcome | StepError | StepDeferredError, masking: Entry | None = None
+        self,
+        claimed: Claimed,
+        result: StepOutcome | StepError | StepDeferredError,
+        masking: Entry | None = None,
+        allowed: Sequence[Entry] = (),
     ) -> tuple[str, Claimed | None]:
         """Record the attempt's result: the outcome label for the duration histogram, and the chained next step.
-        ``masking``: the audit record of what was masked in the output, kept with it in one transaction."""
+        ``masking``: the audit record of what was masked in the output, kept with it in one transaction;
+        ``allowed``: the records of the calls Policies allowed in it (``_allowed``), kept with a completion or a
+        failure (a deferred attempt called nothing)."""
         if isinstance(result, StepOutcome):
             chain = None if self._stop.is_set() else self._chain
+            records = [*allowed, *([masking] if masking is not None else [])]
 
             def complete(conn: sa.Connection) -> Completed | None:
                 now = self.clock()
                 completed = self.machine.complete(conn, claimed, result, now, chain=chain)
-                if completed is not None and masking is not None:
-                    audit.append(conn, masking, now=now)
+                if completed is not None and records:
+                    audit.append_many(conn, records, now=now)
                 return completed
 
             done = self._write(complete)
@@ -400,8 +407,9 @@ class Worker:
         def fail(conn: sa.Connection) -> FailResult | None:
             now = self.clock()
             failed = self.machine.fail(conn, claimed, result, now)
-            if failed is not None and denial is not None:
-                audit.append(conn, denial, now=now)  # with the failure, in its transaction
+            if failed is not None and (denial is not None or allowed):
+                # With the failure, in its transaction; an allowed call that then failed still sent its data.
+                audit.append_many(conn, [*allowed, *([denial] if denial is not None else [])], now=now)
             return failed
 
         failed = self._write(fail)
@@ -553,6 +561,24 @@ class Worker:
             return
         self._last_gauges = time.monotonic()
         gauges.refresh(self.db)
+
+
+def _allowed(claimed: Claimed, ctx: StepContext) -> list[Entry]:
+    """The ``policy``/``allow`` records of the calls Policies allowed in this attempt (a model step's Model selected
+    by Policies: ``StepContext.allowed``), on the attempt as its masking record is; none when no Policy governed
+    a call."""
+    subject = f"task/{claimed.task_id}/step/{claimed.step}/attempt/{claimed.attempt}"
+    return [
+        AuditEntry(
+            "policy",
+            subject,
+            "allow",
+            {"workflow": claimed.workflow, "step": claimed.step, **call},
+            tenant=claimed.tenant,
+            actor="engine",
+        )
+        for call in ctx.allowed
+    ]
 
 
 def _masked(

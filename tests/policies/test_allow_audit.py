@@ -20,16 +20,17 @@ from api import create_api_key, create_app
 from api.auth import follow_policies
 from api.routers.models import PredictFastPath
 from crds.policy import Policy
-from engine import Accepted, Engine, StaticModelResolver, Submission
+from engine import Accepted, Engine, StaticModelResolver, Submission, TaskState
 from engine.runtime.bulk import Batch, Taken
 from engine.store.schema import audit_log
 from policies.audit import Record
 from policies.coalesce import Coalescer
 from policies.effective import Target, applicable
 from policies.masking import WorkflowMasking
-from policies.model_calls import default_target
+from policies.model_calls import ModelPolicies, default_target
 from policies.sources import PolicySet
-from tests.fixtures.downstream import Downstream
+from tests.engine.conftest import fast_worker, wait_done
+from tests.fixtures.downstream import Downstream, Reply
 from tests.policies.test_pii_engine import CLAIM, KEYS, SECRETS
 
 with warnings.catch_warnings():
@@ -254,3 +255,50 @@ def test_a_quiet_key_is_recorded_with_the_next_record_of_another() -> None:
     assert coalescer.overdue() == [("a", 1, None)]
     assert coalescer.overdue() == []
     assert coalescer.drain() == []
+
+
+def test_a_model_step_the_models_policies_allow_is_recorded_with_its_attempt(db_url: str, tmp_path: Path) -> None:
+    upstream = Downstream()
+    upstream.script("/models/flaky/predict", Reply(status=503), Reply(body={"label": "ok"}))
+    targets = {**MODELS, "flaky": MODELS["triage"]}
+    engine = Engine(
+        db_url,
+        data_dir=tmp_path / "data",
+        model_resolver=StaticModelResolver(
+            {
+                name: [{"version": "v1", "url": upstream.url(f"/models/{name}"), "weight": 100}]
+                for name in ("triage", "flaky", "open")
+            }
+        ),
+        sqlite_synchronous="NORMAL",
+        model_policies=ModelPolicies(POLICIES, lambda model: targets.get(model) or default_target(model)),
+    )
+    try:
+        for name in ("triage", "flaky", "open"):
+            step = {"name": "score", "type": "model", "model": {"name": name}}
+            retry = {"maxAttempts": 2, "backoff": {"initial": "1ms", "max": "1ms"}}
+            engine.register_workflow(f"call-{name}", {"steps": [{**step, "retry": retry}]})
+        with fast_worker(engine):
+            tasks = {name: engine.submit("acme", f"call-{name}", {"x": 1}).id for name in ("triage", "flaky", "open")}
+            for task_id in tasks.values():
+                assert wait_done(engine, "acme", task_id).state == TaskState.SUCCEEDED
+        allows = {r.subject: json.loads(r.details) for r in _records(engine, "allow")}
+        # One per attempt that called a Model its Policies govern: the failed first attempt of flaky too (its data
+        # was sent); none for the Model no Policy selects.
+        assert set(allows) == {
+            f"task/{tasks['triage']}/step/score/attempt/1",
+            f"task/{tasks['flaky']}/step/score/attempt/1",
+            f"task/{tasks['flaky']}/step/score/attempt/2",
+        }
+        assert allows[f"task/{tasks['triage']}/step/score/attempt/1"] == {
+            "workflow": "call-triage",
+            "step": "score",
+            "model": "triage",
+            "policies": ["claims/claims-models@6"],
+        }
+        # The task's lineage names the Model's Policy through the record.
+        assert "claims/claims-models@6" in engine.lineage("acme", tasks["triage"])["policies"]
+        assert engine.audit.verify().ok
+    finally:
+        engine.close()
+        upstream.close()
