@@ -1,12 +1,14 @@
 """A GDPR erasure through the real gateway and engine, with payload logging, tracing and a kafkaSink on the real
 broker: afterwards no place aiplane keeps data holds the subject (the store, its payload logs, the spans kept for
-``GET /v1/tasks/{id}/trace``, the files of the data dir), the sink topic's records of the subject's key end in a
-tombstone, and what stays outside aiplane until its own retention (the sink topic's record, the events the bus
-carried) is in the erasure's answer and its audit record, by place and count, never by the subject's id."""
+``GET /v1/tasks/{id}/trace``, the files of the data dir), the subject's key on the sink topic gets a tombstone and
+the compacted topic drops its record, and what stays outside aiplane until compaction or its own retention (the
+sink topic's record, the events the bus carried) is in the erasure's answer and its audit record, by place and
+count, never by the subject's id."""
 
 from __future__ import annotations
 
 import json
+import uuid
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from api import create_api_key, create_app
 from api.telemetry import install_span_store
@@ -46,7 +50,7 @@ WORKFLOW = {
 def setup(kafka: Kafka, tmp_path: Path) -> Iterator[tuple[Engine, TestClient, str, str]]:
     """(engine, gateway client, admin key, sink topic): payloads of every task logged, spans kept, a kafkaSink keyed
     by the customer id on the real broker."""
-    topic = kafka.new_topic(partitions=1, prefix="erase-out")
+    topic = _compacted_topic(kafka)
     connectors = {
         "decisions": {
             "type": "kafkaSink",
@@ -73,6 +77,64 @@ def setup(kafka: Kafka, tmp_path: Path) -> Iterator[tuple[Engine, TestClient, st
     finally:
         engine.close()
         sink.close()
+
+
+def _compacted_topic(kafka: Kafka) -> str:
+    """A one-partition topic with cleanup.policy=compact, compacted as soon as the broker's cleaner looks (its
+    closed segments, every 15 s by default): what a sink topic holding personal data should be."""
+    name = f"erase-out-{uuid.uuid4().hex[:12]}"
+    configs = {
+        "cleanup.policy": "compact",
+        "segment.ms": "100",
+        "min.cleanable.dirty.ratio": "0.001",
+        "min.compaction.lag.ms": "0",
+        "delete.retention.ms": "100",
+    }
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="aiplane-tests-admin")
+    try:
+        admin.create_topics([NewTopic(name=name, num_partitions=1, replication_factor=1, topic_configs=configs)])
+    finally:
+        admin.close()
+    return name
+
+
+def _everything(bootstrap: str, topic: str) -> list[Any]:
+    """Every record the topic holds now, from its beginning to its end offset."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        end = consumer.end_offsets([partition])[partition]
+        records: list[Any] = []
+
+        def read() -> list[Any]:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            assert consumer.position(partition) >= end, f"at {consumer.position(partition)} of {end}"
+            return records
+
+        return assert_eventually(read, timeout=30, interval=0)
+    finally:
+        consumer.close()
+
+
+def _assert_compacted_away(kafka: Kafka, topic: str) -> None:
+    """The compacted topic drops the subject's record once its key's tombstone is there."""
+    # The broker compacts closed segments only: a later record (any key) closes the tombstone's.
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    try:
+        producer.send(topic, key=b"later", value=b"{}").get(timeout=30)
+    finally:
+        producer.close()
+
+    def compacted() -> None:
+        held = _everything(kafka.bootstrap_servers, topic)
+        assert not [r for r in held if r.key == SUBJECT.encode() and r.value is not None], "not compacted yet"
+        assert not [r for r in held if r.value is not None and EMAIL.encode() in r.value]
+        assert [r for r in held if r.key == OTHER.encode() and r.value is not None]  # the other subject's stays
+
+    assert_eventually(compacted, timeout=120, interval=2)
 
 
 def _submit(client: TestClient, key: str, subject: str, email: str) -> str:
@@ -140,10 +202,11 @@ def test_erasure_leaves_no_trace_of_the_subject_and_reports_what_kafka_keeps(
     assert _files_holding(tmp_path, EMAIL) == []
     assert _files_holding(tmp_path, SUBJECT) == []
 
-    # The sink topic: the subject's key now ends in a tombstone, so a compacted topic drops its record; until then
-    # (or until its retention) the record is there, which the answer and the audit record report.
+    # The sink topic: the subject's key now ends in a tombstone (until compaction, the record is there, which the
+    # answer and the audit record report), and the compacted topic then drops the subject's record.
     records = [r for r in read_all(kafka.bootstrap_servers, topic, 3) if r.key == SUBJECT.encode()]
     assert [r.value is None for r in records] == [False, True]
+    _assert_compacted_away(kafka, topic)
 
     # The audit record says all of it, naming the subject by digest only.
     [record] = [r for r in engine.audit.records() if r.kind == "erasure"]
