@@ -108,7 +108,7 @@ class AgentExecutor:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         pii: WorkflowMasking | None = None,
-        check_model: Callable[[str, str], None] | None = None,
+        check_model: Callable[[str, str], object] | None = None,
     ) -> None:
         self.checkpoints = checkpoints
         self.models = models

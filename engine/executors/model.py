@@ -62,8 +62,7 @@ class ModelExecutor:
         if denied is not None:  # not retried: the answer does not change by trying again
             policy_metrics.denied("residency")
             raise StepError(residency_rules.DENIED, denied, retryable=False)
-        if self.model_policies is not None:
-            self.check_model_policies(ctx.tenant, call.name, ctx)
+        allowed_by = self.check_model_policies(ctx.tenant, call.name) if self.model_policies is not None else ()
         endpoint = pick_endpoint(self.resolver.endpoints(call.name), self.rng)
         if endpoint is None:
             # Retryable: a model that is rolling out or scaling from zero has no live endpoint for a moment.
@@ -98,21 +97,21 @@ class ModelExecutor:
                     MODEL_CALL_DURATION.labels(self.namespace, call.name, endpoint.version, outcome).observe(
                         time.perf_counter() - start
                     )
+                    if allowed_by:  # a call was made (not held back): the attempt's allow record names it
+                        ctx.allowed.append({"model": call.name, "policies": list(allowed_by)})
         lineage = {"model": call.name, "version": endpoint.version, "endpoint": url}
         return StepOutcome(output=output, lineage=lineage)
 
-    def check_model_policies(self, tenant: str, model: str, ctx: StepContext | None = None) -> None:
+    def check_model_policies(self, tenant: str, model: str) -> tuple[str, ...]:
         """Raise the step error of a call the Model's own Policies refuse ``tenant`` (``ModelCall.refusal``, the
-        gateway's predict decision): not retried, naming the Policies and why. A call they allow is noted on
-        ``ctx`` (``StepContext.allowed``) when any Policy selects the Model, for the attempt's allow record."""
+        gateway's predict decision): not retried, naming the Policies and why. Otherwise the versions of the
+        Policies that selected the Model and allowed the call (empty: none governs it)."""
         assert self.model_policies is not None
         region = self.residency.model_regions.get(model) if self.residency is not None else None
         decided = self.model_policies.call(model, tenant)
         refused = decided.refusal(region)
         if refused is None:
-            if ctx is not None and decided.policies:
-                ctx.allowed.append({"model": model, "policies": list(decided.policies)})
-            return
+            return decided.policies
         tenant_denied = refused.reason == "tenant-denied"
         policy_metrics.denied("access" if tenant_denied else "residency")
         by = ", ".join(refused.policies) or "its Policies"

@@ -381,8 +381,8 @@ class Worker:
     ) -> tuple[str, Claimed | None]:
         """Record the attempt's result: the outcome label for the duration histogram, and the chained next step.
         ``masking``: the audit record of what was masked in the output, kept with it in one transaction;
-        ``allowed``: the records of the calls Policies allowed in it (``_allowed``), kept with a completion or a
-        failure (a deferred attempt called nothing)."""
+        ``allowed``: the records of the calls Policies allowed and it made (``_allowed``), kept with whatever
+        ends the attempt (an agent step that waits for a child task may have called models before)."""
         if isinstance(result, StepOutcome):
             chain = None if self._stop.is_set() else self._chain
             records = [*allowed, *([masking] if masking is not None else [])]
@@ -399,7 +399,15 @@ class Worker:
                 return "lease_lost", None
             return "succeeded", done.next
         if isinstance(result, StepDeferredError):
-            self._write(lambda conn: self.machine.defer(conn, claimed, result, self.clock()))
+
+            def defer(conn: sa.Connection) -> bool:
+                now = self.clock()
+                released = self.machine.defer(conn, claimed, result, now)
+                if released and allowed:
+                    audit.append_many(conn, allowed, now=now)
+                return released
+
+            self._write(defer)
             metrics.DEFERRALS.labels(claimed.workflow, claimed.step).inc()
             return "deferred", None
         denial = self._policy_denial(claimed, result)

@@ -20,7 +20,7 @@ from api import create_api_key, create_app
 from api.auth import follow_policies
 from api.routers.models import PredictFastPath
 from crds.policy import Policy
-from engine import Accepted, Engine, StaticModelResolver, Submission, TaskState
+from engine import Accepted, Engine, StaticConnectorResolver, StaticModelResolver, Submission, TaskState
 from engine.runtime.bulk import Batch, Taken
 from engine.store.schema import audit_log
 from policies.audit import Record
@@ -29,6 +29,7 @@ from policies.effective import Target, applicable
 from policies.masking import WorkflowMasking
 from policies.model_calls import ModelPolicies, default_target
 from policies.sources import PolicySet
+from tests.engine import test_agent as agents
 from tests.engine.conftest import fast_worker, wait_done
 from tests.fixtures.downstream import Downstream, Reply
 from tests.policies.test_pii_engine import CLAIM, KEYS, SECRETS
@@ -302,3 +303,37 @@ def test_a_model_step_the_models_policies_allow_is_recorded_with_its_attempt(db_
     finally:
         engine.close()
         upstream.close()
+
+
+def test_an_agents_model_action_the_models_policies_allow_is_recorded_with_its_attempt(
+    db_url: str, tmp_path: Path
+) -> None:
+    downstream = Downstream()
+    downstream.script("/models/m/extract", Reply(body={"label": "ok"}))
+    downstream.script(agents.PLAN, agents.act("extract", document="the claim"), agents.done())
+    # The action's Model is selected by claims-models; the planner's by no Policy (no record for it).
+    targets = {"m": MODELS["triage"]}
+    engine = Engine(
+        db_url,
+        data_dir=tmp_path / "data",
+        model_resolver=agents.models(downstream),
+        connector_resolver=StaticConnectorResolver(agents.connectors(downstream)),
+        sqlite_synchronous="NORMAL",
+        model_policies=ModelPolicies(POLICIES, lambda model: targets.get(model) or default_target(model)),
+    )
+    try:
+        engine.register_workflow("agentic", agents.agent_workflow())
+        with fast_worker(engine):
+            task = engine.submit("acme", "agentic", {"claimId": "C-1"})
+            assert wait_done(engine, "acme", task.id).state == TaskState.SUCCEEDED
+        [allow] = _records(engine, "allow")
+        assert allow.subject == f"task/{task.id}/step/agent/attempt/1"
+        assert json.loads(allow.details) == {
+            "workflow": "agentic",
+            "step": "agent",
+            "model": "m",
+            "policies": ["claims/claims-models@6"],
+        }
+    finally:
+        engine.close()
+        downstream.close()
