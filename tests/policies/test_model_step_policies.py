@@ -6,13 +6,19 @@ policy/deny record naming its version), and the model is never called; an allowe
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+import yaml
 
+from aiplane import manifests
+from aiplane.dev import DevStack
+from aiplane.incluster import ClusterSources
 from api import create_api_key, create_app
 from crds.policy import Policy
 from engine import Engine, StaticModelResolver, WorkerConfig
@@ -162,3 +168,52 @@ def test_an_agents_planner_is_a_model_call_its_policies_govern(engine: Engine, u
     assert not [path for path in upstream.calls if path.startswith("/m/")]  # the planner never saw the task
     [denial] = _denials(engine)
     assert (denial["reason"], denial["step"]) == ("tenant-denied", "agent")
+
+
+def test_aiplane_dev_and_the_cluster_workers_wire_the_models_policies(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    workflow = {
+        "apiVersion": "aiplane.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "score"},
+        "spec": {"steps": [{"name": "score", "type": "model", "model": {"name": "ghost"}}]},
+    }
+    policy = {
+        "apiVersion": "aiplane.io/v1alpha1",
+        "kind": "Policy",
+        "metadata": {"name": "models"},
+        "spec": {"selector": {"kinds": ["Model"]}, "access": {"tenants": ["acme"]}},
+    }
+    (folder / "resources.yaml").write_text(yaml.safe_dump_all([workflow, policy]))
+    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
+    try:
+        engine = stack.start()
+        task = engine.submit("globex", "score", {})
+        with engine.worker(WorkerConfig(poll_interval=0.02)):
+
+            def finished() -> Any:
+                current = engine.get("globex", task.id)
+                assert current.done, current.state
+                return current
+
+            done = assert_eventually(finished, timeout=30, interval=0.05)
+        assert done.error is not None
+        assert done.error["kind"] == TENANT_DENIED
+        assert re.search(r"default/models@[0-9a-f]{12}", done.error["message"])  # a file Policy's version
+    finally:
+        stack.stop()
+
+    sources = ClusterSources(
+        namespace="claims",
+        client=cast(Any, None),
+        models=cast(Any, SimpleNamespace(regions={}, target=lambda name: MODELS.get(name) or default_target(name))),
+        connectors=cast(Any, SimpleNamespace(connector=lambda name: None)),
+        secrets=cast(Any, None),
+        policies=PolicySet(
+            [_policy("claims-models", 3, {"matchLabels": {"team": "claims"}}, access={"tenants": ["acme"]})]
+        ),
+    )
+    model_policies = sources.engine_options()["model_policies"]
+    assert model_policies.call("triage", "globex").refusal("us-east").policies == ("claims/claims-models@3",)
+    assert model_policies.call("triage", "acme").refusal("us-east") is None
