@@ -103,19 +103,24 @@ class ApprovalRule(K8sModel):
 
 
 class RoleBinding(K8sModel):
-    """Grants a role to subjects (API key names, OIDC subjects or groups)."""
+    """Grants a role to subjects (API keys' principal names, OIDC subjects or groups)."""
 
     role: Role = Field(description="Role granted.")
     subjects: list[ShortText] = Field(min_length=1, max_length=256, description="Who gets the role.")
 
 
 class Access(K8sModel):
-    """Which tenants may use the selected resources, and with which roles."""
+    """Which tenants may use the selected resources, and the roles granted in those tenants."""
 
     tenants: list[ShortText] = Field(
         default_factory=list, max_length=256, description="Tenants allowed; empty allows every tenant."
     )
-    roles: list[RoleBinding] = Field(default_factory=list, max_length=64, description="Role grants.")
+    roles: list[RoleBinding] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Role grants, added to the caller's own in the tenants listed (every tenant when none), on "
+        "every route of the tenant, not only for the selected resources.",
+    )
 
 
 class Residency(K8sModel):
