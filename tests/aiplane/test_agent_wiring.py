@@ -23,7 +23,7 @@ WORKFLOWS = [r for r in RESOURCES if isinstance(r, Workflow)]
 
 
 def _rule_names(rules: Any) -> list[str]:
-    return [f"{rule.source}/{rule.rule.name}" for rule in rules]
+    return [f"{rule.source.namespace}/{rule.source.name}/{rule.rule.name}" for rule in rules]
 
 
 def test_dev_gives_each_workflow_its_policies_agent_rules() -> None:
