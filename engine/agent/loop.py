@@ -108,7 +108,7 @@ class AgentExecutor:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         pii: WorkflowMasking | None = None,
-        check_model: Callable[[str, str], object] | None = None,
+        check_model: Callable[[str, str], Sequence[str]] | None = None,
     ) -> None:
         self.checkpoints = checkpoints
         self.models = models
@@ -263,8 +263,7 @@ class AgentExecutor:
         )
         if denied is not None:  # the planner would see the task's data: not retried, the answer stays the same
             raise StepError(residency_rules.DENIED, f"planner: {denied}", retryable=False)
-        if self.check_model is not None:
-            self.check_model(ctx.tenant, planner.model)
+        allowed_by = self.check_model(ctx.tenant, planner.model) if self.check_model is not None else ()
         endpoint = pick_endpoint(self.models.endpoints(planner.model), self.rng)
         if endpoint is None:
             raise StepError(MODEL_UNAVAILABLE, f"planner model {planner.model!r} has no live endpoint", retryable=True)
@@ -277,14 +276,22 @@ class AgentExecutor:
             "aiplane.model.version": endpoint.version,
         }
         with tracer().start_as_current_span(SPAN_PLAN, attributes=attributes) as span:
-            answer = self.http.call(
-                call,
-                downstream=f"model/{planner.model}",
-                method="POST",
-                url=url,
-                body=request.model_dump(mode="json", by_alias=True),
-                timeout=parse_duration(planner.timeout).total_seconds(),
-            )
+            sent = True
+            try:
+                answer = self.http.call(
+                    call,
+                    downstream=f"model/{planner.model}",
+                    method="POST",
+                    url=url,
+                    body=request.model_dump(mode="json", by_alias=True),
+                    timeout=parse_duration(planner.timeout).total_seconds(),
+                )
+            except StepDeferredError:
+                sent = False  # held back: the planner saw nothing
+                raise
+            finally:
+                if sent and allowed_by:  # the attempt's allow record names the planner's Policies too
+                    ctx.allowed.append({"model": planner.model, "policies": list(allowed_by)})
             try:
                 proposal = PlanResponse.model_validate(answer)
             except ValidationError as error:

@@ -572,20 +572,33 @@ class Worker:
 
 
 def _allowed(claimed: Claimed, ctx: StepContext) -> list[Entry]:
-    """The ``policy``/``allow`` records of the calls Policies allowed in this attempt (a model step's Model selected
-    by Policies: ``StepContext.allowed``), on the attempt as its masking record is; none when no Policy governed
-    a call."""
+    """The ``policy``/``allow`` records of the calls Policies allowed in this attempt (``StepContext.allowed``: a
+    model step's call, an agent's planner calls and model actions, to Models that Policies select), on the attempt
+    as its masking record is: one per Model and Policy versions, with how many ``calls``; none when no Policy
+    governed a call."""
+    if not ctx.allowed:
+        return []
+    counted: dict[tuple[str, tuple[str, ...]], int] = {}
+    for call in ctx.allowed:
+        key = (str(call["model"]), tuple(call["policies"]))
+        counted[key] = counted.get(key, 0) + 1
     subject = f"task/{claimed.task_id}/step/{claimed.step}/attempt/{claimed.attempt}"
     return [
         AuditEntry(
             "policy",
             subject,
             "allow",
-            {"workflow": claimed.workflow, "step": claimed.step, **call},
+            {
+                "workflow": claimed.workflow,
+                "step": claimed.step,
+                "model": model,
+                "policies": list(policies),
+                "calls": calls,
+            },
             tenant=claimed.tenant,
             actor="engine",
         )
-        for call in ctx.allowed
+        for (model, policies), calls in counted.items()
     ]
 
 

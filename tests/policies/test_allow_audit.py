@@ -296,6 +296,7 @@ def test_a_model_step_the_models_policies_allow_is_recorded_with_its_attempt(db_
             "step": "score",
             "model": "triage",
             "policies": ["claims/claims-models@6"],
+            "calls": 1,
         }
         # The task's lineage names the Model's Policy through the record.
         assert "claims/claims-models@6" in engine.lineage("acme", tasks["triage"])["policies"]
@@ -305,14 +306,14 @@ def test_a_model_step_the_models_policies_allow_is_recorded_with_its_attempt(db_
         upstream.close()
 
 
-def test_an_agents_model_action_the_models_policies_allow_is_recorded_with_its_attempt(
+def test_an_agents_planner_and_model_actions_the_models_policies_allow_are_recorded_with_its_attempt(
     db_url: str, tmp_path: Path
 ) -> None:
     downstream = Downstream()
     downstream.script("/models/m/extract", Reply(body={"label": "ok"}))
     downstream.script(agents.PLAN, agents.act("extract", document="the claim"), agents.done())
-    # The action's Model is selected by claims-models; the planner's by no Policy (no record for it).
-    targets = {"m": MODELS["triage"]}
+    # The action's Model and the planner's are both selected by claims-models.
+    targets = {"m": MODELS["triage"], "planner": MODELS["triage"]}
     engine = Engine(
         db_url,
         data_dir=tmp_path / "data",
@@ -326,14 +327,19 @@ def test_an_agents_model_action_the_models_policies_allow_is_recorded_with_its_a
         with fast_worker(engine):
             task = engine.submit("acme", "agentic", {"claimId": "C-1"})
             assert wait_done(engine, "acme", task.id).state == TaskState.SUCCEEDED
-        [allow] = _records(engine, "allow")
-        assert allow.subject == f"task/{task.id}/step/agent/attempt/1"
-        assert json.loads(allow.details) == {
-            "workflow": "agentic",
-            "step": "agent",
-            "model": "m",
-            "policies": ["claims/claims-models@6"],
-        }
+        allows = _records(engine, "allow")
+        assert {r.subject for r in allows} == {f"task/{task.id}/step/agent/attempt/1"}
+        # One record per Model the attempt called, counting its calls: the planner twice (act, then done).
+        assert sorted((json.loads(r.details) for r in allows), key=lambda d: d["model"]) == [
+            {"workflow": "agentic", "step": "agent", "model": "m", "policies": ["claims/claims-models@6"], "calls": 1},
+            {
+                "workflow": "agentic",
+                "step": "agent",
+                "model": "planner",
+                "policies": ["claims/claims-models@6"],
+                "calls": 2,
+            },
+        ]
     finally:
         engine.close()
         downstream.close()
