@@ -127,7 +127,9 @@ class DevStack:
                 self.policies.policies(), self.workflow_targets().get(workflow) or Target("Workflow", workflow)
             ),
             # With --kafka, each purge also sets the events and sink topics' retention (aiplane.kafka_retention).
-            retention=engine_retention(self.policies, self._of(Workflow), kafka=self.kafka, connectors=connectors),
+            retention=engine_retention(
+                self.policies, self._of(Workflow), kafka=self.kafka, connectors=connectors, always=True
+            ),
             payloads=payload_log(self.policies, self._of(Workflow), self.model_target),
             # Policies that select a Model refuse its calls by tenant or residency, as the gateway's predictions.
             model_policies=ModelPolicies(self.policies, self.model_target, MaskingKeys.from_env()),
@@ -192,14 +194,13 @@ class DevStack:
             server.stop()
 
 
-def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Path) -> WorkflowMasking | None:
-    """The engine's PII masking, or None when no Policy has a ``pii`` part (then nothing runs per call).
+def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Path) -> WorkflowMasking:
+    """The engine's PII masking by the workflows' Policies, asked per call: a ``pii`` part that a Policy file gains
+    while ``aiplane dev`` runs masks the next task (a workflow no such Policy selects is a dictionary look-up).
 
     The key: ``AIPLANE_PII_KEY``/``AIPLANE_PII_KEY_FILE``, else one made once under the data directory (``pii.key``,
     owner-only), so tokens made by one ``aiplane dev`` still open after a restart.
     """
-    if not any(policy.spec.pii is not None for policy in policies.policies()):
-        return None
     keys = MaskingKeys.from_env()
     if keys is None:
         path = data_dir / "pii.key"
@@ -212,10 +213,13 @@ def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Pa
     def policy_for(workflow: str) -> Any:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).pii
 
-    for target in targets.values():  # load presidio now rather than on the first task (seconds)
-        pii = policies.effective(target).pii
-        if pii is not None:
-            compile_policy(pii).detector.warm_up()
+    def warm_up(_: object) -> None:  # load presidio now rather than on the first task (seconds), and on edits
+        for target in targets.values():
+            pii = policies.effective(target).pii
+            if pii is not None:
+                compile_policy(pii).detector.warm_up()
+
+    policies.on_change(warm_up)
     return WorkflowMasking(policy_for, keys)
 
 
@@ -230,11 +234,9 @@ def _targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
 
 def payload_log(
     policies: PolicySet, workflows: Sequence[Workflow], models: Callable[[str], Target] = default_target
-) -> PayloadLog | None:
-    """Sampled step payload logs (``aiplane.payloads`` logger), or None when no Policy asks for them; a Policy
-    that selects a Model (``models`` gives its target) samples and masks the model steps calling it too."""
-    if not any(p.spec.payload_logging is not None for p in policies.policies()):
-        return None
+) -> PayloadLog:
+    """Sampled step payload logs at the rate of each workflow's Policies, asked per task (none: not sampled); a
+    Policy that selects a Model (``models`` gives its target) samples and masks the model steps calling it too."""
     targets = _targets(workflows)
 
     def rate_for(workflow: str) -> float | None:
@@ -244,10 +246,8 @@ def payload_log(
     return PayloadLog(rate_for, model_rate_for=model_policies.sample_rate, model_masking=model_policies.masking)
 
 
-def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any] | None:
-    """Each workflow's Policy approval rules for the engine's gate, or None (no gate) when no Policy has any."""
-    if not any(p.spec.approvals for p in policies.policies()):
-        return None
+def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any]:
+    """Each workflow's Policy approval rules for the engine's gate, asked per task (none: no gate)."""
     targets = _targets(workflows)
 
     def rules_for(workflow: str) -> Any:
@@ -256,10 +256,8 @@ def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callab
     return rules_for
 
 
-def agent_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any] | None:
-    """Each workflow's Policy agentActions rules for its agent steps, or None (none checked) when no Policy has any."""
-    if not any(p.spec.agent_actions for p in policies.policies()):
-        return None
+def agent_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any]:
+    """Each workflow's Policy agentActions rules for its agent steps, asked per proposal (none: none checked)."""
     targets = _targets(workflows)
 
     def rules_for(workflow: str) -> Any:

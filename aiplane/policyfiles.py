@@ -7,9 +7,9 @@ file appears or goes, reads the manifests again and replaces the ``PolicySet``'s
 enforcement points ask the set per call or rebuild on its change, so the next call sees the new Policies.
 
 A manifest that no longer parses leaves the Policies as they were (logged, with what to fix) rather than none in
-force. Only Policies follow the files: Workflows, Models and Connectors are read once at start; and a Policy part
-that no Policy had at start (``RESTART_PARTS``: pii, retention, approvals, agentActions, payloadLogging) is logged
-as needing a restart, since ``aiplane dev`` wires those only when in use.
+force. Only Policies follow the files: Workflows, Models and Connectors are read once at start. Every Policy part
+applies on reload, one that no Policy had at start included: ``aiplane dev`` wires each enforcement point whether
+or not a Policy uses it yet, as a cluster's workers do.
 """
 
 from __future__ import annotations
@@ -25,11 +25,6 @@ from policies.sources import PolicySet
 
 log = logging.getLogger(__name__)
 
-#: Policy parts that ``aiplane dev`` wires only when some Policy has them at start (no cost otherwise), so a part
-#: that first appears in an edit needs a restart; every other part, and every change to a part in use, applies at
-#: once.
-RESTART_PARTS = ("pii", "retention", "approvals", "agent_actions", "payload_logging")
-
 #: (path, mtime in ns, size) of every manifest file.
 Stamp = tuple[tuple[str, int, int], ...]
 
@@ -43,10 +38,6 @@ def stamp(paths: Sequence[Path]) -> Stamp:
             continue
         found.append((str(file), stat.st_mtime_ns, stat.st_size))
     return tuple(found)
-
-
-def _has(policy: Policy, part: str) -> bool:
-    return bool(getattr(policy.spec, part))
 
 
 class PolicyFileWatch:
@@ -67,8 +58,6 @@ class PolicyFileWatch:
         self.on_reload = on_reload
         self._seen = stamp(self.paths)
         self._failed: Stamp | None = None
-        # Parts ``aiplane dev`` wires only when a Policy has them at start (costing nothing otherwise).
-        self._unwired = {part for part in RESTART_PARTS if not any(_has(p, part) for p in policies.policies())}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -89,9 +78,6 @@ class PolicyFileWatch:
         fresh = tuple(r for r in loaded if isinstance(r, Policy))
         self.policies.replace(fresh)
         log.info("policies reloaded", extra={"policies": [p.metadata.get("name") for p in fresh]})
-        added = sorted(part for part in self._unwired if any(_has(p, part) for p in fresh))
-        if added:
-            log.warning("policy parts %s were in no Policy when aiplane dev started: restart it to enforce them", added)
         if self.on_reload is not None:
             self.on_reload(fresh)
         return True

@@ -60,13 +60,16 @@ def engine_retention(
     *,
     kafka: str | None = None,
     connectors: Mapping[str, ConnectorSpec] | None = None,
+    always: bool = False,
 ) -> Retention | None:
-    """The engine's retention from these Policies; None (no purge at all) when none sets a retention. With
-    ``kafka`` (the events bus's bootstrap servers) each purge also sets the retention of the events topic and of
-    the kafkaSink ``connectors``' topics (``aiplane.kafka_retention``)."""
+    """The engine's retention from these Policies; None (no purge at all) when none sets a retention, unless
+    ``always`` (``aiplane dev``, whose Policies follow their files: periods are asked at each purge, so a
+    retention a Policy gains later applies to the next one). With ``kafka`` (the events bus's bootstrap servers)
+    each purge also sets the retention of the events topic and of the kafkaSink ``connectors``' topics
+    (``aiplane.kafka_retention``)."""
     from engine.store.purge import Retention
 
-    if not any(p.spec.retention is not None for p in policies.policies()):
+    if not always and not any(p.spec.retention is not None for p in policies.policies()):
         return None
     periods = retention_for(policies.effective, workflow_targets(workflows))
     specs = {w.metadata["name"]: w.spec for w in workflows}
