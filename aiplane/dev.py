@@ -128,7 +128,12 @@ class DevStack:
             ),
             # With --kafka, each purge also sets the events and sink topics' retention (aiplane.kafka_retention).
             retention=engine_retention(
-                self.policies, self._of(Workflow), kafka=self.kafka, connectors=connectors, always=True
+                self.policies,
+                self._of(Workflow),
+                kafka=self.kafka,
+                connectors=connectors,
+                always=True,
+                models=self.model_target,
             ),
             payloads=payload_log(self.policies, self._of(Workflow), self.model_target),
             # Policies that select a Model refuse its calls by tenant or residency, as the gateway's predictions.

@@ -32,7 +32,7 @@ from policies.model_calls import ModelPolicies
 from policies.payloads import PayloadLog
 from policies.quota import Quotas
 from policies.residency import Residency
-from policies.retention import audit_period, retention_for
+from policies.retention import audit_period, model_retention_for, retention_for
 from policies.sources import PolicySet
 from policies.tokens import MaskingKeys
 
@@ -161,6 +161,8 @@ class ClusterSources:
                     secrets=self.secrets,
                     events=os.environ.get(KAFKA_BOOTSTRAP_ENV, "").strip() or None,
                 ),
+                # Predictions' payload logs (no workflow) by the periods of the Policies selecting their Model.
+                models=model_retention_for(self.policies.effective, self.model_target),
             ),
         }
 

@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,11 +24,12 @@ from aiplane import kafka_retention, manifests
 from aiplane.kafka_retention import KafkaRetention
 from aiplane.settings import Settings
 from crds.connector import Connector, ConnectorSpec
+from crds.model import Model
 from crds.policy import Policy
 from crds.workflow import Workflow
 from policies.effective import DEFAULT_NAMESPACE, Target
 from policies.erasure import ErasureRequestError
-from policies.retention import audit_period, retention_for
+from policies.retention import audit_period, model_retention_for, retention_for
 from policies.sources import PolicySet
 
 if TYPE_CHECKING:
@@ -61,12 +62,14 @@ def engine_retention(
     kafka: str | None = None,
     connectors: Mapping[str, ConnectorSpec] | None = None,
     always: bool = False,
+    models: Callable[[str], Target] | None = None,
 ) -> Retention | None:
     """The engine's retention from these Policies; None (no purge at all) when none sets a retention, unless
     ``always`` (``aiplane dev``, whose Policies follow their files: periods are asked at each purge, so a
     retention a Policy gains later applies to the next one). With ``kafka`` (the events bus's bootstrap servers)
     each purge also sets the retention of the events topic and of the kafkaSink ``connectors``' topics
-    (``aiplane.kafka_retention``)."""
+    (``aiplane.kafka_retention``). ``models``: a Model's namespace and labels by name, so that the Policies
+    selecting it purge its predictions' payload logs."""
     from engine.store.purge import Retention
 
     if not always and not any(p.spec.retention is not None for p in policies.policies()):
@@ -80,7 +83,12 @@ def engine_retention(
         connectors=dict(connectors or {}).get,
         events=kafka,
     )
-    return Retention(periods, audit=lambda: audit_period(policies.policies()), after=topics if kafka else None)
+    return Retention(
+        periods,
+        audit=lambda: audit_period(policies.policies()),
+        after=topics if kafka else None,
+        models=model_retention_for(policies.effective, models) if models is not None else None,
+    )
 
 
 def _store(args: argparse.Namespace) -> tuple[Database, PayloadCodec]:
@@ -100,10 +108,26 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     policies = [r for r in resources if isinstance(r, Policy)]
     workflows = [r for r in resources if isinstance(r, Workflow)]
     periods = retention_for(PolicySet(policies).effective, workflow_targets(workflows))
+    models = {
+        m.metadata["name"]: Target(
+            "Model", m.metadata["name"], m.metadata.get("namespace", DEFAULT_NAMESPACE), m.metadata.get("labels") or {}
+        )
+        for m in resources
+        if isinstance(m, Model)
+    }
+    model_periods = model_retention_for(
+        PolicySet(policies).effective, lambda name: models.get(name) or Target("Model", name)
+    )
     db, codec = _store(args)
     try:
         purged: Purged = purge(
-            db, codec, periods, now=_now(), audit_period=audit_period(policies), audit_log=AuditLog(db)
+            db,
+            codec,
+            periods,
+            now=_now(),
+            audit_period=audit_period(policies),
+            audit_log=AuditLog(db),
+            model_retention_for=model_periods,
         )
     except sa.exc.SQLAlchemyError as error:
         print(f"aiplane purge: cannot purge the store at {db.url!r}: {error.__class__.__name__}", file=sys.stderr)

@@ -722,6 +722,7 @@ class Engine:
             now=self.clock(),
             audit_period=self.retention.audit(),
             audit_log=self.audit,
+            model_retention_for=self.retention.models,
         )
         if self.retention.after is not None:
             self.retention.after(purged)

@@ -64,6 +64,18 @@ def retention_for(effective: Callable[[Target], EffectivePolicy], targets: Mappi
     return periods
 
 
+def model_retention_for(
+    effective: Callable[[Target], EffectivePolicy], target_of: Callable[[str], Target]
+) -> RetentionFor:
+    """Each Model's effective retention by name (``target_of``: its namespace and labels): the ``payload_logs``
+    period of the Policies selecting a Model purges its predictions' payload logs, which belong to no workflow."""
+
+    def periods(model: str) -> Mapping[DataClass, timedelta]:
+        return effective(target_of(model)).retention
+
+    return periods
+
+
 def _periods(policies: Iterable[Policy], data_class: DataClass) -> list[timedelta]:
     found = []
     for policy in policies:

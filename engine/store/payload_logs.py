@@ -3,7 +3,8 @@
 ``policies.payloads.PayloadLog`` samples and masks; ``PayloadLogStore.keep`` is where its records go when an
 engine keeps them (``Engine(payloads=...)`` wires it). The ``aiplane.payloads`` log line then says that a record
 was kept, without the payloads, so no copy of a subject's data leaves through the process's logs. A retention
-``payloadLogs`` period deletes a workflow's records older than it (``engine.store.purge.purge``), and an erasure
+``payloadLogs`` period deletes a workflow's records older than it, and the records of a Model's predictions (no
+task, no workflow) by the period of the Policies selecting the Model (``engine.store.purge.purge``); an erasure
 deletes those of the erased tasks (``engine.store.purge.erase``).
 """
 
@@ -61,4 +62,23 @@ def erase(conn: sa.Connection, task_ids: Sequence[str]) -> int:
 def purge(conn: sa.Connection, workflow: str, before: datetime) -> int:
     """Delete ``workflow``'s records written before ``before``; how many went."""
     where = sa.and_(payload_logs.c.workflow == workflow, payload_logs.c.created_at < before)
+    return int(conn.execute(sa.delete(payload_logs).where(where)).rowcount)
+
+
+def predicted_models(conn: sa.Connection) -> list[str]:
+    """The Models whose predictions (records of no workflow) have records kept."""
+    query = (
+        sa.select(payload_logs.c.model)
+        .where(payload_logs.c.workflow.is_(None), payload_logs.c.model.is_not(None))
+        .distinct()
+        .order_by(payload_logs.c.model)
+    )
+    return [str(model) for model in conn.execute(query).scalars()]
+
+
+def purge_predictions(conn: sa.Connection, model: str, before: datetime) -> int:
+    """Delete the records of ``model``'s predictions written before ``before``; how many went."""
+    where = sa.and_(
+        payload_logs.c.workflow.is_(None), payload_logs.c.model == model, payload_logs.c.created_at < before
+    )
     return int(conn.execute(sa.delete(payload_logs).where(where)).rowcount)

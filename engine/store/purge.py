@@ -82,11 +82,13 @@ def _kept() -> timedelta | None:
 @dataclass(frozen=True)
 class Retention:
     """What an engine purges by: each workflow's periods, the audit log's period (asked at every purge, so a Policy
-    change applies to the next one), and what to do after a purge (set a Kafka topic's retention)."""
+    change applies to the next one), what to do after a purge (set a Kafka topic's retention), and each Model's
+    periods (``models``: its ``payload_logs`` period purges its predictions' payload logs, which have no workflow)."""
 
     periods: RetentionFor
     audit: Callable[[], timedelta | None] = _kept
     after: Callable[[Purged], None] | None = None
+    models: RetentionFor | None = None
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,18 @@ def purge(
     now: datetime,
     audit_period: timedelta | None = None,
     audit_log: AuditLog | None = None,
+    model_retention_for: RetentionFor | None = None,
 ) -> Purged:
-    """Delete what retention says is expired at ``now`` (one transaction per workflow, then the audit prune)."""
+    """Delete what retention says is expired at ``now`` (one transaction per workflow, then the audit prune);
+    ``model_retention_for``: each Model's periods, whose ``payload_logs`` purges its predictions' payload logs."""
     purged = Purged()
+    if model_retention_for is not None:
+        with db.read() as conn:
+            models = payload_logs.predicted_models(conn)
+        for model in models:
+            if (logs := model_retention_for(model).get("payload_logs")) is not None:
+                with db.write() as conn:
+                    purged.payload_logs += payload_logs.purge_predictions(conn, model, now - logs)
     with db.read() as conn:
         names = [row.name for row in conn.execute(sa.select(workflow_heads.c.name).order_by(workflow_heads.c.name))]
     for workflow in names:

@@ -242,3 +242,40 @@ def test_payload_logs_are_purged_by_their_workflows_retention(tmp_path: Path) ->
         now[0] += timedelta(days=8)
         assert engine.purge().as_dict()["payloadLogs"] == 1
         assert [r["workflow"] for r in engine.payload_logs.records()] == ["kept"]  # no period: kept
+
+
+def test_prediction_payload_logs_are_purged_by_their_models_policies(tmp_path: Path) -> None:
+    """A prediction's payload log belongs to no workflow: the ``payloadLogs`` period of the Policies selecting its
+    Model purges it (as ``aiplane dev`` and the workers wire it), and a Model no such Policy selects keeps its."""
+    from aiplane.retention_cli import engine_retention
+    from crds.policy import Policy
+    from policies.effective import Target
+    from policies.sources import PolicySet
+
+    policy = Policy.model_validate(
+        {
+            "metadata": {"name": "extractor-logs", "namespace": "default", "generation": 1},
+            "spec": {
+                "selector": {"kinds": ["Model"], "matchLabels": {"team": "claims"}},
+                "retention": {"payloadLogs": "7d"},
+            },
+        }
+    )
+    labels = {"extractor": {"team": "claims"}, "scorer": {"team": "fraud"}}
+    retention = engine_retention(
+        PolicySet([policy]), [], always=True, models=lambda name: Target("Model", name, "default", labels[name])
+    )
+    now = [datetime(2026, 11, 1, tzinfo=UTC)]
+    with Engine(
+        f"sqlite:///{tmp_path / 'engine.db'}",
+        data_dir=tmp_path / "data",
+        sqlite_synchronous="NORMAL",
+        clock=lambda: now[0],
+        retention=retention,
+    ) as engine:
+        for model in ("extractor", "scorer"):
+            engine.payload_logs.keep({"tenant": "acme", "model": model, "input": {"email": EMAIL}, "output": {}})
+        assert engine.purge().payload_logs == 0  # not a week old yet
+        now[0] += timedelta(days=8)
+        assert engine.purge().payload_logs == 1
+        assert [r["model"] for r in engine.payload_logs.records()] == ["scorer"]
