@@ -16,9 +16,11 @@ from aiplane import manifests
 from aiplane.dev import DevStack
 from aiplane.policyfiles import PolicyFileWatch
 from crds.policy import Policy
+from engine import Engine
 from engine.errors import PolicyDeniedError
 from policies.effective import ref
 from policies.sources import PolicySet
+from tests.engine.conftest import fast_worker, wait_done
 from tests.fixtures.polling import assert_eventually
 
 WORKFLOW = {
@@ -122,8 +124,29 @@ def test_a_part_no_policy_had_at_start_applies_to_the_next_task(tmp_path: Path) 
             assert stored == {"contact": "<EMAIL_ADDRESS>"}, stored
 
         assert_eventually(masked, timeout=30)
+
+        # An approval rule, which no Policy had either: the next task waits for a person.
+        _write(policy, _policy(["acme"], approvals=[{"name": "everything", "when": "true"}]))
+        with fast_worker(engine):
+
+            def gated() -> None:
+                task = engine.submit("acme", "claims", claim)
+                assert wait_done_or_waiting(engine, task.id) == "waiting"
+
+            assert_eventually(gated, timeout=30)
     finally:
         stack.stop()
+
+
+def wait_done_or_waiting(engine: Engine, task_id: str) -> str:
+    """The task's state once it is done or waiting for an approval."""
+
+    def settled() -> str:
+        state = str(engine.get("acme", task_id).state)
+        assert state in {"succeeded", "failed", "waiting", "dead_lettered"}, state
+        return state
+
+    return assert_eventually(settled, timeout=10)
 
 
 def test_a_file_policy_is_named_by_a_version_of_its_content(tmp_path: Path) -> None:
@@ -146,6 +169,11 @@ def test_a_file_policy_is_named_by_a_version_of_its_content(tmp_path: Path) -> N
         # The same content read again (another process, a restart) is the same version.
         [reread] = [r for r in manifests.load([folder]) if isinstance(r, Policy)]
         assert str(ref(reread)) == named
+        # An admitted task's lineage names the file Policy by the same version.
+        admitted = engine.submit("acme", "claims", {})
+        with fast_worker(engine):
+            wait_done(engine, "acme", admitted.id)
+        assert named in engine.lineage("acme", admitted.id)["policies"]
 
         _write(policy, _policy(["initech"]))
 

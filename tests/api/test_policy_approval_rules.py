@@ -1,6 +1,7 @@
 """A Policy's approval rule through the gateway, as ``aiplane dev`` serves it (``DevStack.gateway``, a Policy file):
-a task whose input meets the rule's CEL waits for an approval with the rule's quorum; a principal without the
-rule's role is refused, an approver's second vote does not count twice, and only the second distinct approver
+a task whose input meets the rule's CEL waits for an approval with the rule's quorum and roles (admins: an
+approver who is not one is refused by the rule, past the route's own role check), an admin's second vote does not
+count twice, and only the second distinct approver
 lets the task go on. A task the rule does not catch runs straight through. (Separation of duties is
 tests/api/test_access_sod.py's: ``aiplane dev``'s gateway leaves it out, its one key submitting and approving.)"""
 
@@ -32,7 +33,7 @@ POLICY = {
     "metadata": {"name": "large-payouts"},
     "spec": {
         "selector": {"matchLabels": {"team": "claims"}},
-        "approvals": [{"name": "large", "when": "input.amount > 10000", "roles": ["approver"], "quorum": 2}],
+        "approvals": [{"name": "large", "when": "input.amount > 10000", "roles": ["admin"], "quorum": 2}],
     },
 }
 
@@ -56,8 +57,9 @@ def test_a_policy_rule_gates_large_payouts_with_its_roles_and_quorum(stack: DevS
     assert engine is not None
     sam = create_api_key(engine, TENANT, "sam", ["submitter"])
     sue = create_api_key(engine, TENANT, "sue", ["submitter"])
-    ann = create_api_key(engine, TENANT, "ann", ["approver"])
-    bob = create_api_key(engine, TENANT, "bob", ["approver"])
+    amy = create_api_key(engine, TENANT, "amy", ["approver"])
+    ann = create_api_key(engine, TENANT, "ann", ["approver", "admin"])
+    bob = create_api_key(engine, TENANT, "bob", ["admin"])
     with fast_worker(engine), TestClient(stack.gateway()) as client:
         small = client.post(
             "/v1/tasks", json={"workflow": {"name": "payout"}, "input": {"amount": 50}}, headers=auth(sam)
@@ -71,11 +73,14 @@ def test_a_policy_rule_gates_large_payouts_with_its_roles_and_quorum(stack: DevS
         task_id = large.json()["id"]
         wait_task(client, sam, task_id, in_state("waiting"))
         [approval] = client.get(f"/v1/approvals?taskId={task_id}&state=pending", headers=auth(ann)).json()["items"]
-        assert approval["quorum"] == 2, approval
+        assert (approval["quorum"], approval["roles"]) == (2, ["admin"]), approval
         decide = f"/v1/approvals/{approval['id']}/approve"
 
-        for outsider in (sam, sue):  # no approver role
-            assert_problem(client.post(decide, json={"reason": "ok"}, headers=auth(outsider)), 403)
+        for outsider in (sam, sue):  # no approver role: the route refuses
+            assert_problem(client.post(decide, json={"reason": "ok"}, headers=auth(outsider)), 403, "forbidden")
+        refused = client.post(decide, json={"reason": "ok"}, headers=auth(amy))  # an approver, not an admin
+        assert refused.status_code == 403, refused.text
+        assert "admin" in refused.text
         first = client.post(decide, json={"reason": "checked the invoice"}, headers=auth(ann))
         assert first.status_code == 200, first.text
         assert first.json()["state"] == "pending"  # one of two

@@ -103,8 +103,9 @@ def test_a_binding_names_an_api_keys_principal_and_adds_to_its_roles(
     assert_problem(client.post(f"/v1/approvals/{approval}/approve", headers=auth(keys.carol)), 403, "forbidden")
     policies.put(binding("carol-approves", "approver", ["carol"], tenants=["acme"]))
     assert client.post(f"/v1/approvals/{approval}/approve", headers=auth(keys.carol)).status_code == 200
-    # Added to the key's roles, not instead of them.
-    assert client.get("/v1/approvals?state=all", headers=auth(keys.carol)).status_code == 200
+    # Added to the key's roles, not instead of them: an admin's route refuses her naming both.
+    refused = assert_problem(client.post("/v1/erasures", json={"subject": "x"}, headers=auth(keys.carol)), 403)
+    assert "the API key has ['approver', 'auditor']" in refused["detail"], refused
 
 
 def test_a_bound_submitter_submits_through_the_fast_path(

@@ -153,6 +153,11 @@ def _run(engine: Engine, headers: dict[str, str], body: dict[str, Any]) -> tuple
     ("step", "path", "why"),
     [
         (_model("triage-west"), "/m/triage-west/predict", "this task's data stays in 'eu-central' (the task's region)"),
+        (
+            {"type": "connector", "connector": {"name": "crm-west", "input": {"x": "1"}}},
+            "/crm-west",
+            "this task's data stays in 'eu-central' (the task's region)",
+        ),
         # The workflow's own pin refuses it first, with its own words.
         (_model("triage-anywhere"), "/m/triage-anywhere/predict", "model 'triage-anywhere' declares no region"),
     ],
