@@ -1,5 +1,5 @@
 """Policies that select a Model govern a workflow's model steps as they govern predictions: through the real gateway
-and engine with a real HTTP upstream that counts calls, a tenant the Model's Policies leave out and a Model outside
+and engine with a real HTTP server that counts calls, a tenant the Model's Policies leave out and a Model outside
 their regions fail the step without retries (the task dead-lettered, the error naming the Policy and why, a
 policy/deny record naming its version), and the model is never called; an allowed call goes ahead."""
 
@@ -52,14 +52,7 @@ def _policy(name: str, generation: int, selector: dict[str, Any], **parts: Any) 
 
 
 @pytest.fixture
-def upstream() -> Iterator[Downstream]:
-    server = Downstream()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, upstream: Downstream) -> Iterator[Engine]:
+def engine(tmp_path: Path, downstream: Downstream) -> Iterator[Engine]:
     policies = PolicySet(
         [
             _policy("claims-models", 3, {"matchLabels": {"team": "claims"}}, access={"tenants": ["acme"]}),
@@ -70,7 +63,7 @@ def engine(tmp_path: Path, upstream: Downstream) -> Iterator[Engine]:
         f"sqlite:///{tmp_path / 'engine.db'}",
         data_dir=tmp_path / "data",
         model_resolver=StaticModelResolver(
-            {name: [{"version": "v1", "url": upstream.url(f"/m/{name}"), "weight": 100}] for name in MODELS}
+            {name: [{"version": "v1", "url": downstream.url(f"/m/{name}"), "weight": 100}] for name in MODELS}
         ),
         sqlite_synchronous="NORMAL",
         residency=Residency(model_regions=REGIONS),
@@ -108,14 +101,14 @@ def _denials(engine: Engine) -> list[dict[str, Any]]:
     return [json.loads(r.details) for r in engine.audit.records() if r.decision == "deny"]
 
 
-def test_a_tenant_the_models_policies_leave_out_never_calls_it(engine: Engine, upstream: Downstream) -> None:
+def test_a_tenant_the_models_policies_leave_out_never_calls_it(engine: Engine, downstream: Downstream) -> None:
     task = _run(engine, "globex", "triage")
     assert task["state"] in {"failed", "dead_lettered"}, task
     assert task["error"]["kind"] == TENANT_DENIED
     assert task["error"]["retryable"] is False
     assert "tenant 'globex' may not call model 'triage'" in task["error"]["message"]
     assert "claims/claims-models@3" in task["error"]["message"]
-    assert upstream.count("/m/triage/predict") == 0
+    assert downstream.count("/m/triage/predict") == 0
     [denial] = _denials(engine)
     assert denial["reason"] == "tenant-denied"
     assert denial["policies"] == ["claims/claims-models@3"]
@@ -124,26 +117,28 @@ def test_a_tenant_the_models_policies_leave_out_never_calls_it(engine: Engine, u
 
 
 @pytest.mark.parametrize("model", ["eu-us", "eu-nowhere"])
-def test_a_model_outside_its_policies_regions_is_never_called(engine: Engine, upstream: Downstream, model: str) -> None:
+def test_a_model_outside_its_policies_regions_is_never_called(
+    engine: Engine, downstream: Downstream, model: str
+) -> None:
     task = _run(engine, "acme", model)
     assert task["state"] in {"failed", "dead_lettered"}, task
     assert task["error"]["kind"] == DENIED
     assert f"model {model!r} keeps its data in eu-west" in task["error"]["message"]
     assert "claims/eu-only@5" in task["error"]["message"]
-    assert upstream.count(f"/m/{model}/predict") == 0
+    assert downstream.count(f"/m/{model}/predict") == 0
     [denial] = _denials(engine)
     assert (denial["reason"], denial["policies"]) == ("residency-denied", ["claims/eu-only@5"])
 
 
 @pytest.mark.parametrize("model", ["triage", "eu-ok"])
-def test_calls_the_models_policies_allow_go_ahead(engine: Engine, upstream: Downstream, model: str) -> None:
+def test_calls_the_models_policies_allow_go_ahead(engine: Engine, downstream: Downstream, model: str) -> None:
     task = _run(engine, "acme", model)
     assert task["state"] == "succeeded", task
-    assert upstream.count(f"/m/{model}/predict") == 1
+    assert downstream.count(f"/m/{model}/predict") == 1
     assert _denials(engine) == []
 
 
-def test_an_agents_planner_is_a_model_call_its_policies_govern(engine: Engine, upstream: Downstream) -> None:
+def test_an_agents_planner_is_a_model_call_its_policies_govern(engine: Engine, downstream: Downstream) -> None:
     agent = {
         "goal": "Triage claim {{ input.claimId }}",
         "planner": {"model": "triage"},
@@ -165,7 +160,7 @@ def test_an_agents_planner_is_a_model_call_its_policies_govern(engine: Engine, u
         task = assert_eventually(finished, timeout=30, interval=0.05)
     assert task["error"]["kind"] == TENANT_DENIED
     assert "claims/claims-models@3" in task["error"]["message"]
-    assert not [path for path in upstream.calls if path.startswith("/m/")]  # the planner never saw the task
+    assert not [path for path in downstream.calls if path.startswith("/m/")]  # the planner never saw the task
     [denial] = _denials(engine)
     assert (denial["reason"], denial["step"]) == ("tenant-denied", "agent")
 

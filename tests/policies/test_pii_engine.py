@@ -5,7 +5,6 @@ Kafka sink's records, the spans or the logs, when a Policy masks it; tokens open
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +94,9 @@ SINK = {
 }
 
 
-@pytest.fixture
-def downstream() -> Iterator[Downstream]:
-    server = Downstream()
-    server.script("/models/m/extract", Reply(body=ANSWER))
-    yield server
-    server.close()
+@pytest.fixture(autouse=True)
+def extractor(downstream: Downstream) -> None:
+    downstream.script("/models/m/extract", Reply(body=ANSWER))
 
 
 def models(downstream: Downstream) -> StaticModelResolver:

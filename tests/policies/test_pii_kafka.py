@@ -4,7 +4,6 @@ masks, not the personal data of the task's input or of the model's answer; an au
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,9 @@ from tests.fixtures.kafka import Kafka
 from tests.policies.test_pii_engine import ANSWER, CLAIM, KEYS, POLICY, SECRETS, WORKFLOW, models
 
 
-@pytest.fixture
-def downstream() -> Iterator[Downstream]:
-    server = Downstream()
-    server.script("/models/m/extract", Reply(body=ANSWER))
-    yield server
-    server.close()
+@pytest.fixture(autouse=True)
+def extractor(downstream: Downstream) -> None:
+    downstream.script("/models/m/extract", Reply(body=ANSWER))
 
 
 def test_kafka_sink_records_carry_masks_not_personal_data(tmp_path: Path, downstream: Downstream, kafka: Kafka) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,9 @@ from tests.fixtures.downstream import Downstream, Reply
 from tests.policies.test_pii_engine import ANSWER, CLAIM, KEYS, POLICY, SECRETS, SINK, WORKFLOW, models
 
 
-@pytest.fixture
-def downstream() -> Iterator[Downstream]:
-    server = Downstream()
-    server.script("/models/m/extract", Reply(body=ANSWER))
-    yield server
-    server.close()
+@pytest.fixture(autouse=True)
+def extractor(downstream: Downstream) -> None:
+    downstream.script("/models/m/extract", Reply(body=ANSWER))
 
 
 def test_sampling_is_by_task_and_close_to_the_rate() -> None:

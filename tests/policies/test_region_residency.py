@@ -39,13 +39,6 @@ def _policy(name: str, regions: list[str], labels: dict[str, str]) -> Policy:
 
 
 @pytest.fixture
-def downstream() -> Iterator[Downstream]:
-    server = Downstream()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def engine(tmp_path: Path, downstream: Downstream) -> Iterator[Engine]:
     workflows = {
         "claims-us": ("claims", {"data": "us"}),  # pinned to another region

@@ -64,13 +64,6 @@ def test_the_refusal_says_why() -> None:
 
 
 @pytest.fixture
-def downstream() -> Iterator[Downstream]:
-    server = Downstream()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def engine(tmp_path: Path, downstream: Downstream) -> Iterator[Engine]:
     def http(path: str, region: str | None) -> dict[str, Any]:
         return {

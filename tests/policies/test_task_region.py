@@ -1,4 +1,4 @@
-"""A task's own region, through the real gateway and engine with a real HTTP upstream that counts calls: it narrows
+"""A task's own region, through the real gateway and engine with a real HTTP server that counts calls: it narrows
 its workflow's residency pin and never widens it (a region outside the pin is a 422 naming the allowed regions), a
 task pinned to a region never calls a model or connector in another one (refused at submission with a problem
 saying why, or failing the step at call time), and the task and its lineage show the region."""
@@ -37,22 +37,15 @@ MODELS = {"triage-west": "eu-west", "triage-central": "eu-central", "triage-anyw
 
 
 @pytest.fixture
-def upstream() -> Iterator[Downstream]:
-    server = Downstream()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, upstream: Downstream) -> Iterator[Engine]:
+def engine(tmp_path: Path, downstream: Downstream) -> Iterator[Engine]:
     def http(path: str, region: str) -> dict[str, Any]:
-        return {"type": "http", "http": {"url": upstream.url(path), "allowPrivateNetworks": True}, "region": region}
+        return {"type": "http", "http": {"url": downstream.url(path), "allowPrivateNetworks": True}, "region": region}
 
     engine = Engine(
         f"sqlite:///{tmp_path / 'engine.db'}",
         data_dir=tmp_path / "data",
         model_resolver=StaticModelResolver(
-            {name: [{"version": "v1", "url": upstream.url(f"/m/{name}"), "weight": 100}] for name in MODELS}
+            {name: [{"version": "v1", "url": downstream.url(f"/m/{name}"), "weight": 100}] for name in MODELS}
         ),
         connector_resolver=StaticConnectorResolver({"crm-west": http("/crm-west", "eu-west")}),
         sqlite_synchronous="NORMAL",
@@ -116,7 +109,7 @@ def test_a_task_region_outside_its_workflows_regions_is_refused(engine: Engine) 
     ],
 )
 def test_a_submission_whose_steps_would_leave_the_tasks_region_is_refused(
-    engine: Engine, upstream: Downstream, workflow: str, region: str, model: str
+    engine: Engine, downstream: Downstream, workflow: str, region: str, model: str
 ) -> None:
     _register(engine, workflow, _model(model))
     with TestClient(create_app(engine)) as client:
@@ -163,7 +156,7 @@ def _run(engine: Engine, headers: dict[str, str], body: dict[str, Any]) -> tuple
     ],
 )
 def test_a_task_never_calls_out_of_its_region_at_call_time(
-    engine: Engine, upstream: Downstream, step: dict[str, Any], path: str, why: str
+    engine: Engine, downstream: Downstream, step: dict[str, Any], path: str, why: str
 ) -> None:
     _register(engine, "pinned", step)
     headers = _headers(engine)
@@ -176,7 +169,7 @@ def test_a_task_never_calls_out_of_its_region_at_call_time(
     assert task["state"] in {"failed", "dead_lettered"}, task
     assert task["error"]["kind"] == DENIED
     assert why in task["error"]["message"]
-    assert upstream.count(path) == 0
+    assert downstream.count(path) == 0
     assert engine.steps("acme", task["id"])[0].attempts == 1  # not retried
     assert lineage["region"] == "eu-central"
     [denial] = [json.loads(r.details) for r in engine.audit.records() if r.decision == "deny"]
@@ -184,7 +177,7 @@ def test_a_task_never_calls_out_of_its_region_at_call_time(
     assert (denial["reason"], denial["region"], denial["step"]) == ("residency-denied", "eu-central", "call")
 
 
-def test_calls_in_the_tasks_region_go_ahead(engine: Engine, upstream: Downstream) -> None:
+def test_calls_in_the_tasks_region_go_ahead(engine: Engine, downstream: Downstream) -> None:
     engine.register_workflow(
         "pinned",
         {
@@ -198,7 +191,7 @@ def test_calls_in_the_tasks_region_go_ahead(engine: Engine, upstream: Downstream
     assert task["state"] == "succeeded", task
     assert task["region"] == "eu-west"
     assert lineage["region"] == "eu-west"
-    assert (upstream.count("/m/triage-west/predict"), upstream.count("/crm-west")) == (1, 1)
+    assert (downstream.count("/m/triage-west/predict"), downstream.count("/crm-west")) == (1, 1)
     assert engine.get("acme", task["id"]).region == "eu-west"
 
 
@@ -214,9 +207,9 @@ def test_a_regional_install_takes_only_tasks_of_its_own_region(tmp_path: Path) -
             assert home.status_code == 202, home.text
 
 
-def test_without_residency_policies_a_task_region_still_holds(tmp_path: Path, upstream: Downstream) -> None:
+def test_without_residency_policies_a_task_region_still_holds(tmp_path: Path, downstream: Downstream) -> None:
     """An engine given no residency at all knows no model's region: a pinned task calls none."""
-    resolver = StaticModelResolver({"m": [{"version": "v1", "url": upstream.url("/m/m"), "weight": 100}]})
+    resolver = StaticModelResolver({"m": [{"version": "v1", "url": downstream.url("/m/m"), "weight": 100}]})
     with Engine(f"sqlite:///{tmp_path / 'e.db'}", model_resolver=resolver) as engine:
         _register(engine, "open", _model("m"))
         task = engine.submit("acme", "open", {"claimId": "c-1"}, region="eu-west")
@@ -230,4 +223,4 @@ def test_without_residency_policies_a_task_region_still_holds(tmp_path: Path, up
             done = assert_eventually(finished, timeout=30, interval=0.02)
         assert done.error is not None
         assert done.error["kind"] == DENIED
-        assert upstream.count("/m/m/predict") == 0
+        assert downstream.count("/m/m/predict") == 0
