@@ -7,12 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from aiplane import manifests
-from aiplane.dev import DevStack
 from engine import TaskState
 from tests.engine.conftest import fast_worker, wait_done
+from tests.fixtures.devstack import dev_stack, write_manifest
 from tests.fixtures.polling import assert_eventually
 
 API = "aiplane.io/v1alpha1"
@@ -33,24 +30,14 @@ def sampling(rate: float) -> dict[str, Any]:
     }
 
 
-def write(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(document))
-    tmp.replace(path)
-
-
 def test_a_workflow_policy_samples_its_workflows_payloads(tmp_path: Path) -> None:
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    write(folder / "claims.yaml", workflow("claims", {"team": "claims"}))
-    write(folder / "quiet.yaml", workflow("quiet", {"team": "fraud"}))
-    policy = folder / "policy.yaml"
-    write(policy, sampling(1.0))
-    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
-    try:
-        engine = stack.start()
-        assert stack.policy_watch is not None
-        stack.policy_watch.interval = 0.05
+    files = {
+        "claims.yaml": workflow("claims", {"team": "claims"}),
+        "quiet.yaml": workflow("quiet", {"team": "fraud"}),
+        "policy.yaml": sampling(1.0),
+    }
+    with dev_stack(tmp_path, files) as (stack, engine):
+        policy = stack.manifests_dir / "policy.yaml"
         with fast_worker(engine):
             claims = wait_done(engine, "acme", engine.submit("acme", "claims", {"amount": 1500.0}).id)
             quiet = wait_done(engine, "acme", engine.submit("acme", "quiet", {"amount": 1500.0}).id)
@@ -61,12 +48,10 @@ def test_a_workflow_policy_samples_its_workflows_payloads(tmp_path: Path) -> Non
             assert engine.payload_logs.records(task_id=quiet.id) == []
 
             # Rate 0: the next claims task keeps nothing, with no restart.
-            write(policy, sampling(0.0))
+            write_manifest(policy, sampling(0.0))
 
             def unsampled() -> None:
                 task = wait_done(engine, "acme", engine.submit("acme", "claims", {"amount": 5.0}).id)
                 assert engine.payload_logs.records(task_id=task.id) == []
 
             assert_eventually(unsampled, timeout=10)
-    finally:
-        stack.stop()

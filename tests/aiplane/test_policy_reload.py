@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from aiplane import manifests
-from aiplane.dev import DevStack
 from aiplane.policyfiles import PolicyFileWatch
 from crds.policy import Policy
 from engine import Engine
@@ -21,6 +19,7 @@ from engine.errors import PolicyDeniedError
 from policies.effective import ref
 from policies.sources import PolicySet
 from tests.engine.conftest import fast_worker, wait_done
+from tests.fixtures.devstack import dev_stack, write_manifest
 from tests.fixtures.polling import assert_eventually
 
 WORKFLOW = {
@@ -40,29 +39,14 @@ def _policy(tenants: list[str], **spec: Any) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, document: dict[str, Any]) -> None:
-    # Through a temporary file and a rename, as editors save: the watch never reads half a file.
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(document))
-    tmp.replace(path)
-
-
 def test_an_edited_policy_file_applies_to_the_next_submission(tmp_path: Path) -> None:
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    (folder / "workflow.yaml").write_text(yaml.safe_dump(WORKFLOW))
-    policy = folder / "policy.yaml"
-    _write(policy, _policy(["acme"]))
-    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
-    try:
-        engine = stack.start()
-        assert stack.policy_watch is not None
-        stack.policy_watch.interval = 0.05  # polls every second in `aiplane dev`
+    with dev_stack(tmp_path, {"workflow.yaml": WORKFLOW, "policy.yaml": _policy(["acme"])}) as (stack, engine):
+        policy = stack.manifests_dir / "policy.yaml"
         engine.submit("acme", "claims", {})
         with pytest.raises(PolicyDeniedError):
             engine.submit("globex", "claims", {})
 
-        _write(policy, _policy(["globex"]))
+        write_manifest(policy, _policy(["globex"]))
 
         def globex_admitted() -> None:
             engine.submit("globex", "claims", {})
@@ -70,8 +54,6 @@ def test_an_edited_policy_file_applies_to_the_next_submission(tmp_path: Path) ->
         assert_eventually(globex_admitted, timeout=10, retry_on=(PolicyDeniedError,))
         with pytest.raises(PolicyDeniedError):
             engine.submit("acme", "claims", {})
-    finally:
-        stack.stop()
 
 
 def _tenants(policies: PolicySet) -> list[str]:
@@ -82,7 +64,7 @@ def _tenants(policies: PolicySet) -> list[str]:
 
 def test_a_broken_manifest_keeps_the_policies_in_force(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     policy = tmp_path / "policy.yaml"
-    _write(policy, _policy(["acme"]))
+    write_manifest(policy, _policy(["acme"]))
     policies = PolicySet(r for r in manifests.load([tmp_path]) if isinstance(r, Policy))
     watch = PolicyFileWatch([tmp_path], policies)
     assert not watch.check()  # nothing changed: nothing read
@@ -96,7 +78,7 @@ def test_a_broken_manifest_keeps_the_policies_in_force(tmp_path: Path, caplog: p
     assert _tenants(policies) == ["acme"]
 
     # Fixed: applied.
-    _write(policy, _policy(["globex"], approvals=[{"name": "all", "when": "true"}]))
+    write_manifest(policy, _policy(["globex"], approvals=[{"name": "all", "when": "true"}]))
     assert watch.check()
     assert _tenants(policies) == ["globex"]
 
@@ -104,20 +86,12 @@ def test_a_broken_manifest_keeps_the_policies_in_force(tmp_path: Path, caplog: p
 def test_a_part_no_policy_had_at_start_applies_to_the_next_task(tmp_path: Path) -> None:
     """A ``pii`` part added to a Policy file while dev runs masks the next task's input, with no restart: dev wires
     every enforcement point whether or not a Policy uses it yet, as a cluster's workers do."""
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    (folder / "workflow.yaml").write_text(yaml.safe_dump(WORKFLOW))
-    policy = folder / "policy.yaml"
-    _write(policy, _policy(["acme"]))
-    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
     claim = {"contact": "jane.roe@example.com"}
-    try:
-        engine = stack.start()
-        assert stack.policy_watch is not None
-        stack.policy_watch.interval = 0.05
+    with dev_stack(tmp_path, {"workflow.yaml": WORKFLOW, "policy.yaml": _policy(["acme"])}) as (stack, engine):
+        policy = stack.manifests_dir / "policy.yaml"
         assert engine.submit("acme", "claims", claim).input == claim
 
-        _write(policy, _policy(["acme"], pii={"entities": ["EMAIL_ADDRESS"], "action": "redact"}))
+        write_manifest(policy, _policy(["acme"], pii={"entities": ["EMAIL_ADDRESS"], "action": "redact"}))
 
         def masked() -> None:
             stored = engine.get("acme", engine.submit("acme", "claims", claim).id).input
@@ -126,7 +100,7 @@ def test_a_part_no_policy_had_at_start_applies_to_the_next_task(tmp_path: Path) 
         assert_eventually(masked, timeout=30)
 
         # An approval rule, which no Policy had either: the next task waits for a person.
-        _write(policy, _policy(["acme"], approvals=[{"name": "everything", "when": "true"}]))
+        write_manifest(policy, _policy(["acme"], approvals=[{"name": "everything", "when": "true"}]))
         with fast_worker(engine):
 
             def gated() -> None:
@@ -134,8 +108,6 @@ def test_a_part_no_policy_had_at_start_applies_to_the_next_task(tmp_path: Path) 
                 assert wait_done_or_waiting(engine, task.id) == "waiting"
 
             assert_eventually(gated, timeout=30)
-    finally:
-        stack.stop()
 
 
 def wait_done_or_waiting(engine: Engine, task_id: str) -> str:
@@ -152,22 +124,14 @@ def wait_done_or_waiting(engine: Engine, task_id: str) -> str:
 def test_a_file_policy_is_named_by_a_version_of_its_content(tmp_path: Path) -> None:
     """Manifest files carry no generation: their Policies are versioned by a digest of the spec, so audit records
     and lineage name them ``namespace/name@version`` as they name a cluster's Policies, and an edit shows."""
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    (folder / "workflow.yaml").write_text(yaml.safe_dump(WORKFLOW))
-    policy = folder / "policy.yaml"
-    _write(policy, _policy(["acme"]))
-    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
-    try:
-        engine = stack.start()
-        assert stack.policy_watch is not None
-        stack.policy_watch.interval = 0.05
+    with dev_stack(tmp_path, {"workflow.yaml": WORKFLOW, "policy.yaml": _policy(["acme"])}) as (stack, engine):
+        policy = stack.manifests_dir / "policy.yaml"
         with pytest.raises(PolicyDeniedError) as first:
             engine.submit("globex", "claims", {})
         [named] = first.value.policies
         assert re.fullmatch(r"default/who@[0-9a-f]{12}", named), named
         # The same content read again (another process, a restart) is the same version.
-        [reread] = [r for r in manifests.load([folder]) if isinstance(r, Policy)]
+        [reread] = [r for r in manifests.load([stack.manifests_dir]) if isinstance(r, Policy)]
         assert str(ref(reread)) == named
         # An admitted task's lineage names the file Policy by the same version.
         admitted = engine.submit("acme", "claims", {})
@@ -175,7 +139,7 @@ def test_a_file_policy_is_named_by_a_version_of_its_content(tmp_path: Path) -> N
             wait_done(engine, "acme", admitted.id)
         assert named in engine.lineage("acme", admitted.id)["policies"]
 
-        _write(policy, _policy(["initech"]))
+        write_manifest(policy, _policy(["initech"]))
 
         def edited() -> str:
             with pytest.raises(PolicyDeniedError) as again:
@@ -190,7 +154,7 @@ def test_a_file_policy_is_named_by_a_version_of_its_content(tmp_path: Path) -> N
 
         with_generation = _policy(["initech"])
         with_generation["metadata"]["generation"] = 7  # a generation written in the file wins
-        _write(policy, with_generation)
+        write_manifest(policy, with_generation)
 
         def generation_named() -> None:
             with pytest.raises(PolicyDeniedError) as again:
@@ -198,5 +162,3 @@ def test_a_file_policy_is_named_by_a_version_of_its_content(tmp_path: Path) -> N
             assert again.value.policies == ("default/who@7",)
 
         assert_eventually(generation_named, timeout=10)
-    finally:
-        stack.stop()
