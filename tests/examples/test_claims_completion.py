@@ -78,6 +78,16 @@ class Dev:
         return items
 
     def audit_kinds(self, task_id: str) -> list[tuple[str, str]]:
+        """The agent step's own records (proposals and actions), in order."""
+        return [(kind, decision) for kind, decision in self._step_records(task_id) if kind.startswith("agent-")]
+
+    def planner_calls_allowed(self, task_id: str) -> bool:
+        """Whether the agent step's Policy records are allow records of its planner's model calls, and there are
+        some (the claims Policy governs the planner's Model)."""
+        decisions = [decision for kind, decision in self._step_records(task_id) if kind == "policy"]
+        return bool(decisions) and set(decisions) == {"allow"}
+
+    def _step_records(self, task_id: str) -> list[tuple[str, str]]:
         with self.engine.db.read() as conn:
             rows = conn.execute(
                 sa.select(audit_log.c.kind, audit_log.c.decision)
@@ -150,6 +160,7 @@ def test_the_agent_requests_the_missing_document_reads_it_and_completes_the_clai
         ("agent-action", "succeeded"),
         ("agent-proposal", "done"),
     ]
+    assert dev.planner_calls_allowed(task_id)
     audit_verifies(dev, capsys)
 
 
@@ -190,6 +201,7 @@ def test_a_claim_whose_document_has_not_come_goes_to_a_person_with_the_transcrip
         ("agent-action", "succeeded"),
         ("agent-proposal", "escalated"),
     ]
+    assert dev.planner_calls_allowed(task_id)
     audit_verifies(dev, capsys)
 
 
@@ -216,4 +228,5 @@ def test_policy_denies_the_document_request_on_a_health_claim_and_the_agent_hand
     assert stopped["decision"] == "escalated"
     assert "Policy does not let the agent contact this claimant" in stopped["reason"]
     assert dev.audit_kinds(task_id) == [("agent-proposal", "denied"), ("agent-proposal", "escalated")]
+    assert dev.planner_calls_allowed(task_id)
     audit_verifies(dev, capsys)
