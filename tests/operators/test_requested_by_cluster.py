@@ -4,6 +4,7 @@ the operator's builder reads it into the promotion request whose requester may n
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Iterator
@@ -76,10 +77,13 @@ def guarded(crds_installed: Cluster) -> Iterator[tuple[Cluster, str, str]]:
 def test_the_annotation_names_only_the_user_making_the_change(guarded: tuple[Cluster, str, str]) -> None:
     cluster, lenient, required = guarded
 
+    probes = itertools.count()
+
     def refused_as_alice() -> None:
-        proc = cluster.kubectl(
-            "apply", "-n", lenient, "-f", "-", *_as("alice"), input=_model("probe", "bob"), check=False
-        )
+        # A new object each time: a probe admitted before the policy was in force would make every later apply of
+        # it a no-op that kubectl never sends, so never refused.
+        probe = _model(f"probe-{next(probes)}", "bob")
+        proc = cluster.kubectl("apply", "-n", lenient, "-f", "-", *_as("alice"), input=probe, check=False)
         assert proc.returncode != 0, "the admission policy is not in force yet"
         assert "must name the user making this change (alice), not bob" in proc.stderr
 
