@@ -22,6 +22,7 @@ from tests.fixtures.reports import write_reports
 pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.kafka",
+    "tests.fixtures.oidc",
     "tests.fixtures.postgres",
     "tests.fixtures.prometheus",
 ]

@@ -17,10 +17,8 @@ from aiplane import manifests
 from aiplane.dev import DEV_TENANT, DevStack
 from api import create_api_key
 from tests.api.conftest import auth, in_state, wait_task
-from tests.api.test_access_oidc import JwksServer, Signer, ec_key, jwks, rsa_key, verifier
+from tests.fixtures.oidc import JwksServer, Signer, verifier
 from tests.fixtures.polling import assert_eventually
-
-__all__ = ["ec_key", "jwks", "rsa_key"]
 
 NOWHERE = "01JZZZZZZZZZZZZZZZZZZZZZZZ"  # a well-formed approval id no approval has
 

@@ -1,113 +1,23 @@
 """OIDC bearer tokens: JWTs signed with keys generated here, verified against a JWKS that a real local HTTP server
-serves (PyJWT does the verifying; nothing of it is mocked)."""
+serves (PyJWT does the verifying; nothing of it is mocked; the identity provider is ``tests.fixtures.oidc``)."""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 
 from api import create_app
 from api.fast_submit import SubmitFastPath
 from engine import Engine
-from policies.access_oidc import JwksUnavailableError, OIDCConfig, OIDCVerifier, TokenError
+from policies.access_oidc import JwksUnavailableError, OIDCConfig, TokenError
 from tests.api.conftest import SETTINGS, Keys, Upstream, assert_problem, auth
-
-ISSUER = "https://idp.example.test/"
-AUDIENCE = "aiplane"
-
-
-class Signer:
-    """A signing key of the test's identity provider and its public JWK."""
-
-    def __init__(self, kid: str, alg: str) -> None:
-        self.kid = kid
-        self.alg = alg
-        if alg == "RS256":
-            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            self.jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key()))
-        else:
-            self.private = ec.generate_private_key(ec.SECP256R1())
-            self.jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.private.public_key()))
-        self.jwk.update(kid=kid, use="sig", alg=alg)
-
-    def token(self, **overrides: Any) -> str:
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": "dana@acme.example",
-            "tenant": "acme",
-            "roles": ["submitter"],
-            "iat": now,
-            "exp": now + 300,
-        }
-        claims.update(overrides)
-        claims = {k: v for k, v in claims.items() if v is not None}
-        return jwt.encode(claims, self.private, algorithm=self.alg, headers={"kid": self.kid})
-
-
-class JwksServer:
-    """The identity provider's JWKS endpoint: a real HTTP server on 127.0.0.1 that counts its fetches."""
-
-    def __init__(self, *signers: Signer) -> None:
-        self.keys = [s.jwk for s in signers]
-        self.fetches = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.fetches += 1
-                body = json.dumps({"keys": server.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> Signer:
-    return Signer("rsa-1", "RS256")
-
-
-@pytest.fixture(scope="module")
-def ec_key() -> Signer:
-    return Signer("ec-1", "ES256")
-
-
-@pytest.fixture
-def jwks(rsa_key: Signer, ec_key: Signer) -> Iterator[JwksServer]:
-    server = JwksServer(rsa_key, ec_key)
-    yield server
-    server.close()
-
-
-def verifier(jwks: JwksServer, **config: Any) -> OIDCVerifier:
-    return OIDCVerifier(OIDCConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks.url, **config))
-
-
-# ---------------------------------------------------------------- the verifier
+from tests.fixtures.oidc import AUDIENCE, ISSUER, JwksServer, Signer, verifier
 
 
 def test_rs256_and_es256_tokens_give_tenant_subject_and_roles(

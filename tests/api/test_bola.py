@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from api import create_api_key, create_app
 from engine import Engine, Worker
 from tests.api.conftest import SETTINGS, Keys, Reply, Upstream, assert_problem, auth, in_state, wait_task
-from tests.api.test_access_oidc import ISSUER, JwksServer, Signer, verifier
+from tests.fixtures.oidc import ISSUER, JwksServer, Signer, verifier
 
 # Routes that address one object of a tenant by id: B must get 404 with the object kind's problem type.
 OBJECT_ROUTES = {
@@ -86,18 +86,6 @@ class TenantA:
 
 
 @pytest.fixture
-def signer() -> Signer:
-    return Signer("bola-1", "ES256")
-
-
-@pytest.fixture
-def jwks(signer: Signer) -> Iterator[JwksServer]:
-    server = JwksServer(signer)
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def gateway_client(engine: Engine, jwks: JwksServer, upstream: Upstream) -> Iterator[TestClient]:
     with TestClient(create_app(engine, SETTINGS, oidc=verifier(jwks))) as client:
         yield client
@@ -119,7 +107,7 @@ def test_tenant_b_gets_404_for_every_object_of_tenant_a(
     gateway_client: TestClient,
     engine: Engine,
     keys: Keys,
-    signer: Signer,
+    ec_key: Signer,
     upstream: Upstream,
     worker: Worker,
     credential: str,
@@ -129,7 +117,7 @@ def test_tenant_b_gets_404_for_every_object_of_tenant_a(
     if credential == "api-key":
         b = create_api_key(engine, "globex", "mallory", ["submitter", "approver", "auditor", "admin"])
     else:
-        b = signer.token(
+        b = ec_key.token(
             iss=ISSUER, tenant="globex", sub="mallory", roles=["submitter", "approver", "auditor", "admin"]
         )
 

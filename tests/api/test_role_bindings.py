@@ -17,9 +17,7 @@ from crds.policy import Policy
 from engine import Engine, Worker
 from policies.sources import PolicySet
 from tests.api.conftest import SETTINGS, Keys, assert_problem, auth, in_state, wait_task
-from tests.api.test_access_oidc import JwksServer, Signer, ec_key, jwks, rsa_key, verifier
-
-__all__ = ["ec_key", "jwks", "rsa_key"]
+from tests.fixtures.oidc import JwksServer, Signer, verifier
 
 
 def binding(name: str, role: str, subjects: list[str], tenants: list[str] | None = None) -> Policy:

@@ -28,7 +28,7 @@ from policies.effective import Target
 from policies.masking import WorkflowMasking
 from policies.sources import PolicySet
 from tests.api.conftest import PROBLEM, SETTINGS, Upstream, assert_problem, auth
-from tests.api.test_access_oidc import ISSUER, JwksServer, Signer, verifier
+from tests.fixtures.oidc import ISSUER, JwksServer, Signer, verifier
 from tests.policies.test_pii_engine import KEYS
 
 Route = tuple[str, str]
@@ -90,18 +90,6 @@ def required_roles(app: Any) -> dict[Route, frozenset[str] | None]:
 
 
 @pytest.fixture
-def signer() -> Signer:
-    return Signer("roles-1", "ES256")
-
-
-@pytest.fixture
-def jwks(signer: Signer) -> Iterator[JwksServer]:
-    server = JwksServer(signer)
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def gateway_client(engine: Engine, jwks: JwksServer, upstream: Upstream) -> Iterator[TestClient]:
     policies = PolicySet(
         [
@@ -127,7 +115,7 @@ def gateway_client(engine: Engine, jwks: JwksServer, upstream: Upstream) -> Iter
         yield client
 
 
-def test_every_route_refuses_a_caller_without_its_role(gateway_client: TestClient, signer: Signer) -> None:
+def test_every_route_refuses_a_caller_without_its_role(gateway_client: TestClient, ec_key: Signer) -> None:
     client = gateway_client
     needed = required_roles(client.app)
     assert set(needed) >= {
@@ -140,7 +128,7 @@ def test_every_route_refuses_a_caller_without_its_role(gateway_client: TestClien
         body = BODIES.get((method, template))
 
         def call(held: Set[str], method: str = method, path: str = path, body: Any = body) -> Any:
-            token = signer.token(iss=ISSUER, tenant="acme", sub="role-walker", roles=sorted(held))
+            token = ec_key.token(iss=ISSUER, tenant="acme", sub="role-walker", roles=sorted(held))
             return client.request(method.upper(), path, headers=auth(token), json=body)
 
         where = f"{method.upper()} {template}"

@@ -26,12 +26,12 @@ from engine import Engine
 from policies.effective import Target
 from policies.sources_kube import GROUP, PLURAL, VERSION, KubePolicyWatch, parse
 from tests.api.conftest import FAST_WORKER, assert_problem, auth, in_state, wait_task
-from tests.api.test_access_oidc import AUDIENCE, ISSUER, JwksServer, Signer, ec_key, jwks, rsa_key
 from tests.fixtures.cluster import Cluster
+from tests.fixtures.oidc import AUDIENCE, ISSUER, JwksServer, Signer
 from tests.fixtures.polling import assert_eventually
 from tests.operators.conftest import crds_installed
 
-__all__ = ["crds_installed", "ec_key", "jwks", "rsa_key"]
+__all__ = ["crds_installed"]
 
 NOW = "2026-01-01T00:00:00Z"
 NOWHERE = "01JZZZZZZZZZZZZZZZZZZZZZZZ"  # a well-formed approval id no approval has
