@@ -14,10 +14,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-import yaml
 
-from aiplane import manifests
-from aiplane.dev import DevStack
 from aiplane.incluster import ClusterSources
 from api import create_api_key, create_app
 from crds.policy import Policy
@@ -26,6 +23,8 @@ from policies.effective import Target
 from policies.model_calls import TENANT_DENIED, ModelPolicies, default_target
 from policies.residency import DENIED, Residency
 from policies.sources import PolicySet
+from tests.engine.conftest import wait_done
+from tests.fixtures.devstack import dev_stack
 from tests.fixtures.downstream import Downstream
 from tests.fixtures.polling import assert_eventually
 
@@ -166,8 +165,6 @@ def test_an_agents_planner_is_a_model_call_its_policies_govern(engine: Engine, d
 
 
 def test_aiplane_dev_and_the_cluster_workers_wire_the_models_policies(tmp_path: Path) -> None:
-    folder = tmp_path / "manifests"
-    folder.mkdir()
     workflow = {
         "apiVersion": "aiplane.io/v1alpha1",
         "kind": "Workflow",
@@ -180,24 +177,13 @@ def test_aiplane_dev_and_the_cluster_workers_wire_the_models_policies(tmp_path: 
         "metadata": {"name": "models"},
         "spec": {"selector": {"kinds": ["Model"]}, "access": {"tenants": ["acme"]}},
     }
-    (folder / "resources.yaml").write_text(yaml.safe_dump_all([workflow, policy]))
-    stack = DevStack(manifests_dir=folder, data_dir=tmp_path / "data", resources=manifests.load([folder]))
-    try:
-        engine = stack.start()
+    with dev_stack(tmp_path, {"workflow.yaml": workflow, "policy.yaml": policy}) as (_, engine):
         task = engine.submit("globex", "score", {})
         with engine.worker(WorkerConfig(poll_interval=0.02)):
-
-            def finished() -> Any:
-                current = engine.get("globex", task.id)
-                assert current.done, current.state
-                return current
-
-            done = assert_eventually(finished, timeout=30, interval=0.05)
+            done = wait_done(engine, "globex", task.id, timeout=30)
         assert done.error is not None
         assert done.error["kind"] == TENANT_DENIED
         assert re.search(r"default/models@[0-9a-f]{12}", done.error["message"])  # a file Policy's version
-    finally:
-        stack.stop()
 
     sources = ClusterSources(
         namespace="claims",

@@ -20,6 +20,7 @@ from api.fast_submit import SubmitFastPath
 from crds.policy import Policy
 from engine import Engine, StaticConnectorResolver, StaticModelResolver, WorkerConfig
 from policies.residency import DENIED, Residency
+from tests.engine.conftest import wait_done
 from tests.fixtures.downstream import Downstream
 from tests.fixtures.polling import assert_eventually
 
@@ -214,13 +215,7 @@ def test_without_residency_policies_a_task_region_still_holds(tmp_path: Path, do
         _register(engine, "open", _model("m"))
         task = engine.submit("acme", "open", {"claimId": "c-1"}, region="eu-west")
         with engine.worker(WorkerConfig(poll_interval=0.02, lease=timedelta(seconds=10))):
-
-            def finished() -> Any:
-                current = engine.get("acme", task.id)
-                assert current.done, current.state
-                return current
-
-            done = assert_eventually(finished, timeout=30, interval=0.02)
+            done = wait_done(engine, "acme", task.id, timeout=30)
         assert done.error is not None
         assert done.error["kind"] == DENIED
         assert downstream.count("/m/m/predict") == 0
