@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from aiplane import manifests
 from aiplane.modelserver import ModelServer, served_by, stand_in, working_dir
 from aiplane.policyfiles import PolicyFileWatch
-from aiplane.retention_cli import engine_retention
+from aiplane.retention_cli import engine_retention, resource_targets, workflow_targets
 from api.app import create_app
 from api.auth import create_api_key, follow_policies
 from api.settings import GatewaySettings
@@ -108,6 +108,7 @@ class DevStack:
         if self.kafka is not None:
             self.embedded_kafka = EmbeddedKafka(self.kafka, connectors)
             connectors = self.embedded_kafka.connectors
+        targets = self.workflow_targets()
         self.engine = Engine(
             f"sqlite:///{self.data_dir / 'engine.db'}",
             data_dir=self.data_dir,
@@ -123,8 +124,9 @@ class DevStack:
             agent_rules=agent_rules(self.policies, self._of(Workflow)),
             tenants=tenant_access(self.policies, self._of(Workflow)),
             quota=Quotas(self.policies).max_in_flight,
+            # Workflows are read once, at start: their targets too, rather than on every batch's look-up.
             governing=lambda workflow: applicable(
-                self.policies.policies(), self.workflow_targets().get(workflow) or Target("Workflow", workflow)
+                self.policies.policies(), targets.get(workflow) or Target("Workflow", workflow)
             ),
             # With --kafka, each purge also sets the events and sink topics' retention (aiplane.kafka_retention).
             retention=engine_retention(
@@ -139,7 +141,7 @@ class DevStack:
             # Policies that select a Model refuse its calls by tenant or residency, as the gateway's predictions.
             model_policies=ModelPolicies(self.policies, self.model_target, MaskingKeys.from_env()),
             residency=Residency.from_policy_set(
-                self.policies, self.workflow_targets(), {m.metadata["name"]: m.spec.region for m in self._of(Model)}
+                self.policies, targets, {m.metadata["name"]: m.spec.region for m in self._of(Model)}
             ),
         )
         for workflow in self._of(Workflow):
@@ -169,22 +171,12 @@ class DevStack:
 
     def workflow_targets(self) -> dict[str, Target]:
         """Each workflow as Policies select it (namespace and labels)."""
-        return {
-            w.metadata["name"]: Target(
-                "Workflow", w.metadata["name"], w.metadata.get("namespace", "default"), w.metadata.get("labels") or {}
-            )
-            for w in self._of(Workflow)
-        }
+        return workflow_targets(self._of(Workflow))
 
     def model_target(self, name: str) -> Target:
         """A Model as Policies select it (namespace and labels of its manifest); asked on every prediction."""
         if self._model_targets is None:
-            self._model_targets = {
-                m.metadata["name"]: Target(
-                    "Model", m.metadata["name"], m.metadata.get("namespace", "default"), m.metadata.get("labels") or {}
-                )
-                for m in self._of(Model)
-            }
+            self._model_targets = resource_targets("Model", self._of(Model))
         return self._model_targets.get(name) or default_target(name)
 
     def stop(self) -> None:
@@ -213,7 +205,7 @@ def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Pa
             path.touch(mode=0o600)
             path.write_bytes(os.urandom(32))
         keys = MaskingKeys(path.read_bytes())
-    targets = _targets(workflows)
+    targets = workflow_targets(workflows)
 
     def policy_for(workflow: str) -> Any:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).pii
@@ -228,21 +220,12 @@ def pii_masking(policies: PolicySet, workflows: Sequence[Workflow], data_dir: Pa
     return WorkflowMasking(policy_for, keys)
 
 
-def _targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
-    return {
-        w.metadata["name"]: Target(
-            "Workflow", w.metadata["name"], w.metadata.get("namespace", "default"), w.metadata.get("labels") or {}
-        )
-        for w in workflows
-    }
-
-
 def payload_log(
     policies: PolicySet, workflows: Sequence[Workflow], models: Callable[[str], Target] = default_target
 ) -> PayloadLog:
     """Sampled step payload logs at the rate of each workflow's Policies, asked per task (none: not sampled); a
     Policy that selects a Model (``models`` gives its target) samples and masks the model steps calling it too."""
-    targets = _targets(workflows)
+    targets = workflow_targets(workflows)
 
     def rate_for(workflow: str) -> float | None:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).payload_sample_rate
@@ -253,7 +236,7 @@ def payload_log(
 
 def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any]:
     """Each workflow's Policy approval rules for the engine's gate, asked per task (none: no gate)."""
-    targets = _targets(workflows)
+    targets = workflow_targets(workflows)
 
     def rules_for(workflow: str) -> Any:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).approvals
@@ -263,7 +246,7 @@ def approval_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callab
 
 def agent_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], Any]:
     """Each workflow's Policy agentActions rules for its agent steps, asked per proposal (none: none checked)."""
-    targets = _targets(workflows)
+    targets = workflow_targets(workflows)
 
     def rules_for(workflow: str) -> Any:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).agent_actions
@@ -273,7 +256,7 @@ def agent_rules(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[
 
 def tenant_access(policies: PolicySet, workflows: Sequence[Workflow]) -> Callable[[str], frozenset[str] | None]:
     """The tenants each workflow's Policies allow (None: any), for the engine's intake."""
-    targets = _targets(workflows)
+    targets = workflow_targets(workflows)
 
     def tenants_for(workflow: str) -> frozenset[str] | None:
         return policies.effective(targets.get(workflow) or Target("Workflow", workflow)).tenants

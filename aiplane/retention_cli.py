@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +27,7 @@ from crds.connector import Connector, ConnectorSpec
 from crds.model import Model
 from crds.policy import Policy
 from crds.workflow import Workflow
-from policies.effective import DEFAULT_NAMESPACE, Target
+from policies.effective import DEFAULT_NAMESPACE, Kind, Target
 from policies.erasure import ErasureRequestError
 from policies.retention import audit_period, model_retention_for, retention_for
 from policies.sources import PolicySet
@@ -43,16 +43,18 @@ if TYPE_CHECKING:
 EVENTS_TOPIC = kafka_retention.EVENTS_TOPIC
 
 
-def workflow_targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
+def resource_targets(kind: Kind, resources: Iterable[Workflow | Model]) -> dict[str, Target]:
+    """Each of ``resources`` by name, as Policies select it (its namespace and labels)."""
     return {
-        w.metadata["name"]: Target(
-            "Workflow",
-            w.metadata["name"],
-            w.metadata.get("namespace", DEFAULT_NAMESPACE),
-            w.metadata.get("labels") or {},
+        r.metadata["name"]: Target(
+            kind, r.metadata["name"], r.metadata.get("namespace", DEFAULT_NAMESPACE), r.metadata.get("labels") or {}
         )
-        for w in workflows
+        for r in resources
     }
+
+
+def workflow_targets(workflows: Sequence[Workflow]) -> dict[str, Target]:
+    return resource_targets("Workflow", workflows)
 
 
 def engine_retention(
@@ -108,13 +110,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     policies = [r for r in resources if isinstance(r, Policy)]
     workflows = [r for r in resources if isinstance(r, Workflow)]
     periods = retention_for(PolicySet(policies).effective, workflow_targets(workflows))
-    models = {
-        m.metadata["name"]: Target(
-            "Model", m.metadata["name"], m.metadata.get("namespace", DEFAULT_NAMESPACE), m.metadata.get("labels") or {}
-        )
-        for m in resources
-        if isinstance(m, Model)
-    }
+    models = resource_targets("Model", [m for m in resources if isinstance(m, Model)])
     model_periods = model_retention_for(
         PolicySet(policies).effective, lambda name: models.get(name) or Target("Model", name)
     )
