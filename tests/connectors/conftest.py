@@ -1,4 +1,4 @@
-"""Fixtures of the connector tests: the real broker (``kafka``), and engines on a SQLite file."""
+"""Fixtures of the connector tests: the real broker (``kafka``), and engines on a SQLite file (or a given store)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ RULES_WORKFLOW: dict[str, Any] = {
 def make_engine(tmp_path: Path) -> Iterator[EngineFactory]:
     engines: list[Engine] = []
 
-    def make(**kwargs: Any) -> Engine:
+    def make(url: str | None = None, **kwargs: Any) -> Engine:
+        """An engine on ``url`` (e.g. ``db_url``'s, for both stores), by default a SQLite file of the test's own."""
         kwargs.setdefault("data_dir", tmp_path / "data")
         # No fsync per commit: still safe against killed processes, which is what these tests exercise.
         kwargs.setdefault("sqlite_synchronous", "NORMAL")
-        engine = Engine(f"sqlite:///{tmp_path / 'engine.db'}", **kwargs)
+        engine = Engine(url or f"sqlite:///{tmp_path / 'engine.db'}", **kwargs)
         engines.append(engine)
         return engine
 
