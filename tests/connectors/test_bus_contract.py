@@ -3,7 +3,8 @@
 One suite, run against the in-process bus and against ``KafkaBus`` on the real broker (a topic per test):
 delivery of what is published after subscribing, per-task order, filtering by type, at least once across a relay
 that crashed between publishing and marking (nothing lost), and deduplication by event id on the consumer side.
-Delivery may be asynchronous (Kafka), so every expectation is polled.
+The relay's tests run on both stores (``db_url``): SQLite publishes outside its write transaction, PostgreSQL
+inside its claim transaction. Delivery may be asynchronous (Kafka), so every expectation is polled.
 """
 
 from __future__ import annotations
@@ -222,9 +223,9 @@ def succeeded(engine: Engine, task_id: str) -> bool:
 
 
 def test_events_relayed_again_after_a_relay_crash_are_all_delivered_and_deduplicated(
-    bus: Bus, make_engine: EngineFactory
+    bus: Bus, db_url: str, make_engine: EngineFactory
 ) -> None:
-    engine = make_engine(bus=Refusing())
+    engine = make_engine(db_url, bus=Refusing())
     engine.register_workflow("wf", RULES_WORKFLOW)
     tasks = [engine.submit("acme", "wf", {"amount": n * 400.0}) for n in range(6)]
     with engine.worker(WorkerConfig(poll_interval=0.02, maintenance_interval=0.05)):
@@ -255,8 +256,10 @@ def test_events_relayed_again_after_a_relay_crash_are_all_delivered_and_deduplic
         ]
 
 
-def test_a_bus_that_refuses_leaves_the_events_for_the_next_round(bus: Bus, make_engine: EngineFactory) -> None:
-    engine = make_engine(bus=Refusing())
+def test_a_bus_that_refuses_leaves_the_events_for_the_next_round(
+    bus: Bus, db_url: str, make_engine: EngineFactory
+) -> None:
+    engine = make_engine(db_url, bus=Refusing())
     engine.register_workflow("wf", RULES_WORKFLOW)
     task = engine.submit("acme", "wf", {"amount": 1.0})
     assert engine.relay.drain() == 0
