@@ -119,6 +119,13 @@ def quota_left(quotas: Iterable[Mapping[str, Any]]) -> int | None:
     return None if left is None else max(0, left)
 
 
+def asks_for_gpus(spec: Mapping[str, Any]) -> bool:
+    """Whether a Model's spec (as stored) asks for GPUs: a ``resources.gpu`` block whose count (1 when left out,
+    as the CRD defaults it) is not 0. Models without one have nothing to say of a GPU quota."""
+    gpu = (spec.get("resources") or {}).get("gpu")
+    return isinstance(gpu, Mapping) and bool(gpu.get("count", 1))
+
+
 @dataclass(frozen=True)
 class QuotaSeen:
     """One ResourceQuota that limits GPUs, as the quota index keeps it."""

@@ -143,6 +143,5 @@ async def quota_changed(
     models: Mapping[Any, Any] = kw["model_bodies"]
     for ns, model in [key for key in models if key[0] == namespace]:
         body = next(iter(models.get((ns, model), [])), None)
-        gpu = ((body or {}).get("spec") or {}).get("resources", {}).get("gpu") or {}
-        if gpu.get("count", 1):
+        if gpus.asks_for_gpus((body or {}).get("spec") or {}):
             await _converge(memo, None, ns, model, kw)
