@@ -3,6 +3,8 @@
 #
 #   hack/kafka.sh up       start it (no-op when already running), wait until it serves metadata
 #   hack/kafka.sh down     stop what `up` started and delete its data
+#   hack/kafka.sh stop     stop the broker but keep its data, config and ports (a broker outage, for tests)
+#   hack/kafka.sh start    start a stopped broker again from what `stop` kept: same data, same address
 #   hack/kafka.sh env      print KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:<port>
 #   hack/kafka.sh status   say whether it runs; exit 0 if it does, 3 if not
 #   hack/kafka.sh fetch    only fetch and cache the jars (what `make setup` does)
@@ -313,9 +315,7 @@ cmd_up() {
   cid="$(cluster_id "$python")"
   write_config "$broker_port" "$controller_port"
 
-  local -a heap_opts jvm_opts common_opts
-  read -r -a heap_opts <<<"$HEAP_OPTS"
-  read -r -a jvm_opts <<<"$JVM_OPTS"
+  local -a common_opts
   common_opts=(-Djava.awt.headless=true "-Dlog4j2.configurationFile=$STATE_DIR/log4j2.properties"
     "-Dkafka.logs.dir=$STATE_DIR" -cp "$LIBS_DIR/*")
 
@@ -326,6 +326,18 @@ cmd_up() {
     cat "$STATE_DIR/format.log" >&2
     die "formatting Kafka storage failed"
   fi
+  launch "$python"
+}
+
+# Start the JVM on the formatted storage and the config in $STATE_DIR, wait until it serves, write the env file.
+launch() {
+  local python="$1" pid bootstrap
+  local -a heap_opts jvm_opts common_opts
+  read -r -a heap_opts <<<"$HEAP_OPTS"
+  read -r -a jvm_opts <<<"$JVM_OPTS"
+  common_opts=(-Djava.awt.headless=true "-Dlog4j2.configurationFile=$STATE_DIR/log4j2.properties"
+    "-Dkafka.logs.dir=$STATE_DIR" -cp "$LIBS_DIR/*")
+  rm -f "$PID_FILE" "$ENV_FILE"
 
   # setsid: the broker outlives this script and must not get the terminal's Ctrl-C meant for a test run.
   # The inner shell writes its own pid and execs java, so the pid file names the JVM itself; it runs in the
@@ -334,19 +346,51 @@ cmd_up() {
   # shellcheck disable=SC2016 # $$ and $1 are for the inner shell
   setsid bash -c 'echo $$ >"$1"; cd "$2"; shift 2; exec "$@"' _ "$PID_FILE" "$STATE_DIR" \
     java "${heap_opts[@]}" "${jvm_opts[@]}" "${common_opts[@]}" kafka.Kafka "$CONFIG_FILE" \
-    >"$LOG_FILE" 2>&1 </dev/null 9>&- &
+    >>"$LOG_FILE" 2>&1 </dev/null 9>&- &
   local waited=0
   while [[ ! -s "$PID_FILE" ]] && (( waited < 100 )); do sleep 0.05; waited=$((waited + 1)); done
   [[ -s "$PID_FILE" ]] || die "the broker did not start (no pid file); see $LOG_FILE"
   pid="$(<"$PID_FILE")"
 
-  bootstrap="127.0.0.1:$broker_port"
+  bootstrap="$(configured_bootstrap)"
   if ! wait_ready "$python" "$pid" "$bootstrap"; then
     stop_pid "$pid"
     die "Kafka failed to start; state kept in $STATE_DIR for inspection"
   fi
   printf 'KAFKA_BOOTSTRAP_SERVERS=%s\n' "$bootstrap" >"$ENV_FILE"
   log "Kafka $KAFKA_VERSION up (pid $pid, $bootstrap)"
+}
+
+# stop/start make a real outage: clients get connection refused meanwhile (a paused JVM would accept
+# connections), and the broker comes back on the same address with its topics, offsets and groups.
+cmd_stop() {
+  local pid
+  if pid="$(running_pid)"; then
+    stop_pid "$pid"
+    log "stopped (pid $pid); data kept in $STATE_DIR, \`start\` brings it back"
+  else
+    log "not running"
+  fi
+  # Kept for `start`; `env` says not running meanwhile because it checks the process first.
+  rm -f "$ENV_FILE"
+}
+
+cmd_start() {
+  local pid python
+  if pid="$(running_pid)"; then
+    log "already running (pid $pid)"
+    return 0
+  fi
+  [[ -f "$CONFIG_FILE" && -f "$STATE_DIR/data/meta.properties" ]] \
+    || die "no stopped broker in $STATE_DIR to start (start a new one with: hack/kafka.sh up)"
+  local kept
+  kept="$(cat "$VERSION_FILE" 2>/dev/null || echo unknown)"
+  [[ "$kept" == "$KAFKA_VERSION" ]] \
+    || die "the stopped broker's data is from Kafka $kept, not $KAFKA_VERSION (hack/kafka.sh down, then up)"
+  python="$(python_bin)"
+  ensure_libs
+  command -v java >/dev/null 2>&1 || die "java (17+) not found on PATH"
+  launch "$python"
 }
 
 cmd_down() {
@@ -382,12 +426,12 @@ cmd_status() {
 main() {
   local cmd="${1:-}"
   case "$cmd" in
-    up|down|env|status) ;;
+    up|down|stop|start|env|status) ;;
     # Setup and CI fetch the jars ahead of the tests, so no test's timeout pays for Maven.
     fetch) ensure_libs; return ;;
-    *) printf 'usage: %s up|down|env|status|fetch\n' "$0" >&2; exit 2 ;;
+    *) printf 'usage: %s up|down|stop|start|env|status|fetch\n' "$0" >&2; exit 2 ;;
   esac
-  # Serialise up/down: two test sessions starting at once must not both format and launch a broker.
+  # Serialise up/down/stop/start: two test sessions starting at once must not both format and launch a broker.
   exec 9>"$STATE_ROOT/kafka.lock"
   flock 9
   "cmd_$cmd"
