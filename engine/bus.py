@@ -57,6 +57,10 @@ class Deduplicator:
     Remembers the last ``capacity`` ids: a redelivery comes soon after the first delivery (a relay that crashed
     between publishing and marking), so a bounded memory catches it without growing forever. Meant for one
     delivery thread (a subscription's); two threads handing it the same id at once could both handle it.
+
+    Per process: the ids live in this object's memory, so another process of the same consumer group, or this one
+    after a restart, may handle a redelivered event again. A consumer that must act once across processes records
+    the id with its own work (e.g. a unique key written in the same transaction).
     """
 
     def __init__(self, handler: Handler, capacity: int = 100_000) -> None:

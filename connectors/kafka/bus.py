@@ -5,6 +5,14 @@ Publishing waits for the broker's acknowledgement, so the outbox relay marks a r
 it; a crash in between publishes it again (at least once; consumers deduplicate on ``Event.id``, e.g. with
 ``engine.bus.Deduplicator``). ``publish_many`` sends a whole relay batch before waiting, paying one round of
 acknowledgements instead of one per event.
+
+A durable (group) subscription never commits past an event its handler failed on: it seeks back to that event and
+calls the handler with it again after a backoff that doubles up to ``retry_backoff_max``, for as long as it fails,
+as Temporal retries an activity under its default retry policy (unlimited attempts, exponential backoff) and as
+Spring Kafka's error handler seeks back. Skipping it would lose the event for the group for good; stopping would
+turn a passing fault (a database restarting) into an outage someone must clear by hand. A handler that keeps
+failing shows as a subscription that stays on that event (its group's lag grows) with an error logged per attempt.
+Records that are not events at all (undecodable) are logged and skipped: no retry could handle them.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from engine.models import Event
 DEFAULT_EVENTS_TOPIC = "aiplane.events"
 # How long a subscriber's poll blocks; also the longest ``close`` waits for the poll to notice.
 _POLL_MS = 100
+# A group subscriber waits without polling while it backs off; the group drops a member that does not poll within
+# max.poll.interval.ms (5 min by default), so the backoff stays well below it.
+_MAX_RETRY_BACKOFF = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +47,27 @@ class KafkaBus:
         topic: str = DEFAULT_EVENTS_TOPIC,
         client_id: str = "aiplane-bus",
         ack_timeout: float = 10.0,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 30.0,
         **producer_overrides: Any,
     ) -> None:
         """``ack_timeout``: seconds a publish waits for the broker before it fails (and the relay retries later).
 
         Keep it short: the relay waits inside its claim transaction, which on SQLite holds the store's write lock.
+        ``retry_backoff``, ``retry_backoff_max``: a group subscription's first and longest wait (seconds) before it
+        hands an event its handler failed on to the handler again (see the module's docstring).
         """
+        if not 0 < retry_backoff <= retry_backoff_max <= _MAX_RETRY_BACKOFF:
+            raise ValueError(
+                f"need 0 < retry_backoff ({retry_backoff}) <= retry_backoff_max ({retry_backoff_max})"
+                f" <= {_MAX_RETRY_BACKOFF}"
+            )
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.client_id = client_id
         self.ack_timeout = ack_timeout
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
         self._producer = clients.Producer(
             bootstrap_servers, client_id=client_id, ack_timeout=ack_timeout, **producer_overrides
         )
@@ -117,7 +139,7 @@ class KafkaBus:
 
 
 class KafkaSubscription:
-    """One consumer and its thread. A failing handler is logged and skipped, as on the in-process bus."""
+    """One consumer and its thread. A failing handler: retried on a group subscription, else logged and skipped."""
 
     def __init__(self, bus: KafkaBus, handler: Handler, types: frozenset[str] | None, group: str | None) -> None:
         self.bus = bus
@@ -156,34 +178,64 @@ class KafkaSubscription:
         self.bus._forget(self)
 
     def _run(self) -> None:
+        failures = 0
         try:
             while not self._stop.is_set():
                 batches = self._consumer.poll(timeout_ms=_POLL_MS)
-                for records in batches.values():
-                    for record in records:
-                        self._deliver(record.value, record.headers)
+                failed = self._deliver_all(batches)
                 if batches and self.group is not None:
                     try:
+                        # The positions: past every handled record, and at the failed one (rewound) if any.
                         self._consumer.commit()
                     except KafkaError:
                         # A rebalance took the partitions meanwhile: their new owner gets these events again.
                         log.warning(
                             "commit on %s failed; events will be delivered again", self.bus.topic, exc_info=True
                         )
+                if failed is None:
+                    failures = 0
+                    continue
+                failures += 1
+                delay = min(self.bus.retry_backoff * 2 ** (failures - 1), self.bus.retry_backoff_max)
+                log.warning(
+                    "event subscriber of group %s failed on %s (attempt %d); handing it over again in %.1fs",
+                    self.group, failed, failures, delay,
+                )  # fmt: skip
+                self._stop.wait(delay)
         except Exception:
             log.exception("event subscription on %s stopped", self.bus.topic)
         finally:
             self._consumer.close(autocommit=False)
 
-    def _deliver(self, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def _deliver_all(self, batches: dict[TopicPartition, list[Any]]) -> str | None:
+        """Hand a poll's records to the handler; None, or (group subscriptions) the record a handler failed on.
+
+        On a failure every partition is put back to its first record not handled (the failed one on its own), so
+        the commit that follows stops there and the next poll starts there.
+        """
+        pending = list(batches.items())
+        for index, (partition, records) in enumerate(pending):
+            for record in records:
+                if self._deliver(record.value, record.headers) or self.group is None:
+                    continue
+                self._consumer.seek(partition, record.offset)
+                for later, later_records in pending[index + 1 :]:
+                    self._consumer.seek(later, later_records[0].offset)
+                return f"{partition.topic}/{partition.partition}@{record.offset}"
+        return None
+
+    def _deliver(self, value: bytes, headers: list[tuple[str, bytes]]) -> bool:
+        """Whether the record is done with: handled, filtered out, or not an event; False when the handler failed."""
         if self.types is not None and codec.header(headers, codec.HEADER_EVENT_TYPE) not in self.types:
-            return
+            return True
         try:
             event = codec.decode(value)
         except (ValueError, KeyError, TypeError):
-            log.exception("undecodable record on the event topic %s", self.bus.topic)
-            return
+            log.exception("undecodable record on the event topic %s; skipped", self.bus.topic)
+            return True
         try:
             self.handler(event)
         except Exception:
             log.exception("event subscriber failed on %s %s", event.type, event.id)
+            return False
+        return True
