@@ -14,6 +14,7 @@ from pathlib import Path
 from aiplane.components import KAFKA_BOOTSTRAP_ENV, _kafka_bus
 from aiplane.processes import stop_process_group
 from connectors.kafka import DEFAULT_EVENTS_TOPIC, KafkaBus
+from connectors.kafka.clients import ensure_topics
 from engine import Engine, Event
 from engine.bus import Deduplicator
 from engine.clock import new_id
@@ -37,6 +38,9 @@ def test_a_worker_publishes_its_tasks_events_to_the_chart_s_kafka(kafka: Kafka, 
     def on_event(event: Event) -> None:
         seen.setdefault(event.task_id or "", set()).add(event.type)
 
+    # On a fresh broker nothing has published to the default topic yet, and a subscriber without a group needs its
+    # partitions now; the worker's first publish would create it only later.
+    ensure_topics(kafka.bootstrap_servers, [DEFAULT_EVENTS_TOPIC])
     watcher = KafkaBus(kafka.bootstrap_servers)
     watcher.subscribe(Deduplicator(on_event))
     env = {**os.environ, KAFKA_BOOTSTRAP_ENV: kafka.bootstrap_servers, "AIPLANE_DATA_DIR": str(tmp_path)}
