@@ -128,12 +128,19 @@ class InMemoryBus:
 class OutboxRelay:
     """Moves outbox rows to the bus, oldest first; safe to run in several processes at once.
 
-    PostgreSQL: each batch is claimed ``FOR UPDATE SKIP LOCKED``, published and marked in one transaction; the
-    row locks keep other relays off those rows and hold up nobody else. SQLite: its one write lock must not wait
-    on a broker's acknowledgements (a Kafka outage would stall every writer for the ack timeout), so a batch is
-    read, published outside any transaction, then marked; rounds take turns within a process, and relays in
-    several processes may publish a row twice, which at-least-once delivery allows (consumers dedupe by id).
-    Either way a publish failure stops the batch there, keeping order, and the rest waits for the next round.
+    One relay publishes at a time, so that each task's events reach the bus in the order they were written: two
+    relays publishing different batches side by side could deliver a task's later event before its earlier one
+    (whichever batch the bus acknowledged first). Within a process, rounds take turns on a lock. PostgreSQL, where
+    every worker runs its own relay: a round takes a transaction-scoped advisory lock (``outbox.take_relay_turn``),
+    then claims, publishes and marks a batch in that one transaction; the lock is released at commit, when the
+    marks are visible, so the next relay starts after them. SQLite has one writer; its write lock must not wait on
+    a broker's acknowledgements (a Kafka outage would stall every writer for the ack timeout), so a batch is read,
+    published outside any transaction, then marked; relays in several processes may publish a row twice there,
+    which at-least-once delivery allows (consumers dedupe by id). Either way a publish failure stops the batch
+    there, keeping order, and the rest waits for the next round.
+
+    One relay at a time bounds the publish rate by one producer's; a batch (``publish_many``) keeps that at the
+    broker's pace rather than one round trip per event.
     """
 
     def __init__(self, db: Database, bus: Bus, *, batch_size: int = 100, clock: Clock = utcnow) -> None:
@@ -143,21 +150,33 @@ class OutboxRelay:
         self.clock = clock
         self._round = threading.Lock()
 
-    def relay_once(self) -> int:
-        if not self.db.is_sqlite:
-            with self.db.write() as conn:
-                events = outbox.claim_unpublished(conn, self.batch_size)
-                accepted = self._publish(events)
-                outbox.mark_published(conn, [event.seq for event in events[:accepted]], self.clock())
-                return accepted
-        with self._round:
-            with self.db.read() as conn:
-                events = outbox.claim_unpublished(conn, self.batch_size)
+    def relay_once(self, *, wait: bool = True) -> int:
+        """Publish one batch; how many events the bus accepted. ``wait=False``: when another relay (of this
+        process, or on PostgreSQL of any) has the turn, return 0 at once instead of waiting for it."""
+        if not self._round.acquire(blocking=wait):
+            return 0
+        try:
+            return self._relay_sqlite() if self.db.is_sqlite else self._relay_postgres(wait)
+        finally:
+            self._round.release()
+
+    def _relay_postgres(self, wait: bool) -> int:
+        with self.db.write() as conn:
+            if not outbox.take_relay_turn(conn, wait=wait):
+                return 0
+            events = outbox.claim_unpublished(conn, self.batch_size)
             accepted = self._publish(events)
-            if accepted:
-                with self.db.write() as conn:
-                    outbox.mark_published(conn, [event.seq for event in events[:accepted]], self.clock())
+            outbox.mark_published(conn, [event.seq for event in events[:accepted]], self.clock())
             return accepted
+
+    def _relay_sqlite(self) -> int:
+        with self.db.read() as conn:
+            events = outbox.claim_unpublished(conn, self.batch_size)
+        accepted = self._publish(events)
+        if accepted:
+            with self.db.write() as conn:
+                outbox.mark_published(conn, [event.seq for event in events[:accepted]], self.clock())
+        return accepted
 
     def _publish(self, events: list[Event]) -> int:
         """How many of ``events``, from the first, the bus accepted."""
@@ -173,11 +192,12 @@ class OutboxRelay:
                 return count
         return len(events)
 
-    def drain(self) -> int:
-        """Relay until nothing is left (or the bus refuses); returns how many were published."""
+    def drain(self, *, wait: bool = True) -> int:
+        """Relay until nothing is left (or the bus refuses); returns how many were published. ``wait=False``
+        (the workers' maintenance rounds): stop as soon as another relay has the turn; it publishes the rest."""
         total = 0
         while True:
-            count = self.relay_once()
+            count = self.relay_once(wait=wait)
             total += count
             if count < self.batch_size:
                 return total

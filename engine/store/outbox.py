@@ -75,9 +75,29 @@ def for_task(conn: sa.Connection, task_id: str, *, after_seq: int = 0, limit: in
     return [to_event(row) for row in rows]
 
 
+# The relay's turn, one relay at a time per events table: a transaction-scoped advisory lock, in the two-key space
+# (apart from the migrations' one-key lock) with the table's oid as the second key, so stores in other schemas of
+# one database (the tests' schemas, or two installations) do not wait on each other. oid→int4 keeps every bit.
+_RELAY_LOCK_SPACE = 0x616970  # "aip"
+_RELAY_LOCK_KEYS = "CAST(CAST(CAST('events' AS regclass) AS oid) AS int4)"
+_TRY_RELAY_LOCK = sa.text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_SPACE}, {_RELAY_LOCK_KEYS})")
+_WAIT_RELAY_LOCK = sa.text(f"SELECT pg_advisory_xact_lock({_RELAY_LOCK_SPACE}, {_RELAY_LOCK_KEYS})")
+
+
+def take_relay_turn(conn: sa.Connection, *, wait: bool) -> bool:
+    """PostgreSQL: hold the relay's turn until this transaction ends; False when another relay has it and
+    ``wait`` is False. Run it before ``claim_unpublished``, as a statement of its own: at READ COMMITTED the claim's
+    snapshot is then taken after the previous relay committed its marks, so it never sees them unpublished."""
+    if not wait:
+        return bool(conn.execute(_TRY_RELAY_LOCK).scalar_one())
+    conn.execute(_WAIT_RELAY_LOCK)
+    return True
+
+
 def claim_unpublished(conn: sa.Connection, limit: int) -> list[Event]:
-    """The oldest unpublished events; on PostgreSQL locked for this relay (other relays skip them) until the
-    transaction ends. SQLite has no row locks: there it is a plain read (see engine.bus.OutboxRelay)."""
+    """The oldest unpublished events; on PostgreSQL locked until the transaction ends (the relay's turn keeps
+    other relays out already; the row locks keep a purge off rows being published). SQLite has no row locks:
+    there it is a plain read (see engine.bus.OutboxRelay)."""
     rows = conn.execute(
         sa.select(events)
         .where(events.c.published_at.is_(None))

@@ -547,7 +547,8 @@ class Worker:
 
     def _relay(self) -> None:
         if self.relay is not None:
-            self.relay.drain()
+            # Another worker's relay having the turn publishes the rest: no maintenance round waits on a broker.
+            self.relay.drain(wait=False)
 
     def _purge_expired_keys(self) -> None:
         # Expired idempotency records are dead weight; dropping them here keeps the table at about a TTL's worth
