@@ -236,6 +236,13 @@ class KafkaSource:
         except BaseException:
             self.dead_letters.discard()
             self._rewind([*records, *deferred])
+            # A stall (workflow missing, store or dead-letter topic down, a rebalance) is when lag builds up: the
+            # gauge must show it then, not stay at what the last good poll saw. The batch's own error is the one
+            # to report, so a failure to measure is only logged.
+            try:
+                self._measure_lag()
+            except Exception:
+                log.debug("source %s: lag not measured", self.settings.connector, exc_info=True)
             raise
         if waiting:  # the quota's: these and everything after them on their partitions wait
             assert quota is not None
@@ -403,6 +410,8 @@ class KafkaSource:
                 self.consumer.seek(tp, offset)
 
     def _measure_lag(self) -> None:
+        """Set the lag gauge of each assigned partition: its high watermark less the source's position (where it
+        reads next, which is the committed offset after a commit or a rewind)."""
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
             if highwater is None:  # nothing fetched from it yet
