@@ -43,6 +43,30 @@ def read_all(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> l
         consumer.close()
 
 
+def read_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
+    """Every record of ``topic`` (ConsumerRecords), from the beginning to its end offsets as they are now: all that
+    is there once its producers are done, duplicates included, without waiting for a count."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"topic {topic} has no partitions"
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[Any] = []
+
+        def at_end() -> list[Any]:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            behind = {p.partition: end[p] - consumer.position(p) for p in partitions if consumer.position(p) < end[p]}
+            assert not behind, f"records left to read on {topic}, per partition: {behind}"
+            return records
+
+        return assert_eventually(at_end, timeout=timeout, interval=0)
+    finally:
+        consumer.close()
+
+
 def committed(bootstrap: str, group: str, topic: str) -> int:
     """The sum of the group's committed offsets on ``topic``: how many messages it has finished with."""
     # A consumer of the group that joins nothing: it only asks the coordinator (which the admin client's API for
