@@ -16,18 +16,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from kafka import KafkaConsumer, TopicPartition
 
 from connectors.kafka import KafkaBus, codec
 from engine.bus import OutboxRelay
 from engine.clock import new_id
-from engine.models import Event
 from engine.store import outbox
 from engine.store.database import Database
 from engine.store.migrate import upgrade
 from engine.store.schema import events
+from tests.connectors.kafkaio import read_to_end
 from tests.fixtures.kafka import Kafka
-from tests.fixtures.polling import assert_eventually
 
 pytestmark = pytest.mark.integration
 
@@ -77,28 +75,6 @@ def relay_until_drained(relay: OutboxRelay, writing_done: threading.Event, wait:
         errors.append(error)
 
 
-def read_to_end(bootstrap: str, topic: str) -> list[Event]:
-    """Every event on ``topic``, from the beginning to the end offsets as they are now."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        received: list[Event] = []
-
-        def at_end() -> None:
-            for records in consumer.poll(timeout_ms=200).values():
-                received.extend(codec.decode(record.value) for record in records)
-            behind = {p.partition: end[p] - consumer.position(p) for p in partitions if consumer.position(p) < end[p]}
-            assert not behind, f"records left to read per partition: {behind}"
-
-        assert_eventually(at_end, timeout=60, interval=0)
-        return received
-    finally:
-        consumer.close()
-
-
 def test_concurrent_relays_publish_each_tasks_events_once_and_in_order(kafka: Kafka, store: Database) -> None:
     topic = kafka.new_topic(partitions=3, prefix="relay-order")
     tasks = [new_id() for _ in range(TASKS)]
@@ -132,7 +108,7 @@ def test_concurrent_relays_publish_each_tasks_events_once_and_in_order(kafka: Ka
     assert len(stored) == TASKS * ROUNDS
     assert all(row.published_at is not None for row in stored)
 
-    received = read_to_end(kafka.bootstrap_servers, topic)
+    received = [codec.decode(record.value) for record in read_to_end(kafka.bootstrap_servers, topic)]
     ids = [event.id for event in received]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     assert not duplicated, f"{len(duplicated)} events published more than once"
