@@ -2,7 +2,9 @@
 
 Each test gets its own operator, so one that a test kills (kill -9) or replaces never leaks into the next. The
 peering lifetime is short (a standby takes over a few seconds after the leader dies) and the rollout clock ticks
-every second, so canaries with second-long intervals move promptly.
+every second, so canaries with second-long intervals move promptly. The canary tests share their real serving
+side here: ``claims_servers`` (``bentoml serve`` per version, one failing on purpose), the ``gateway`` routing by
+``status.endpoints`` and scraped by Prometheus, and ``start_analysing_operator``.
 """
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aiplane.kubemodels import KubeModelResolver
+from aiplane.modelserver import ModelServer, free_port
 from aiplane.processes import stop_process_group
+from api import GatewaySettings, create_api_key, create_app
 from crds import RESOURCES
+from engine import Engine
 from operators import peering
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
+from tests.fixtures.prometheus import Prometheus
+from tests.operators.serving import Served, claims_server
 
 AIPLANE = Path(sys.executable).with_name("aiplane")
 PEERING_LIFETIME_S = 5
@@ -126,3 +135,81 @@ def operator(start_operator: Any) -> Operator:
     op: Operator = start_operator()
     wait_leading(op)
     return op
+
+
+@pytest.fixture(scope="module")
+def claims_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelServer]]:
+    """Version -> a running ``bentoml serve``: 1.0.0 and 2.0.0 healthy, 3.0.0 failing every request."""
+    logs = tmp_path_factory.mktemp("bentoml")
+    servers = {
+        "1.0.0": claims_server(logs, "v1"),
+        "2.0.0": claims_server(logs, "v2"),
+        "3.0.0": claims_server(logs, "v3", AIPLANE_CLAIMS_ERROR_RATE="1.0"),
+    }
+    errors: list[BaseException] = []
+
+    def start(server: ModelServer) -> None:
+        try:
+            server.start(ready_timeout=300)
+        except BaseException as error:
+            errors.append(error)
+
+    # The first one alone: on a cold cache it trains the weights, which the others then load (three processes
+    # training into the same folder at once could trip over each other's files).
+    first, *rest = servers.values()
+    start(first)
+    threads = [threading.Thread(target=start, args=(s,)) for s in rest]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert not errors, errors
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    api_key: str
+    prometheus: Prometheus
+
+
+@pytest.fixture
+def gateway(crds_installed: Cluster, k8s_namespace: str, prometheus: Prometheus, tmp_path: Path) -> Iterator[Gateway]:
+    """The gateway for ``k8s_namespace``'s Models, scraped by Prometheus."""
+    resolver = KubeModelResolver(crds_installed.api_client(), k8s_namespace).start()
+    engine = Engine(f"sqlite:///{tmp_path / 'engine.db'}", model_resolver=resolver)
+    key = create_api_key(engine, "acme", "alice", ["submitter"])
+    served = Served(create_app(engine, GatewaySettings()))
+    target = prometheus.scrape(served.address, namespace=k8s_namespace)
+    try:
+        yield Gateway(served.url, key, prometheus)
+    finally:
+        target.unlink()
+        served.close()
+        resolver.stop()
+        engine.close()
+
+
+@pytest.fixture
+def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[Callable[..., Operator]]:
+    """Operators whose analysis reads the gateway's Prometheus, which scrapes their own /metrics too (the rollback
+    counter and the weights)."""
+    targets: list[Path] = []
+
+    def start(name: str = "operator") -> Operator:
+        port = free_port()
+        targets.append(gateway.prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-operator"))
+        args = ("--metrics-host", "127.0.0.1", f"--metrics-port={port}")
+        operator: Operator = start_operator(name, args=args, AIPLANE_PROMETHEUS_URL=gateway.prometheus.url)
+        return operator
+
+    try:
+        yield start
+    finally:
+        for target in targets:
+            target.unlink()

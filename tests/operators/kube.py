@@ -56,3 +56,9 @@ def claims(name: str = "claims-extractor", **spec: Any) -> dict[str, Any]:
     manifest["metadata"]["name"] = name
     manifest["spec"].update(spec)
     return manifest
+
+
+def events(cluster: Cluster, namespace: str, reason: str) -> list[dict[str, Any]]:
+    """The namespace's Events of one reason (RolloutPromoted, RolloutRolledBack, ...)."""
+    items: list[dict[str, Any]] = get(cluster, namespace, "events", "--field-selector", f"reason={reason}")["items"]
+    return items

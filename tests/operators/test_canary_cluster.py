@@ -5,84 +5,18 @@ analysis reading Prometheus. A good canary is promoted; one that fails on purpos
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from aiplane.kubemodels import KubeModelResolver
-from aiplane.modelserver import ModelServer, free_port
-from api import GatewaySettings, create_api_key, create_app
-from engine import Engine
+from aiplane.modelserver import ModelServer
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.prometheus import Prometheus
-from tests.operators.conftest import Operator, wait_leading
-from tests.operators.kube import apply, children, claims, condition, get, model_named
-from tests.operators.serving import Served, claims_server, traffic
+from tests.operators.conftest import Gateway, Operator, wait_leading
+from tests.operators.kube import apply, children, claims, condition, events, model_named
+from tests.operators.serving import traffic
 
 MODEL = "claims-extractor"
-
-
-@pytest.fixture(scope="module")
-def claims_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelServer]]:
-    """Version -> a running ``bentoml serve``: 1.0.0 and 2.0.0 healthy, 3.0.0 failing every request."""
-    logs = tmp_path_factory.mktemp("bentoml")
-    servers = {
-        "1.0.0": claims_server(logs, "v1"),
-        "2.0.0": claims_server(logs, "v2"),
-        "3.0.0": claims_server(logs, "v3", AIPLANE_CLAIMS_ERROR_RATE="1.0"),
-    }
-    errors: list[BaseException] = []
-
-    def start(server: ModelServer) -> None:
-        try:
-            server.start(ready_timeout=300)
-        except BaseException as error:
-            errors.append(error)
-
-    # The first one alone: on a cold cache it trains the weights, which the others then load (three processes
-    # training into the same folder at once could trip over each other's files).
-    first, *rest = servers.values()
-    start(first)
-    threads = [threading.Thread(target=start, args=(s,)) for s in rest]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    try:
-        assert not errors, errors
-        yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
-
-
-@dataclass(frozen=True)
-class Gateway:
-    url: str
-    api_key: str
-    prometheus: Prometheus
-
-
-@pytest.fixture
-def gateway(crds_installed: Cluster, k8s_namespace: str, prometheus: Prometheus, tmp_path: Path) -> Iterator[Gateway]:
-    """The gateway for ``k8s_namespace``'s Models, scraped by Prometheus."""
-    resolver = KubeModelResolver(crds_installed.api_client(), k8s_namespace).start()
-    engine = Engine(f"sqlite:///{tmp_path / 'engine.db'}", model_resolver=resolver)
-    key = create_api_key(engine, "acme", "alice", ["submitter"])
-    served = Served(create_app(engine, GatewaySettings()))
-    target = prometheus.scrape(served.address, namespace=k8s_namespace)
-    try:
-        yield Gateway(served.url, key, prometheus)
-    finally:
-        target.unlink()
-        served.close()
-        resolver.stop()
-        engine.close()
 
 
 def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -> dict[str, Any]:
@@ -110,31 +44,6 @@ def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -
 def rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
     found: dict[str, Any] = model_named(cluster, namespace, MODEL)["status"].get("rollout") or {}
     return found
-
-
-def events(cluster: Cluster, namespace: str, reason: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = get(cluster, namespace, "events", "--field-selector", f"reason={reason}")["items"]
-    return items
-
-
-@pytest.fixture
-def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[Callable[..., Operator]]:
-    """Operators whose analysis reads the gateway's Prometheus, which scrapes their own /metrics too (the rollback
-    counter and the weights)."""
-    targets: list[Path] = []
-
-    def start(name: str = "operator") -> Operator:
-        port = free_port()
-        targets.append(gateway.prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-operator"))
-        args = ("--metrics-host", "127.0.0.1", f"--metrics-port={port}")
-        operator: Operator = start_operator(name, args=args, AIPLANE_PROMETHEUS_URL=gateway.prometheus.url)
-        return operator
-
-    try:
-        yield start
-    finally:
-        for target in targets:
-            target.unlink()
 
 
 def _rollback_counted(prometheus: Prometheus, ns: str) -> None:
