@@ -60,20 +60,38 @@ def security_settings(auth: KafkaAuth | None, secrets: SecretResolver | None) ->
 
 
 def producer(bootstrap_servers: str, *, client_id: str, ack_timeout: float, **overrides: Any) -> KafkaProducer:
-    """An idempotent producer that waits for every in-sync replica (acks=all).
+    """An idempotent producer that waits for every in-sync replica (acks=all); see ``producer_config``."""
+    return KafkaProducer(
+        **producer_config(bootstrap_servers, client_id=client_id, ack_timeout=ack_timeout, **overrides)
+    )
+
+
+#: What every aiplane producer must keep whatever the overrides: the outbox marks an event sent on the strength of
+#: these (an acknowledgement from every in-sync replica, no duplicate or reordering from the client's retries).
+DELIVERY_GUARANTEES: dict[str, Any] = {
+    "enable_idempotence": True,
+    "acks": "all",
+    "max_in_flight_requests_per_connection": 5,
+}
+
+
+def producer_config(bootstrap_servers: str, *, client_id: str, ack_timeout: float, **overrides: Any) -> dict[str, Any]:
+    """The settings of ``producer``: idempotent, acks=all, at most 5 requests in flight.
 
     Idempotence lets the client retry a send whose acknowledgement was lost without writing the record twice, and
     keeps a partition's records in send order across those retries; kafka-python allows it only with at most 5
     requests in flight per connection, which also bounds how much is outstanding. ``ack_timeout`` (seconds) bounds
     both the wait for metadata and the delivery of a record, so a caller is never blocked longer than that.
+    ``overrides`` (auth, timeouts) may not name the ``DELIVERY_GUARANTEES``: that raises ``ValueError``.
     """
+    pinned = sorted(DELIVERY_GUARANTEES.keys() & overrides.keys())
+    if pinned:
+        raise ValueError(f"a producer's delivery guarantees are not overridable: {', '.join(pinned)}")
     timeout_ms = int(ack_timeout * 1000)
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers,
         "client_id": client_id,
-        "enable_idempotence": True,
-        "acks": "all",
-        "max_in_flight_requests_per_connection": 5,
+        **DELIVERY_GUARANTEES,
         "max_block_ms": timeout_ms,
         # The request timeout must stay below the delivery timeout (the client checks it).
         "request_timeout_ms": max(timeout_ms // 2, 1000),
@@ -83,7 +101,7 @@ def producer(bootstrap_servers: str, *, client_id: str, ack_timeout: float, **ov
     if "bootstrap_timeout_ms" in KafkaProducer.DEFAULT_CONFIG:  # kafka-python 3; 2.x bootstraps lazily
         config["bootstrap_timeout_ms"] = timeout_ms
     config.update(overrides)
-    return KafkaProducer(**config)
+    return config
 
 
 class Producer:
