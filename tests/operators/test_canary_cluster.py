@@ -5,6 +5,7 @@ analysis reading Prometheus. A good canary is promoted; one that fails on purpos
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,11 @@ from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.prometheus import Prometheus
 from tests.operators.conftest import Gateway, Operator, wait_leading
-from tests.operators.kube import apply, children, claims, condition, events, model_named
+from tests.operators.kube import apply, children, claims, condition, events, get, model_named
 from tests.operators.serving import traffic
 
 MODEL = "claims-extractor"
+CANARY_STEPS = [50, 100]
 
 
 def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -> dict[str, Any]:
@@ -24,7 +26,7 @@ def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -
         version=stable,
         canary={
             "version": canary,
-            "steps": [50, 100],
+            "steps": CANARY_STEPS,
             "interval": "4s",
             "analysis": {
                 "minRequests": 5,
@@ -44,6 +46,69 @@ def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -
 def rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
     found: dict[str, Any] = model_named(cluster, namespace, MODEL)["status"].get("rollout") or {}
     return found
+
+
+ROLLOUT_REASONS = ("RolloutStarted", "RolloutStep", "RolloutPromoted")
+
+
+def rollout_events(cluster: Cluster, namespace: str) -> list[tuple[str, str]]:
+    """(reason, message) of each rollout Event of the Model; kopf names Events with generateName, so a decision
+    announced twice is two objects here."""
+    announced = []
+    for item in get(cluster, namespace, "events")["items"]:
+        if item["involvedObject"]["name"] == MODEL and item["reason"] in ROLLOUT_REASONS:
+            announced.append((item["reason"], item["message"]))
+    return announced
+
+
+def kill_and_restart(cluster: Cluster, namespace: str, operator: Operator, start: Callable[..., Operator]) -> None:
+    """Kill -9 the leading operator mid-rollout, start another, and watch it take the rollout on to promotion."""
+    # An Event goes out after the status write it announces: one the kill loses would be no duplicate either.
+    assert_eventually(
+        lambda: any(reason == "RolloutStep" for reason, _ in rollout_events(cluster, namespace)),
+        timeout=30,
+        message="the step's Event",
+    )
+    operator.kill9()
+    before = rollout(cluster, namespace)
+    restarted = start("restarted")
+    wait_leading(restarted)
+    continues_to_promotion(cluster, namespace, before)
+
+
+def continues_to_promotion(cluster: Cluster, namespace: str, before: dict[str, Any]) -> None:
+    """Until the restarted operator promotes the canary, every look finds the rollout where the killed one left it
+    or further on, never back: the step never drops, a step's clock (``stepStartedAt``) stays as long as the step,
+    and the two versions' Deployments are the only ones. The step's interval is several rollout ticks, so this
+    watches at least two of the restarted operator's ticks."""
+    last = before
+
+    def promoted() -> bool:
+        nonlocal last
+        state = rollout(cluster, namespace)
+        assert state["version"] == before["version"], (before, state)
+        assert state["phase"] in ("Progressing", "Promoted"), state
+        assert state["step"] >= last["step"], ("the rollout went back", last, state)
+        if state["step"] == last["step"] and state["phase"] == last["phase"]:
+            assert state["stepStartedAt"] == last["stepStartedAt"], ("the step's clock started over", last, state)
+        last = state
+        if state["phase"] == "Promoted":
+            return True
+        versions = [d["metadata"]["labels"]["aiplane.io/version"] for d in children(cluster, namespace)["deployments"]]
+        assert sorted(versions) == ["1.0.0", "2.0.0"], versions
+        return False
+
+    # Anything but "not promoted yet" fails at once rather than being retried.
+    assert_eventually(promoted, timeout=180, interval=0.25, retry_on=(), message="the rollout continued to promotion")
+    assert last["step"] > before["step"] or before["step"] == len(CANARY_STEPS) - 1, (before, last)
+
+
+def announced_once(cluster: Cluster, namespace: str) -> None:
+    """One Event per decision of the rollout, across the kill: the restarted operator announced nothing again."""
+    announced = Counter(rollout_events(cluster, namespace))
+    assert announced[("RolloutStarted", "rolling out 2.0.0")] == 1, announced
+    assert [m for reason, m in announced if reason == "RolloutPromoted"], announced
+    assert set(announced.values()) == {1}, announced
 
 
 def _rollback_counted(prometheus: Prometheus, ns: str) -> None:
@@ -70,7 +135,6 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
     with traffic(url, key, MODEL) as counts:
         # The canary comes up and takes its first step of traffic.
         assert_eventually(lambda: rollout(cluster, ns).get("step") == 0, timeout=120, message="canary at 50%")
-        before = rollout(cluster, ns)
 
         def split() -> None:
             # Both versions start together here, and the first step waits for the canary only: the stable
@@ -81,11 +145,7 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
         assert_eventually(split, timeout=60, message="traffic split 50/50")
 
         # Killed mid-rollout: the restarted operator goes on from the step it was at.
-        operator.kill9()
-        restarted = start_analysing_operator("restarted")
-        wait_leading(restarted)
-        after = rollout(cluster, ns)
-        assert after["step"] > before["step"] or after["stepStartedAt"] == before["stepStartedAt"], (before, after)
+        kill_and_restart(cluster, ns, operator, start_analysing_operator)
 
         def promoted() -> None:
             state = rollout(cluster, ns)
@@ -99,6 +159,7 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
         assert_eventually(promoted, timeout=180, message="canary 2.0.0 promoted")
         assert counts.get("200", 0) > 0
         assert [e["message"] for e in events(cluster, ns, "RolloutPromoted")]
+        assert_eventually(lambda: announced_once(cluster, ns), timeout=30, message="one Event per decision")
 
         # The next version fails every request: the analysis rolls it back and says why.
         apply(cluster, ns, canary_manifest(claims_servers, "2.0.0", "3.0.0"))
