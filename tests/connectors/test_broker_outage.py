@@ -86,13 +86,13 @@ def outage(broker: PrivateBroker) -> Iterator[PrivateBroker]:
 
 
 def test_events_stay_in_the_outbox_while_the_broker_is_down_and_drain_afterwards(
-    outage: PrivateBroker, make_engine: EngineFactory
+    outage: PrivateBroker, db_url: str, make_engine: EngineFactory
 ) -> None:
     broker = outage
     topic = f"events-{uuid.uuid4().hex[:8]}"
     ensure_topics(broker.bootstrap_servers, [topic])
     bus = KafkaBus(broker.bootstrap_servers, topic=topic, ack_timeout=2.0)
-    engine = make_engine(bus=bus)
+    engine = make_engine(db_url, bus=bus)  # both stores: PostgreSQL's relay waits for the broker in its transaction
     engine.register_workflow("wf", RULES_WORKFLOW)
     before = [engine.submit("acme", "wf", {"amount": n}) for n in range(5)]
     assert engine.relay.drain() == 5
