@@ -71,6 +71,11 @@ class KafkaSource(K8sModel):
     )
     auth: KafkaAuth | None = Field(default=None, description="SASL credentials; omit for a plaintext cluster.")
 
+    @property
+    def dead_letters_to(self) -> str:
+        """The dead-letter topic in effect: ``dead_letter_topic``, or ``<topic>.dlq``."""
+        return self.dead_letter_topic or f"{self.topic}.dlq"
+
 
 class KafkaSink(K8sModel):
     """Publishes task results (or a projection of them) to a topic, keyed so one entity's records stay in order."""

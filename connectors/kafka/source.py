@@ -101,7 +101,7 @@ class SourceSettings:
 
     @property
     def dead_letter_topic(self) -> str:
-        return self.spec.dead_letter_topic or f"{self.spec.topic}.dlq"
+        return self.spec.dead_letters_to
 
 
 @dataclass

@@ -123,6 +123,7 @@ class Reconciler:
                     self.prober,
                     kafka.bootstrap_servers,
                     kafka.topic,
+                    dead_letter_topic=spec.kafka_source.dead_letters_to if spec.kafka_source is not None else None,
                     credentials=credentials,
                     timeout_s=self.config.broker_timeout_s,
                 )

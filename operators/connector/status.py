@@ -115,7 +115,20 @@ def fold(connector: Connector, *, generation: int, found: Found, now: datetime) 
             ready = make(READY, True, "ConsumersReady", f"{have}/{desired} consumers ready{capped}")
         else:
             ready = make(READY, False, "ConsumersNotReady", f"{have}/{desired} consumers ready{capped}")
-        degraded = make(DEGRADED, False, "AsExpected")
+        missing = found.probe.dead_letters_missing if found.probe is not None else None
+        if missing is not None:
+            # The consumers run (Ready says how many), but the first message that cannot become a task would stall
+            # them: degraded while working, as an OpenShift ClusterOperator is Available and Degraded at once.
+            degraded = make(
+                DEGRADED,
+                True,
+                "DeadLetterTopicMissing",
+                f"dead-letter topic {missing!r} does not exist on {source.bootstrap_servers}: the first message that "
+                "cannot become a task stalls the source unless the broker creates topics on first use "
+                "(auto.create.topics.enable); create it or set spec.kafkaSource.deadLetterTopic",
+            )
+        else:
+            degraded = make(DEGRADED, False, "AsExpected")
     else:
         what = {
             "kafkaSink": "the broker has the topic; steps publish from the engine's workers",

@@ -189,6 +189,17 @@ def test_a_source_with_its_consumers_ready_is_ready_and_says_why_it_has_fewer() 
     assert (folded.replicas, folded.ready_replicas, folded.partitions, folded.observed_generation) == (2, 2, 2, 3)
 
 
+def test_a_source_without_its_dead_letter_topic_runs_degraded() -> None:
+    probe = Probe(partitions=2, dead_letters_missing="claims-in.dlq")
+    found = status.Found([], probe, status.Consumers(desired=2, ready=2), desired=2)
+    ready, degraded = status.fold(connector(), generation=1, found=found, now=NOW).conditions
+    # Its consumers run; what fails is the first message that cannot become a task.
+    assert (ready.status, ready.reason) == ("True", "ConsumersReady")
+    assert (degraded.status, degraded.reason) == ("True", "DeadLetterTopicMissing")
+    assert "dead-letter topic 'claims-in.dlq' does not exist on kafka:9092" in degraded.message
+    assert "create it or set spec.kafkaSource.deadLetterTopic" in degraded.message
+
+
 def test_each_problem_is_a_reason_with_what_to_fix() -> None:
     cases = [
         (

@@ -1,6 +1,6 @@
 """The Connector operator on the real test cluster and a real Kafka broker: a kafkaSource's consumer Deployment
 (replicas capped at the topic's partitions, pods Running on kwok nodes), and Ready/Degraded with the reason when a
-Secret, the topic or the broker is missing."""
+Secret, the topic, the dead-letter topic or the broker is missing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from connectors.kafka.clients import ensure_topics
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.kafka import Kafka
 from tests.fixtures.polling import assert_eventually
@@ -43,6 +44,11 @@ def store_secret(cluster: Cluster, namespace: str) -> None:
         "create", "secret", "generic", "aiplane-store", "-n", namespace,
         "--from-literal=url=postgresql+psycopg://aiplane:s3cret@db:5432/aiplane",
     )  # fmt: skip
+
+
+def dead_letters(kafka: Kafka) -> dict[str, str]:
+    """A dead-letter topic that exists, so a source's Degraded is about what the test is about."""
+    return {"deadLetterTopic": kafka.new_topic(partitions=1, prefix="aic-dlq")}
 
 
 def connector_named(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
@@ -87,7 +93,7 @@ def test_a_source_gets_consumers_capped_at_partitions_running_on_kwok_and_deleti
     cluster = crds_installed
     topic = kafka.new_topic(partitions=2, prefix="aic-source")
     store_secret(cluster, k8s_namespace)
-    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic, replicas=4))
+    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic, replicas=4, **dead_letters(kafka)))
 
     found = ready(cluster, k8s_namespace, "intake")
     assert found["status"]["replicas"] == 2
@@ -133,7 +139,7 @@ def test_a_missing_secret_is_degraded_until_it_is_created(
 ) -> None:
     cluster = crds_installed
     topic = kafka.new_topic(partitions=1, prefix="aic-secret")
-    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic))
+    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic, **dead_letters(kafka)))
     found = degraded_by(cluster, k8s_namespace, "intake", "SecretMissing")
     message = condition(found, "Degraded")["message"]
     assert "Secret 'aiplane-store' (for the engine store's URL" in message
@@ -157,7 +163,7 @@ def test_a_missing_topic_and_an_unreachable_broker_say_so(
     cluster = crds_installed
     store_secret(cluster, k8s_namespace)
     later = f"aic-later-{k8s_namespace}"
-    apply(cluster, k8s_namespace, source("no-topic", kafka.bootstrap_servers, later))
+    apply(cluster, k8s_namespace, source("no-topic", kafka.bootstrap_servers, later, **dead_letters(kafka)))
     apply(cluster, k8s_namespace, source("no-broker", UNREACHABLE, "claims-in"))
 
     missing = degraded_by(cluster, k8s_namespace, "no-topic", "TopicMissing")
@@ -180,6 +186,31 @@ def test_a_missing_topic_and_an_unreachable_broker_say_so(
     found = ready(cluster, k8s_namespace, "no-topic")
     assert found["status"]["partitions"] == 3
     assert [d["metadata"]["name"] for d in consumers(cluster, k8s_namespace)] == ["no-topic-source"]
+
+
+def test_a_source_without_its_dead_letter_topic_runs_degraded_until_the_topic_exists(
+    crds_installed: Cluster, kafka: Kafka, k8s_namespace: str, connector_operator: Operator
+) -> None:
+    cluster = crds_installed
+    store_secret(cluster, k8s_namespace)
+    topic = kafka.new_topic(partitions=1, prefix="aic-nodlq")
+    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic))
+
+    def degraded_but_running() -> str:
+        found = connector_named(cluster, k8s_namespace, "intake")
+        ready, degraded = condition(found, "Ready"), condition(found, "Degraded")
+        assert (ready["status"], ready["reason"]) == ("True", "ConsumersReady"), ready
+        assert (degraded["status"], degraded["reason"]) == ("True", "DeadLetterTopicMissing"), degraded
+        message: str = degraded["message"]
+        return message
+
+    message = assert_eventually(degraded_but_running, timeout=90, message="Ready, and Degraded for its dead letters")
+    assert f"dead-letter topic '{topic}.dlq' does not exist on {kafka.bootstrap_servers}" in message
+    assert len(consumers(cluster, k8s_namespace)) == 1
+
+    # The recheck finds the topic once it is made.
+    ensure_topics(kafka.bootstrap_servers, [f"{topic}.dlq"], partitions=1)
+    assert condition(ready(cluster, k8s_namespace, "intake"), "Degraded")["reason"] == "AsExpected"
 
 
 def test_call_time_connectors_are_ready_when_their_secrets_resolve(
@@ -233,7 +264,7 @@ def test_a_governed_source_says_what_its_namespace_lacks_until_it_has_it(
     cluster = crds_installed
     topic = kafka.new_topic(partitions=1, prefix="aic-governed")
     store_secret(cluster, k8s_namespace)
-    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic))
+    apply(cluster, k8s_namespace, source("intake", kafka.bootstrap_servers, topic, **dead_letters(kafka)))
 
     # Everything it lacks, in one message.
     message = condition(degraded_by(cluster, k8s_namespace, "intake", "SecretMissing"), "Degraded")["message"]
