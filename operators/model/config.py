@@ -18,6 +18,11 @@ class Config:
     rollout_tick_s: float = 5.0
     # Threads (and connections) for the blocking client calls: applies and status writes of many Models at once.
     api_threads: int = 32
+    # Publish the URLs a Model's aiplane.io/endpoint-urls annotation names in status.endpoints, in place of its
+    # Services'. A test-only knob (pods on simulated nodes serve nothing): with it on, whoever may edit a Model
+    # could send the gateway's model traffic, and the callers' data in it, to any URL. Off, the annotation is
+    # ignored with a warning; the chart never turns it on.
+    endpoint_urls_annotation: bool = False
 
     @classmethod
     def from_env(cls) -> Config:
@@ -26,4 +31,5 @@ class Config:
             prometheus_url=os.environ.get("AIPLANE_PROMETHEUS_URL") or None,
             rollout_tick_s=float(os.environ.get("AIPLANE_ROLLOUT_TICK_S", cls.rollout_tick_s)),
             api_threads=int(os.environ.get("AIPLANE_OPERATOR_API_THREADS", cls.api_threads)),
+            endpoint_urls_annotation=os.environ.get("AIPLANE_ENDPOINT_URLS_ANNOTATION", "").lower() == "true",
         )

@@ -106,13 +106,15 @@ def control(annotations: Mapping[str, str]) -> rollouts.Control:
     return "resume"
 
 
-def endpoint_urls(model: Model, owner: builders.Owner, versions: Iterable[str]) -> dict[str, str]:
-    """Service URLs, unless the Model maps a version to another URL (serving outside the cluster, and tests,
-    whose pods on simulated nodes run nothing)."""
+def endpoint_urls(
+    model: Model, owner: builders.Owner, versions: Iterable[str], *, honour_annotation: bool = False
+) -> dict[str, str]:
+    """Service URLs, unless ``honour_annotation`` (``Config.endpoint_urls_annotation``, for tests, whose pods on
+    simulated nodes run nothing) and the Model maps a version to another URL."""
     annotations = model.metadata.get("annotations") or {}
     overrides: dict[str, str] = {}
     raw = annotations.get(ENDPOINT_URLS_ANNOTATION)
-    if raw:
+    if raw and honour_annotation:
         try:
             parsed = json.loads(raw)
         except json.JSONDecodeError:
@@ -156,6 +158,8 @@ class Reconciler:
     # (tens of seconds under a burst of Models, up to the apiserver's 60 s timeout), and the Deployments and
     # status writes of other Models wait for a thread behind them. A few at a time keeps the rest moving.
     _service_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(SERVICE_APPLIES))
+    # (Model uid, annotation value) whose aiplane.io/endpoint-urls this process has said it ignores: once each.
+    _ignored_urls: set[tuple[str, str]] = field(default_factory=set)
 
     def is_own_write(self, uid: str, body: Mapping[str, Any]) -> bool:
         """The Model as this process's last status write left it: nothing a reconcile reads has changed."""
@@ -172,6 +176,7 @@ class Reconciler:
             retry.cancel()
         self._written.pop(uid or "", None)
         self._own_writes.pop(uid or "", None)
+        self._ignored_urls = {k for k in self._ignored_urls if k[0] != uid}
         for key in [k for k in self._applied if k[0] == namespace and (k[2] == name or k[2].startswith(f"{name}-"))]:
             del self._applied[key]
 
@@ -304,7 +309,7 @@ class Reconciler:
                 return
             raise
         await self._delete_superseded(namespace, name, plan, deployments)
-        urls = endpoint_urls(model, owner, plan.live)
+        urls = self._endpoint_urls(model, owner, plan.live)
         folded = statuses.fold(model, generation=generation, plan=plan, observed=observed, urls=urls, now=now)
         folded = folded.model_copy(update={"gpu_quota": gpu_quota(model, folded, quotas)})
         await self._write_status(namespace, name, uid, folded)
@@ -322,6 +327,29 @@ class Reconciler:
                 "rollout",
                 extra={"model": f"{namespace}/{name}", "reason": plan.event.reason, "detail": plan.event.message},
             )
+
+    def _endpoint_urls(self, model: Model, owner: builders.Owner, versions: Iterable[str]) -> dict[str, str]:
+        honour = self.config.endpoint_urls_annotation
+        if not honour:
+            self._say_urls_ignored(model.metadata)
+        return endpoint_urls(model, owner, versions, honour_annotation=honour)
+
+    def _say_urls_ignored(self, meta: Mapping[str, Any]) -> None:
+        """A Model asks for URLs of its own that this operator does not publish: say so where its owner looks
+        (a Warning Event) and in the log, once per Model and annotation value."""
+        raw = (meta.get("annotations") or {}).get(ENDPOINT_URLS_ANNOTATION)
+        key = (str(meta.get("uid")), str(raw))
+        if not raw or key in self._ignored_urls:
+            return
+        self._ignored_urls.add(key)
+        message = (
+            f"annotation {ENDPOINT_URLS_ANNOTATION} ignored: status.endpoints publishes the Services' URLs (the "
+            "annotation is honoured only by an operator run with AIPLANE_ENDPOINT_URLS_ANNOTATION=true, for tests)"
+        )
+        model = f"{meta.get('namespace')}/{meta.get('name')}"
+        log.warning("endpoint-urls annotation ignored", extra={"model": model, "detail": message})
+        ref = {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "Model", "metadata": dict(meta)}
+        self.post_event(ref, rollouts.Event("Warning", "EndpointURLsIgnored", message))
 
     async def _analyse(self, model: Model, status: ModelStatus | None) -> rollouts.Verdict | None:
         canary = model.spec.canary

@@ -75,7 +75,10 @@ def deployed(crds_installed: Cluster, k8s_namespace: str, pg_url: str, tmp_path:
         "AIPLANE_LOG_FORMAT": "json",
         "AIPLANE_PII_KEY": base64.b64encode(os.urandom(32)).decode(),
     }
-    operator = Operator(crds_installed, tmp_path / "operator.log").start()
+    # The Model's version is served by a local HTTP server named in its aiplane.io/endpoint-urls annotation.
+    operator = Operator(
+        crds_installed, tmp_path / "operator.log", extra_env={"AIPLANE_ENDPOINT_URLS_ANNOTATION": "true"}
+    ).start()
     log_path = tmp_path / "components.log"
     log = log_path.open("ab")
     cluster = ["--from-cluster", k8s_namespace]

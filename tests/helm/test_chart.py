@@ -443,6 +443,15 @@ def test_operator_gives_consumers_this_image_and_the_store_secret() -> None:
     assert (env["AIPLANE_STORE_SECRET"], env["AIPLANE_STORE_SECRET_KEY"]) == ("test-aiplane-postgresql", "url")
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_no_variant_lets_a_model_name_its_own_endpoint_urls(variant: str) -> None:
+    """The operator's endpoint-urls annotation is a test-only knob (docs/models.md): off unless its setting is."""
+    for _, spec in pod_specs(objects(render(*VARIANTS[variant]))):
+        for container in spec["containers"]:
+            names = {item["name"] for item in container.get("env") or []}
+            assert "AIPLANE_ENDPOINT_URLS_ANNOTATION" not in names, container["name"]
+
+
 def test_models_without_an_image_run_in_aiplanes_image_unless_one_is_set() -> None:
     def operator_image_and_serving_image(*args: str) -> tuple[str, str]:
         (operator,) = [spec for name, spec in pod_specs(objects(render(*args))) if name.endswith("operator")]

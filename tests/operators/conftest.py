@@ -205,7 +205,13 @@ def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[
         port = free_port()
         targets.append(gateway.prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-operator"))
         args = ("--metrics-host", "127.0.0.1", f"--metrics-port={port}")
-        operator: Operator = start_operator(name, args=args, AIPLANE_PROMETHEUS_URL=gateway.prometheus.url)
+        operator: Operator = start_operator(
+            name,
+            args=args,
+            AIPLANE_PROMETHEUS_URL=gateway.prometheus.url,
+            # The versions are served by local bentoml processes (see tests.operators.serving).
+            AIPLANE_ENDPOINT_URLS_ANNOTATION="true",
+        )
         return operator
 
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from operators.model.reconciler import ENDPOINT_URLS_ANNOTATION
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
 from tests.operators.conftest import Operator, wait_leading
@@ -64,6 +65,31 @@ def test_claims_model_gets_owned_children_and_becomes_ready_on_a_gpu_node(
     assert model["status"]["replicas"] == [{"version": "1.0.0", "desired": 1, "ready": 1}]
     printed = cluster.kubectl("get", "aim", "-n", k8s_namespace).stdout.splitlines()[1].split()
     assert printed[:3] == ["claims-extractor", "1.0.0", "True"]
+
+
+def test_the_endpoint_urls_annotation_is_ignored_by_an_operator_not_told_to_honour_it(
+    crds_installed: Cluster, k8s_namespace: str, operator: Operator
+) -> None:
+    """Anyone who may edit a Model could otherwise send the gateway's traffic to a URL of their choosing."""
+    cluster, ns = crds_installed, k8s_namespace
+    manifest = claims(resources={"cpu": "1", "memory": "1Gi"})
+    manifest["metadata"]["annotations"][ENDPOINT_URLS_ANNOTATION] = json.dumps({"1.0.0": "http://elsewhere.example"})
+    apply(cluster, ns, manifest)
+    model = ready(cluster, ns, "claims-extractor")
+    (service,) = children(cluster, ns)["services"]
+    url = f"http://{service['metadata']['name']}.{ns}.svc:3000"
+    assert model["status"]["endpoints"] == [{"version": "1.0.0", "url": url, "weight": 100}]
+
+    def said_so() -> None:
+        (event,) = get(cluster, ns, "events", "--field-selector", "reason=EndpointURLsIgnored")["items"]
+        assert event["type"] == "Warning"
+        assert event["involvedObject"]["name"] == "claims-extractor"
+        assert "AIPLANE_ENDPOINT_URLS_ANNOTATION=true" in event["message"]
+
+    assert_eventually(said_so, timeout=30, message="a Warning Event says the annotation is ignored")
+    # Said once, though the Model is reconciled again (its Deployment's status moves as the pod starts).
+    logged = [r["model"] for r in operator.records() if r.get("message") == "endpoint-urls annotation ignored"]
+    assert [m for m in logged if m.startswith(f"{ns}/")] == [f"{ns}/claims-extractor"]
 
 
 def test_rerunning_the_reconcile_changes_nothing(
