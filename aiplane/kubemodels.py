@@ -50,7 +50,7 @@ class KubeModelResolver:
         return found if found is not None else Target("Model", model, self.namespace, {})
 
     def prediction_field(self, model: str) -> str | None:
-        """The answer field holding the predicted class, while the Model's canary asks for drift analysis."""
+        """The answer field holding the predicted class, while the Model's rollout asks for drift analysis."""
         return self._prediction_fields.get(model)
 
     def start(self, synced_timeout_s: float = 30.0) -> KubeModelResolver:
@@ -91,8 +91,11 @@ class KubeModelResolver:
         except pydantic.ValidationError:
             log.warning("ignoring malformed status.endpoints", extra={"model": name})
             return
-        canary = (body.get("spec") or {}).get("canary") or {}
-        field = (canary.get("analysis") or {}).get("predictionField")
+        spec = body.get("spec") or {}
+        # A spec.canary's analysis, or spec.rollout's while a new spec.version rolls out (the status names it).
+        rolling = spec.get("rollout") if (body.get("status") or {}).get("canaryVersion") else None
+        strategy = spec.get("canary") or rolling or {}
+        field = (strategy.get("analysis") or {}).get("predictionField")
         region = (body.get("spec") or {}).get("region")
         with self._lock:
             self._endpoints[name] = endpoints

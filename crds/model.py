@@ -125,18 +125,36 @@ class Promotion(K8sModel):
     )
 
 
-class Canary(K8sModel):
-    """A rollout of a new version next to the stable one, moving traffic step by step while the analysis holds."""
+class Strategy(K8sModel):
+    """How a new version rolls out next to the stable one: the traffic steps, each held for an interval while the
+    analysis holds, then the promotion. Shared by spec.canary and spec.rollout."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel_rule(
                 "self.steps.isSorted()",
-                "canary traffic steps must be in ascending order, e.g. [10, 50, 100]",
+                "traffic steps must be in ascending order, e.g. [10, 50, 100]",
                 field_path=".steps",
             ),
         )
     )
+
+    steps: list[TrafficWeight] = Field(
+        default=[10, 50, 100],
+        min_length=1,
+        max_length=10,
+        description="Traffic weights (percent of requests) the new version gets, in ascending order, each 1-100.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    interval: Duration = Field(default="5m", description="How long each traffic step is held and analysed.")
+    analysis: Analysis = Field(default_factory=Analysis, description="Thresholds that decide promotion or rollback.")
+    promotion: Promotion | None = Field(
+        default=None, description="Gates on promotion beyond the analysis, such as a human approval."
+    )
+
+
+class Canary(Strategy):
+    """A rollout of a new version next to the stable one, moving traffic step by step while the analysis holds."""
 
     version: VersionLabel = Field(description="Version being rolled out.")
     bento: str | None = Field(
@@ -145,18 +163,6 @@ class Canary(K8sModel):
         description="BentoML service of the canary, if it differs from spec.bento.",
     )
     image: str | None = Field(default=None, max_length=512, description="Serving image of the canary, if it differs.")
-    steps: list[TrafficWeight] = Field(
-        default=[10, 50, 100],
-        min_length=1,
-        max_length=10,
-        description="Traffic weights (percent of requests) the canary gets, in ascending order, each 1-100.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-    )
-    interval: Duration = Field(default="5m", description="How long each traffic step is held and analysed.")
-    analysis: Analysis = Field(default_factory=Analysis, description="Thresholds that decide promotion or rollback.")
-    promotion: Promotion | None = Field(
-        default=None, description="Gates on promotion beyond the analysis, such as a human approval."
-    )
 
 
 class ModelSpec(K8sModel):
@@ -174,6 +180,12 @@ class ModelSpec(K8sModel):
                 "canary.version must differ from the stable version",
                 field_path=".canary.version",
             ),
+            cel_rule(
+                "!has(self.canary) || !has(self.rollout)",
+                "canary and rollout are two ways to roll a version out, set one: with rollout, change version to "
+                "roll the new version out; with canary, name it in canary.version",
+                field_path=".canary",
+            ),
         )
     )
 
@@ -183,7 +195,11 @@ class ModelSpec(K8sModel):
         description="BentoML service to serve: what `bentoml serve` takes, e.g. service:ClaimsExtractor or "
         "a bento tag claims_extractor:1.2.0.",
     )
-    version: VersionLabel = Field(description="Stable version of the model, e.g. 1.4.0.")
+    version: VersionLabel = Field(
+        description="Version of the model to serve, e.g. 1.4.0. Changing it rolls the new version out: step by "
+        "step with spec.rollout, else by switching all traffic to it once its replicas are ready. "
+        "status.stableVersion says which version serves."
+    )
     image: str | None = Field(
         default=None,
         max_length=512,
@@ -206,7 +222,18 @@ class ModelSpec(K8sModel):
         le=10_000,
         description="Autoscaling target: percent CPU utilisation, or in-flight requests per replica.",
     )
-    canary: Canary | None = Field(default=None, description="A rollout of a new version; omit when none runs.")
+    canary: Canary | None = Field(
+        default=None,
+        description="A rollout of the version it names next to spec.version; omit when none runs. Not with "
+        "spec.rollout.",
+    )
+    rollout: Strategy | None = Field(
+        default=None,
+        description="How a change of spec.version rolls out: the new version comes up as a canary of the one "
+        "serving (status.stableVersion) and moves through these steps while the analysis holds; it is promoted "
+        "after the last, or rolled back and not tried again until spec.version changes. Omit to switch to a new "
+        "version as soon as it is ready. Not with spec.canary.",
+    )
     region: str | None = Field(
         default=None,
         max_length=63,
@@ -262,19 +289,21 @@ class RolloutApproval(K8sModel):
 
 
 class Rollout(K8sModel):
-    """Where the canary rollout of one version stands; the operator resumes from here after a restart."""
+    """Where the rollout of one version stands (a spec.canary, or a spec.version change under spec.rollout); the
+    operator resumes from here after a restart."""
 
     version: str = Field(max_length=63, description="Canary version this rollout is about.")
     phase: RolloutPhase = Field(
         description="Progressing (moving through the steps), Paused (held by the user), AwaitingApproval (at the "
-        "last step, waiting for spec.canary.promotion.approval), Promoted (the canary is now stable), RolledBack "
+        "last step, waiting for the promotion approval), Promoted (the canary is now stable), RolledBack "
         "(the analysis failed, or the promotion was rejected or expired) or Aborted (stopped by the user)."
     )
     step: int = Field(
         default=-1,
         ge=-1,
         le=10,
-        description="Index into spec.canary.steps of the weight the canary holds now; -1 while it comes up.",
+        description="Index into the steps (of spec.canary or spec.rollout) of the weight the canary holds now; -1 "
+        "while it comes up.",
     )
     step_started_at: datetime | None = Field(
         default=None, description="When the current step started (UTC); the interval is counted from here."
@@ -300,8 +329,18 @@ class Rollout(K8sModel):
 class ModelStatus(StatusBase):
     """Observed state of a Model. Conditions: Ready, Progressing, Degraded, RolledBack."""
 
-    stable_version: str | None = Field(default=None, max_length=63, description="Version serving most traffic.")
-    canary_version: str | None = Field(default=None, max_length=63, description="Version being rolled out.")
+    stable_version: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Version serving most traffic. During a rollout of a new spec.version, and after one was "
+        "rolled back, the previous version.",
+    )
+    canary_version: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Version being rolled out (spec.canary's, or a new spec.version under spec.rollout); unset when "
+        "none runs.",
+    )
     canary_weight: int | None = Field(default=None, ge=0, le=100, description="Percent of traffic on the canary.")
     endpoints: list[Endpoint] = Field(
         default_factory=list, max_length=4, description="Live versions, their URLs and traffic weights."
@@ -324,8 +363,13 @@ class Model(Resource):
     PLURAL: ClassVar[str] = "models"
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ("aim",)
     PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
-        PrinterColumn(name="Version", type="string", json_path=".spec.version", description="Stable version."),
-        PrinterColumn(name="Canary", type="string", json_path=".spec.canary.version", description="Canary version."),
+        PrinterColumn(name="Version", type="string", json_path=".spec.version", description="Desired version."),
+        PrinterColumn(
+            name="Stable", type="string", json_path=".status.stableVersion", description="Version serving most traffic."
+        ),
+        PrinterColumn(
+            name="Canary", type="string", json_path=".status.canaryVersion", description="Version being rolled out."
+        ),
         PrinterColumn(
             name="Weight", type="integer", json_path=".status.canaryWeight", description="Canary traffic percent."
         ),

@@ -6,6 +6,7 @@ reconcile in ``handlers`` only applies what these return and folds the children'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,17 @@ def deployment(model: Model, owner: Owner, live: LiveVersion) -> dict[str, Any]:
         "metadata": _metadata(owner, naming.child_name(owner.name, live.version), labels),
         "spec": spec,
     }
+
+
+def served(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The bento and image a Deployment made by ``deployment`` runs, read back from its ``spec``; None for one
+    this module did not make. A version rollout keeps the stable version as it runs, whatever the spec says now."""
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in containers:
+        command = container.get("command") or []
+        if container.get("name") == CONTAINER and command[:2] == ["bentoml", "serve"] and len(command) > 2:
+            return str(command[2]), str(container.get("image") or "")
+    return None
 
 
 def _uses_gpu(model: Model) -> bool:

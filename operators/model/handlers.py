@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from operators.model import gpus, naming
+from operators.model import gpus, naming, version_rollout
 from operators.model.config import Config
 from operators.model.reconciler import DeploymentSeen, Reconciler, State, deployment_seen, unschedulable_message
 
@@ -102,7 +102,7 @@ async def model_changed(
     await _converge(memo, body, namespace, name, kw)
 
 
-@kopf.timer(*MODELS, interval=ROLLOUT_TICK_S, when=lambda spec, **_: spec.get("canary") is not None)
+@kopf.timer(*MODELS, interval=ROLLOUT_TICK_S, when=lambda spec, status, **_: version_rollout.ticking(spec, status))
 async def rollout_tick(*, memo: Any, body: kopf.Body, namespace: str | None, name: str, **kw: Any) -> None:
     await _converge(memo, body, namespace, name, kw)
 

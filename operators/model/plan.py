@@ -25,6 +25,8 @@ class Observed:
     deadline_exceeded: bool = False
     unschedulable: str | None = None
     replica_failure: str | None = None
+    # The bento and image its pods run (builders.served); None: not known.
+    served: tuple[str, str] | None = None
 
     @property
     def fully_ready(self) -> bool:

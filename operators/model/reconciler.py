@@ -23,7 +23,7 @@ import pydantic
 
 from crds.model import GPUQuota, Model, ModelSpec, ModelStatus
 from operators import metrics as operator_metrics
-from operators.model import builders, gpus, naming, promotion, validation
+from operators.model import builders, gpus, naming, promotion, validation, version_rollout
 from operators.model import plan as plans
 from operators.model import rollout as rollouts
 from operators.model import status as statuses
@@ -61,6 +61,8 @@ class DeploymentSeen:
     deadline_exceeded: bool
     # Why the ReplicaSet cannot create pods (a ResourceQuota, a LimitRange, admission), as the Deployment says.
     replica_failure: str | None = None
+    # What its pods run (builders.served): a version rollout keeps the stable version as it is.
+    served: tuple[str, str] | None = None
 
 
 def deployment_seen(
@@ -86,7 +88,29 @@ def deployment_seen(
             ),
             None,
         ),
+        served=builders.served(spec),
     )
+
+
+def observed_versions(
+    deployments: Iterable[DeploymentSeen], unschedulable: Iterable[tuple[str, str]]
+) -> dict[str, plans.Observed]:
+    """Each version's Deployment as the plan reads it, with the scheduler's message when its pods wait."""
+    pending: dict[str, str] = dict(unschedulable)
+    return {
+        d.version: plans.Observed(
+            version=d.version,
+            desired=d.desired,
+            ready=d.ready,
+            updated=d.updated,
+            up_to_date=d.observed_generation >= d.generation,
+            deadline_exceeded=d.deadline_exceeded,
+            unschedulable=pending.get(d.version),
+            replica_failure=d.replica_failure,
+            served=d.served,
+        )
+        for d in deployments
+    }
 
 
 def unschedulable_message(status: Mapping[str, Any]) -> str | None:
@@ -262,34 +286,20 @@ class Reconciler:
             await self._write_status(namespace, name, uid, statuses.invalid(model.status, generation, problems, now))
             return
 
-        pending: dict[str, str] = dict(unschedulable)
-        observed = {
-            d.version: plans.Observed(
-                version=d.version,
-                desired=d.desired,
-                ready=d.ready,
-                updated=d.updated,
-                up_to_date=d.observed_generation >= d.generation,
-                deadline_exceeded=d.deadline_exceeded,
-                unschedulable=pending.get(d.version),
-                replica_failure=d.replica_failure,
-            )
-            for d in deployments
-        }
+        observed = observed_versions(deployments, unschedulable)
+        # What the spec asks for, as the rollout machinery plans it: a new spec.version under spec.rollout is a
+        # canary of the serving version. Status is folded against the spec as written.
+        declared, model = model, version_rollout.as_canary(model, observed, self.config.serving_image or "")
         verdict = await self._analyse(model, status)
         wanted = await self._wanted(model, status)
-        room = None
-        if _gpu_rollout(model):
-            gpu_type = spec.resources.gpu.type if spec.resources.gpu is not None else None
-            room = await asyncio.to_thread(self.kube.gpu_room, namespace, gpu_type)
         plan = plans.plan(
             model,
-            spec.image or self.config.serving_image or "",
+            model.spec.image or self.config.serving_image or "",
             observed,
             now=now,
             control=control(meta.get("annotations") or {}),
             verdict=verdict,
-            gpu_room=room,
+            gpu_room=await self._gpu_room(model),
             approval=await self._approval(wanted, status, now),
             approval_required=wanted is not None,
         )
@@ -310,23 +320,25 @@ class Reconciler:
             raise
         await self._delete_superseded(namespace, name, plan, deployments)
         urls = self._endpoint_urls(model, owner, plan.live)
-        folded = statuses.fold(model, generation=generation, plan=plan, observed=observed, urls=urls, now=now)
+        folded = statuses.fold(declared, generation=generation, plan=plan, observed=observed, urls=urls, now=now)
         folded = folded.model_copy(update={"gpu_quota": gpu_quota(model, folded, quotas)})
         await self._write_status(namespace, name, uid, folded)
         operator_metrics.model_reconciled(
             namespace,
             name,
             {e.version: e.weight for e in folded.endpoints or ()},
-            canary=spec.canary is not None,
+            canary=model.spec.canary is not None,
             event=plan.event.reason if plan.event is not None else None,
         )
         if plan.event is not None:
-            ref = {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "Model", "metadata": meta}
-            self.post_event(ref, plan.event)
-            log.info(
-                "rollout",
-                extra={"model": f"{namespace}/{name}", "reason": plan.event.reason, "detail": plan.event.message},
-            )
+            self._announce(meta, plan.event)
+
+    def _announce(self, meta: Mapping[str, Any], event: rollouts.Event) -> None:
+        """A rollout's step, promotion or rollback: an Event on the Model, and a log line."""
+        ref = {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "Model", "metadata": meta}
+        self.post_event(ref, event)
+        model = f"{meta.get('namespace')}/{meta.get('name')}"
+        log.info("rollout", extra={"model": model, "reason": event.reason, "detail": event.message})
 
     def _endpoint_urls(self, model: Model, owner: builders.Owner, versions: Iterable[str]) -> dict[str, str]:
         honour = self.config.endpoint_urls_annotation
@@ -350,6 +362,14 @@ class Reconciler:
         log.warning("endpoint-urls annotation ignored", extra={"model": model, "detail": message})
         ref = {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "Model", "metadata": dict(meta)}
         self.post_event(ref, rollouts.Event("Warning", "EndpointURLsIgnored", message))
+
+    async def _gpu_room(self, model: Model) -> gpus.Room | None:
+        """The GPUs free to a rollout of a GPU model; None when none runs (only then are they counted)."""
+        if not _gpu_rollout(model):
+            return None
+        gpu = model.spec.resources.gpu
+        gpu_type = gpu.type if gpu is not None else None
+        return await asyncio.to_thread(self.kube.gpu_room, str(model.metadata.get("namespace")), gpu_type)
 
     async def _analyse(self, model: Model, status: ModelStatus | None) -> rollouts.Verdict | None:
         canary = model.spec.canary

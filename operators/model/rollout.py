@@ -102,7 +102,7 @@ def advance(
     if current.phase not in ACTIVE_PHASES:
         return Decision(current)
     if control == "abort":
-        message = f"aborted by the user at {weight(canary, current)}% canary traffic"
+        message = f"{canary.version} aborted by the user at {weight(canary, current)}% canary traffic"
         return Decision(_with(current, phase="Aborted", message=message), Event("Warning", "RolloutAborted", message))
     if current.phase == "AwaitingApproval" and control != "pause":
         return _await(canary, current, now, verdict, approval, required=approval_required)
@@ -120,7 +120,7 @@ def advance(
             return Decision(current)
         return _enter_step(canary, current, 0, now)
     if verdict is not None and verdict.passed is False:
-        message = f"rolled back at {weight(canary, current)}%: {verdict.describe()}"
+        message = f"rolled back {canary.version} at {weight(canary, current)}%: {verdict.describe()}"
         rolled_back = _with(current, phase="RolledBack", reason="AnalysisFailed", message=message)
         return Decision(rolled_back, Event("Warning", "RolloutRolledBack", message))
     step_started = current.step_started_at or now
@@ -166,7 +166,9 @@ def _await(
 ) -> Decision:
     """Waiting at the last step: the analysis keeps judging (a failure still rolls back), people decide the rest."""
     if verdict is not None and verdict.passed is False:
-        message = f"rolled back at {weight(canary, current)}% while awaiting approval: {verdict.describe()}"
+        message = (
+            f"rolled back {canary.version} at {weight(canary, current)}% while awaiting approval: {verdict.describe()}"
+        )
         return Decision(
             _with(current, phase="RolledBack", reason="AnalysisFailed", message=message),
             Event("Warning", "RolloutRolledBack", message),

@@ -9,6 +9,7 @@ from typing import Any
 
 from crds.base import Condition
 from crds.model import Endpoint, Model, ModelStatus, VersionReplicas
+from operators.model import version_rollout
 from operators.model.plan import Observed, Plan
 from operators.model.rollout import ACTIVE_PHASES
 
@@ -58,10 +59,10 @@ def invalid(status: ModelStatus | None, generation: int, problems: list[str], no
     )
 
 
-def _rolled_back(previous: ModelStatus, make: Conditions) -> Condition:
+def _rolled_back(previous: ModelStatus, make: Conditions, message: str = "") -> Condition:
     rollout = previous.rollout
     if rollout is not None and rollout.phase == "RolledBack":
-        return make(ROLLED_BACK, True, rollout.reason or "AnalysisFailed", rollout.message)
+        return make(ROLLED_BACK, True, rollout.reason or "AnalysisFailed", message or rollout.message)
     return make(ROLLED_BACK, False, "NoRollback")
 
 
@@ -100,6 +101,8 @@ def fold(
     rollout = plan.rollout
     rolling = rollout is not None and rollout.phase in ACTIVE_PHASES and plan.canary is not None
 
+    # A new spec.version whose rollout was rolled back or aborted: the spec asks for what does not serve.
+    held = version_rollout.held_back(model, rollout, serving)
     make = Conditions(previous.conditions, generation, now)
     if model.spec.min_replicas == 0 and plan.canary is None:
         ready = make(READY, False, "ScaledToZero", "minReplicas is 0: no replica serves")
@@ -133,6 +136,8 @@ def fold(
     elif stuck:
         message = f"version {', '.join(stuck)}: the Deployment exceeded its progress deadline"
         degraded = make(DEGRADED, True, "ProgressDeadlineExceeded", message)
+    elif held is not None:
+        degraded = make(DEGRADED, True, *held)
     else:
         degraded = make(DEGRADED, False, "AsExpected", "")
 
@@ -140,7 +145,7 @@ def fold(
     return previous.model_copy(
         update={
             "observed_generation": generation,
-            "conditions": [ready, progressing, degraded, _rolled_back(previous, make)],
+            "conditions": [ready, progressing, degraded, _rolled_back(previous, make, held[1] if held else "")],
             "stable_version": serving,
             "canary_version": canary_version,
             "canary_weight": plan.weights.get(canary_version, 0) if canary_version is not None else None,

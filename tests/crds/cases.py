@@ -101,6 +101,20 @@ BAD_CASES: tuple[BadCase, ...] = (
         "must differ from the stable version",
     ),
     BadCase(
+        "canary-with-rollout",
+        "Model",
+        {"spec.canary": {"version": "1.1.0"}, "spec.rollout": {"steps": [50, 100]}},
+        "spec.canary",
+        "canary and rollout are two ways to roll a version out, set one",
+    ),
+    BadCase(
+        "rollout-steps-descending",
+        "Model",
+        {"spec.rollout": {"steps": [50, 10]}},
+        "spec.rollout.steps",
+        "ascending",
+    ),
+    BadCase(
         "min-above-max-replicas",
         "Model",
         {"spec.minReplicas": 5, "spec.maxReplicas": 2},

@@ -38,7 +38,7 @@ def test_examples_are_accepted_and_listed(crds_installed: Cluster, k8s_namespace
     cluster.kubectl("apply", "--validate=strict", "-n", k8s_namespace, "-f", str(EXAMPLES))
 
     listing = cluster.kubectl("get", "aim", "-n", k8s_namespace).stdout.splitlines()
-    assert listing[0].split() == ["NAME", "VERSION", "CANARY", "WEIGHT", "READY", "AGE"]
+    assert listing[0].split() == ["NAME", "VERSION", "STABLE", "CANARY", "WEIGHT", "READY", "AGE"]
     assert listing[1].split()[:2] == ["claims-extractor", "1.0.0"]
 
     everything = cluster.kubectl("get", "aiplane", "-n", k8s_namespace, "-o", "name").stdout.split()
@@ -79,9 +79,10 @@ def test_bad_manifest_is_refused(crds_installed: Cluster, scratch_namespace: str
 @pytest.mark.parametrize(
     ("field", "expected"),
     [
-        ("model.spec.canary", "A rollout of a new version; omit when none runs."),
+        ("model.spec.canary", "A rollout of the version it names next to spec.version; omit when none runs."),
         ("model.spec.canary.analysis.maxDrift", "population stability index"),
         ("model.spec.resources.gpu.count", "GPUs per replica"),
+        ("model.spec.rollout", "How a change of spec.version rolls out"),
         ("workflow.spec.steps.retry.backoff", "Growth factor of the delay per attempt"),
         ("connector.spec.kafkaSource.idempotencyKey", "CEL over the message"),
         ("policy.spec.pii.action", "tokenize is reversible"),
