@@ -8,6 +8,7 @@ same port with the same data, as a broker restarted by its operator comes back.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from connectors.kafka import KafkaBus, KafkaSource, SourceSettings
 from connectors.kafka.clients import ensure_topics
@@ -28,7 +31,7 @@ from engine import Engine, Event, Task
 from engine.bus import Deduplicator
 from engine.store.schema import tasks
 from tests.connectors.conftest import RULES_WORKFLOW, EngineFactory
-from tests.connectors.kafkaio import committed, produce
+from tests.connectors.kafkaio import committed, produce, read_all
 from tests.fixtures.polling import assert_eventually
 
 pytestmark = pytest.mark.integration
@@ -83,6 +86,24 @@ def outage(broker: PrivateBroker) -> Iterator[PrivateBroker]:
     """The broker, started again after the test whatever happened to it (the next test needs it up)."""
     yield broker
     broker.script("start")
+
+
+def test_a_restarted_broker_keeps_its_address_topics_records_and_committed_offsets(outage: PrivateBroker) -> None:
+    broker = outage
+    topic = f"kept-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap_servers, [topic], partitions=1)
+    produce(broker.bootstrap_servers, topic, [{"n": n} for n in range(5)])
+    group = f"kept-{uuid.uuid4().hex[:6]}"
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=group, enable_auto_commit=False)
+    try:
+        consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(3, "", -1)})
+    finally:
+        consumer.close(autocommit=False)
+    broker.stop()
+    assert broker.refuses_connections()
+    broker.start()  # asserts the same address
+    assert [json.loads(r.value) for r in read_all(broker.bootstrap_servers, topic, 5)] == [{"n": n} for n in range(5)]
+    assert committed(broker.bootstrap_servers, group, topic) == 3
 
 
 def test_events_stay_in_the_outbox_while_the_broker_is_down_and_drain_afterwards(

@@ -6,12 +6,15 @@ reading from the earliest offset, and the group's committed offsets must stick.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.fixtures.kafka import Kafka
+from tests.fixtures.kafka import SCRIPT, Kafka
 from tests.fixtures.polling import assert_eventually
 
 KEYS = ("order-1", "order-2", "order-3", "order-4")
@@ -94,3 +97,20 @@ def test_new_topic_is_unique_and_has_requested_partitions(kafka: Kafka) -> None:
         assert consumer.partitions_for_topic(first) == {0, 1}
     finally:
         consumer.close()
+
+
+def test_start_without_a_stopped_broker_says_to_use_up(tmp_path: Path) -> None:
+    """``start`` only brings back what ``stop`` kept; in a state dir without a broker it says what to run."""
+    env = {**os.environ, "AIPLANE_STATE_DIR": str(tmp_path)}
+
+    def script(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    stop = script("stop")
+    assert (stop.returncode, stop.stderr.strip()) == (0, "kafka.sh: not running")
+    start = script("start")
+    assert start.returncode == 1
+    assert f"no stopped broker in {tmp_path}/kafka to start" in start.stderr
+    assert "hack/kafka.sh up" in start.stderr
