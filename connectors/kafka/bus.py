@@ -53,7 +53,7 @@ class KafkaBus:
     ) -> None:
         """``ack_timeout``: seconds a publish waits for the broker before it fails (and the relay retries later).
 
-        Keep it short: the relay waits inside its claim transaction, which on SQLite holds the store's write lock.
+        Keep it short: on PostgreSQL the relay waits inside its claim transaction (``engine.bus.OutboxRelay``).
         ``retry_backoff``, ``retry_backoff_max``: a group subscription's first and longest wait (seconds) before it
         hands an event its handler failed on to the handler again (see the module's docstring).
         """
