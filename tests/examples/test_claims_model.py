@@ -28,7 +28,7 @@ import pytest
 from claims_model import CLAIM_TYPES, MODEL_VERSION
 from claims_model.classifier import META_FILE, NaiveBayes
 from claims_model.extraction import extract_fields, parse_number
-from claims_model.faults import DELAY_ENV, ERROR_RATE_ENV, FaultInjector
+from claims_model.faults import DELAY_ENV, DRIFT_CLASS_ENV, DRIFT_RATE_ENV, ERROR_RATE_ENV, FaultInjector
 from claims_model.synthetic import add_typos, generate
 from claims_model.train import MODEL_DIR_ENV, default_model_dir, load_or_train, train, train_and_save
 
@@ -276,6 +276,8 @@ def test_fault_injector_fails_an_exact_evenly_spread_share() -> None:
         ({ERROR_RATE_ENV: "lots"}, "must be a number"),
         ({DELAY_ENV: "-3"}, ">= 0"),
         ({DELAY_ENV: "nan"}, ">= 0"),
+        ({DRIFT_RATE_ENV: "-0.1"}, "between 0 and 1"),
+        ({DRIFT_RATE_ENV: "0.5", DRIFT_CLASS_ENV: "boat"}, "one of auto, property, health, travel"),
     ],
 )
 def test_fault_injector_rejects_bad_settings(env: dict[str, str], message: str) -> None:
@@ -287,6 +289,17 @@ def test_fault_injector_reads_the_environment() -> None:
     injector = FaultInjector.from_env({DELAY_ENV: "250", ERROR_RATE_ENV: " 0.5 "})
     assert (injector.delay_ms, injector.delay_seconds, injector.error_rate) == (250.0, 0.25, 0.5)
     assert FaultInjector.from_env({}) == FaultInjector()
+    drifting = FaultInjector.from_env({DRIFT_RATE_ENV: "0.25", DRIFT_CLASS_ENV: "health"})
+    assert (drifting.drift_rate, drifting.drift_class) == (0.25, "health")
+
+
+def test_drift_answers_the_drift_class_for_an_exact_evenly_spread_share() -> None:
+    drifting = FaultInjector(drift_rate=0.25, drift_class="health")
+    answers = [drifting.claim_type("auto") for _ in range(100)]
+    assert answers[:8] == ["auto", "auto", "auto", "health"] * 2
+    assert answers.count("health") == 25
+    # Off by default: the model's own prediction, every time.
+    assert {FaultInjector().claim_type("auto") for _ in range(100)} == {"auto"}
 
 
 # --- the real service under `bentoml serve` ----------------------------------------------------------------------
@@ -481,14 +494,19 @@ def test_service_rejects_malformed_json_with_4xx(claims_service: str) -> None:
 def test_service_trains_when_no_weights_and_injects_faults(tmp_path: Path) -> None:
     empty = tmp_path / "no-weights-yet"
     with (
-        serve_claims_model(empty, tmp_path, {ERROR_RATE_ENV: "0.5", DELAY_ENV: "5"}) as base,
+        serve_claims_model(
+            empty, tmp_path, {ERROR_RATE_ENV: "0.5", DELAY_ENV: "5", DRIFT_RATE_ENV: "0.5", DRIFT_CLASS_ENV: "health"}
+        ) as base,
         httpx.Client(base_url=base, timeout=30.0) as client,
     ):
         info = client.post("/info", json={}).json()
         assert info["trained_at_startup"] is True
-        assert (info["delay_ms"], info["error_rate"]) == (5.0, 0.5)
+        faults = (info["delay_ms"], info["error_rate"], info["drift_rate"], info["drift_class"])
+        assert faults == (5.0, 0.5, 0.5, "health")
         assert (empty / META_FILE).exists()
         statuses = [client.post("/extract", json={"document": "My flight was cancelled."}) for _ in range(10)]
         assert [r.status_code for r in statuses] == [200, 500] * 5
         assert "injected failure" in statuses[1].json()["error"]
-        assert statuses[0].json()["claim_type"] == "travel"
+        # Every other answer that did not fail has drifted to health.
+        claim_types = [r.json()["claim_type"] for r in statuses if r.status_code == 200]
+        assert claim_types == ["travel", "health", "travel", "health", "travel"]

@@ -13,8 +13,9 @@ once the weights are loaded), ``/healthz``, ``/metrics``; the OpenAPI document i
 
 Bad input (missing, empty or blank document, more than 100,000 characters) is answered 400 with the offending
 field and what to fix, never 500. Weights: loaded from ``$AIPLANE_CLAIMS_MODEL_DIR`` (default
-``~/.cache/aiplane/claims-model/<version>/``), trained there first when missing. Latency and failures for tests:
-``AIPLANE_CLAIMS_DELAY_MS`` and ``AIPLANE_CLAIMS_ERROR_RATE`` (see ``claims_model/faults.py``).
+``~/.cache/aiplane/claims-model/<version>/``), trained there first when missing. Latency, failures and drift for
+tests, all off by default: ``AIPLANE_CLAIMS_DELAY_MS``, ``AIPLANE_CLAIMS_ERROR_RATE``, ``AIPLANE_CLAIMS_DRIFT_RATE``
+and ``AIPLANE_CLAIMS_DRIFT_CLASS`` (see ``claims_model/faults.py``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="Held-out metrics recorded when the weights were trained.")
     delay_ms: float
     error_rate: float
+    drift_rate: float = Field(description="Share of extract answers whose claim_type is drift_class instead.")
+    drift_class: str
 
 
 def _weights(pairs: list[tuple[str, float]]) -> list[TokenWeight]:
@@ -128,13 +131,15 @@ class ClaimsExtractor:
         self.model, self.meta, self.trained = load_or_train(self.model_dir)
         self.startup_seconds = time.perf_counter() - started
         logger.info(
-            "claims model %s %s %s in %.2f s (delay %s ms, error rate %s)",
+            "claims model %s %s %s in %.2f s (delay %s ms, error rate %s, drift rate %s to %s)",
             MODEL_VERSION,
             "trained into" if self.trained else "loaded from",
             self.model_dir,
             self.startup_seconds,
             self.faults.delay_ms,
             self.faults.error_rate,
+            self.faults.drift_rate,
+            self.faults.drift_class,
         )
 
     def __is_ready__(self) -> bool:
@@ -157,7 +162,7 @@ class ClaimsExtractor:
         prediction = self.model.predict(document)
         fields = extract_fields(document)
         return ClaimExtraction(
-            claim_type=cast(ClaimType, prediction.claim_type),
+            claim_type=cast(ClaimType, self.faults.claim_type(prediction.claim_type)),
             confidence=round(prediction.confidence, 6),
             scores={name: round(p, 6) for name, p in prediction.probabilities.items()},
             amount=float(fields.amount) if fields.amount is not None else None,
@@ -205,6 +210,8 @@ class ClaimsExtractor:
             metrics=dict(self.meta.get("metrics", {})),
             delay_ms=self.faults.delay_ms,
             error_rate=self.faults.error_rate,
+            drift_rate=self.faults.drift_rate,
+            drift_class=self.faults.drift_class,
         )
 
 
