@@ -64,7 +64,7 @@ def test_claims_model_gets_owned_children_and_becomes_ready_on_a_gpu_node(
     ]
     assert model["status"]["replicas"] == [{"version": "1.0.0", "desired": 1, "ready": 1}]
     printed = cluster.kubectl("get", "aim", "-n", k8s_namespace).stdout.splitlines()[1].split()
-    assert printed[:3] == ["claims-extractor", "1.0.0", "True"]
+    assert printed[:4] == ["claims-extractor", "1.0.0", "1.0.0", "True"]  # name, version, stable, ready
 
 
 def test_the_endpoint_urls_annotation_is_ignored_by_an_operator_not_told_to_honour_it(
