@@ -225,6 +225,19 @@ def test_abort_leaves_the_old_version_serving_and_says_so() -> None:
     assert aborted.condition("RolledBack")[:2] == ("False", "NoRollback")
 
 
+def test_pause_holds_the_weight_and_resume_goes_on_from_the_same_step() -> None:
+    _, runs = rolled_out(Verdict(None))
+    observed = {"1.0.0": ready("1.0.0"), "2.0.0": ready("2.0.0", (NEW_BENTO, DEFAULT_IMAGE))}
+    paused = run(runs[-1].model, observed, T0 + timedelta(minutes=10), control="pause")
+    held = run(paused.model, observed, T0 + timedelta(minutes=20), verdict=PASS, control="pause")
+    assert held.plan.rollout is not None
+    assert (held.plan.rollout.phase, held.plan.weights) == ("Paused", {"1.0.0": 90, "2.0.0": 10})
+    assert held.condition("Progressing")[:2] == ("True", "RolloutPaused")
+    resumed = run(held.model, observed, T0 + timedelta(minutes=21), verdict=PASS, control="resume")
+    stepped = run(resumed.model, observed, T0 + timedelta(minutes=22), verdict=PASS, control="resume")
+    assert stepped.plan.weights == {"1.0.0": 50, "2.0.0": 50}
+
+
 def test_a_serving_version_without_its_deployment_is_not_rolled_from() -> None:
     m = changed(serving(model(rollout=ROLLOUT)), "2.0.0")
     assert version_rollout.as_canary(m, {}, DEFAULT_IMAGE) is m
