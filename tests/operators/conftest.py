@@ -139,12 +139,15 @@ def operator(start_operator: Any) -> Operator:
 
 @pytest.fixture(scope="module")
 def claims_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelServer]]:
-    """Version -> a running ``bentoml serve``: 1.0.0 and 2.0.0 healthy, 3.0.0 failing every request."""
+    """Version -> a running ``bentoml serve``: 1.0.0 and 2.0.0 healthy, 3.0.0 failing every request, 4.0.0 slow
+    (300 ms a request), 5.0.0 drifting (every other answer's claim_type is travel)."""
     logs = tmp_path_factory.mktemp("bentoml")
     servers = {
         "1.0.0": claims_server(logs, "v1"),
         "2.0.0": claims_server(logs, "v2"),
         "3.0.0": claims_server(logs, "v3", AIPLANE_CLAIMS_ERROR_RATE="1.0"),
+        "4.0.0": claims_server(logs, "v4", AIPLANE_CLAIMS_DELAY_MS="300"),
+        "5.0.0": claims_server(logs, "v5", AIPLANE_CLAIMS_DRIFT_RATE="0.5", AIPLANE_CLAIMS_DRIFT_CLASS="travel"),
     }
     errors: list[BaseException] = []
 

@@ -5,6 +5,7 @@ analysis reading Prometheus. A good canary is promoted; one that fails on purpos
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,9 @@ MODEL = "claims-extractor"
 CANARY_STEPS = [50, 100]
 
 
-def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -> dict[str, Any]:
+def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str, **analysis: Any) -> dict[str, Any]:
+    """The claims Model at ``stable`` with a canary of ``canary``, its versions served by ``servers``; ``analysis``
+    overrides thresholds."""
     manifest = claims(
         version=stable,
         canary={
@@ -35,6 +38,7 @@ def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str) -
                 # The same model in every version: the class mix holds, so drift stays under the threshold.
                 "predictionField": "claim_type",
                 "maxDrift": 1.0,
+                **analysis,
             },
         },
     )
@@ -201,3 +205,51 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
     )
     assert {c["metric"]["version"] for c in classes} >= {"1.0.0", "2.0.0"}, classes
     assert all(c["metric"]["class"] for c in classes)
+
+
+def rolled_back_for(cluster: Cluster, namespace: str, metric: str, threshold: float) -> float:
+    """Until the canary is rolled back for ``metric`` above ``threshold`` with all traffic on 1.0.0; the value the
+    analysis read, as the RolledBack condition and the Warning Event state it."""
+
+    def check() -> float:
+        model = model_named(cluster, namespace, MODEL)
+        rolled = condition(model, "RolledBack")
+        assert (rolled["status"], rolled["reason"]) == ("True", "AnalysisFailed"), rolled
+        found = re.search(rf"{metric} ([0-9.e+]+) above the threshold {threshold:g}\b", rolled["message"])
+        assert found, rolled
+        assert [(e["version"], e["weight"]) for e in model["status"]["endpoints"]] == [("1.0.0", 100)]
+        warned = [e["message"] for e in events(cluster, namespace, "RolloutRolledBack")]
+        assert any(found.group(0) in m for m in warned), warned
+        return float(found.group(1))
+
+    value: float = assert_eventually(check, timeout=120, message=f"the canary rolled back for {metric}")
+    return value
+
+
+def test_a_slow_canary_and_a_drifting_one_roll_back_on_what_prometheus_measured(
+    crds_installed: Cluster,
+    k8s_namespace: str,
+    claims_servers: dict[str, ModelServer],
+    gateway: Gateway,
+    start_analysing_operator: Callable[..., Operator],
+) -> None:
+    """4.0.0 answers in 300 ms, above a 200 ms p99 threshold; 5.0.0 answers travel for every other claim that the
+    stable version reads as auto (the traffic sends one auto claim), far from the stable version's mix."""
+    cluster, ns = crds_installed, k8s_namespace
+    wait_leading(start_analysing_operator())
+    with traffic(gateway.url, gateway.api_key, MODEL):
+        apply(cluster, ns, canary_manifest(claims_servers, "1.0.0", "4.0.0", maxP99LatencyMs=200))
+        # The gateway's latency buckets around 300 ms are 250 and 500 ms: Prometheus interpolates inside them.
+        assert 250 < rolled_back_for(cluster, ns, "p99-latency-ms", 200) <= 500
+
+        apply(cluster, ns, canary_manifest(claims_servers, "1.0.0", "5.0.0", maxDrift=0.5))
+        # Half travel against all auto: PSI = (0.5 - 1) ln 0.5 + (0.5 - 1e-4) ln(0.5 / 1e-4), about 4.6, where
+        # 1e-4 is the analysis' smoothing of a class the stable version never predicted.
+        assert rolled_back_for(cluster, ns, "drift-psi", 0.5) > 1
+    assert_eventually(
+        lambda: (
+            [d["metadata"]["labels"]["aiplane.io/version"] for d in children(cluster, ns)["deployments"]] == ["1.0.0"]
+        ),
+        timeout=60,
+        message="the failed canaries' Deployments removed",
+    )
