@@ -4,6 +4,7 @@ scheduler, kwok's CPU and GPU nodes), run as ``aiplane operator`` subprocesses."
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from operators.model.reconciler import ENDPOINT_URLS_ANNOTATION
@@ -329,6 +330,24 @@ def test_pause_and_abort_a_rollout_with_annotations(
         assert model["status"]["canaryWeight"] == 50
 
     assert_eventually(paused, timeout=60)
+    held = rollout()
+    # Condition times have whole seconds: resume in a later second than the step started, so a restarted clock shows.
+    started = datetime.fromisoformat(held["stepStartedAt"])
+    assert_eventually(lambda: datetime.now(UTC) >= started + timedelta(seconds=1), timeout=5, interval=0.1)
+    cluster.kubectl("annotate", "-n", ns, "model", "claims-extractor", "aiplane.io/rollout-paused-")
+
+    def resumed() -> None:
+        model = model_named(cluster, ns, "claims-extractor")
+        state = model["status"]["rollout"]
+        assert (state["phase"], state["step"]) == ("Progressing", 0), state
+        assert condition(model, "Progressing")["reason"] == "RollingOut"
+        assert model["status"]["canaryWeight"] == 50
+        # The interval starts over: what the canary served before the pause says nothing of it now.
+        assert datetime.fromisoformat(state["stepStartedAt"]) > started, (held, state)
+        (event,) = get(cluster, ns, "events", "--field-selector", "reason=RolloutResumed")["items"]
+        assert "50%" in event["message"], event
+
+    assert_eventually(resumed, timeout=60, message="the rollout resumed")
     cluster.kubectl("annotate", "-n", ns, "model", "claims-extractor", "aiplane.io/rollout-abort=true")
 
     def aborted() -> None:
@@ -340,4 +359,4 @@ def test_pause_and_abort_a_rollout_with_annotations(
 
     assert_eventually(aborted, timeout=60)
     reasons = {e["reason"] for e in get(cluster, ns, "events")["items"]}
-    assert {"RolloutStarted", "RolloutStep", "RolloutPaused", "RolloutAborted"} <= reasons
+    assert {"RolloutStarted", "RolloutStep", "RolloutPaused", "RolloutResumed", "RolloutAborted"} <= reasons
