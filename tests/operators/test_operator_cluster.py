@@ -7,6 +7,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from aiplane.modelserver import free_port
 from operators.model.reconciler import ENDPOINT_URLS_ANNOTATION
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
@@ -93,6 +97,20 @@ def test_the_endpoint_urls_annotation_is_ignored_by_an_operator_not_told_to_hono
     assert [m for m in logged if m.startswith(f"{ns}/")] == [f"{ns}/claims-extractor"]
 
 
+def reconciled(metrics_port: int, namespace: str, name: str) -> bool:
+    """Whether the operator serving /metrics on ``metrics_port`` has finished a reconcile of the Model: it exports
+    the Model's traffic weights after the reconcile's status write (if the reconcile made one), not before as
+    its "applied" log line comes."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return False
+    for family in text_string_to_metric_families(text):
+        if family.name == "aiplane_operator_model_traffic_weight_percent":
+            return any(s.labels.get("namespace") == namespace and s.labels.get("model") == name for s in family.samples)
+    return False
+
+
 def test_rerunning_the_reconcile_changes_nothing(
     crds_installed: Cluster, k8s_namespace: str, operator: Operator, start_operator: Any
 ) -> None:
@@ -114,12 +132,15 @@ def test_rerunning_the_reconcile_changes_nothing(
         stamps["model"] = model_named(cluster, k8s_namespace, "claims-extractor")["metadata"]["resourceVersion"]
         return stamps
 
+    # Read once the first operator is gone, so nothing it was still writing counts against the second.
+    operator.stop()
     before = versions()
     # A fresh operator knows nothing of what the last one applied: on resume it applies every child again.
-    operator.stop()
-    again = start_operator("second")
+    port = free_port()
+    again = start_operator("second", args=("--metrics-host", "127.0.0.1", f"--metrics-port={port}"))
     wait_leading(again)
-    assert_eventually(lambda: len(again.applied(k8s_namespace)) >= 1, timeout=60, message="re-applied")
+    assert_eventually(lambda: reconciled(port, k8s_namespace, "claims-extractor"), timeout=60, message="reconciled")
+    assert again.applied(k8s_namespace), "the second operator applied nothing"
     assert versions() == before
 
 
