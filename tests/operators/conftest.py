@@ -201,10 +201,10 @@ def gateway(crds_installed: Cluster, k8s_namespace: str, prometheus: Prometheus,
 @pytest.fixture
 def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[Callable[..., Operator]]:
     """Operators whose analysis reads the gateway's Prometheus, which scrapes their own /metrics too (the rollback
-    counter and the weights)."""
+    counter and the weights); ``env`` adds settings (AIPLANE_DATABASE_URL, ...)."""
     targets: list[Path] = []
 
-    def start(name: str = "operator") -> Operator:
+    def start(name: str = "operator", **env: str) -> Operator:
         port = free_port()
         targets.append(gateway.prometheus.scrape(f"127.0.0.1:{port}", job="aiplane-operator"))
         args = ("--metrics-host", "127.0.0.1", f"--metrics-port={port}")
@@ -214,6 +214,7 @@ def start_analysing_operator(gateway: Gateway, start_operator: Any) -> Iterator[
             AIPLANE_PROMETHEUS_URL=gateway.prometheus.url,
             # The versions are served by local bentoml processes (see tests.operators.serving).
             AIPLANE_ENDPOINT_URLS_ANNOTATION="true",
+            **env,
         )
         return operator
 

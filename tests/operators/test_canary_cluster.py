@@ -1,16 +1,21 @@
 """Canary rollouts end to end: the operator on the test cluster, the gateway routing real requests by
 ``status.endpoints`` to real ``bentoml serve`` processes, Prometheus scraping the gateway, and the operator's
-analysis reading Prometheus. A good canary is promoted; one that fails on purpose is rolled back on its own."""
+analysis reading Prometheus. A good canary is promoted, across a kill -9 of the operator; ones that fail, answer
+slowly or drift on purpose are rolled back on their own, each rollback in the audit log."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aiplane.modelserver import ModelServer
+from engine import Engine
 from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
 from tests.fixtures.prometheus import Prometheus
@@ -226,17 +231,31 @@ def rolled_back_for(cluster: Cluster, namespace: str, metric: str, threshold: fl
     return value
 
 
+@pytest.fixture
+def audit_store(tmp_path: Path) -> Iterator[tuple[str, Engine]]:
+    """The engine's store (URL, and an Engine on it) whose audit log an operator writes rollout decisions to."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    engine = Engine(url)
+    try:
+        yield url, engine
+    finally:
+        engine.close()
+
+
 def test_a_slow_canary_and_a_drifting_one_roll_back_on_what_prometheus_measured(
     crds_installed: Cluster,
     k8s_namespace: str,
     claims_servers: dict[str, ModelServer],
     gateway: Gateway,
     start_analysing_operator: Callable[..., Operator],
+    *,
+    audit_store: tuple[str, Engine],
 ) -> None:
     """4.0.0 answers in 300 ms, above a 200 ms p99 threshold; 5.0.0 answers travel for every other claim that the
     stable version reads as auto (the traffic sends one auto claim), far from the stable version's mix."""
     cluster, ns = crds_installed, k8s_namespace
-    wait_leading(start_analysing_operator())
+    store_url, store = audit_store
+    wait_leading(start_analysing_operator(AIPLANE_DATABASE_URL=store_url))
     with traffic(gateway.url, gateway.api_key, MODEL):
         apply(cluster, ns, canary_manifest(claims_servers, "1.0.0", "4.0.0", maxP99LatencyMs=200))
         # The gateway's latency buckets around 300 ms are 250 and 500 ms: Prometheus interpolates inside them.
@@ -253,3 +272,11 @@ def test_a_slow_canary_and_a_drifting_one_roll_back_on_what_prometheus_measured(
         timeout=60,
         message="the failed canaries' Deployments removed",
     )
+    # Each rollback is in the audit log, with the failing metric, and the log's hash chain holds.
+    rollbacks = [r for r in store.audit.records() if (r.kind, r.decision) == ("model", "rollback")]
+    assert [r.subject for r in rollbacks] == [f"{ns}/{MODEL}"] * 2
+    details = [json.loads(r.details) for r in rollbacks]
+    assert [d["reason"] for d in details] == ["RolloutRolledBack"] * 2
+    assert "p99-latency-ms" in details[0]["message"]
+    assert "drift-psi" in details[1]["message"]
+    assert store.audit.verify().ok
