@@ -106,13 +106,20 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def engine(tmp_path: Path, upstream: Upstream) -> Iterator[Engine]:
+def engine_url(tmp_path: Path) -> str:
+    """The gateway tests' store: a SQLite file (a test module overrides this to run on PostgreSQL too)."""
+    return f"sqlite:///{tmp_path / 'engine.db'}"
+
+
+def make_engine(url: str, data_dir: Path, upstream: Upstream) -> Engine:
+    """An engine on ``url`` whose models and connectors are ``upstream``'s paths, with the test workflows."""
+
     def http(path: str) -> dict[str, Any]:
         return {"type": "http", "http": {"url": upstream.url(path), "allowPrivateNetworks": True}}
 
     engine = Engine(
-        f"sqlite:///{tmp_path / 'engine.db'}",
-        data_dir=tmp_path / "data",
+        url,
+        data_dir=data_dir,
         model_resolver=StaticModelResolver(
             {
                 "echo": [{"version": "v1", "url": upstream.url("/models/echo"), "weight": 100}],
@@ -136,6 +143,12 @@ def engine(tmp_path: Path, upstream: Upstream) -> Iterator[Engine]:
     )
     for name, spec in workflows().items():
         engine.register_workflow(name, spec)
+    return engine
+
+
+@pytest.fixture
+def engine(engine_url: str, tmp_path: Path, upstream: Upstream) -> Iterator[Engine]:
+    engine = make_engine(engine_url, tmp_path / "data", upstream)
     yield engine
     engine.close()
 

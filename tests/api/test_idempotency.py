@@ -1,16 +1,25 @@
 """Idempotency-Key on POST /v1/tasks: the stored first response, the mismatch, the in-flight conflict, and one
-task and one execution under 100 concurrent submissions against a real uvicorn."""
+task and one execution under 100 concurrent submissions against a real uvicorn; on SQLite and on PostgreSQL, and on
+PostgreSQL also with the 100 spread over two gateways (two engines, two uvicorns, two workers) on one store."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
+from api import create_api_key, create_app
 from engine import Engine, Worker
 from tests.api.conftest import (
+    FAST_WORKER,
+    SETTINGS,
     Keys,
     Served,
     Upstream,
@@ -18,11 +27,22 @@ from tests.api.conftest import (
     auth,
     done,
     field_names,
+    make_engine,
     wait_task,
 )
 from tests.fixtures.polling import assert_eventually
 
 BODY = {"workflow": {"name": "echo"}, "input": {"claimId": "c-1"}}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test here on both stores: the key claim is the database's (a primary key on SQLite's single writer,
+    ``INSERT ... ON CONFLICT DO NOTHING`` waiting on the other transaction on PostgreSQL)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'engine.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 def test_same_key_same_body_returns_the_stored_first_response(client: TestClient, keys: Keys, engine: Engine) -> None:
@@ -116,3 +136,71 @@ def test_100_concurrent_submissions_with_one_key_make_one_task_and_one_execution
     with httpx.Client(base_url=served.base_url) as http:
         assert wait_task(http, keys.alice, tasks[0].id, done)["state"] == "succeeded"
     assert upstream.count("/models/echo/predict") == 1
+
+
+@pytest.fixture
+def two_gateways(pg_url: str, tmp_path: Path, upstream: Upstream) -> Iterator[tuple[Engine, list[Served]]]:
+    """Two gateways as two pods would be: an engine each (own pool, own batcher, own caches), each served by its own
+    uvicorn and worked by its own worker, on one PostgreSQL schema."""
+    with ExitStack() as stack:
+        servers: list[Served] = []
+        engines: list[Engine] = []
+        for n in range(2):
+            engine = make_engine(pg_url, tmp_path / f"data-{n}", upstream)
+            stack.callback(engine.close)
+            engines.append(engine)
+            stack.enter_context(engine.worker(FAST_WORKER))
+            server = Served(create_app(engine, SETTINGS))
+            stack.callback(server.close)
+            servers.append(server)
+        yield engines[0], servers
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_100_concurrent_submissions_with_one_key_over_two_gateways_on_postgres(
+    two_gateways: tuple[Engine, list[Served]], upstream: Upstream, mode: str
+) -> None:
+    engine, servers = two_gateways
+    key = create_api_key(engine, "acme", "alice", ["submitter"])
+    headers = auth(key, **{"Idempotency-Key": f"hot-{mode}"})
+    body = {**BODY, "mode": mode}
+    start = threading.Barrier(100)
+    limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+    with ExitStack() as stack:
+        clients = [stack.enter_context(httpx.Client(base_url=s.base_url, timeout=60, limits=limits)) for s in servers]
+
+        def submit(n: int) -> httpx.Response:
+            start.wait()
+            return clients[n % 2].post("/v1/tasks?wait=20", json=body, headers=headers)
+
+        with ThreadPoolExecutor(100) as pool:
+            responses = list(pool.map(submit, range(100)))
+
+        # async: 202 with the new task, stored as the key's answer in the task's own commit; sync: 200 with the
+        # finished task, stored once it is done, and 409 to everyone asking meanwhile.
+        first_status = 202 if mode == "async" else 200
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {first_status, 409}, statuses
+        answers = [r for r in responses if r.status_code == first_status]
+        assert answers, statuses
+        # Equal as JSON, not byte for byte: PostgreSQL's jsonb keeps the stored response's keys in its own order.
+        answer: dict[str, Any] = answers[0].json()
+        assert all(r.json() == answer for r in answers)
+        for conflict in (r for r in responses if r.status_code == 409):
+            assert_problem(conflict, 409, "idempotency-key-in-flight")
+            assert conflict.headers["retry-after"] == "1"
+
+        tasks = engine.list("acme").items
+        assert [t.id for t in tasks] == [answer["id"]]
+        finished = wait_task(clients[0], key, answer["id"], done)
+        assert finished["state"] == "succeeded"
+        assert upstream.count("/models/echo/predict") == 1
+
+        # Once answered, either gateway replays the stored first response; another body under the key is 422.
+        for client in clients:
+            again = client.post("/v1/tasks", json=body, headers=headers)
+            assert (again.status_code, again.json()) == (first_status, answer)
+            assert again.headers["idempotent-replayed"] == "true"
+            other = {**body, "input": {"claimId": "c-2"}}
+            assert_problem(client.post("/v1/tasks", json=other, headers=headers), 422, "idempotency-key-mismatch")
+        assert len(engine.list("acme").items) == 1
