@@ -8,7 +8,7 @@ import pytest
 
 from aiplane import cli
 from engine import Worker
-from tests.api.conftest import Keys, Served
+from tests.api.conftest import Keys, Reply, Served, Upstream
 from tests.fixtures.polling import assert_eventually
 
 
@@ -42,6 +42,34 @@ def test_submit_approve_and_follow_a_task(
     assert_eventually(finished, timeout=30, interval=0.1)
     events = _run(capsys, "get", str(task["id"]), "--events", *submitter)
     assert "approval.decided" in json.dumps(events)
+
+
+def test_replay_a_dead_lettered_task(
+    served: Served, keys: Keys, worker: Worker, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    submitter = ("--url", served.base_url, "--api-key", keys.alice)
+    # HTTP 400 is not retryable: the task is dead-lettered at its first attempt.
+    upstream.script("/fragile", Reply(status=400, body={"error": "bad"}))
+    task = _run(capsys, "submit", "fragile", "{}", *submitter)
+    assert isinstance(task, dict)
+
+    def state() -> str:
+        shown = _run(capsys, "get", str(task["id"]), *submitter)
+        assert isinstance(shown, dict)
+        return str(shown["state"])
+
+    assert_eventually(lambda: state() == "dead_lettered", timeout=30, interval=0.1)
+
+    upstream.script("/fragile", Reply(status=200, body={"ok": True}))
+    replayed = _run(capsys, "replay", str(task["id"]), *submitter)
+    assert isinstance(replayed, dict)
+    assert replayed["id"] == task["id"]
+    assert_eventually(lambda: state() == "succeeded", timeout=30, interval=0.1)
+    # Resumed from the failed step: one failed call, one that succeeded.
+    assert upstream.count("/fragile") == 2
+    # A task no longer dead-lettered is not replayed again: exit 1, the gateway's problem on stderr.
+    assert cli.main(["replay", str(task["id"]), *submitter]) == 1
+    assert "409" in capsys.readouterr().err
 
 
 def test_submit_a_task_with_its_own_region(served: Served, keys: Keys, capsys: pytest.CaptureFixture[str]) -> None:
