@@ -20,6 +20,7 @@ from tests.engine.conftest import (
     wait_done,
     wait_state,
 )
+from tests.fixtures.polling import assert_eventually
 
 
 def three_steps(retry: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -176,3 +177,36 @@ def test_open_circuit_defers_without_using_up_attempts(
     assert outcomes, "expected retries held back by the open circuit"
     b = next(s for s in engine.steps("acme", done.id) if s.name == "b")
     assert b.attempts == 3  # deferrals gave their attempts back: three real calls fit maxAttempts=3
+
+
+def test_spent_retry_budget_defers_retries_through_a_worker(
+    make_engine: EngineFactory, db_url: str, downstream: Downstream
+) -> None:
+    # One retry token and no refill: after the first retry, every retry due is deferred, however many attempts the
+    # step has left. The breaker never opens, so only the budget holds the calls back.
+    engine = make_engine(
+        db_url,
+        resilience=Resilience(ResilienceConfig(retry_ratio=0, retry_burst=1, failure_threshold=1000, budget_wait=0.05)),
+    )
+    engine.register_workflow("storm", {"steps": [connector_step("b", retry={**QUICK_RETRY, "maxAttempts": 5})]})
+    downstream.script("/c/b", Reply(500))
+    task = engine.submit("acme", "storm", {})
+
+    def deferred() -> list[dict[str, Any]]:
+        with engine.db.read() as conn:
+            rows = conn.execute(
+                sa.select(attempts.c.error).where(attempts.c.task_id == task.id, attempts.c.outcome == "deferred")
+            ).all()
+        return [row.error for row in rows]
+
+    def deferred_several_times() -> None:
+        assert len(deferred()) >= 3
+
+    with fast_worker(engine):
+        assert_eventually(deferred_several_times, timeout=20, interval=0.02)
+        # The first try and the one budgeted retry went out; the deferred retries never reached the downstream.
+        assert downstream.count("/c/b") == 2
+        [step] = engine.steps("acme", task.id)
+        assert step.attempts <= 3  # deferrals gave their attempts back: the step is not dead-lettered
+        assert engine.get("acme", task.id).state == TaskState.RUNNING
+    assert all(error["message"] == "retry budget for connector/c spent" for error in deferred())
