@@ -106,7 +106,7 @@ def gateway_app(
     oidc = OIDCConfig.from_env(environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
     app = create_app(
         engine,
-        GatewaySettings(public_base_url=public_base_url),
+        GatewaySettings.from_env(environ, public_base_url=public_base_url),
         oidc=OIDCVerifier(oidc) if oidc is not None else None,
     )
     if sources is not None:

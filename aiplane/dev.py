@@ -159,7 +159,7 @@ class DevStack:
         predictions). Not separation of duties: dev's own key holds every role, and the demo approves what it
         submitted."""
         assert self.engine is not None, "start the stack first"
-        app = create_app(self.engine, GatewaySettings(), oidc=oidc)
+        app = create_app(self.engine, GatewaySettings.from_env(), oidc=oidc)
         follow_policies(
             app.state.gateway,
             self.policies,

@@ -65,12 +65,7 @@ def create_app(
         engine=engine,
         settings=settings,
         keys=keys,
-        idempotency=IdempotencyStore(
-            engine.db,
-            ttl=settings.idempotency_ttl,
-            in_flight_timeout=settings.idempotency_in_flight_timeout,
-            clock=engine.clock,
-        ),
+        idempotency=_idempotency(engine, settings),
         spans=span_store or install_span_store(),
         limiter=rate_limiter or RateLimiter(budget=budget),
         budget=budget,
@@ -119,3 +114,12 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _idempotency(engine: Engine, settings: GatewaySettings) -> IdempotencyStore:
+    """The engine's own key store, kept as long as ``settings`` say: the engine's intake writes a submission's key
+    in the task's transaction, so a store of the gateway's own would leave those keys at the engine's default."""
+    store = engine.idempotency
+    store.ttl = settings.idempotency_ttl
+    store.in_flight_timeout = settings.idempotency_in_flight_timeout
+    return store

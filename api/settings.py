@@ -1,15 +1,24 @@
 """Settings of the gateway: timeouts, limits and retention of idempotency keys.
 
-Plain values with defaults that suit ``aiplane dev``; the CLI builds one from its own settings and flags.
+Plain values with defaults that suit ``aiplane dev``; the CLI builds one from its own settings and flags, and
+``GatewaySettings.from_env`` takes the ones an operator sets by environment (``AIPLANE_IDEMPOTENCY_TTL``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.durations import parse_duration
+
 MiB = 1024 * 1024
+#: How long Idempotency-Keys are kept, as a duration (e.g. 24h, 90m, 7d); the chart sets it from
+#: ``gateway.idempotencyTTL``.
+IDEMPOTENCY_TTL_ENV = "AIPLANE_IDEMPOTENCY_TTL"
 
 
 class GatewaySettings(BaseModel):
@@ -50,6 +59,21 @@ class GatewaySettings(BaseModel):
     public_base_url: str = Field(
         default="", description="Prefix of Location headers (e.g. https://api.example.com); empty gives a path."
     )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **values: Any) -> GatewaySettings:
+        """Settings from ``values`` plus what the environment sets (``IDEMPOTENCY_TTL_ENV``); a value the
+        environment gets wrong raises ``ValueError`` naming the variable."""
+        env = os.environ if environ is None else environ
+        if text := env.get(IDEMPOTENCY_TTL_ENV, "").strip():
+            try:
+                ttl = parse_duration(text)
+            except ValueError as error:
+                raise ValueError(f"{IDEMPOTENCY_TTL_ENV}: {error}") from None
+            if ttl <= timedelta(0):
+                raise ValueError(f"{IDEMPOTENCY_TTL_ENV}: must be longer than 0, got {text!r}")
+            values.setdefault("idempotency_ttl", ttl)
+        return cls(**values)
 
     @model_validator(mode="after")
     def _waits_fit(self) -> GatewaySettings:

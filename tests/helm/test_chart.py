@@ -87,6 +87,7 @@ def test_lint(variant: str) -> None:
         (("--set", "gateway.resources.limits=null"), "/gateway/resources"),
         (("--set", "alerts.prometheusRule=maybe"), "/alerts/prometheusRule"),
         (("--set", "tracing.sampleRatio=2"), "/tracing/sampleRatio"),
+        (("--set", "gateway.idempotencyTTL=1 day"), "/gateway/idempotencyTTL"),
         (("--set", "auditVerify.anchors[0]=12:nothex"), "/auditVerify/anchors/0"),
         (("--set", "auditVerify.schedule="), "/auditVerify/schedule"),
         (("--set", "networkPolicy.extraEgress[0].ports[0].port=0"), "/networkPolicy/extraEgress/0/ports/0/port"),
@@ -334,6 +335,17 @@ def test_dashboards_are_configmaps_for_grafanas_sidecar() -> None:
         "governance.json",
     }
     assert all(doc["metadata"]["labels"]["grafana_dashboard"] == "1" for doc in maps)
+
+
+def _gateway_env(*values: str) -> dict[str, Any]:
+    docs = objects(render(*values))
+    gateway = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("gateway"))
+    return {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_idempotency_keys_are_kept_24h_unless_set() -> None:
+    assert _gateway_env()["AIPLANE_IDEMPOTENCY_TTL"] == "24h"
+    assert _gateway_env("--set", "gateway.idempotencyTTL=90m")["AIPLANE_IDEMPOTENCY_TTL"] == "90m"
 
 
 def test_runbook_base_url_is_configurable() -> None:
