@@ -1,7 +1,8 @@
 """A new ``spec.version`` under ``spec.rollout``, end to end: the operator on the test cluster, the gateway routing
 real requests by ``status.endpoints`` to real ``bentoml serve`` processes (one failing on purpose), Prometheus
 scraping the gateway, and the operator's analysis reading Prometheus. A good version goes through the steps and
-becomes stable; a failing one is rolled back and stays rolled back, the old version serving everything. What
+becomes stable, across an operator killed mid-rollout; a failing one is rolled back and stays rolled back, the old
+version serving everything. What
 ``kubectl get aim`` prints is read from the apiserver's Table, the CRD's printer columns."""
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def serves_first_version(cluster: Cluster, ns: str) -> None:
     assert columns(cluster, ns) == ("1.0.0", "1.0.0", None, None)
 
 
-def steps_and_promotes(cluster: Cluster, ns: str) -> None:
+def steps_and_promotes(cluster: Cluster, ns: str, operator: Operator, start: Callable[..., Operator]) -> None:
     def split() -> None:
         model = model_named(cluster, ns, MODEL)
         assert weights(model) == {"1.0.0": 50, "2.0.0": 50}, model["status"]
@@ -106,6 +107,12 @@ def steps_and_promotes(cluster: Cluster, ns: str) -> None:
         assert columns(cluster, ns) == ("2.0.0", "1.0.0", "2.0.0", 50)
 
     assert_eventually(split, timeout=120, message="2.0.0 at its first step, 50%")
+
+    # Killed mid-rollout: the restarted operator finds the serving version's bento in its Deployment, not in the
+    # spec, and goes on with the same rollout rather than switching to 2.0.0 or starting over.
+    operator.kill9()
+    wait_leading(start("restarted"))
+    assert deployments(cluster, ns).get("1.0.0", "service:ClaimsExtractor") == "service:ClaimsExtractor"
 
     def promoted() -> None:
         model = model_named(cluster, ns, MODEL)
@@ -118,6 +125,7 @@ def steps_and_promotes(cluster: Cluster, ns: str) -> None:
     assert_eventually(promoted, timeout=180, message="2.0.0 promoted to stable")
     assert columns(cluster, ns) == ("2.0.0", "2.0.0", None, None)
     assert [e["message"] for e in events(cluster, ns, "RolloutPromoted")]
+    assert started(cluster, ns, "2.0.0") == 1
 
 
 def rolls_back(cluster: Cluster, ns: str) -> None:
@@ -165,13 +173,14 @@ def test_a_version_change_rolls_out_through_the_steps_and_a_failing_one_stays_ro
     start_analysing_operator: Callable[..., Operator],
 ) -> None:
     cluster, ns = crds_installed, k8s_namespace
-    wait_leading(start_analysing_operator())
+    operator = start_analysing_operator()
+    wait_leading(operator)
     apply(cluster, ns, manifest(claims_servers, "1.0.0", "service:ClaimsExtractor"))
     serves_first_version(cluster, ns)
 
     with traffic(gateway.url, gateway.api_key, MODEL) as counts:
         apply(cluster, ns, manifest(claims_servers, "2.0.0", "service:ClaimsExtractorV2"))
-        steps_and_promotes(cluster, ns)
+        steps_and_promotes(cluster, ns, operator, start_analysing_operator)
         assert counts.get("200", 0) > 0
         # The next version fails every request: the analysis rolls it back, and 2.0.0 keeps serving.
         apply(cluster, ns, manifest(claims_servers, "3.0.0", "service:ClaimsExtractorV3"))
