@@ -304,8 +304,10 @@ def serve(manifests_dir: Path, data_dir: Path, host: str, port: int, kafka: str 
                 "Try:\n"
                 f"  curl -s -X POST '{url}/v1/tasks?mode=sync' -H 'Authorization: Bearer {key}' "
                 f'-H \'Content-Type: application/json\' -d \'{{"workflow": {{"name": "{workflows[0]}"}}, '
-                '"input": {"claimId": "C-1", "document": "Car accident on 2026-11-02, policy PL-12345678, '
-                "repair costs $1,200.00\"}}'",
+                # The quick start's small claim, which the claims model reads confidently enough for the rules to
+                # decide it: the sample answers with the finished task, not one waiting for a human.
+                '"input": {"claimId": "C-1", "document": "Motor claim. Policy PL-12345678. Incident date: 2026-11-02. '
+                "Rear-ended at a red light; bumper crushed. Amount claimed: $2,300.00.\"}}'",
                 flush=True,
             )
         oidc = OIDCConfig.from_env(os.environ)  # AIPLANE_OIDC_*, as `aiplane gateway`: tokens besides the key

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,38 +91,78 @@ def test_demo_runs_the_claims_case_end_to_end() -> None:
     assert "== Done" in out
 
 
-@pytest.fixture
-def dev(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """The page's `aiplane dev` line as a process of its own; yields its port and the key it printed."""
+@dataclass(frozen=True)
+class Dev:
+    """A running `aiplane dev` of the page's line: its port, data dir, the key and what it printed before serving."""
+
+    port: str
+    data_dir: Path
+    key: str
+    printed: list[str]
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    """The page's `aiplane dev` line as a process of its own, shared by this module's tests (one start of the model
+    servers); yields once the gateway answers."""
     (line,) = blocks()[1]
     port = str(free_port())
-    argv = shlex.split(_local(line, port, tmp_path))
+    base = tmp_path_factory.mktemp("quickstart-dev")
+    argv = shlex.split(_local(line, port, base))
     assert argv[:2] == [".venv/bin/aiplane", "dev"], argv
     process = subprocess.Popen(
         [str(REPO_ROOT / argv[0]), *argv[1:]],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
-        stderr=(tmp_path / "dev.err").open("wb"),
+        stderr=(base / "dev.err").open("wb"),
         start_new_session=True,
     )
     try:
         assert process.stdout is not None
-        key = ""
+        printed: list[str] = []
+        # What it prints before it serves ends with the sample curl (the example has workflows).
         for raw in process.stdout:
-            if raw.startswith(b"API key: "):
-                key = raw.decode().removeprefix("API key: ").strip()
+            printed.append(raw.decode().rstrip("\n"))
+            if printed[-1].lstrip().startswith("curl "):
                 break
-        assert key, (tmp_path / "dev.err").read_text()
+        key = next((p.removeprefix("API key: ") for p in printed if p.startswith("API key: ")), "")
+        assert key, "\n".join(printed) + (base / "dev.err").read_text()
         client = Client(f"http://127.0.0.1:{port}", key)
         assert_eventually(lambda: client.approvals() is not None, timeout=120, retry_on=(Exception,))
-        yield port, key
+        yield Dev(port, base / "dev", key, printed)
     finally:
         stop_process_group(process, 30, signal.SIGINT)
 
 
 @pytest.mark.integration
-def test_the_cli_against_aiplane_dev(dev: tuple[str, str], tmp_path: Path) -> None:
-    port, key = dev
+def test_aiplane_dev_prints_its_url_and_a_curl_that_works(dev: Dev) -> None:
+    url = f"http://127.0.0.1:{dev.port}"
+    # As the page says: the gateway URL, one line `API key: <key>`, a sample curl; the data dir it was given.
+    assert dev.printed[:3] == [
+        f"aiplane dev: gateway on {url} (data in {dev.data_dir})",
+        f"API key: {dev.key}",
+        "Try:",
+    ], dev.printed
+    (curl,) = [line.strip() for line in dev.printed if line.lstrip().startswith("curl ")]
+    assert f"'{url}/v1/tasks?mode=sync'" in curl
+    assert f"'Authorization: Bearer {dev.key}'" in curl
+    # Run as a reader pastes it: its small claim is extracted, decided by the rules and published, no human.
+    proc = _bash(curl, dict(os.environ), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    task = json.loads(proc.stdout)
+    assert task["state"] == "succeeded", task
+    assert task["input"]["claimId"] == "C-1"
+    assert task["result"], task
+    # Everything it keeps is under --data-dir: SQLite (WAL) and the logs of the servers it started.
+    assert (dev.data_dir / "engine.db").is_file()
+    logs = {path.name for path in (dev.data_dir / "logs").iterdir()}
+    assert "model-claims-extractor.log" in logs, logs
+    assert (dev.data_dir / "logs" / "model-claims-extractor.log").stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_the_cli_against_aiplane_dev(dev: Dev, tmp_path: Path) -> None:
+    port, key = dev.port, dev.key
     env = {**os.environ, "PATH": f"{REPO_ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
     ids = {"<key>": key}
     printed: list[tuple[str, Any]] = []  # each command and the JSON it printed
