@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, IdempotencyMismatchError, InvalidRequestError, TaskState
+from engine import Engine, IdempotencyMismatchError, InvalidRequestError, TaskState, WorkflowNotFoundError
 from tests.engine.conftest import Downstream, EngineFactory, Reply, connector_step, fast_worker, wait_done
 
 
@@ -213,3 +213,22 @@ def test_cancel_stops_a_task(make_engine: EngineFactory, sqlite_url: str, downst
         worker.maintain()
     assert downstream.count("/c/one") == 0
     assert engine.events(task.id)[-1].type == "task.cancelled"
+
+
+def test_submitting_an_older_version_runs_that_version(
+    make_engine: EngineFactory, sqlite_url: str, downstream: Downstream
+) -> None:
+    engine = make_engine(sqlite_url)
+    v1 = engine.register_workflow("wf", {"steps": [connector_step("one")]})
+    v2 = engine.register_workflow("wf", {"steps": [connector_step("two")]})
+    older = engine.submit("acme", "wf", {}, version=v1)
+    current = engine.submit("acme", "wf", {})
+    assert (older.workflow_version, current.workflow_version) == (v1, v2)
+    with fast_worker(engine):
+        assert wait_done(engine, "acme", older.id).state == TaskState.SUCCEEDED
+        assert wait_done(engine, "acme", current.id).state == TaskState.SUCCEEDED
+    assert [s.name for s in engine.steps("acme", older.id)] == ["one"]
+    assert [s.name for s in engine.steps("acme", current.id)] == ["two"]
+    assert (downstream.count("/c/one"), downstream.count("/c/two")) == (1, 1)
+    with pytest.raises(WorkflowNotFoundError):
+        engine.submit("acme", "wf", {}, version="no-such-version")
