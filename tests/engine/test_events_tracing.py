@@ -74,3 +74,23 @@ def test_spans_carry_the_task_id_and_traceparent_reaches_the_downstream(
     names = {span.name for span in spans.spans(task.id)}
     assert {"aiplane.engine.submit", "aiplane.engine.step", "aiplane.engine.model_call"} <= names
     assert {span["traceId"] for span in spans.trace(task.id)} == {trace_id}
+
+
+def test_a_connector_call_is_a_span_of_the_task_trace_under_its_step(
+    spans: TaskSpanStore, make_engine: EngineFactory, sqlite_url: str, downstream: Downstream
+) -> None:
+    engine: Engine = make_engine(sqlite_url)
+    engine.register_workflow("notify", {"steps": [connector_step("notify")]})
+    task = engine.submit("acme", "notify", {})
+    with fast_worker(engine):
+        assert wait_done(engine, "acme", task.id).state == TaskState.SUCCEEDED
+    recorded = spans.trace(task.id)
+    [step] = [s for s in recorded if s["name"] == "aiplane.engine.step"]
+    [call] = [s for s in recorded if s["name"] == "aiplane.engine.connector_call"]
+    assert call["parentSpanId"] == step["spanId"]
+    assert call["traceId"] == step["traceId"]
+    assert (call["attributes"]["aiplane.connector.name"], call["attributes"]["http.request.method"]) == ("c", "POST")
+    assert call["status"] != "ERROR"
+    # The call's own context went downstream: the connector can join the task's trace.
+    traceparent = downstream.calls["/c/notify"][0].headers["traceparent"]
+    assert traceparent.split("-")[1:3] == [call["traceId"], call["spanId"]]
