@@ -142,7 +142,12 @@ class PolicyAnnotations(ApiModel):
         default=None,
         description="Data class of the input (as the aiplane.io/data-class label), e.g. pii or claims.",
     )
-    retention: Duration | None = Field(default=None, description="Keep the task's data at most this long, e.g. 30d.")
+    retention: Duration | None = Field(
+        default=None,
+        description="Keep the task's data at most this long after it finished, e.g. 30d: its input, result, step "
+        "outputs, published events and payload logs are then purged. Only narrows the Policies' retention: a "
+        "shorter Policy period still applies first.",
+    )
     approval: Literal["policy", "required", "skip-if-allowed"] | None = Field(
         default=None,
         description="policy: as the policies decide (default); required: ask a human in any case; "

@@ -652,7 +652,8 @@ class Engine:
         worker.pii = self.pii
         worker.governing = self.governing
         worker.payloads = self.payloads
-        worker.retention = self.purge if self.retention is not None else None
+        # Always: a task's own retention (its policy.retention annotation) applies without any Policy.
+        worker.retention = self.purge
         self._workers.append(worker)
         return worker
 
@@ -713,8 +714,8 @@ class Engine:
 
     def purge(self) -> Purged:
         """Delete what the retention periods say is expired now (``engine.store.purge.purge``)."""
-        if self.retention is None:
-            return Purged()
+        if self.retention is None:  # no Policy sets a period: only tasks' own retention applies
+            return purge.purge_own_retention(self.db, self.codec, now=self.clock())
         purged = purge.purge(
             self.db,
             self.codec,

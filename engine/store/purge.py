@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.durations import parse_duration
 from engine.payloads import PayloadCodec
 from engine.store import audit, payload_logs
 from engine.store.audit import AuditLog
@@ -43,6 +44,7 @@ from engine.store.schema import (
     tasks,
     workflow_heads,
 )
+from engine.store.schema import payload_logs as payload_log_rows
 from policies.audit import Entry
 from policies.erasure import belongs, check_subject, parse_fields, subject_digest
 from policies.retention import RetentionFor, cutoffs
@@ -62,6 +64,8 @@ class Purged:
     audit: int = 0
     payload_logs: int = 0
     workflows: list[str] = field(default_factory=list)
+    #: Tasks whose own retention (``POST /v1/tasks`` ``policy.retention``) purged them.
+    own_retention: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +76,7 @@ class Purged:
             "blobs": self.blobs,
             "audit": self.audit,
             "workflows": self.workflows,
+            "ownRetention": self.own_retention,
         }
 
 
@@ -168,53 +173,118 @@ def purge(
         cut = cutoffs(periods, now)
         if not cut.any:
             continue
-        refs: set[str] = set()
         with db.write() as conn:
-            if cut.inputs is not None:
-                where = sa.and_(
-                    _finished(workflow, cut.inputs), sa.or_(tasks.c.input.is_not(None), tasks.c.input_ref.is_not(None))
-                )
-                refs.update(r for (r,) in conn.execute(sa.select(tasks.c.input_ref).where(where)) if r)
-                purged.inputs += conn.execute(sa.update(tasks).where(where).values(input=None, input_ref=None)).rowcount
-            if cut.results is not None:
-                done = sa.select(tasks.c.id).where(_finished(workflow, cut.results)).scalar_subquery()
-                where = sa.and_(
-                    _finished(workflow, cut.results),
-                    sa.or_(tasks.c.result.is_not(None), tasks.c.result_ref.is_not(None), tasks.c.vars != {}),
-                )
-                refs.update(r for (r,) in conn.execute(sa.select(tasks.c.result_ref).where(where)) if r)
-                purged.results += conn.execute(
-                    sa.update(tasks).where(where).values(result=None, result_ref=None, vars={})
-                ).rowcount
-                outputs = sa.and_(
-                    step_runs.c.task_id.in_(done),
-                    sa.or_(step_runs.c.output.is_not(None), step_runs.c.output_ref.is_not(None)),
-                )
-                refs.update(r for (r,) in conn.execute(sa.select(step_runs.c.output_ref).where(outputs)) if r)
-                conn.execute(sa.update(step_runs).where(outputs).values(output=None, output_ref=None))
-                # Agent steps' observations are step results too; their decision records stay for auditors.
-                observations = sa.and_(
-                    agent_actions.c.task_id.in_(done),
-                    sa.or_(agent_actions.c.observation.is_not(None), agent_actions.c.observation_ref.is_not(None)),
-                )
-                refs.update(
-                    r for (r,) in conn.execute(sa.select(agent_actions.c.observation_ref).where(observations)) if r
-                )
-                conn.execute(
-                    sa.update(agent_actions).where(observations).values(observation=None, observation_ref=None)
-                )
-                conn.execute(sa.delete(callbacks).where(callbacks.c.task_id.in_(done), callbacks.c.state != "pending"))
-            if cut.events is not None:
-                done = sa.select(tasks.c.id).where(_finished(workflow, cut.events)).scalar_subquery()
-                # Only published events: an unpublished one is still owed to the bus.
-                purged.events += conn.execute(
-                    sa.delete(events).where(events.c.task_id.in_(done), events.c.published_at.is_not(None))
-                ).rowcount
-            purged.blobs += _drop_unreferenced(conn, codec, refs)
+            _purge_classes(
+                conn,
+                codec,
+                purged,
+                inputs=_finished(workflow, cut.inputs) if cut.inputs is not None else None,
+                results=_finished(workflow, cut.results) if cut.results is not None else None,
+                events_of=_finished(workflow, cut.events) if cut.events is not None else None,
+            )
         purged.workflows.append(workflow)
+    purge_own_retention(db, codec, now=now, purged=purged)
     if audit_period is not None and audit_log is not None:
         purged.audit = audit_log.prune(before=now - audit_period, reason="retention")
     return purged
+
+
+def purge_own_retention(db: Database, codec: PayloadCodec, *, now: datetime, purged: Purged | None = None) -> Purged:
+    """Purge every stored class (inputs, results, events, payload logs) of the finished tasks whose own retention
+    (the submitter's ``policy.retention`` annotation) has passed since they finished. It only narrows: what the
+    Policies' periods purge goes anyway, whichever is shorter comes first. Counted into ``purged``."""
+    purged = purged if purged is not None else Purged()
+    query = sa.select(tasks.c.id, tasks.c.annotations, tasks.c.finished_at).where(
+        tasks.c.finished_at.is_not(None), _OWN_RETENTION, _holds_data()
+    )
+    due: list[str] = []
+    with db.read() as conn:
+        for row in conn.execute(query.execution_options(yield_per=_CHUNK)):
+            text = row.annotations.get("retention") if isinstance(row.annotations, dict) else None
+            try:
+                period = parse_duration(text) if isinstance(text, str) else None
+            except ValueError:  # the gateway validates it; a row written otherwise is left to the Policies
+                log.warning("task %s: unreadable retention annotation %r", row.id, text)
+                continue
+            if period is not None and row.finished_at < now - period:
+                due.append(row.id)
+    for chunk in _chunks(due):
+        with db.write() as conn:
+            where = tasks.c.id.in_(chunk)
+            _purge_classes(conn, codec, purged, inputs=where, results=where, events_of=where)
+            purged.payload_logs += payload_logs.erase(conn, chunk)
+        purged.own_retention += len(chunk)
+    return purged
+
+
+#: Tasks that carry a retention of their own: annotations are canonical JSON text (sorted keys, compact).
+# Compared as text: a bound value of the JSON column's own type would be JSON-encoded first.
+_OWN_RETENTION = sa.type_coerce(tasks.c.annotations, sa.Text).like('%"retention":%')
+
+
+def _holds_data() -> sa.ColumnElement[bool]:
+    """A task that still keeps something a purge removes, so a purged task is not looked at again."""
+    return sa.or_(
+        tasks.c.input.is_not(None),
+        tasks.c.input_ref.is_not(None),
+        tasks.c.result.is_not(None),
+        tasks.c.result_ref.is_not(None),
+        tasks.c.vars != {},
+        sa.exists().where(
+            step_runs.c.task_id == tasks.c.id,
+            sa.or_(step_runs.c.output.is_not(None), step_runs.c.output_ref.is_not(None)),
+        ),
+        sa.exists().where(events.c.task_id == tasks.c.id, events.c.published_at.is_not(None)),
+        sa.exists().where(payload_log_rows.c.task_id == tasks.c.id),
+    )
+
+
+def _purge_classes(
+    conn: sa.Connection,
+    codec: PayloadCodec,
+    purged: Purged,
+    *,
+    inputs: sa.ColumnElement[bool] | None,
+    results: sa.ColumnElement[bool] | None,
+    events_of: sa.ColumnElement[bool] | None,
+) -> None:
+    """Delete, per data class, the data of the tasks each clause selects (None: that class is kept), then the
+    blobs nothing refers to any more; counted into ``purged``."""
+    refs: set[str] = set()
+    if inputs is not None:
+        where = sa.and_(inputs, sa.or_(tasks.c.input.is_not(None), tasks.c.input_ref.is_not(None)))
+        refs.update(r for (r,) in conn.execute(sa.select(tasks.c.input_ref).where(where)) if r)
+        purged.inputs += conn.execute(sa.update(tasks).where(where).values(input=None, input_ref=None)).rowcount
+    if results is not None:
+        done = sa.select(tasks.c.id).where(results).scalar_subquery()
+        where = sa.and_(
+            results, sa.or_(tasks.c.result.is_not(None), tasks.c.result_ref.is_not(None), tasks.c.vars != {})
+        )
+        refs.update(r for (r,) in conn.execute(sa.select(tasks.c.result_ref).where(where)) if r)
+        purged.results += conn.execute(
+            sa.update(tasks).where(where).values(result=None, result_ref=None, vars={})
+        ).rowcount
+        outputs = sa.and_(
+            step_runs.c.task_id.in_(done),
+            sa.or_(step_runs.c.output.is_not(None), step_runs.c.output_ref.is_not(None)),
+        )
+        refs.update(r for (r,) in conn.execute(sa.select(step_runs.c.output_ref).where(outputs)) if r)
+        conn.execute(sa.update(step_runs).where(outputs).values(output=None, output_ref=None))
+        # Agent steps' observations are step results too; their decision records stay for auditors.
+        observations = sa.and_(
+            agent_actions.c.task_id.in_(done),
+            sa.or_(agent_actions.c.observation.is_not(None), agent_actions.c.observation_ref.is_not(None)),
+        )
+        refs.update(r for (r,) in conn.execute(sa.select(agent_actions.c.observation_ref).where(observations)) if r)
+        conn.execute(sa.update(agent_actions).where(observations).values(observation=None, observation_ref=None))
+        conn.execute(sa.delete(callbacks).where(callbacks.c.task_id.in_(done), callbacks.c.state != "pending"))
+    if events_of is not None:
+        done = sa.select(tasks.c.id).where(events_of).scalar_subquery()
+        # Only published events: an unpublished one is still owed to the bus.
+        purged.events += conn.execute(
+            sa.delete(events).where(events.c.task_id.in_(done), events.c.published_at.is_not(None))
+        ).rowcount
+    purged.blobs += _drop_unreferenced(conn, codec, refs)
 
 
 def _drop_unreferenced(conn: sa.Connection, codec: PayloadCodec, refs: Iterable[str]) -> int:

@@ -91,7 +91,7 @@ class WorkerConfig:
     gauges_interval: float = 15.0
     #: Run the maintenance sweeps in this worker (every worker may; the sweeps are safe to run concurrently).
     maintenance: bool = True
-    #: Seconds between retention purges (``engine.store.purge``), when the engine has a retention policy: periods
+    #: Seconds between retention purges (``engine.store.purge``: the Policies' periods and tasks' own): periods
     #: are days, so a purge every ten minutes deletes expired data promptly without scanning the store often.
     retention_interval: float = 600.0
     #: Take a task's next step along with the completion of its current one when nothing is queued ahead of it
@@ -109,7 +109,7 @@ class Worker:
     pii: WorkflowMasking | None = None
     #: Logs a sampled share of tasks' step payloads, after masking (``policies.payloads``); None: no payload logs.
     payloads: PayloadLog | None = None
-    #: Runs one retention purge (``Engine.purge``); None when no Policy sets a retention.
+    #: Runs one retention purge (``Engine.purge``, which an engine's workers always get); None: no purge.
     retention: Callable[[], object] | None = None
     #: The Policies that govern a workflow, by name: a call refused for residency is audited naming those whose
     #: residency decided it. None: the record names none.
