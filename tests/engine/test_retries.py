@@ -210,3 +210,23 @@ def test_spent_retry_budget_defers_retries_through_a_worker(
         assert step.attempts <= 3  # deferrals gave their attempts back: the step is not dead-lettered
         assert engine.get("acme", task.id).state == TaskState.RUNNING
     assert all(error["message"] == "retry budget for connector/c spent" for error in deferred())
+
+
+def test_the_dlq_size_gauge_counts_dead_letters_until_replayed(
+    make_engine: EngineFactory, db_url: str, downstream: Downstream
+) -> None:
+    engine = make_engine(db_url)
+    engine.register_workflow("payout", three_steps())
+    downstream.script("/c/b", Reply(400, {"error": "bad iban"}), Reply(200))
+
+    def dlq_size(expected: float) -> None:
+        assert sample("aiplane_engine_dlq_size_tasks") == expected
+
+    # The worker's maintenance rounds refresh the store gauges (every 50 ms here).
+    with fast_worker(engine, gauges_interval=0.05):
+        task = engine.submit("acme", "payout", {})
+        wait_state(engine, "acme", task.id, TaskState.DEAD_LETTERED)
+        assert_eventually(lambda: dlq_size(1), timeout=20, interval=0.02)
+        engine.replay("acme", task.id)
+        assert wait_done(engine, "acme", task.id).state == TaskState.SUCCEEDED
+        assert_eventually(lambda: dlq_size(0), timeout=20, interval=0.02)
