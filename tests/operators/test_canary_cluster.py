@@ -88,7 +88,7 @@ def kill_and_restart(cluster: Cluster, namespace: str, operator: Operator, start
 def continues_to_promotion(cluster: Cluster, namespace: str, before: dict[str, Any]) -> None:
     """Until the restarted operator promotes the canary, every look finds the rollout where the killed one left it
     or further on, never back: the step never drops, a step's clock (``stepStartedAt``) stays as long as the step,
-    and the two versions' Deployments are the only ones. The step's interval is several rollout ticks, so this
+    and no child is duplicated. The step's interval is several rollout ticks, so this
     watches at least two of the restarted operator's ticks."""
     last = before
 
@@ -103,8 +103,13 @@ def continues_to_promotion(cluster: Cluster, namespace: str, before: dict[str, A
         last = state
         if state["phase"] == "Promoted":
             return True
-        versions = [d["metadata"]["labels"]["aiplane.io/version"] for d in children(cluster, namespace)["deployments"]]
-        assert sorted(versions) == ["1.0.0", "2.0.0"], versions
+        # One object per kind and version, and nothing of a version other than these two (the stable one's go
+        # just before the status says Promoted, so a look may miss them).
+        kids = children(cluster, namespace)
+        for kind in ("deployments", "services", "poddisruptionbudgets"):
+            versions = [k["metadata"]["labels"]["aiplane.io/version"] for k in kids[kind]]
+            assert sorted(versions) in (["1.0.0", "2.0.0"], ["2.0.0"]), (kind, versions)
+        assert len(kids["horizontalpodautoscalers"]) <= 1, kids["horizontalpodautoscalers"]
         return False
 
     # Anything but "not promoted yet" fails at once rather than being retried.
