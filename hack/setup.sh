@@ -53,6 +53,8 @@ if [[ "$("${VENV}/bin/python" -c 'import importlib.metadata as m; print(m.versio
   "${VENV}/bin/pip" install -q --no-deps --require-hashes -r planners/model-requirements.txt
 fi
 
+log "training the claims example's model (cached; retrained only when its training code changes)"
+VENV="${VENV}" bash hack/train-claims-model.sh >/dev/null
 log "building the test cluster's binaries (cached under ${AIPLANE_BIN_DIR})"
 bash hack/build-tools.sh
 log "fetching Kafka's jars (cached under ${AIPLANE_CACHE_DIR})"

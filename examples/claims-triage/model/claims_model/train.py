@@ -6,14 +6,19 @@ Build time::
     python -m claims_model.train --out /tmp/claims-model --n-train 4000 --seed 7
 
 Weights go to ``--out``, else ``$AIPLANE_CLAIMS_MODEL_DIR``, else ``~/.cache/aiplane/claims-model/<version>/``.
-The same arguments always give the same weights and the same metrics. The service calls ``load_or_train``: it
-loads the weights when they are there and of this version, and trains them (a few seconds) when they are not.
+The same arguments always give the same weights and the same metrics. ``make setup`` (``hack/setup.sh``) and the
+image build (``Containerfile``) run it with ``--if-stale``, so the service finds the weights there: it calls
+``load_or_train``, which loads them when they are of this training key, and trains them (a few seconds, logged as a
+warning) when they are not. The training key (``training_key``) hashes the code that decides the weights and their
+metrics and the training arguments, so only a change to those retrains, never a restart or a fault switch.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +32,10 @@ from claims_model.extraction import extract_fields
 from claims_model.synthetic import ClaimRecord, generate
 
 MODEL_DIR_ENV = "AIPLANE_CLAIMS_MODEL_DIR"
+#: The modules whose code decides the weights or their recorded metrics (not the service, not the fault switches).
+TRAINING_SOURCES = ("__init__.py", "classifier.py", "extraction.py", "synthetic.py", "train.py")
+#: Under ``bentoml.``, so ``bentoml serve`` shows it with the service's own log lines.
+logger = logging.getLogger("bentoml.aiplane.claims.train")
 DEFAULT_SEED = 7
 DEFAULT_N_TRAIN = 4000
 DEFAULT_N_TEST = 1000
@@ -39,6 +48,21 @@ def default_model_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     return Path.home() / ".cache" / "aiplane" / "claims-model" / MODEL_VERSION
+
+
+def training_key(
+    n_train: int = DEFAULT_N_TRAIN,
+    n_test: int = DEFAULT_N_TEST,
+    seed: int = DEFAULT_SEED,
+    sources: Path | None = None,
+) -> str:
+    """What the weights are a function of: the training code (``TRAINING_SOURCES`` in ``sources``, default this
+    package) and the arguments. Saved weights of another key are retrained."""
+    folder = sources or Path(__file__).resolve().parent
+    digest = hashlib.sha256(f"{n_train}/{n_test}/{seed}".encode())
+    for name in TRAINING_SOURCES:
+        digest.update(b"\0" + name.encode() + b"\0" + (folder / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -114,10 +138,23 @@ def train_and_save(
     meta: dict[str, Any] = {
         "seed": seed,
         "n_train": n_train,
+        "training_key": training_key(n_train, n_test, seed),
         "metrics": metrics.__dict__,
         "train_seconds": round(time.perf_counter() - started, 3),
     }
     return model, model.save(directory, meta)
+
+
+def load_current(
+    directory: Path, n_train: int = DEFAULT_N_TRAIN, n_test: int = DEFAULT_N_TEST, seed: int = DEFAULT_SEED
+) -> tuple[NaiveBayes, dict[str, Any]]:
+    """The saved model in ``directory`` if it was trained with this code and these arguments; ``ValueError``
+    saying why not (none there, another version, another training key)."""
+    model, meta = NaiveBayes.load(directory)
+    key = training_key(n_train, n_test, seed)
+    if meta.get("training_key") != key:
+        raise ValueError(f"weights in {directory} are of training key {meta.get('training_key')}, not {key}")
+    return model, meta
 
 
 def load_or_train(
@@ -127,11 +164,17 @@ def load_or_train(
     seed: int = DEFAULT_SEED,
 ) -> tuple[NaiveBayes, dict[str, Any], bool]:
     """The saved model in ``directory`` (default ``default_model_dir()``), trained (with the other arguments) and
-    saved first when it is not there or is of another version. Returns (model, meta, whether it was trained now)."""
+    saved first when it is not there or not current (``load_current``). Returns (model, meta, whether it was
+    trained now)."""
     directory = directory or default_model_dir()
     try:
-        model, meta = NaiveBayes.load(directory)
-    except ValueError:
+        model, meta = load_current(directory, n_train, n_test, seed)
+    except ValueError as why:
+        logger.warning(
+            "training the claims model at start-up (%s); make setup or the image build trains it ahead: "
+            "python -m claims_model.train --if-stale",
+            why,
+        )
         model, meta = train_and_save(directory, n_train, n_test, seed)
         return model, meta, True
     return model, meta, False
@@ -143,12 +186,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN)
     parser.add_argument("--n-test", type=int, default=DEFAULT_N_TEST)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--if-stale", action="store_true", help="train only when the folder holds no weights of this training key"
+    )
     args = parser.parse_args(argv)
     directory: Path = args.out or default_model_dir()
+    if args.if_stale:
+        try:
+            _, meta = load_current(directory, args.n_train, args.n_test, args.seed)
+        except ValueError:
+            pass
+        else:
+            print(f"claims model {MODEL_VERSION}: up to date in {directory} (training key {meta['training_key']})")
+            return
     _, meta = train_and_save(directory, args.n_train, args.n_test, args.seed)
     metrics = meta["metrics"]
     print(f"claims model {MODEL_VERSION}: trained on {args.n_train} documents in {meta['train_seconds']} s")
-    print(f"weights: {directory}")
+    print(f"weights: {directory} (training key {meta['training_key']})")
     print(f"held-out documents:         {metrics['n_test']}")
     for key in (
         "claim_type_accuracy",
