@@ -150,8 +150,11 @@ class PolicyAnnotations(ApiModel):
     )
     approval: Literal["policy", "required", "skip-if-allowed"] | None = Field(
         default=None,
-        description="policy: as the policies decide (default); required: ask a human in any case; "
-        "skip-if-allowed: skip approvals where the policies allow it.",
+        description="policy: as the Policies decide (default). required: a human approves the task before it "
+        "succeeds in any case: where no approval of it was approved yet it waits for one of the approver role, and "
+        "a Policy approval rule it triggers asks a human itself even where a workflow approval step would meet it. "
+        "skip-if-allowed: skip approvals where the Policies allow it; no Policy allows skipping one today, so it is "
+        "the same as policy: a submitter never bypasses a human gate.",
     )
     subject: Annotated[str, Field(min_length=1, max_length=253)] | None = Field(
         default=None,

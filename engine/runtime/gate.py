@@ -7,6 +7,13 @@ step ``policy-approval`` (a waiting step run and a pending approval with the req
 finishes the task only when that approval is approved. A requirement nobody can satisfy (the triggered rules
 share no role) fails the task with ``ApprovalUnsatisfiable`` instead of parking it forever.
 
+A submitter may ask for more, never for less: a task submitted with ``policy.approval: required`` (its
+annotations) is parked on the same step where it would succeed when no human approved anything of it yet (for the
+``approver`` role, ``SUBMITTER_REQUIREMENT``), and a Policy approval it triggers asks a human itself even where the
+workflow's own approval step would satisfy it. ``skip-if-allowed`` changes nothing: no Policy construct allows
+skipping an approval, so no annotation can bypass a human gate. The gate runs for such a task even where no Policy
+has approval rules.
+
 Which rules apply to a workflow is the wiring's business, as for PII masking and residency: ``rules_for(name)``
 gives the effective approval rules of the workflow of that name, e.g.
 ``lambda name: policy_set.effective(targets.get(name) or Target("Workflow", name)).approvals`` where ``targets``
@@ -40,6 +47,27 @@ POLICY_APPROVAL_STEP = "policy-approval"
 DEFAULT_EXPIRY = timedelta(days=7)
 
 RulesFor = Callable[[str], Sequence[EffectiveApproval]]
+#: The ``policy.approval`` annotation by which a submitter asks for a human approval in any case.
+ASK_HUMAN = "required"
+#: What such a task waits for when no rule asked for more: one member of the tenant's approvers.
+SUBMITTER_REQUIREMENT = Requirement(
+    rules=(),
+    roles=frozenset({"approver"}),
+    quorum=1,
+    separation_of_duties=False,
+    reasons=("the submitter asked for a human approval (policy.approval: required)",),
+    policies=(),
+)
+
+
+def asks_human(task: sa.Row[Any]) -> bool:
+    """Whether the task's submitter asked for a human approval in any case (``policy.approval: required``)."""
+    annotations = task.annotations
+    return isinstance(annotations, dict) and annotations.get("approval") == ASK_HUMAN
+
+
+def _no_rules(_workflow: str) -> Sequence[EffectiveApproval]:
+    return ()
 
 
 class ApprovalGate:
@@ -59,15 +87,18 @@ class ApprovalGate:
     ) -> Requirement | None:
         """The approval this task needs before it may succeed with ``result``; None when no rule triggers, or when
         an approval step of the workflow already gave what the rules require (``satisfied_by``)."""
+        asks = asks_human(task)
         rules = self.rules_for(task.workflow)
         if not rules:
-            return None
+            return SUBMITTER_REQUIREMENT if asks and not _approved(conn, task.id) else None
         expressions = " ".join(expression for rule in rules for expression in rule.when)
         outputs = _step_outputs(conn, codec, task.id) if "steps" in expressions else {}
         task_input = codec.decode(task.input, task.input_ref) if "input" in expressions else None
         activation = variables(task_input, result=result, steps=outputs, vars=vars)
         required = requirement(triggered(rules, activation))
-        if required is None or not required.satisfiable:
+        if required is None:
+            return SUBMITTER_REQUIREMENT if asks and not _approved(conn, task.id) else None
+        if not required.satisfiable or asks:  # asked for a human: the Policy approval asks one itself
             return required
         by = satisfied_by(conn, task.id, required)
         if by is None:
@@ -87,6 +118,18 @@ class ApprovalGate:
             expiry=f"{round(self.expiry / timedelta(milliseconds=1))}ms",
         )
         return Step.model_construct(name=POLICY_APPROVAL_STEP, type="approval", approval=approval)
+
+
+#: The gate of a task that asks for a human where no Policy has approval rules.
+UNRULED = ApprovalGate(_no_rules)
+
+
+def _approved(conn: sa.Connection, task_id: str) -> bool:
+    """Whether some approval of the task was approved (by a human: nothing else approves one)."""
+    found = conn.execute(
+        sa.select(approvals.c.id).where(approvals.c.task_id == task_id, approvals.c.state == ApprovalState.APPROVED)
+    ).first()
+    return found is not None
 
 
 def requested_details(required: Requirement) -> dict[str, Any]:

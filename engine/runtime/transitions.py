@@ -431,7 +431,7 @@ class StateMachine:
         # The vars go into the same UPDATE of the task row that enters the next step or finishes the task.
         task_values = {"vars": {**task.vars, **outcome.vars}} if outcome.vars else {}
         if next_step is None:
-            if self.gate is not None and self._gated(
+            if (self.gate is not None or policy_gate.asks_human(task)) and self._gated(
                 conn,
                 task,
                 result=encoded,
@@ -954,7 +954,7 @@ class StateMachine:
         now: datetime,
     ) -> None:
         if next_step is None:
-            if self.gate is not None:
+            if self.gate is not None or policy_gate.asks_human(task):
                 output = self.codec.decode(last_output.inline, last_output.ref)
                 if self._gated(
                     conn, task, result=last_output, output=output, vars=task.vars, now=now, task_values={}, events=[]
@@ -976,10 +976,11 @@ class StateMachine:
         task_values: dict[str, Any],
         events: list[dict[str, Any]],
     ) -> bool:
-        """Where ``task`` would succeed with ``output``: park it on a Policy approval, or refuse it when the
-        approval it needs cannot be given. False (nothing written) when no approval rule triggers."""
-        assert self.gate is not None
-        required = self.gate.check(conn, self.codec, task, result=output, vars=vars, now=now)
+        """Where ``task`` would succeed with ``output``: park it on a Policy approval (or the one its submitter
+        asked for), or refuse it when the approval it needs cannot be given. False (nothing written) when none is
+        needed."""
+        gate = self.gate if self.gate is not None else policy_gate.UNRULED
+        required = gate.check(conn, self.codec, task, result=output, vars=vars, now=now)
         if required is None:
             return False
         if not required.satisfiable:
@@ -992,7 +993,7 @@ class StateMachine:
             policy_gate.record(conn, task, required, "unsatisfiable", now)
             self._finish_task(conn, task, TaskState.FAILED, now, error=error, task_values=task_values, events=events)
             return True
-        parked = self.entry(task, self.gate.step(required), now)
+        parked = self.entry(task, gate.step(required), now)
         assert parked.approval is not None
         _INSERT_RUN.execute(conn, parked.run)
         # The business result waits on the task row; approval turns it into the task's result.
