@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,19 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_duration(text: str) -> timedelta:
+    """An argparse type: a duration such as 24h or 90m, longer than zero."""
+    from engine.durations import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
+    return value
+
+
 def _cmd_component(args: argparse.Namespace) -> int:
     """``aiplane gateway`` and ``aiplane worker``: one component against a shared store (the chart's pods)."""
     from kubernetes.config import ConfigException
@@ -92,13 +106,27 @@ def _cmd_component(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
+    if args.command == "gateway" and args.idempotency_ttl is None:
+        from api.settings import GatewaySettings
+
+        try:  # the environment's, checked before anything starts
+            GatewaySettings.from_env()
+        except ValueError as error:
+            print(f"aiplane gateway: {error}", file=sys.stderr)
+            return 2
     try:
         db_url = components.database_url(args.db)
         with cluster_sources(components.cluster_namespace(args.from_cluster)) as sources:
             if args.command == "gateway":
                 port = args.port or settings.port
                 components.serve_gateway(
-                    db_url, settings.data_dir, args.host, port, args.public_base_url, sources=sources
+                    db_url,
+                    settings.data_dir,
+                    args.host,
+                    port,
+                    args.public_base_url,
+                    sources=sources,
+                    idempotency_ttl=args.idempotency_ttl,
                 )
             else:
                 metrics = (args.metrics_port, args.metrics_host)
@@ -358,6 +386,13 @@ def _add_component_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "--public-base-url",
         default=os.environ.get("AIPLANE_PUBLIC_BASE_URL", ""),
         help="prefix of Location headers (AIPLANE_PUBLIC_BASE_URL)",
+    )
+    gateway.add_argument(
+        "--idempotency-ttl",
+        type=_positive_duration,
+        default=None,
+        help="how long an Idempotency-Key and its first response are kept, e.g. 24h, 90m or 7d "
+        "(default: AIPLANE_IDEMPOTENCY_TTL, else 24h)",
     )
     gateway.add_argument(
         "--from-cluster", "--models-from-cluster", dest="from_cluster", metavar="NAMESPACE", help=cluster_help

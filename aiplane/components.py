@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -65,6 +66,7 @@ def serve_gateway(
     public_base_url: str = "",
     *,
     sources: ClusterSources | None = None,
+    idempotency_ttl: timedelta | None = None,
 ) -> None:
     """Run the gateway under uvicorn until SIGTERM/SIGINT. It and the workers migrate the store on start (under
     an advisory lock on PostgreSQL, so replicas starting together take turns). With ``sources``, it registers the
@@ -79,7 +81,7 @@ def serve_gateway(
     engine = Engine(db_url, data_dir=data_dir, **options)
     try:
         with sources.registering(engine) if sources is not None else contextlib.nullcontext():
-            app = gateway_app(engine, public_base_url, sources=sources)
+            app = gateway_app(engine, public_base_url, sources=sources, idempotency_ttl=idempotency_ttl)
             log.info("gateway starting", extra={"host": host, "port": port})
             uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
@@ -94,6 +96,7 @@ def gateway_app(
     *,
     sources: ClusterSources | None = None,
     environ: Mapping[str, str] = os.environ,
+    idempotency_ttl: timedelta | None = None,
 ) -> FastAPI:
     """The app ``serve_gateway`` serves: API keys, and OIDC tokens when ``AIPLANE_OIDC_*`` is set; with
     ``sources``, the namespace's Policies enforced and followed as they change (rate limits, role bindings,
@@ -104,9 +107,11 @@ def gateway_app(
     from policies.access_oidc import OIDCConfig, OIDCVerifier
 
     oidc = OIDCConfig.from_env(environ)  # AIPLANE_OIDC_*: OIDC bearer tokens besides API keys
+    # --idempotency-ttl, else AIPLANE_IDEMPOTENCY_TTL, else 24 h.
+    ttl = {"idempotency_ttl": idempotency_ttl} if idempotency_ttl is not None else {}
     app = create_app(
         engine,
-        GatewaySettings.from_env(environ, public_base_url=public_base_url),
+        GatewaySettings.from_env(environ, public_base_url=public_base_url, **ttl),
         oidc=OIDCVerifier(oidc) if oidc is not None else None,
     )
     if sources is not None:

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from aiplane.cli import main
 from aiplane.components import gateway_app
 from api import GatewaySettings, create_api_key, create_app
 from api.settings import IDEMPOTENCY_TTL_ENV
@@ -61,6 +62,25 @@ def test_the_served_gateway_takes_it_from_the_environment(setup: tuple[Engine, C
     assert gateway_app(engine, environ={}).state.gateway.idempotency.ttl == timedelta(hours=24)
     app = gateway_app(engine, environ={IDEMPOTENCY_TTL_ENV: "2h"})
     assert app.state.gateway.idempotency.ttl == timedelta(hours=2)
+
+
+def test_the_flag_wins_over_the_environment(setup: tuple[Engine, Clock]) -> None:
+    engine, _ = setup
+    app = gateway_app(engine, environ={IDEMPOTENCY_TTL_ENV: "2h"}, idempotency_ttl=timedelta(minutes=5))
+    assert app.state.gateway.idempotency.ttl == timedelta(minutes=5)
+
+
+def test_aiplane_gateway_refuses_a_bad_ttl_before_starting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["gateway", "--idempotency-ttl", "1 day"])
+    assert exited.value.code == 2
+    assert "--idempotency-ttl" in capsys.readouterr().err
+    monkeypatch.setenv(IDEMPOTENCY_TTL_ENV, "soon")
+    assert main(["gateway", "--db", f"sqlite:///{tmp_path / 'never.db'}"]) == 2
+    assert IDEMPOTENCY_TTL_ENV in capsys.readouterr().err
+    assert not (tmp_path / "never.db").exists()
 
 
 def test_a_key_replays_until_it_expires_then_makes_a_new_task(setup: tuple[Engine, Clock]) -> None:
