@@ -362,7 +362,9 @@ class Intake:
         for plan in keyed:
             assert plan.record is not None
             first.setdefault((plan.record["tenant"], plan.record["key"]), plan)
-        records = [plan.record for plan in first.values() if plan.record is not None]
+        # In one order (tenant, key) whatever the batch's: on PostgreSQL a conflicting insert waits for the other
+        # transaction's row, so two gateways' batches taking the same keys in opposite orders would deadlock.
+        records = sorted((p.record for p in first.values() if p.record is not None), key=_record_name)
         inserted = set(_CLAIM_KEYS.execute(conn, records))
         owners = [p for p in plans if p.record is None]
         for plan in keyed:
@@ -394,7 +396,9 @@ class Intake:
         if created:
             _INSERT_TASK.executemany(conn, [p.task for p in created])
         if deduplicated:
-            new_ids = {task_id for (task_id,) in _INSERT_NEW_TASKS.execute(conn, [p.task for p in deduplicated])}
+            # Task keys in one order, as request keys (``_claim_keys``): two sources' batches must not deadlock.
+            rows = sorted((p.task for p in deduplicated), key=lambda t: (t["tenant"], t["idempotency_key"]))
+            new_ids = {task_id for (task_id,) in _INSERT_NEW_TASKS.execute(conn, rows)}
             for plan in deduplicated:
                 if plan.task["id"] in new_ids:
                     created.append(plan)
@@ -486,6 +490,10 @@ class Intake:
             [records.step_run(self.codec, run) for run in runs],
             created=False,
         )
+
+
+def _record_name(record: dict[str, Any]) -> tuple[str, str]:
+    return record["tenant"], record["key"]
 
 
 def fresh_task_columns(now: datetime) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from api import create_api_key, create_app
 from engine import Engine, Worker
+from engine.runtime.intake import RequestKey, Submission
 from tests.api.conftest import (
     FAST_WORKER,
     SETTINGS,
@@ -204,3 +205,42 @@ def test_100_concurrent_submissions_with_one_key_over_two_gateways_on_postgres(
             other = {**body, "input": {"claimId": "c-2"}}
             assert_problem(client.post("/v1/tasks", json=other, headers=headers), 422, "idempotency-key-mismatch")
         assert len(engine.list("acme").items) == 1
+
+
+@pytest.mark.parametrize("scope", ["request", "task"])
+def test_batches_with_the_same_keys_in_opposite_orders_on_two_gateways_do_not_deadlock(
+    pg_url: str, tmp_path: Path, upstream: Upstream, scope: str
+) -> None:
+    """Each gateway writes a batch of submissions in one transaction; two batches taking the same keys (request
+    Idempotency-Keys, or a Kafka source's task keys) in opposite orders waited on each other's rows until PostgreSQL
+    aborted one as a deadlock, failing every submission in it. Keys are taken in one order now."""
+    engines = [make_engine(pg_url, tmp_path / f"data-{n}", upstream) for n in range(2)]
+    try:
+        for round_ in range(10):
+            keys = [f"r{round_}-{n:02}" for n in range(16)]
+            start = threading.Barrier(2)
+
+            def submit(n: int, keys: list[str] = keys, start: threading.Barrier = start) -> list[object]:
+                batch = [
+                    Submission(
+                        tenant="acme",
+                        workflow="echo",
+                        input={"claimId": key},
+                        **(
+                            {"request": RequestKey(key=key, fingerprint=key, respond=lambda t, _: {"id": t.id})}
+                            if scope == "request"
+                            else {"idempotency_key": key}
+                        ),
+                    )
+                    for key in (keys if n == 0 else keys[::-1])
+                ]
+                start.wait()
+                return list(engines[n].submit_many(batch))
+
+            with ThreadPoolExecutor(2) as pool:
+                first, second = pool.map(submit, range(2))
+            assert not [o for o in [*first, *second] if isinstance(o, Exception)]
+        assert len(engines[0].list("acme", limit=500).items) == 160
+    finally:
+        for engine in engines:
+            engine.close()
