@@ -16,6 +16,7 @@ The rules these functions keep, and why they are enough:
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -73,6 +74,7 @@ RELEASED_LEASE: dict[str, Any] = {"lease_owner": None, "lease_token": None, "lea
 # a Core statement per call (coercing each value, regenerating the cache key) cost about five times running a
 # prebuilt one and was most of a step's CPU time (benchmarks/bench_engine). UPDATEs take their SET columns from the
 # parameters' keys; WHERE parameters start with "_" so they never clash with a column.
+log = logging.getLogger(__name__)
 _LOCK_TASK = sa.select(tasks).where(tasks.c.id == sa.bindparam("_task_id")).with_for_update()
 _LOCK_TASK_ROW = Prepared(_LOCK_TASK)  # the same, for a pipeline (SQLAlchemy would wait for its result at once)
 _UPDATE_TASK = Prepared(sa.update(tasks).where(tasks.c.id == sa.bindparam("_task_id")))
@@ -768,7 +770,14 @@ class StateMachine:
         conn.execute(
             sa.update(tasks)
             .where(tasks.c.id == task_id)
-            .values(state=TaskState.RUNNING, error=None, finished_at=None, current_step=run.name, updated_at=now)
+            .values(
+                state=TaskState.RUNNING,
+                error=None,
+                finished_at=None,
+                purge_after=None,
+                current_step=run.name,
+                updated_at=now,
+            )
         )
         conn.execute(
             sa.update(dead_letters)
@@ -1151,6 +1160,8 @@ class StateMachine:
             "updated_at": now,
             **(task_values or {}),
         }
+        if (own := _own_retention(task)) is not None:
+            values["purge_after"] = now + own
         if state == TaskState.SUCCEEDED:
             # ``result`` arrives already encoded (the last step's output), so a large result is not stored twice.
             values["result"] = result.inline if result is not None else None
@@ -1200,3 +1211,15 @@ class StateMachine:
             .where(approvals.c.task_id == task_id, approvals.c.state == ApprovalState.PENDING)
             .values(state=ApprovalState.CANCELLED, decided_at=now)
         )
+
+
+def _own_retention(task: sa.Row[Any]) -> timedelta | None:
+    """The task's own retention (its submitter's ``policy.retention``), if it has one."""
+    text = task.annotations.get("retention") if isinstance(task.annotations, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError:  # the gateway validates it; a row written otherwise is left to the Policies' periods
+        log.warning("task %s: unreadable retention annotation %r", task.id, text)
+        return None

@@ -25,7 +25,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.durations import parse_duration
 from engine.payloads import PayloadCodec
 from engine.store import audit, payload_logs
 from engine.store.audit import AuditLog
@@ -44,7 +43,6 @@ from engine.store.schema import (
     tasks,
     workflow_heads,
 )
-from engine.store.schema import payload_logs as payload_log_rows
 from policies.audit import Entry
 from policies.erasure import belongs, check_subject, parse_fields, subject_digest
 from policies.retention import RetentionFor, cutoffs
@@ -191,52 +189,21 @@ def purge(
 
 def purge_own_retention(db: Database, codec: PayloadCodec, *, now: datetime, purged: Purged | None = None) -> Purged:
     """Purge every stored class (inputs, results, events, payload logs) of the finished tasks whose own retention
-    (the submitter's ``policy.retention`` annotation) has passed since they finished. It only narrows: what the
-    Policies' periods purge goes anyway, whichever is shorter comes first. Counted into ``purged``."""
+    (the submitter's ``policy.retention`` annotation) has passed since they finished (``tasks.purge_after``, set
+    when a task finishes). It only narrows: what the Policies' periods purge goes anyway, whichever is shorter comes
+    first. Counted into ``purged``."""
     purged = purged if purged is not None else Purged()
-    query = sa.select(tasks.c.id, tasks.c.annotations, tasks.c.finished_at).where(
-        tasks.c.finished_at.is_not(None), _OWN_RETENTION, _holds_data()
-    )
-    due: list[str] = []
-    with db.read() as conn:
-        for row in conn.execute(query.execution_options(yield_per=_CHUNK)):
-            text = row.annotations.get("retention") if isinstance(row.annotations, dict) else None
-            try:
-                period = parse_duration(text) if isinstance(text, str) else None
-            except ValueError:  # the gateway validates it; a row written otherwise is left to the Policies
-                log.warning("task %s: unreadable retention annotation %r", row.id, text)
-                continue
-            if period is not None and row.finished_at < now - period:
-                due.append(row.id)
-    for chunk in _chunks(due):
+    query = sa.select(tasks.c.id).where(tasks.c.purge_after < now).order_by(tasks.c.purge_after).limit(_CHUNK)
+    while True:
         with db.write() as conn:
+            chunk = list(conn.execute(query).scalars())
+            if not chunk:
+                return purged
             where = tasks.c.id.in_(chunk)
             _purge_classes(conn, codec, purged, inputs=where, results=where, events_of=where)
             purged.payload_logs += payload_logs.erase(conn, chunk)
+            conn.execute(sa.update(tasks).where(where).values(purge_after=None))
         purged.own_retention += len(chunk)
-    return purged
-
-
-#: Tasks that carry a retention of their own: annotations are canonical JSON text (sorted keys, compact).
-# Compared as text: a bound value of the JSON column's own type would be JSON-encoded first.
-_OWN_RETENTION = sa.type_coerce(tasks.c.annotations, sa.Text).like('%"retention":%')
-
-
-def _holds_data() -> sa.ColumnElement[bool]:
-    """A task that still keeps something a purge removes, so a purged task is not looked at again."""
-    return sa.or_(
-        tasks.c.input.is_not(None),
-        tasks.c.input_ref.is_not(None),
-        tasks.c.result.is_not(None),
-        tasks.c.result_ref.is_not(None),
-        tasks.c.vars != {},
-        sa.exists().where(
-            step_runs.c.task_id == tasks.c.id,
-            sa.or_(step_runs.c.output.is_not(None), step_runs.c.output_ref.is_not(None)),
-        ),
-        sa.exists().where(events.c.task_id == tasks.c.id, events.c.published_at.is_not(None)),
-        sa.exists().where(payload_log_rows.c.task_id == tasks.c.id),
-    )
 
 
 def _purge_classes(

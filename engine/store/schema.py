@@ -85,6 +85,9 @@ tasks = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
+    # When the task's own retention (annotations' retention) lets its data go: set when it finishes, cleared by
+    # the purge that removes the data (engine.store.purge.purge_own_retention).
+    sa.Column("purge_after", UTCDateTime),
     sa.ForeignKeyConstraint(["workflow", "workflow_version"], ["workflows.name", "workflows.version"]),
     sa.UniqueConstraint("tenant", "idempotency_key"),
     sa.Index(None, "tenant", "id"),
@@ -92,6 +95,7 @@ tasks = sa.Table(
     # A tenant's unfinished tasks, counted against its quota at intake (policies.quota): the scan stays within
     # what the quota allows, however many finished tasks the tenant has.
     sa.Index(None, "tenant", "state"),
+    sa.Index(None, "purge_after"),
 )
 
 step_runs = sa.Table(
