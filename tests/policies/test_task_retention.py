@@ -19,6 +19,7 @@ from crds.policy import Policy
 from engine import Engine, TaskState
 from engine.runtime.intake import Accepted, Submission
 from engine.store.blobs import DatabaseBlobStore
+from engine.store.migrate import downgrade, upgrade
 from engine.store.purge import Retention
 from engine.store.schema import blobs, events, payload_logs, step_runs, tasks
 from policies.effective import Target
@@ -172,3 +173,16 @@ def test_submitted_through_the_gateway(tmp_path: Path) -> None:
         clock.now = START + timedelta(hours=2, seconds=1)
         assert engine.purge().own_retention == 1
         assert not kept(engine, task_id)["input"]
+
+
+def test_tasks_finished_before_the_migration_get_their_purge_time(setup: tuple[Engine, Clock]) -> None:
+    engine, clock = setup
+    task_id = run(engine, {"name": "old"}, retention="1h")
+    sibling = run(engine, {"name": "sibling"})
+    downgrade(engine.db, "0010")  # as a store written before tasks carried purge_after
+    upgrade(engine.db)
+    with engine.db.read() as conn:
+        after = {row.id: row.purge_after for row in conn.execute(sa.select(tasks.c.id, tasks.c.purge_after))}
+    assert after == {task_id: START + timedelta(hours=1), sibling: None}
+    clock.now = START + timedelta(hours=2)
+    assert engine.purge().own_retention == 1
