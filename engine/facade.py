@@ -157,9 +157,11 @@ class Engine:
         None (no Policy masks PII) costs nothing.
         ``payloads``: logs a sampled share of tasks' step payloads, masked (``policies.payloads``).
         ``approval_rules``: a workflow's effective Policy approval rules by workflow name; a task a rule triggers
-        for waits in a ``policy-approval`` step before it succeeds (``engine.runtime.gate``). None: no gate at all.
-        ``retention``: the Policies' retention periods; workers then purge expired data every
-        ``WorkerConfig.retention_interval`` (``Engine.purge``). None: nothing is purged.
+        for waits in a ``policy-approval`` step before it succeeds (``engine.runtime.gate``). None: no gate, except
+        for tasks whose submitter asked for a human approval (``policy.approval: required``).
+        ``retention``: the Policies' retention periods; workers purge expired data every
+        ``WorkerConfig.retention_interval`` (``Engine.purge``). None: only tasks' own retention
+        (``policy.retention``) is purged.
         ``residency``: the regions each workflow's data may go to (``policies.residency``); model and connector
         steps outside them fail with a ResidencyDenied step error.
         ``model_policies``: the Policies that select Models (``policies.model_calls``): a model step (or an agent's
