@@ -19,23 +19,16 @@ from api.settings import IDEMPOTENCY_TTL_ENV
 from engine import Engine
 from engine.store.schema import idempotency_keys, tasks
 from tests.api.conftest import auth
+from tests.fixtures.clocks import SettableClock
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = {"steps": [{"name": "r", "type": "rules", "rules": {"set": {"seen": "input.name"}}}]}
 BODY = {"workflow": {"name": "rules"}, "input": {"name": "a"}}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Engine, Clock]]:
-    clock = Clock()
+def setup(tmp_path: Path) -> Iterator[tuple[Engine, SettableClock[datetime]]]:
+    clock = SettableClock(START)
     engine = Engine(f"sqlite:///{tmp_path / 'engine.db'}", data_dir=tmp_path / "data", clock=clock)
     engine.register_workflow("rules", RULES)
     yield engine, clock
@@ -57,14 +50,14 @@ def test_a_bad_value_names_the_variable(value: str) -> None:
         GatewaySettings.from_env({IDEMPOTENCY_TTL_ENV: value})
 
 
-def test_the_served_gateway_takes_it_from_the_environment(setup: tuple[Engine, Clock]) -> None:
+def test_the_served_gateway_takes_it_from_the_environment(setup: tuple[Engine, SettableClock[datetime]]) -> None:
     engine, _ = setup
     assert gateway_app(engine, environ={}).state.gateway.idempotency.ttl == timedelta(hours=24)
     app = gateway_app(engine, environ={IDEMPOTENCY_TTL_ENV: "2h"})
     assert app.state.gateway.idempotency.ttl == timedelta(hours=2)
 
 
-def test_the_flag_wins_over_the_environment(setup: tuple[Engine, Clock]) -> None:
+def test_the_flag_wins_over_the_environment(setup: tuple[Engine, SettableClock[datetime]]) -> None:
     engine, _ = setup
     app = gateway_app(engine, environ={IDEMPOTENCY_TTL_ENV: "2h"}, idempotency_ttl=timedelta(minutes=5))
     assert app.state.gateway.idempotency.ttl == timedelta(minutes=5)
@@ -83,7 +76,7 @@ def test_aiplane_gateway_refuses_a_bad_ttl_before_starting(
     assert not (tmp_path / "never.db").exists()
 
 
-def test_a_key_replays_until_it_expires_then_makes_a_new_task(setup: tuple[Engine, Clock]) -> None:
+def test_a_key_replays_until_it_expires_then_makes_a_new_task(setup: tuple[Engine, SettableClock[datetime]]) -> None:
     engine, clock = setup
     key = create_api_key(engine, "acme", "alice", ["submitter"])
     app = create_app(engine, GatewaySettings.from_env({IDEMPOTENCY_TTL_ENV: "1h"}))
@@ -104,7 +97,7 @@ def test_a_key_replays_until_it_expires_then_makes_a_new_task(setup: tuple[Engin
     assert row.expires_at == START + timedelta(hours=2, seconds=1)
 
 
-def test_the_purge_deletes_only_expired_keys(setup: tuple[Engine, Clock]) -> None:
+def test_the_purge_deletes_only_expired_keys(setup: tuple[Engine, SettableClock[datetime]]) -> None:
     engine, clock = setup
     key = create_api_key(engine, "acme", "alice", ["submitter"])
     app = create_app(engine, GatewaySettings.from_env({IDEMPOTENCY_TTL_ENV: "1h"}))

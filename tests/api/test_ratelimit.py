@@ -18,23 +18,13 @@ from policies.effective import Target
 from policies.ratelimit import RateLimiter, limits_from_policies, strictest
 from policies.sources import PolicySet
 from tests.api.conftest import SETTINGS, Keys, Upstream, app_without, assert_problem, auth
-
-
-class Clock:
-    """A monotonic clock that moves only when told: bucket refills are then exact."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.fixtures.clocks import SettableClock
 
 # ---------------------------------------------------------------- the buckets
 
 
 def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
-    clock = Clock()
+    clock = SettableClock(1000.0)
     limiter = RateLimiter([RateLimit(requests_per_second=2, burst=3)], clock=clock)
     assert [limiter.take("acme", "normal") for _ in range(3)] == [None, None, None]
     refusal = limiter.take("acme", "normal")
@@ -50,7 +40,7 @@ def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
 
 
 def test_tenants_have_buckets_of_their_own() -> None:
-    limiter = RateLimiter([RateLimit(requests_per_second=1, burst=1)], clock=Clock())
+    limiter = RateLimiter([RateLimit(requests_per_second=1, burst=1)], clock=SettableClock(1000.0))
     assert limiter.take("acme") is None
     assert limiter.take("acme") is not None
     assert limiter.take("globex") is None
@@ -59,7 +49,7 @@ def test_tenants_have_buckets_of_their_own() -> None:
 def test_a_priority_class_limit_counts_that_class_only() -> None:
     limiter = RateLimiter(
         [RateLimit(requests_per_second=1, burst=5), RateLimit(priority="low", requests_per_second=1, burst=1)],
-        clock=Clock(),
+        clock=SettableClock(1000.0),
     )
     assert limiter.take("acme", "low") is None
     refusal = limiter.take("acme", "low")
@@ -107,7 +97,7 @@ def test_limits_come_from_the_policies_that_apply_to_a_tenant() -> None:
             _policy("none", {"pii": {}}),
         ]
     )
-    limiter = RateLimiter(everyone, named, clock=Clock())
+    limiter = RateLimiter(everyone, named, clock=SettableClock(1000.0))
     assert [limiter.take("acme") is None for _ in range(3)] == [True, True, False]
     assert all(limiter.take("globex") is None for _ in range(100))
     assert limiter.take("globex") is not None
@@ -120,7 +110,7 @@ LIMITS = [RateLimit(requests_per_second=0.25, burst=2), RateLimit(priority="low"
 BODY = {"workflow": {"name": "echo"}, "input": {"claimId": "c-1"}}
 
 
-def limited_app(engine: Engine, clock: Clock, *, fast: bool = True) -> FastAPI:
+def limited_app(engine: Engine, clock: SettableClock[float], *, fast: bool = True) -> FastAPI:
     limiter = RateLimiter(LIMITS, clock=clock)
     if fast:
         return create_app(engine, SETTINGS, rate_limiter=limiter)
@@ -131,7 +121,7 @@ def limited_app(engine: Engine, clock: Clock, *, fast: bool = True) -> FastAPI:
 
 @pytest.fixture
 def limited(engine: Engine) -> Iterator[TestClient]:
-    with TestClient(limited_app(engine, Clock())) as client:
+    with TestClient(limited_app(engine, SettableClock(1000.0))) as client:
         yield client
 
 
@@ -168,7 +158,7 @@ def test_unauthenticated_requests_spend_no_tokens(limited: TestClient, keys: Key
 
 
 def test_the_fast_path_and_the_route_limit_alike(engine: Engine, keys: Keys, upstream: Upstream) -> None:
-    clock = Clock()
+    clock = SettableClock(1000.0)
     with (
         TestClient(limited_app(engine, clock)) as fast,
         TestClient(limited_app(engine, clock, fast=False)) as routed,

@@ -19,21 +19,13 @@ from policies.effective import Target
 from policies.ratelimit import LEASE_TTL, Lease, RateLimiter, Refusal
 from policies.sources import PolicySet
 from tests.api.conftest import SETTINGS, Upstream, assert_problem, auth, workflows
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.fixtures.clocks import SettableClock
 
 # ---------------------------------------------------------------- the store's buckets
 
 
 def test_a_store_bucket_grants_its_burst_then_refills_at_its_rate(db: Database) -> None:
-    clock = Clock()
+    clock = SettableClock(1_000_000.0)
     budget = RateBudgetStore(db, clock=clock)
     first = budget.lease("acme", "*", rate=2, burst=3, want=2, returned=0)
     assert first.granted == 2  # a new bucket starts full
@@ -56,7 +48,7 @@ def test_a_store_bucket_grants_its_burst_then_refills_at_its_rate(db: Database) 
 
 
 def test_replicas_leasing_from_one_budget_share_one_limit(db: Database) -> None:
-    clock = Clock()
+    clock = SettableClock(1_000_000.0)
     budget = RateBudgetStore(db, clock=clock)
     limits = [RateLimit(requests_per_second=10, burst=5)]
     one = RateLimiter(limits, clock=clock, budget=budget)
@@ -74,7 +66,7 @@ def test_replicas_leasing_from_one_budget_share_one_limit(db: Database) -> None:
 
 
 def test_tokens_a_replica_holds_go_stale_and_back_to_the_store(db: Database) -> None:
-    clock = Clock()
+    clock = SettableClock(1_000_000.0)
     budget = RateBudgetStore(db, clock=clock)
     limits = [RateLimit(requests_per_second=100, burst=20)]  # chunks of 10 tokens
     busy = RateLimiter(limits, clock=clock, budget=budget)
@@ -149,7 +141,7 @@ def test_two_gateways_admit_one_limit_between_them(gateways: tuple[TestClient, T
 
 
 def test_a_replica_over_its_limit_leases_once_a_chunk_and_loses_no_tokens(db: Database) -> None:
-    clock = Clock()
+    clock = SettableClock(1_000_000.0)
     store = RateBudgetStore(db, clock=clock)
     leases: list[float] = []
 

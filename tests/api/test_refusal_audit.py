@@ -20,14 +20,7 @@ from policies.coalesce import Coalescer
 from policies.quota import Quotas
 from policies.sources import PolicySet
 from tests.api.conftest import SETTINGS, Upstream, assert_problem, auth, workflows
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clocks import SettableClock
 
 
 def _policy(name: str, spec: dict[str, Any]) -> Policy:
@@ -59,10 +52,10 @@ def engine(tmp_path: Path, upstream: Upstream) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def gateway(engine: Engine) -> Iterator[tuple[TestClient, Clock]]:
+def gateway(engine: Engine) -> Iterator[tuple[TestClient, SettableClock[float]]]:
     app = create_app(engine, SETTINGS)
     follow_policies(app.state.gateway, PolicySet(POLICIES), {})
-    clock = Clock()
+    clock = SettableClock(100.0)
     app.state.gateway.refusals = Coalescer(clock=clock)
     with TestClient(app) as client:
         yield client, clock
@@ -73,7 +66,7 @@ def _denials(engine: Engine) -> list[tuple[str, str | None, dict[str, Any]]]:
 
 
 def test_a_rate_limit_flood_is_audited_once_a_second_with_its_count(
-    engine: Engine, gateway: tuple[TestClient, Clock]
+    engine: Engine, gateway: tuple[TestClient, SettableClock[float]]
 ) -> None:
     client, clock = gateway
     key = create_api_key(engine, "acme", "alice", ["submitter"])
@@ -98,7 +91,7 @@ def test_a_rate_limit_flood_is_audited_once_a_second_with_its_count(
     assert engine.audit.verify().ok
 
 
-def test_a_quota_refusal_is_audited_coalesced(engine: Engine, gateway: tuple[TestClient, Clock]) -> None:
+def test_a_quota_refusal_is_audited_coalesced(engine: Engine, gateway: tuple[TestClient, SettableClock[float]]) -> None:
     client, _ = gateway
     key = create_api_key(engine, "globex", "gina", ["submitter"])
     body = {"workflow": {"name": "echo"}, "input": {"claimId": "c-1"}}
@@ -115,7 +108,9 @@ def test_a_quota_refusal_is_audited_coalesced(engine: Engine, gateway: tuple[Tes
 def test_a_gateway_that_stops_records_the_refusals_it_coalesced(engine: Engine) -> None:
     app = create_app(engine, SETTINGS)
     follow_policies(app.state.gateway, PolicySet(POLICIES), {})
-    app.state.gateway.refusals = Coalescer(clock=Clock())  # the clock never moves: one record, then coalesced
+    app.state.gateway.refusals = Coalescer(
+        clock=SettableClock(100.0)
+    )  # the clock never moves: one record, then coalesced
     key = create_api_key(engine, "acme", "alice", ["submitter"])
     with TestClient(app) as client:
         answers = [client.post("/v1/models/echo/predict", json={}, headers=auth(key)).status_code for _ in range(6)]

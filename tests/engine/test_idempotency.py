@@ -13,14 +13,7 @@ from engine import IdempotencyConflictError, IdempotencyMismatchError, InvalidRe
 from engine.store.database import Database
 from engine.store.idempotency import IdempotencyStore
 from engine.store.migrate import upgrade
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+from tests.fixtures.clocks import SettableClock
 
 
 @pytest.fixture
@@ -32,7 +25,7 @@ def db(db_url: str) -> Iterator[Database]:
 
 
 def test_claim_complete_replay_mismatch_conflict(db: Database) -> None:
-    clock = FakeClock()
+    clock = SettableClock(datetime(2026, 1, 1, tzinfo=UTC))
     store = IdempotencyStore(db, ttl=timedelta(hours=24), in_flight_timeout=timedelta(minutes=5), clock=clock)
     body = request_hash({"input": {"a": 1}})
 
@@ -58,7 +51,7 @@ def test_claim_complete_replay_mismatch_conflict(db: Database) -> None:
 
 
 def test_abandoned_claims_can_be_taken_over_and_released(db: Database) -> None:
-    clock = FakeClock()
+    clock = SettableClock(datetime(2026, 1, 1, tzinfo=UTC))
     store = IdempotencyStore(db, in_flight_timeout=timedelta(seconds=30), clock=clock)
     body = request_hash(b"raw body")
     assert store.claim("acme", "k", body).owner

@@ -28,6 +28,7 @@ from policies.residency import Residency
 from policies.sources import PolicySet
 from tests.connectors.kafkaio import committed, headers, produce, read_all
 from tests.engine.conftest import fast_worker, wait_state
+from tests.fixtures.clocks import SettableClock
 from tests.fixtures.kafka import Kafka
 from tests.fixtures.polling import assert_eventually
 from tests.policies.test_pii_engine import CLAIM, KEYS, SECRETS
@@ -259,18 +260,10 @@ def test_a_dead_letters_detail_is_masked_like_the_input(
     assert "<EMAIL_ADDRESS" in detail
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_rate_limited_source_leaves_the_rest_on_the_topic_and_takes_it_once_tokens_refill(
     kafka: Kafka, governed: Engine, open_sources: list[KafkaSource]
 ) -> None:
-    clock = Clock()
+    clock = SettableClock(0.0)
     limiter = SharedRateLimiter(limiter=RateLimiter([RateLimit(requests_per_second=1, burst=3)], clock=clock))
     source, topic, dlq = _source(kafka, governed, open_sources, rate=limiter)
     produce(kafka.bootstrap_servers, topic, [{"amount": n} for n in range(5)])

@@ -24,19 +24,12 @@ from policies.effective import Target
 from policies.retention import audit_period, retention_for, shared_period
 from policies.sources import PolicySet
 from tests.engine.conftest import fast_worker, wait_done
+from tests.fixtures.clocks import SettableClock
 from tests.fixtures.polling import assert_eventually
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = {"steps": [{"name": "r", "type": "rules", "rules": {"set": {"seen": "input.name"}}}]}
 BIG = "x" * 2048  # over the inline limit below: the input goes to a blob
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def policy(name: str, labels: dict[str, str], **retention: str) -> Policy:
@@ -59,8 +52,8 @@ TARGETS = {
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Engine, Clock]]:
-    clock = Clock()
+def setup(tmp_path: Path) -> Iterator[tuple[Engine, SettableClock[datetime]]]:
+    clock = SettableClock(START)
     engine = Engine(
         f"sqlite:///{tmp_path / 'engine.db'}",
         data_dir=tmp_path / "data",
@@ -96,7 +89,7 @@ def test_retention_periods_combine() -> None:
     assert audit_period([]) is None
 
 
-def test_purge_deletes_expired_data_per_class_and_keeps_fresh(setup: tuple[Engine, Clock]) -> None:
+def test_purge_deletes_expired_data_per_class_and_keeps_fresh(setup: tuple[Engine, SettableClock[datetime]]) -> None:
     engine, clock = setup
     old = run(engine, "claims", {"name": "old", "blob": BIG})
     old_kept = run(engine, "kept", {"name": "ungoverned"})
@@ -137,7 +130,7 @@ def test_purge_deletes_expired_data_per_class_and_keeps_fresh(setup: tuple[Engin
     assert (task.result, task.vars) == (None, {})
 
 
-def test_purge_prunes_the_audit_log_to_the_longest_period(setup: tuple[Engine, Clock]) -> None:
+def test_purge_prunes_the_audit_log_to_the_longest_period(setup: tuple[Engine, SettableClock[datetime]]) -> None:
     engine, clock = setup
     engine.audit.append("test", "old", "noted")
     clock.now = START + timedelta(days=300)
@@ -152,7 +145,7 @@ def test_purge_prunes_the_audit_log_to_the_longest_period(setup: tuple[Engine, C
     assert engine.audit.verify().ok
 
 
-def test_running_tasks_keep_their_data(setup: tuple[Engine, Clock]) -> None:
+def test_running_tasks_keep_their_data(setup: tuple[Engine, SettableClock[datetime]]) -> None:
     engine, clock = setup
     task = engine.submit("acme", "claims", {"name": "waiting"})  # no worker: stays queued
     clock.now = START + timedelta(days=400)
@@ -161,7 +154,7 @@ def test_running_tasks_keep_their_data(setup: tuple[Engine, Clock]) -> None:
 
 
 def test_workers_purge_periodically(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = SettableClock(START)
     seen: list[Purged] = []
     periods = retention_for(PolicySet(POLICIES).effective, TARGETS)
     with Engine(
@@ -225,7 +218,7 @@ def test_aiplane_purge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 @pytest.mark.integration
 def test_purge_and_erase_on_postgresql(pg_url: str, tmp_path: Path) -> None:
-    clock = Clock()
+    clock = SettableClock(START)
     periods = retention_for(PolicySet(POLICIES).effective, TARGETS)
     with Engine(pg_url, data_dir=tmp_path / "data", clock=clock, inline_limit=1024) as engine:
         engine.register_workflow("claims", RULES)

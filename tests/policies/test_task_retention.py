@@ -26,30 +26,25 @@ from policies.effective import Target
 from policies.retention import retention_for
 from policies.sources import PolicySet
 from tests.engine.conftest import fast_worker, wait_done
+from tests.fixtures.clocks import SettableClock
 from tests.fixtures.polling import assert_eventually
+
+Setup = tuple[Engine, SettableClock[datetime]]
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 RULES = {"steps": [{"name": "r", "type": "rules", "rules": {"set": {"seen": "input.name"}}}]}
 BIG = "x" * 2048  # over the inline limit below: the input goes to a blob
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def _engine(url: str, data_dir: Path, clock: Clock, retention: Retention | None = None) -> Engine:
+def _engine(url: str, data_dir: Path, clock: SettableClock[datetime], retention: Retention | None = None) -> Engine:
     engine = Engine(url, data_dir=data_dir, clock=clock, inline_limit=1024, retention=retention)
     engine.register_workflow("claims", RULES)
     return engine
 
 
 @pytest.fixture
-def setup(db_url: str, tmp_path: Path) -> Iterator[tuple[Engine, Clock]]:
-    clock = Clock()
+def setup(db_url: str, tmp_path: Path) -> Iterator[Setup]:
+    clock = SettableClock(START)
     engine = _engine(db_url, tmp_path / "data", clock)
     yield engine, clock
     engine.close()
@@ -99,7 +94,7 @@ def blob_files(engine: Engine) -> int:
     return sum(p.is_file() for p in engine.codec.blobs.root.rglob("*"))  # type: ignore[attr-defined]
 
 
-def test_a_tasks_own_retention_purges_it_and_leaves_its_sibling(setup: tuple[Engine, Clock]) -> None:
+def test_a_tasks_own_retention_purges_it_and_leaves_its_sibling(setup: Setup) -> None:
     engine, clock = setup
     short = run(engine, {"name": "short", "blob": BIG}, retention="1h")
     sibling = run(engine, {"name": "sibling"})
@@ -121,7 +116,7 @@ def test_a_tasks_own_retention_purges_it_and_leaves_its_sibling(setup: tuple[Eng
 
 
 def test_it_never_extends_a_shorter_policy_period(db_url: str, tmp_path: Path) -> None:
-    clock = Clock()
+    clock = SettableClock(START)
     policy = Policy.model_validate(
         {
             "metadata": {"name": "claims", "namespace": "default"},
@@ -145,7 +140,9 @@ def test_it_never_extends_a_shorter_policy_period(db_url: str, tmp_path: Path) -
         assert kept(engine, longer) == {**EVERYTHING, "input": False}
 
 
-def test_workers_purge_by_a_tasks_own_retention_without_any_policy(setup: tuple[Engine, Clock]) -> None:
+def test_workers_purge_by_a_tasks_own_retention_without_any_policy(
+    setup: Setup,
+) -> None:
     engine, clock = setup
     task_id = run(engine, {"name": "short"}, retention="10m")
     clock.now = START + timedelta(minutes=11)
@@ -158,7 +155,7 @@ def test_workers_purge_by_a_tasks_own_retention_without_any_policy(setup: tuple[
 
 
 def test_submitted_through_the_gateway(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = SettableClock(START)
     with _engine(f"sqlite:///{tmp_path / 'engine.db'}", tmp_path / "data", clock) as engine:
         key = create_api_key(engine, "acme", "alice", ["submitter"])
         with TestClient(create_app(engine, GatewaySettings())) as client, fast_worker(engine):
@@ -175,7 +172,9 @@ def test_submitted_through_the_gateway(tmp_path: Path) -> None:
         assert not kept(engine, task_id)["input"]
 
 
-def test_tasks_finished_before_the_migration_get_their_purge_time(setup: tuple[Engine, Clock]) -> None:
+def test_tasks_finished_before_the_migration_get_their_purge_time(
+    setup: Setup,
+) -> None:
     engine, clock = setup
     task_id = run(engine, {"name": "old"}, retention="1h")
     sibling = run(engine, {"name": "sibling"})
