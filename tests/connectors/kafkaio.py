@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -24,12 +25,7 @@ def produce(bootstrap: str, topic: str, values: Iterable[Any], *, raw: bool = Fa
 
 def read_all(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Any]:
     """Every record of ``topic`` from the beginning, once at least ``count`` are there (ConsumerRecords)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        assert partitions, f"topic {topic} has no partitions"
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
+    with _from_the_beginning(bootstrap, topic) as (consumer, _):
         records: list[Any] = []
 
         def enough() -> list[Any]:
@@ -39,19 +35,12 @@ def read_all(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> l
             return records
 
         return assert_eventually(enough, timeout=timeout, interval=0)
-    finally:
-        consumer.close()
 
 
 def read_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
     """Every record of ``topic`` (ConsumerRecords), from the beginning to its end offsets as they are now: all that
     is there once its producers are done, duplicates included, without waiting for a count."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        assert partitions, f"topic {topic} has no partitions"
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
+    with _from_the_beginning(bootstrap, topic) as (consumer, partitions):
         end = consumer.end_offsets(partitions)
         records: list[Any] = []
 
@@ -63,6 +52,18 @@ def read_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
             return records
 
         return assert_eventually(at_end, timeout=timeout, interval=0)
+
+
+@contextmanager
+def _from_the_beginning(bootstrap: str, topic: str) -> Iterator[tuple[KafkaConsumer, list[TopicPartition]]]:
+    """A group-less consumer assigned every partition of ``topic``, at its beginning; closed after."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"topic {topic} has no partitions"
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        yield consumer, partitions
     finally:
         consumer.close()
 
