@@ -23,6 +23,15 @@ from aiplane.modelserver import ModelServer
 from tests.fixtures.polling import assert_eventually
 
 CLAIMS_DIR = Path(__file__).resolve().parents[2] / "examples" / "claims-triage" / "model"
+# Analysis thresholds the claims versions that serve well pass: the same model in every version, so the class mix
+# holds and drift stays under the threshold; a version failing on purpose breaks the error rate.
+CLAIMS_ANALYSIS: dict[str, object] = {
+    "minRequests": 5,
+    "maxErrorRate": 0.1,
+    "maxP99LatencyMs": 5000,
+    "predictionField": "claim_type",
+    "maxDrift": 1.0,
+}
 DOCUMENT = "Rear-ended at a red light on 2024-03-02; bumper and tail light repaired for EUR 1,250. Policy AB-123456."
 
 

@@ -21,7 +21,7 @@ from tests.fixtures.polling import assert_eventually
 from tests.fixtures.prometheus import Prometheus
 from tests.operators.conftest import Gateway, Operator, wait_leading
 from tests.operators.kube import apply, children, claims, condition, events, get, model_named
-from tests.operators.serving import traffic
+from tests.operators.serving import CLAIMS_ANALYSIS, traffic
 
 MODEL = "claims-extractor"
 CANARY_STEPS = [50, 100]
@@ -36,15 +36,7 @@ def canary_manifest(servers: dict[str, ModelServer], stable: str, canary: str, *
             "version": canary,
             "steps": CANARY_STEPS,
             "interval": "4s",
-            "analysis": {
-                "minRequests": 5,
-                "maxErrorRate": 0.1,
-                "maxP99LatencyMs": 5000,
-                # The same model in every version: the class mix holds, so drift stays under the threshold.
-                "predictionField": "claim_type",
-                "maxDrift": 1.0,
-                **analysis,
-            },
+            "analysis": {**CLAIMS_ANALYSIS, **analysis},
         },
     )
     urls = {version: server.url for version, server in servers.items()}

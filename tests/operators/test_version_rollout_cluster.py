@@ -18,21 +18,10 @@ from tests.fixtures.cluster import Cluster
 from tests.fixtures.polling import assert_eventually
 from tests.operators.conftest import Gateway, Operator, wait_leading
 from tests.operators.kube import apply, children, claims, condition, events, model_named
-from tests.operators.serving import traffic
+from tests.operators.serving import CLAIMS_ANALYSIS, traffic
 
 MODEL = "claims-extractor"
-STRATEGY = {
-    "steps": [50, 100],
-    "interval": "8s",
-    "analysis": {
-        "minRequests": 5,
-        "maxErrorRate": 0.1,
-        "maxP99LatencyMs": 5000,
-        # The same model in every version: the class mix holds, so drift stays under the threshold.
-        "predictionField": "claim_type",
-        "maxDrift": 1.0,
-    },
-}
+STRATEGY = {"steps": [50, 100], "interval": "8s", "analysis": CLAIMS_ANALYSIS}
 
 
 def manifest(servers: dict[str, ModelServer], version: str, bento: str) -> dict[str, Any]:
