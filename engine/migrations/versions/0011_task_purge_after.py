@@ -27,7 +27,14 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("purge_after", sa.DateTime(timezone=True), nullable=True))
-    op.create_index(op.f("ix_tasks_purge_after"), "tasks", ["purge_after"], unique=False)
+    op.create_index(
+        "ix_tasks_purge_after",
+        "tasks",
+        ["purge_after"],
+        unique=False,
+        sqlite_where=sa.text("purge_after IS NOT NULL"),
+        postgresql_where=sa.text("purge_after IS NOT NULL"),
+    )
     _backfill()
 
 
@@ -56,6 +63,11 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_tasks_purge_after"), table_name="tasks")
+    op.drop_index(
+        "ix_tasks_purge_after",
+        table_name="tasks",
+        sqlite_where=sa.text("purge_after IS NOT NULL"),
+        postgresql_where=sa.text("purge_after IS NOT NULL"),
+    )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_column("purge_after")
