@@ -187,7 +187,7 @@ class ConnectorSpec(K8sModel):
 
 
 class ConnectorStatus(StatusBase):
-    """Observed state of a Connector. Conditions: Ready, Degraded (BrokerUnreachable, TopicMissing, SecretMissing)."""
+    """Observed state of a Connector. Conditions: Ready; Degraded, whose reasons docs/connectors.md lists."""
 
     replicas: int | None = Field(
         default=None,
