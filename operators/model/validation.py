@@ -28,14 +28,13 @@ def problems(model: Model, default_image: str | None) -> list[str]:
     if spec.canary is not None:
         if spec.canary.version == spec.version:
             found.append("spec.canary.version must differ from spec.version")
-        if len(set(spec.canary.steps)) != len(spec.canary.steps):
-            found.append(f"spec.canary.steps {spec.canary.steps} repeats a weight")
         if spec.rollout is not None:
             # The CRD refuses both at once; a Model stored under an older CRD can still hold them.
             found.append(
                 "spec.canary and spec.rollout are both set: set one (with spec.rollout, change spec.version to roll "
                 "a version out)"
             )
-    if spec.rollout is not None and len(set(spec.rollout.steps)) != len(spec.rollout.steps):
-        found.append(f"spec.rollout.steps {spec.rollout.steps} repeats a weight")
+    for field, strategy in (("spec.canary", spec.canary), ("spec.rollout", spec.rollout)):
+        if strategy is not None and len(set(strategy.steps)) != len(strategy.steps):
+            found.append(f"{field}.steps {strategy.steps} repeats a weight")
     return found

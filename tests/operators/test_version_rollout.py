@@ -285,11 +285,13 @@ def test_the_rollout_clock_ticks_only_while_a_version_rolls_out() -> None:
         assert version_rollout.ticking({**spec, "version": "3.0.0"}, state)
 
 
-def test_validation_refuses_canary_with_rollout_and_repeated_rollout_weights() -> None:
+def test_validation_refuses_canary_with_rollout_and_repeated_weights() -> None:
     both = model(canary={"version": "2.0.0"}, rollout=ROLLOUT)
     assert any("spec.canary and spec.rollout are both set" in p for p in validation.problems(both, "img"))
     repeated = model(rollout={"steps": [50, 50]})
     assert validation.problems(repeated, "img") == ["spec.rollout.steps [50, 50] repeats a weight"]
+    repeated = model(canary={"version": "2.0.0", "steps": [50, 50]})
+    assert validation.problems(repeated, "img") == ["spec.canary.steps [50, 50] repeats a weight"]
 
 
 def test_served_reads_back_what_a_deployment_runs() -> None:
