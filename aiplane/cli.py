@@ -83,16 +83,13 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _positive_duration(text: str) -> timedelta:
-    """An argparse type: a duration such as 24h or 90m, longer than zero."""
-    from engine.durations import parse_duration
+    """An argparse type: a duration such as 24h or 90m, longer than zero (``api.settings.positive_duration``)."""
+    from api.settings import positive_duration
 
     try:
-        value = parse_duration(text)
+        return positive_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    if value <= timedelta(0):
-        raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
-    return value
 
 
 def _cmd_component(args: argparse.Namespace) -> int:

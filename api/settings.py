@@ -21,6 +21,14 @@ MiB = 1024 * 1024
 IDEMPOTENCY_TTL_ENV = "AIPLANE_IDEMPOTENCY_TTL"
 
 
+def positive_duration(text: str) -> timedelta:
+    """A duration such as 24h, 90m or 7d, longer than zero (a TTL); ``ValueError`` saying what is wrong otherwise."""
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        raise ValueError(f"must be longer than 0, got {text!r}")
+    return value
+
+
 class GatewaySettings(BaseModel):
     """What the gateway needs besides the engine."""
 
@@ -67,11 +75,9 @@ class GatewaySettings(BaseModel):
         env = os.environ if environ is None else environ
         if text := env.get(IDEMPOTENCY_TTL_ENV, "").strip():
             try:
-                ttl = parse_duration(text)
+                ttl = positive_duration(text)
             except ValueError as error:
                 raise ValueError(f"{IDEMPOTENCY_TTL_ENV}: {error}") from None
-            if ttl <= timedelta(0):
-                raise ValueError(f"{IDEMPOTENCY_TTL_ENV}: must be longer than 0, got {text!r}")
             values.setdefault("idempotency_ttl", ttl)
         return cls(**values)
 
