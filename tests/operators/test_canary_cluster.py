@@ -180,8 +180,14 @@ def test_a_good_canary_is_promoted_across_an_operator_kill_and_a_failing_one_rol
             assert [(e["version"], e["weight"]) for e in model["status"]["endpoints"]] == [("2.0.0", 100)]
 
         assert_eventually(rolled_back, timeout=180, message="canary 3.0.0 rolled back")
-        warnings = events(cluster, ns, "RolloutRolledBack")
-        assert warnings
+
+        # The Event is posted after the status write the condition comes from: wait for it too.
+        def warned() -> list[dict[str, Any]]:
+            found = events(cluster, ns, "RolloutRolledBack")
+            assert found, "no RolloutRolledBack Event yet"
+            return found
+
+        warnings = assert_eventually(warned, timeout=30, message="the RolloutRolledBack Event")
         assert warnings[0]["type"] == "Warning"
         assert "error-rate" in warnings[0]["message"]
         assert_eventually(
@@ -255,8 +261,9 @@ def test_a_slow_canary_and_a_drifting_one_roll_back_on_what_prometheus_measured(
     wait_leading(start_analysing_operator(AIPLANE_DATABASE_URL=store_url))
     with traffic(gateway.url, gateway.api_key, MODEL):
         apply(cluster, ns, canary_manifest(claims_servers, "1.0.0", "4.0.0", maxP99LatencyMs=200))
-        # The gateway's latency buckets around 300 ms are 250 and 500 ms: Prometheus interpolates inside them.
-        assert 250 < rolled_back_for(cluster, ns, "p99-latency-ms", 200) <= 500
+        # The canary answers after 300 ms, so its p99 is above the gateway's 250 ms bucket bound; no upper bound:
+        # a loaded machine adds its own wait (976 ms was seen in CI), and wall times are never asserted.
+        assert rolled_back_for(cluster, ns, "p99-latency-ms", 200) > 250
 
         apply(cluster, ns, canary_manifest(claims_servers, "1.0.0", "5.0.0", maxDrift=0.5))
         # Half travel against all auto: PSI = (0.5 - 1) ln 0.5 + (0.5 - 1e-4) ln(0.5 / 1e-4), about 4.6, where
